@@ -19,6 +19,12 @@ class InvalidInput(SegswapError):
         super().__init__(message)
         self.field = field
 
+    def describe(self, label: str | None = None) -> str:
+        """The message prefixed by the field, named as the caller names it (`field 'x'`, `--x`)."""
+        if self.field is None:
+            return str(self)
+        return f"{label or self.field}: {self}"
+
 
 class WeightsError(SegswapError):
     """Model weights are missing, incomplete, corrupt or cannot be fetched."""

@@ -1,0 +1,161 @@
+"""Image operations shared by every engine: plain functions on arrays and PIL images.
+
+Masks are boolean numpy arrays of shape (height, width) in main-image pixels;
+boxes are (left, top, right, bottom) with right/bottom exclusive, as in PIL.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from .errors import InvalidInput
+
+Box = tuple[int, int, int, int]
+
+MASK_THRESHOLD = 128
+
+
+def normalize_mask(mask: Image.Image, size: tuple[int, int], threshold: int = MASK_THRESHOLD) -> np.ndarray:
+    """Any-mode mask image -> boolean array at `size` (width, height); True = replace.
+
+    An alpha channel that is not fully opaque carries the mask (opaque = replace);
+    otherwise the luminance does (white = replace). Resizing is nearest-neighbour
+    so that no grey edge appears and the threshold means the same at every size.
+    """
+    gray = _mask_channel(mask)
+    if gray.size != size:
+        gray = gray.resize(size, Image.Resampling.NEAREST)
+    return np.asarray(gray) >= threshold
+
+
+def _mask_channel(mask: Image.Image) -> Image.Image:
+    if mask.mode == "P":
+        mask = mask.convert("RGBA" if "transparency" in mask.info else "RGB")
+    if is_high_depth(mask):
+        return high_depth_to_l(mask)
+    if mask.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        alpha = mask.getchannel("A")
+        if alpha.getextrema() != (255, 255):
+            return alpha
+    return mask.convert("L")
+
+
+def is_high_depth(image: Image.Image) -> bool:
+    """16-bit or 32-bit single-channel images (16-bit PNG masks, float TIFF-like data)."""
+    return image.mode.startswith("I") or image.mode == "F"
+
+
+def high_depth_to_l(image: Image.Image) -> Image.Image:
+    """Scale a 16/32-bit grey image to 8 bits by its nominal range, not by clipping at 255."""
+    values = np.asarray(image, dtype=np.float64)
+    top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+    if image.mode == "F" and values.max() <= 1.0:
+        top = 1.0
+    return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+
+
+def grow_mask(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Dilate by a disk of exactly `radius` pixels (Euclidean: dx^2 + dy^2 <= r^2)."""
+    if radius < 0:
+        raise InvalidInput("must be 0 or more", "growmask")
+    if radius == 0 or not mask.any():
+        return mask.copy()
+    top, left, bottom, right = _bounds(mask)
+    h, w = mask.shape
+    t, l = max(0, top - radius), max(0, left - radius)
+    b, r = min(h, bottom + radius), min(w, right + radius)
+    window = mask[t:b, l:r]
+    distance_to_mask = ndimage.distance_transform_edt(~window)
+    grown = np.zeros_like(mask)
+    grown[t:b, l:r] = distance_to_mask <= radius
+    return grown
+
+
+def _bounds(mask: np.ndarray) -> tuple[int, int, int, int]:
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+def mask_box(mask: np.ndarray, margin: int = 0) -> Box:
+    """Bounding box of the True pixels, widened by `margin` and clamped to the image."""
+    if not mask.any():
+        raise InvalidInput("the mask selects no pixel: paint the region to replace in white", "mask_image")
+    top, left, bottom, right = _bounds(mask)
+    h, w = mask.shape
+    return max(0, left - margin), max(0, top - margin), min(w, right + margin), min(h, bottom + margin)
+
+
+def tile_object(obj: Image.Image, horizontal: int, vertical: int, max_side: int | None = None) -> Image.Image:
+    """Repeat `obj` `horizontal` times across and `vertical` times down.
+
+    With `max_side`, the tile is shrunk first so the result fits in max_side x max_side;
+    this keeps a 10x10 repeat of a large photo from becoming a 100-megapixel image.
+    """
+    if not (1 <= horizontal and 1 <= vertical):
+        raise InvalidInput("repeats must be 1 or more", "horizontal_repeat" if horizontal < 1 else "vertical_repeat")
+    tile = obj
+    if max_side is not None:
+        scale = min(1.0, max_side / (tile.width * horizontal), max_side / (tile.height * vertical))
+        if scale < 1.0:
+            size = (max(1, round(tile.width * scale)), max(1, round(tile.height * scale)))
+            tile = tile.resize(size, Image.Resampling.LANCZOS)
+    if horizontal == vertical == 1:
+        return tile.copy()
+    out = Image.new(tile.mode, (tile.width * horizontal, tile.height * vertical))
+    for row in range(vertical):
+        for col in range(horizontal):
+            out.paste(tile, (col * tile.width, row * tile.height))
+    return out
+
+
+def fit_centered(image: Image.Image, size: tuple[int, int]) -> tuple[Image.Image, Box]:
+    """Scale `image` to fit inside `size` keeping its aspect ratio; return it and its box, centred."""
+    width, height = size
+    scale = min(width / image.width, height / image.height)
+    fitted_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    fitted = image.resize(fitted_size, Image.Resampling.LANCZOS)
+    left = (width - fitted.width) // 2
+    top = (height - fitted.height) // 2
+    return fitted, (left, top, left + fitted.width, top + fitted.height)
+
+
+def feather_alpha(mask: np.ndarray, feather: float) -> np.ndarray:
+    """Opacity in [0, 1]: 0 outside `mask`, rising over `feather` pixels inside it to 1."""
+    if feather <= 1:
+        return mask.astype(np.float32)
+    inside_distance = ndimage.distance_transform_edt(mask)
+    return np.clip(inside_distance / feather, 0.0, 1.0).astype(np.float32)
+
+
+def feathered_paste(base: Image.Image, patch: Image.Image, box: Box, mask: np.ndarray, feather: float) -> Image.Image:
+    """Paste `patch` (the content of `box`) into `base` inside `mask` with a soft edge.
+
+    Pixels outside `mask` are copied from `base` untouched, so they stay byte-identical.
+    """
+    left, top, right, bottom = box
+    if patch.size != (right - left, bottom - top):
+        raise ValueError(f"patch size {patch.size} does not match box {box}")
+    out = np.array(base.convert("RGB"))
+    region = out[top:bottom, left:right].astype(np.float32)
+    region_mask = mask[top:bottom, left:right]
+    alpha = _box_alpha(mask, box, feather)[..., None]
+    blended = region + alpha * (np.asarray(patch.convert("RGB"), dtype=np.float32) - region)
+    blended = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    out[top:bottom, left:right] = np.where(region_mask[..., None], blended, out[top:bottom, left:right])
+    return Image.fromarray(out, "RGB")
+
+
+def _box_alpha(mask: np.ndarray, box: Box, feather: float) -> np.ndarray:
+    """feather_alpha of `mask` inside `box`, seeing one pixel beyond the box.
+
+    Without that pixel a mask that touches the box edge would look like it ran on
+    past it; the image's own border is not an edge (it stays opaque).
+    """
+    left, top, right, bottom = box
+    h, w = mask.shape
+    t, l, b, r = max(0, top - 1), max(0, left - 1), min(h, bottom + 1), min(w, right + 1)
+    alpha = feather_alpha(mask[t:b, l:r], feather)
+    return alpha[top - t : top - t + bottom - top, left - l : left - l + right - left]

@@ -1,0 +1,45 @@
+"""The plain values that travel from the caller to an engine and back."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from PIL import Image
+
+from .errors import InvalidInput
+
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class SwapJob:
+    """One swap: decoded images and the contract's parameters.
+
+    `main_image` is RGB, `mask_image` any mode (normalised by the engine),
+    `object_image` RGB or RGBA (alpha marks the object's own pixels).
+    `seed` is already resolved: never -1 here.
+    """
+
+    main_image: Image.Image
+    mask_image: Image.Image
+    object_image: Image.Image
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = 30
+    seed: int = 42
+    growmask: int = 5
+    fashion_strength: float = 1.0
+    subject_strength: float = 1.0
+    horizontal_repeat: int = 1
+    vertical_repeat: int = 1
+    guidance_scale: float = 7.5
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.seed <= MAX_SEED:
+            raise InvalidInput(f"must be between 0 and {MAX_SEED} once resolved", "seed")
+
+
+def resolve_seed(seed: int) -> int:
+    """The contract's `-1` means random; the seed actually used is reported back."""
+    return secrets.randbelow(MAX_SEED + 1) if seed == -1 else seed

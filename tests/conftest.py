@@ -1,0 +1,97 @@
+"""Shared fixtures: small sample images, encoded every way the contract accepts them, and a loopback file server."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+
+def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def b64(image: Image.Image, fmt: str = "PNG") -> str:
+    return base64.b64encode(png_bytes(image, fmt)).decode()
+
+
+def noise_image(size: tuple[int, int], seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB")
+
+
+def rect_mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
+    mask = Image.new("L", size, 0)
+    ImageDraw.Draw(mask).rectangle(box, fill=255)
+    return mask
+
+
+@pytest.fixture(scope="session")
+def scene() -> Image.Image:
+    return noise_image((96, 64), seed=1)
+
+
+@pytest.fixture(scope="session")
+def mask() -> Image.Image:
+    return rect_mask((96, 64), (30, 20, 60, 45))
+
+
+@pytest.fixture(scope="session")
+def obj() -> Image.Image:
+    image = Image.new("RGBA", (20, 30), (0, 0, 0, 0))
+    ImageDraw.Draw(image).ellipse((0, 0, 19, 29), fill=(20, 200, 40, 255))
+    return image
+
+
+@pytest.fixture()
+def body(scene: Image.Image, mask: Image.Image, obj: Image.Image) -> dict:
+    """A valid JSON body with all three images as raw base64."""
+    return {"main_image": b64(scene), "mask_image": b64(mask), "object_image": b64(obj), "steps": 10, "seed": 7}
+
+
+class FileServer:
+    """Serves `files` (path -> bytes) on 127.0.0.1; records the paths asked for."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.requests: list[str] = []
+        handler = self._handler()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests.append(self.path)
+                data = server.files.get(self.path)
+                self.send_response(200 if data is not None else 404)
+                self.send_header("Content-Length", str(len(data or b"")))
+                self.end_headers()
+                self.wfile.write(data or b"")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        return Handler
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture(scope="session")
+def file_server() -> Iterator[FileServer]:
+    server = FileServer()
+    yield server
+    server.close()

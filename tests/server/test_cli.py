@@ -1,0 +1,81 @@
+"""The `segswap` command: offline swaps and serve's start-up checks."""
+
+import base64
+import io
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from server.cli import main
+from tests.conftest import png_bytes
+
+
+@pytest.fixture()
+def inputs(tmp_path, scene, mask, obj):
+    paths = {}
+    for name, image in [("main", scene), ("mask", mask), ("object", obj)]:
+        paths[name] = tmp_path / f"{name}.png"
+        paths[name].write_bytes(png_bytes(image))
+    return paths
+
+
+def swap_args(inputs, out, *extra):
+    return ["swap", "--main", str(inputs["main"]), "--mask", str(inputs["mask"]), "--object", str(inputs["object"]), "-o", str(out), *extra]
+
+
+def test_swap_writes_an_image_of_the_main_size(inputs, tmp_path, scene, capsys):
+    out = tmp_path / "out.webp"
+    assert main(swap_args(inputs, out, "--seed", "3", "--growmask", "2")) == 0
+    image = Image.open(out)
+    assert image.format == "WEBP" and image.size == scene.size
+    assert "engine composite" in capsys.readouterr().err
+
+
+def test_swap_matches_the_server_for_the_same_request(inputs, tmp_path, client, body):
+    out = tmp_path / "out.png"
+    assert main(swap_args(inputs, out, "--steps", "10", "--seed", "7")) == 0
+    assert out.read_bytes() == client.post("/v1/seg-swap", json=body).content
+
+
+def test_swap_base64_output(inputs, tmp_path, scene):
+    out = tmp_path / "out.txt"
+    assert main(swap_args(inputs, out, "--base64", "--image-format", "jpeg")) == 0
+    assert Image.open(io.BytesIO(base64.b64decode(out.read_bytes()))).size == scene.size
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [(["--steps", "5"], "--steps: input should be greater than or equal to 10"),
+     (["--horizontal-repeat", "11"], "--horizontal-repeat: input should be less than or equal to 10"),
+     (["--image-format", "gif"], "--image-format: input should be 'png', 'jpeg' or 'webp'")],
+)
+def test_swap_bad_value_is_one_line_error(inputs, tmp_path, capsys, extra, message):
+    assert main(swap_args(inputs, tmp_path / "o.png", *extra)) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_swap_missing_file_and_empty_mask(inputs, tmp_path, capsys, scene):
+    inputs["mask"].unlink()
+    assert main(swap_args(inputs, tmp_path / "o.png")) == 2
+    assert "--mask: no such file" in capsys.readouterr().err
+    Image.new("L", scene.size, 0).save(inputs["mask"])
+    assert main(swap_args(inputs, tmp_path / "o.png")) == 2
+    assert "--mask: the mask selects no pixel" in capsys.readouterr().err
+
+
+def test_console_script_error_path_exits_nonzero_without_traceback(inputs, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "server", *swap_args(inputs, tmp_path / "o.png", "--growmask", "99")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--growmask: input should be less than or equal to 20" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_refuses_a_public_address_without_keys(monkeypatch, capsys):
+    monkeypatch.delenv("SEGSWAP_API_KEYS", raising=False)
+    assert main(["serve", "--host", "0.0.0.0", "--engine", "composite"]) == 2
+    assert "refusing to serve on 0.0.0.0 without API keys" in capsys.readouterr().err

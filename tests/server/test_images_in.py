@@ -1,0 +1,96 @@
+"""The three image input forms (URL, raw base64, data URI), multipart uploads, and unreadable images."""
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import b64, png_bytes
+
+
+def decoded(response) -> Image.Image:
+    assert response.status_code == 200, response.text
+    return Image.open(io.BytesIO(response.content))
+
+
+def test_url_data_uri_and_raw_base64_give_the_same_result(client, body, file_server, scene, mask, obj):
+    file_server.files["/scene.png"] = png_bytes(scene)
+    file_server.files["/obj.png"] = png_bytes(obj)
+    mixed = {
+        **body,
+        "main_image": f"{file_server.url}/scene.png",
+        "mask_image": "data:image/png;base64," + b64(mask),
+        "object_image": f"{file_server.url}/obj.png",
+    }
+    from_mixed = decoded(client.post("/v1/seg-swap", json=mixed))
+    from_base64 = decoded(client.post("/v1/seg-swap", json=body))
+    assert from_mixed.tobytes() == from_base64.tobytes()
+    assert "/scene.png" in file_server.requests and "/obj.png" in file_server.requests
+
+
+def test_multipart_with_uploaded_files_and_text_fields(client, body, scene, mask, obj):
+    files = {
+        "main_image": ("scene.png", png_bytes(scene), "image/png"),
+        "mask_image": ("mask.png", png_bytes(mask), "image/png"),
+    }
+    data = {"object_image": b64(obj), "steps": "10", "seed": "7", "base64": "false"}
+    from_form = decoded(client.post("/v1/seg-swap", files=files, data=data))
+    assert from_form.tobytes() == decoded(client.post("/v1/seg-swap", json=body)).tobytes()
+
+
+def test_multipart_values_are_validated_like_json(client, scene, mask, obj):
+    files = {name: (name, png_bytes(img), "image/png") for name, img in [("main_image", scene), ("mask_image", mask), ("object_image", obj)]}
+    response = client.post("/v1/seg-swap", files=files, data={"growmask": "21"})
+    assert response.status_code == 400 and "'growmask'" in response.json()["error"]
+
+
+def test_url_that_answers_404_is_a_400_naming_the_field(client, body, file_server):
+    response = client.post("/v1/seg-swap", json={**body, "object_image": f"{file_server.url}/missing.png"})
+    assert response.status_code == 400
+    assert "'object_image'" in response.json()["error"] and "404" in response.json()["error"]
+
+
+@pytest.mark.parametrize("value", ["not base64 at all!", "data:image/png;base64,@@@", "aGVsbG8gd29ybGQ=", "ftp://example.com/a.png"])
+def test_undecodable_images_are_400_naming_the_field(client, body, value):
+    response = client.post("/v1/seg-swap", json={**body, "mask_image": value})
+    assert response.status_code == 400 and "'mask_image'" in response.json()["error"]
+
+
+def test_truncated_png_is_400(client, body, scene):
+    truncated = base64.b64encode(png_bytes(scene)[:200]).decode()
+    response = client.post("/v1/seg-swap", json={**body, "main_image": truncated})
+    assert response.status_code == 400 and "'main_image'" in response.json()["error"]
+
+
+def test_gif_is_refused_by_content(client, body, scene):
+    response = client.post("/v1/seg-swap", json={**body, "main_image": b64(scene, "GIF")})
+    assert response.status_code == 400 and "GIF" in response.json()["error"]
+
+
+def test_image_above_the_pixel_limit_is_413_before_decoding(client, body):
+    huge = Image.new("L", (1001, 1000))
+    response = client.post("/v1/seg-swap", json={**body, "main_image": b64(huge)})
+    assert response.status_code == 413 and "'main_image'" in response.json()["error"]
+
+
+def test_jpeg_and_webp_inputs_are_accepted(client, body, scene):
+    for fmt in ("JPEG", "WEBP"):
+        assert decoded(client.post("/v1/seg-swap", json={**body, "main_image": b64(scene, fmt)})).size == scene.size
+
+
+def test_exif_orientation_is_applied(client, body, scene):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    buffer = io.BytesIO()
+    scene.save(buffer, "JPEG", exif=exif)
+    out = decoded(client.post("/v1/seg-swap", json={**body, "main_image": base64.b64encode(buffer.getvalue()).decode()}))
+    assert out.size == (scene.height, scene.width)
+
+
+def test_server_keeps_serving_after_bad_requests(client, body):
+    for _ in range(3):
+        client.post("/v1/seg-swap", json={**body, "main_image": "garbage"})
+    assert client.post("/v1/seg-swap", json=body).status_code == 200
+    assert np.asarray(decoded(client.post("/v1/seg-swap", json=body))).shape[:2] == (64, 96)
