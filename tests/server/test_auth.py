@@ -22,8 +22,7 @@ def test_missing_or_wrong_key_is_401(client, body, given, expected):
 
 
 def test_no_key_header_at_all_is_401(client, body):
-    with TestClient(client.app) as bare:
-        response = bare.post("/v1/seg-swap", json=body)
+    response = TestClient(client.app).post("/v1/seg-swap", json=body)  # no lifespan: the module's app stays as is
     assert response.status_code == 401 and "missing API key" in response.json()["error"]
 
 
