@@ -1,0 +1,116 @@
+"""End-to-end latency of one /v1/seg-swap request on a real HTTP server, and where the time goes.
+
+    python -m bench.request_latency [--size 1024] [--repeats 10] [--engine composite]
+
+Starts the app with uvicorn on a free loopback port, posts the same JSON request
+(base64 images, PNG out) `repeats` times, and times the server's own stages
+(base64 + image decoding, the engine, output encoding) by calling the same
+functions on the same inputs. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import socket
+import statistics
+import threading
+import time
+
+import httpx
+import numpy as np
+import uvicorn
+from PIL import Image, ImageDraw
+
+from pipelines import SwapJob, load_engine
+from server.app import create_app
+from server.encode import encode_image
+from server.images import decode_base64_field, decode_image
+from server.settings import Settings
+
+
+def sample_request(size: int) -> dict:
+    rng = np.random.default_rng(0)
+    scene = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "RGB").resize((size, size))
+    mask = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(mask).ellipse((size // 4, size // 4, 3 * size // 4, 3 * size // 4), fill=255)
+    obj = Image.new("RGBA", (size // 2, size // 2), (30, 160, 60, 255))
+
+    def encoded(image: Image.Image) -> str:
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
+
+    return {"main_image": encoded(scene), "mask_image": encoded(mask), "object_image": encoded(obj), "seed": 1}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serve(engine_kind: str) -> tuple[uvicorn.Server, str]:
+    port = free_port()
+    settings = Settings(engine=engine_kind, port=port)
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    return server, f"http://127.0.0.1:{port}"
+
+
+def stage_times(body: dict, engine_kind: str, repeats: int) -> dict[str, float]:
+    engine = load_engine(engine_kind).engine
+    decode, swap, encode = [], [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        images = [decode_image(decode_base64_field(body[f], f), f, 40_000_000) for f in ("main_image", "mask_image", "object_image")]
+        decode.append(time.perf_counter() - start)
+        job = SwapJob(main_image=images[0].convert("RGB"), mask_image=images[1], object_image=images[2], seed=1)
+        start = time.perf_counter()
+        image = engine.swap(job)
+        swap.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        encode_image(image, "png", 95)
+        encode.append(time.perf_counter() - start)
+    return {"decode_s": statistics.median(decode), "engine_s": statistics.median(swap), "encode_s": statistics.median(encode)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--engine", default="composite")
+    args = parser.parse_args()
+
+    body = sample_request(args.size)
+    server, url = serve(args.engine)
+    totals = []
+    with httpx.Client(timeout=600) as client:
+        client.post(f"{url}/v1/seg-swap", json=body).raise_for_status()  # warm-up
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            client.post(f"{url}/v1/seg-swap", json=body).raise_for_status()
+            totals.append(time.perf_counter() - start)
+    server.should_exit = True
+
+    stages = stage_times(body, args.engine, args.repeats)
+    total = statistics.median(totals)
+    report = {
+        "size": f"{args.size}x{args.size}",
+        "engine": args.engine,
+        "request_body_bytes": len(json.dumps(body)),
+        "end_to_end_s_median": round(total, 4),
+        "end_to_end_s_p90": round(sorted(totals)[int(0.9 * (len(totals) - 1))], 4),
+        **{key: round(value, 4) for key, value in stages.items()},
+        "decode_encode_share": round((stages["decode_s"] + stages["encode_s"]) / total, 3),
+        "engine_share": round(stages["engine_s"] / total, 3),
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Install segswap into a virtual environment. The README, CI and the Docker image all use this script.
+#
+#   scripts/install.sh              the server and CLI, composite engine only (no torch)
+#   scripts/install.sh --diffusion  plus the diffusion engine (torch, diffusers, transformers)
+#   scripts/install.sh --test       plus the diffusion engine and the test tools
+#
+# Environment: SEGSWAP_VENV (default .venv; "system" installs into the current interpreter),
+# SEGSWAP_TORCH (pip requirement for torch; default torch==2.13.0, the CPU build on the
+# development machines; on a CUDA server use e.g. "torch==2.13.0" from PyPI or the PyTorch index).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras=""
+case "${1:-}" in
+  "") ;;
+  --diffusion) extras="[diffusion]" ;;
+  --test) extras="[diffusion,test]" ;;
+  *) echo "usage: scripts/install.sh [--diffusion|--test]" >&2; exit 2 ;;
+esac
+
+venv="${SEGSWAP_VENV:-.venv}"
+if [ "$venv" = "system" ]; then
+  python=python3
+else
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  python="$venv/bin/python"
+fi
+
+"$python" -m pip install --quiet --upgrade pip
+if [ -n "$extras" ]; then
+  # Torch first and pinned: left to the resolver, a bare "torch" pulls a multi-GB CUDA build.
+  "$python" -m pip install --quiet "${SEGSWAP_TORCH:-torch==2.13.0}"
+fi
+"$python" -m pip install --quiet -e ".${extras}"
+"$python" examples/make_examples.py >/dev/null
+echo "segswap installed in ${venv}${extras:+ with ${extras}}"
