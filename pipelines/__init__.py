@@ -12,21 +12,27 @@
 from .composite import CompositeEngine
 from .errors import EngineUnavailable, InvalidInput, SegswapError, WeightsError
 from .job import MAX_SEED, SwapJob, resolve_seed
+from .model_sets import ModelSet, find_model_set, require_model_set
+from .options import DiffusionOptions
 from .protocol import Engine, ProgressFn
 from .selection import EngineChoice, EngineKind, load_engine
 
 __all__ = [
     "MAX_SEED",
     "CompositeEngine",
+    "DiffusionOptions",
     "Engine",
     "EngineChoice",
     "EngineKind",
     "EngineUnavailable",
     "InvalidInput",
+    "ModelSet",
     "ProgressFn",
     "SegswapError",
     "SwapJob",
     "WeightsError",
+    "find_model_set",
     "load_engine",
+    "require_model_set",
     "resolve_seed",
 ]

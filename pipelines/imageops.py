@@ -64,12 +64,11 @@ def grow_mask(mask: np.ndarray, radius: int) -> np.ndarray:
         return mask.copy()
     top, left, bottom, right = _bounds(mask)
     h, w = mask.shape
-    t, l = max(0, top - radius), max(0, left - radius)
-    b, r = min(h, bottom + radius), min(w, right + radius)
-    window = mask[t:b, l:r]
-    distance_to_mask = ndimage.distance_transform_edt(~window)
+    y0, x0 = max(0, top - radius), max(0, left - radius)
+    y1, x1 = min(h, bottom + radius), min(w, right + radius)
+    distance_to_mask = ndimage.distance_transform_edt(~mask[y0:y1, x0:x1])
     grown = np.zeros_like(mask)
-    grown[t:b, l:r] = distance_to_mask <= radius
+    grown[y0:y1, x0:x1] = distance_to_mask <= radius
     return grown
 
 
@@ -156,6 +155,6 @@ def _box_alpha(mask: np.ndarray, box: Box, feather: float) -> np.ndarray:
     """
     left, top, right, bottom = box
     h, w = mask.shape
-    t, l, b, r = max(0, top - 1), max(0, left - 1), min(h, bottom + 1), min(w, right + 1)
-    alpha = feather_alpha(mask[t:b, l:r], feather)
-    return alpha[top - t : top - t + bottom - top, left - l : left - l + right - left]
+    y0, x0, y1, x1 = max(0, top - 1), max(0, left - 1), min(h, bottom + 1), min(w, right + 1)
+    alpha = feather_alpha(mask[y0:y1, x0:x1], feather)
+    return alpha[top - y0 : bottom - y0, left - x0 : right - x0]

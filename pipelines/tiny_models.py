@@ -212,13 +212,17 @@ def _sdxl_unet(seed: int) -> UNet2DConditionModel:
 
 
 def _vae(seed: int, **config) -> AutoencoderKL:
-    """Four levels like the real VAE (8x downscale), 4 latent channels."""
+    """Four levels like the real VAE (8x downscale), 4 latent channels.
+
+    Narrow at full resolution, where nearly all of its cost is.
+    """
     _seed(seed, "vae")
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         latent_channels=4,
-        block_out_channels=(32, 32, 32, 32),
+        block_out_channels=(8, 16, 32, 32),
+        norm_num_groups=8,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
         layers_per_block=1,
@@ -424,3 +428,10 @@ def _write_image_encoder(folder: Path, seed: int) -> None:
     )
     _seed(seed, "image_encoder")
     CLIPVisionModelWithProjection(config).save_pretrained(folder)
+
+
+if __name__ == "__main__":  # python -m pipelines.tiny_models OUT_DIR [SEED]
+    import sys
+
+    for folder in make_tiny(Path(sys.argv[1]), seed=int(sys.argv[2]) if len(sys.argv) > 2 else 0):
+        print(folder)

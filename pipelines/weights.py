@@ -17,10 +17,10 @@ import os
 import re
 import shutil
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Callable
 from urllib.parse import quote
 
 import httpx
@@ -67,7 +67,7 @@ class FileSpec:
 
 
 @dataclass(frozen=True)
-class ModelSet:
+class ManifestSet:
     name: str
     description: str
     arch: str
@@ -82,9 +82,9 @@ class ModelSet:
 @dataclass(frozen=True)
 class Manifest:
     path: Path
-    sets: dict[str, ModelSet]
+    sets: dict[str, ManifestSet]
 
-    def get(self, name: str) -> ModelSet:
+    def get(self, name: str) -> ManifestSet:
         try:
             return self.sets[name]
         except KeyError:
@@ -134,7 +134,7 @@ def _read_toml(path: Path) -> dict:
         raise WeightsError(f"weights manifest {path} is not valid TOML: {exc}") from None
 
 
-def _parse_set(where: str, name: str, raw: object) -> ModelSet:
+def _parse_set(where: str, name: str, raw: object) -> ManifestSet:
     if not isinstance(raw, dict):
         raise WeightsError(f"{where} must be a table")
     description, arch, raw_files = raw.get("description"), raw.get("arch"), raw.get("files")
@@ -146,7 +146,7 @@ def _parse_set(where: str, name: str, raw: object) -> ModelSet:
         raise WeightsError(f"{where} lists no files ([[sets.{name}.files]])")
     files = tuple(_parse_file(f"{where} file {i}", item) for i, item in enumerate(raw_files, 1))
     _reject_duplicate_dests(where, files)
-    return ModelSet(name=name, description=description, arch=arch, files=files)
+    return ManifestSet(name=name, description=description, arch=arch, files=files)
 
 
 def _parse_file(where: str, raw: object) -> FileSpec:
@@ -278,7 +278,7 @@ def _expected_sha256(spec: FileSpec, lock: dict[str, dict]) -> tuple[str, str]:
 # --------------------------------------------------------------------------
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     OK = "ok"
     MISSING = "missing"
     SIZE_MISMATCH = "size mismatch"
@@ -439,7 +439,7 @@ def _new_client() -> httpx.Client:
 
 
 def _download_files(
-    client: httpx.Client, base: str, folder: Path, model_set: ModelSet, progress: Progress | None
+    client: httpx.Client, base: str, folder: Path, model_set: ManifestSet, progress: Progress | None
 ) -> tuple[FileOutcome, ...]:
     lock = _read_lock(folder)
     outcomes: dict[str, FileOutcome] = {}
@@ -563,7 +563,7 @@ def _write_body(
     with part.open("ab" if offset else "wb") as fh:
         if progress:
             progress(dest, done, total)
-        for chunk in resp.iter_bytes(CHUNK):
+        for chunk in resp.iter_bytes():  # unbuffered: bytes received before a drop reach the .part
             fh.write(chunk)
             hasher.update(chunk)
             done += len(chunk)

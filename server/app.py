@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.runner = EngineRunner(engine or _load(settings))
+        app.state.runner = EngineRunner(engine or load_configured_engine(settings))
         try:
             yield
         finally:
@@ -47,8 +47,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     return app
 
 
-def _load(settings: Settings) -> Engine:
-    choice = load_engine(settings.engine, settings.weights_dir)
+def load_configured_engine(settings: Settings) -> Engine:
+    """The engine the settings ask for; logs which one and why."""
+    choice = load_engine(
+        settings.engine, settings.weights_dir, arch=settings.model_set, variant=settings.ip_adapter,
+        options=settings.diffusion_options(),
+    )
     log.info("engine: %s (%s)", choice.engine.name, choice.reason)
     return choice.engine
 

@@ -2,6 +2,7 @@
 
     segswap serve [--host H] [--port P] [--engine auto|composite|diffusion] [--weights DIR]
     segswap swap --main A --mask B --object C [contract fields as flags] -o OUT
+    segswap weights list | download SET | verify SET | make-tiny --out DIR
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from pipelines import InvalidInput, SegswapError, SwapJob, load_engine, resolve_seed
+from pipelines import InvalidInput, SegswapError, SwapJob, resolve_seed
 
+from .app import load_configured_engine
+from .cli_weights import add_weights_commands
 from .contract import IMAGE_FIELDS, SwapRequest, describe_validation_error
 from .encode import encode_image
 from .errors import ApiError
@@ -55,12 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_serve(commands.add_parser("serve", help="serve the HTTP API"))
     _add_swap(commands.add_parser("swap", help="run one swap offline and write the image"))
+    add_weights_commands(commands.add_parser("weights", help="list, download, verify or make model sets"))
     return parser
 
 
 def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=["auto", "composite", "diffusion"], help="engine (default: auto)")
     parser.add_argument("--weights", type=Path, help="folder holding model sets (default: SEGSWAP_WEIGHTS_DIR or weights/)")
+    parser.add_argument("--model-set", choices=["sdxl", "sd15"], help="model set to load (default: sdxl, else sd15)")
+    parser.add_argument("--ip-adapter", choices=["plus", "plain"], help="IP-Adapter variant (default: plus)")
+    parser.add_argument("--device", help="torch device: auto, cuda, cuda:1, mps, cpu (default: auto)")
+    parser.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], help="model dtype (default: auto)")
 
 
 def _add_serve(parser: argparse.ArgumentParser) -> None:
@@ -87,7 +95,8 @@ def _add_swap(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace, **extra: object) -> Settings:
-    overrides = {"engine": args.engine, "weights_dir": args.weights, **extra}
+    overrides = {"engine": args.engine, "weights_dir": args.weights, "model_set": args.model_set,
+                 "ip_adapter": args.ip_adapter, "device": args.device, "dtype": args.dtype, **extra}
     try:
         return Settings(**{key: value for key, value in overrides.items() if value is not None})
     except ValidationError as exc:
@@ -102,7 +111,8 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, host=args.host, port=args.port)
     if not settings.auth_required:
         log.warning("no API keys configured (SEGSWAP_API_KEYS): serving WITHOUT auth, on loopback %s only", settings.host)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    engine = load_configured_engine(settings)  # before binding: a missing model set stops here, with its reason
+    uvicorn.run(create_app(settings, engine), host=settings.host, port=settings.port, log_level=settings.log_level)
     return 0
 
 
@@ -114,14 +124,14 @@ def run_swap(args: argparse.Namespace) -> int:
     params["seed"] = resolve_seed(request.seed)
     job = SwapJob(main_image=images["main_image"].convert("RGB"), mask_image=images["mask_image"], object_image=images["object_image"], **params)
 
-    choice = load_engine(settings.engine, settings.weights_dir)
+    engine = load_configured_engine(settings)
     start = time.perf_counter()
     with _progress_bar() as progress:
-        image = choice.engine.swap(job, progress=progress)
+        image = engine.swap(job, progress=progress)
     seconds = time.perf_counter() - start
     data = encode_image(image, request.image_format, request.image_quality)
     args.output.write_bytes(base64.b64encode(data) if args.base64 else data)
-    print(f"wrote {args.output} ({image.width}x{image.height} {request.image_format}, engine {choice.engine.name}, "
+    print(f"wrote {args.output} ({image.width}x{image.height} {request.image_format}, engine {engine.name}, "
           f"seed {job.seed}, {seconds:.2f} s)", file=sys.stderr)
     return 0
 

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from pipelines.options import DiffusionOptions
+
 REPO_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
@@ -22,6 +24,12 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     engine: Literal["auto", "composite", "diffusion"] = "auto"
     weights_dir: Path = REPO_WEIGHTS_DIR
+    model_set: Literal["sdxl", "sd15"] | None = Field(None, description="model set to load; default: sdxl, else sd15")
+    ip_adapter: Literal["plus", "plain"] = "plus"
+    device: str = Field("auto", description="torch device: auto, cuda, cuda:1, mps, cpu")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    cpu_offload: bool = Field(False, description="keep models in CPU memory, move each to the GPU when used")
+    vae_tiling: bool = Field(False, description="decode in tiles (less GPU memory for large crops)")
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
 
     max_body_bytes: int = Field(40 * 1024 * 1024, ge=1024, description="largest request body accepted (413 above)")
@@ -49,6 +57,9 @@ class Settings(BaseSettings):
     @property
     def auth_required(self) -> bool:
         return bool(self.api_keys)
+
+    def diffusion_options(self) -> DiffusionOptions:
+        return DiffusionOptions(device=self.device, dtype=self.dtype, cpu_offload=self.cpu_offload, vae_tiling=self.vae_tiling)
 
 
 def is_loopback(host: str) -> bool:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
 
 
 def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
@@ -95,3 +99,14 @@ def file_server() -> Iterator[FileServer]:
     server = FileServer()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """Tiny random-weight SD1.5 and SDXL model sets, in the layout of a real download."""
+    pytest.importorskip("diffusers")
+    from pipelines.tiny_models import make_tiny
+
+    out = tmp_path_factory.mktemp("weights")
+    make_tiny(out)
+    return out

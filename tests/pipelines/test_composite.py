@@ -60,5 +60,6 @@ def test_transparent_object_pixels_keep_the_scene():
 
 
 def test_empty_mask_is_a_clear_input_error():
-    with pytest.raises(InvalidInput, match="mask_image"):
+    with pytest.raises(InvalidInput, match="selects no pixel") as info:
         CompositeEngine().swap(job(mask_image=Image.new("L", (80, 60), 0)))
+    assert info.value.field == "mask_image"

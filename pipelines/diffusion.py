@@ -1,0 +1,210 @@
+"""The diffusion engine: one swap, told top to bottom.
+
+1. Grow the mask (disk dilation) and take a box around it with some context.
+2. Scale that crop to the model's native resolution (aspect kept, sides multiple of 8).
+3. Tile the object image; it conditions the UNet through IP-Adapter. The style block
+   gets `fashion_strength` as its IP-Adapter scale, every other IP-Adapter layer gets
+   `subject_strength` (InstantStyle).
+4. Inpaint the crop with a diffusers inpainting pipeline, seeded.
+5. Scale the result back and paste it inside the grown mask with a feathered edge:
+   every pixel outside the grown mask is the input's own.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
+from diffusers.utils import logging as diffusers_logging
+from PIL import Image
+from transformers.utils import logging as transformers_logging
+
+from .errors import WeightsError
+from .imageops import Box, feathered_paste, grow_mask, mask_box, normalize_mask, tile_object
+from .job import SwapJob
+from .model_sets import ADAPTERS, IMAGE_ENCODER, ModelSet
+from .options import DiffusionOptions
+from .protocol import ProgressFn
+
+# InstantStyle's style block: the second attention of the first up block that has
+# cross-attention. SDXL: named by the InstantStyle paper. SD1.5: its first up block has
+# no attention, so the equivalent (lowest-resolution cross-attention up block, second
+# transformer) is up_blocks.1.attentions.1, the block InstantStyle's SD1.5 examples use.
+STYLE_BLOCKS = {"sdxl": "up_blocks.0.attentions.1", "sd15": "up_blocks.1.attentions.1"}
+CONTEXT_SHARE = 0.25  # context kept around the grown mask, as a share of its box's longer side
+MIN_CONTEXT = 16
+MAX_ASPECT = 2.0  # boxes more elongated than this take more context on their short side
+OBJECT_MAX_SIDE = 1024  # the image encoder sees 224 px anyway; this bounds tiling cost
+OBJECT_BACKGROUND = (255, 255, 255)
+
+
+class DiffusionEngine:
+    """Inpainting + IP-Adapter on one model set. Load once, call `swap` many times (one thread)."""
+
+    def __init__(self, model_set: ModelSet, options: DiffusionOptions | None = None):
+        options = options or DiffusionOptions()
+        self.model_set = model_set
+        self.device, self.dtype = pick_device(options.device, options.dtype)
+        self.pipe = load_pipeline(model_set, self.device, self.dtype, options)
+        self.name = f"diffusion/{model_set.arch}"
+        self.native_side = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+        self.style_block = STYLE_BLOCKS[model_set.arch]
+
+    def swap(self, job: SwapJob, progress: ProgressFn | None = None) -> Image.Image:
+        main = job.main_image.convert("RGB")
+        grown = grow_mask(normalize_mask(job.mask_image, main.size), job.growmask)
+        box = context_box(grown, main.size)
+        size = processing_size(box, self.native_side)
+
+        crop = main.crop(box).resize(size, Image.Resampling.LANCZOS)
+        crop_mask = Image.fromarray(grown[box[1] : box[3], box[0] : box[2]]).resize(size, Image.Resampling.NEAREST)
+        object_image = conditioning_image(job.object_image, job.horizontal_repeat, job.vertical_repeat)
+        set_ip_adapter_strengths(self.pipe.unet, self.style_block, job.subject_strength, job.fashion_strength)
+
+        generated = self.pipe(
+            prompt=job.prompt,
+            negative_prompt=job.negative_prompt or None,
+            image=crop,
+            mask_image=crop_mask,
+            ip_adapter_image=object_image,
+            width=size[0],
+            height=size[1],
+            num_inference_steps=job.steps,
+            strength=1.0,  # SDXL's default 0.9999 would run one step fewer than asked
+            guidance_scale=job.guidance_scale,
+            generator=torch.Generator("cpu").manual_seed(job.seed),
+            callback_on_step_end=_step_callback(progress, job.steps),
+        ).images[0]
+
+        patch = generated.resize((box[2] - box[0], box[3] - box[1]), Image.Resampling.LANCZOS)
+        return feathered_paste(main, patch, box, grown, feather=max(1, job.growmask))
+
+
+def pick_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """CUDA in bf16 (fp16 where bf16 is missing), Apple MPS in fp16, else CPU in fp32."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    chosen = torch.device(device)
+    if dtype == "auto":
+        if chosen.type == "cuda":
+            return chosen, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return chosen, torch.float16 if chosen.type == "mps" else torch.float32
+    dtypes = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+              "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in dtypes:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(dtypes)}")
+    return chosen, dtypes[dtype]
+
+
+def load_pipeline(model_set: ModelSet, device: torch.device, dtype: torch.dtype, options: DiffusionOptions):
+    """The diffusers pipeline with its IP-Adapter, from local files only; any failure is a WeightsError."""
+    missing = model_set.missing()
+    if missing:
+        raise WeightsError(f"model set {model_set.folder} is incomplete, missing {', '.join(missing[:4])}")
+    pipeline_class = StableDiffusionXLInpaintPipeline if model_set.arch == "sdxl" else StableDiffusionInpaintPipeline
+    kwargs: dict = {"dtype": dtype, "local_files_only": True, "use_safetensors": True}
+    if _only_fp16_variant(model_set.base):
+        kwargs["variant"] = "fp16"
+    if model_set.arch == "sd15":
+        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    adapter = Path(ADAPTERS[(model_set.arch, model_set.variant)])
+    _quiet_libraries()
+    try:
+        pipe = pipeline_class.from_pretrained(model_set.base, **kwargs)
+        pipe.load_ip_adapter(
+            str(model_set.ip_adapter_dir),
+            subfolder=adapter.parent.as_posix(),
+            weight_name=adapter.name,
+            image_encoder_folder=IMAGE_ENCODER,
+            local_files_only=True,
+        )
+    except Exception as exc:  # diffusers/transformers/safetensors raise many types for bad files
+        raise WeightsError(f"cannot load model set {model_set.folder}: {_first_line(exc)}") from exc
+    pipe.set_progress_bar_config(disable=True)
+    if options.cpu_offload and device.type == "cuda":
+        pipe.enable_model_cpu_offload(device=device)
+    elif device.type != "cpu":
+        pipe.to(device)
+    if options.vae_tiling:
+        pipe.vae.enable_tiling()
+    return pipe
+
+
+def _quiet_libraries() -> None:
+    """Loading bars and advice meant for notebooks would flood a server's log on every start."""
+    diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+
+
+def _only_fp16_variant(base: Path) -> bool:
+    unet = base / "unet"
+    return any(unet.glob("*.fp16.safetensors")) and not (unet / "diffusion_pytorch_model.safetensors").exists()
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def set_ip_adapter_strengths(unet, style_block: str, subject: float, fashion: float) -> dict[str, float]:
+    """Per-layer IP-Adapter scales: `fashion` on the style block, `subject` everywhere else.
+
+    Returns the scale set on each IP-Adapter attention processor, by processor name.
+    """
+    scales: dict[str, float] = {}
+    for name, processor in unet.attn_processors.items():
+        if not hasattr(processor, "to_k_ip"):
+            continue
+        value = fashion if name.startswith(style_block + ".") else subject
+        processor.scale = [value] * len(processor.scale)
+        scales[name] = value
+    return scales
+
+
+def context_box(grown: np.ndarray, size: tuple[int, int]) -> Box:
+    """A box around the grown mask with context, widened on its short side if it is too elongated."""
+    left, top, right, bottom = mask_box(grown)
+    margin = max(MIN_CONTEXT, round(CONTEXT_SHARE * max(right - left, bottom - top)))
+    left, top, right, bottom = left - margin, top - margin, right + margin, bottom + margin
+    width, height = right - left, bottom - top
+    if width > MAX_ASPECT * height:
+        extra = math.ceil(width / MAX_ASPECT - height) // 2 + 1
+        top, bottom = top - extra, bottom + extra
+    elif height > MAX_ASPECT * width:
+        extra = math.ceil(height / MAX_ASPECT - width) // 2 + 1
+        left, right = left - extra, right + extra
+    return max(0, left), max(0, top), min(size[0], right), min(size[1], bottom)
+
+
+def processing_size(box: Box, native_side: int) -> tuple[int, int]:
+    """Width and height with the area of native_side^2, the box's aspect, sides multiples of 8.
+
+    The long side is capped at twice the native side for boxes that stayed elongated
+    against the image border.
+    """
+    width, height = box[2] - box[0], box[3] - box[1]
+    scale = native_side / math.sqrt(width * height)
+    scale = min(scale, 2 * native_side / max(width, height))
+    return max(8, round(width * scale / 8) * 8), max(8, round(height * scale / 8) * 8)
+
+
+def conditioning_image(obj: Image.Image, horizontal: int, vertical: int) -> Image.Image:
+    """The IP-Adapter image: the object tiled, transparent parts on white."""
+    tiled = tile_object(obj.convert("RGBA"), horizontal, vertical, max_side=OBJECT_MAX_SIDE)
+    background = Image.new("RGB", tiled.size, OBJECT_BACKGROUND)
+    background.paste(tiled, mask=tiled.getchannel("A"))
+    return background
+
+
+def _step_callback(progress: ProgressFn | None, total: int):
+    def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        if progress is not None:
+            progress(step + 1, total)
+        return callback_kwargs
+
+    return on_step_end

@@ -1,0 +1,126 @@
+"""The diffusion engine, end to end on tiny random-weight model sets loaded like real ones."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("diffusers")
+
+from pipelines import SwapJob, WeightsError, load_engine  # noqa: E402
+from pipelines.diffusion import STYLE_BLOCKS, DiffusionEngine, context_box, processing_size, set_ip_adapter_strengths  # noqa: E402
+from pipelines.imageops import grow_mask, normalize_mask  # noqa: E402
+from pipelines.model_sets import ModelSet, require_model_set  # noqa: E402
+from tests.conftest import noise_image, rect_mask  # noqa: E402
+
+SIZE = (97, 61)  # odd and not square on purpose
+COMBOS = [("sd15", "plain"), ("sd15", "plus"), ("sdxl", "plain"), ("sdxl", "plus")]
+
+
+@pytest.fixture(scope="module", params=COMBOS, ids=lambda c: f"{c[0]}-{c[1]}")
+def engine(request, tiny_weights) -> DiffusionEngine:
+    arch, variant = request.param
+    return DiffusionEngine(ModelSet(arch, tiny_weights / arch, variant))
+
+
+def job(**overrides) -> SwapJob:
+    values = dict(
+        main_image=noise_image(SIZE, seed=5),
+        mask_image=rect_mask(SIZE, (30, 15, 60, 40)),
+        object_image=Image.new("RGB", (24, 24), (0, 180, 40)),
+        prompt="a green cube",
+        steps=2,
+        seed=11,
+        growmask=3,
+    )
+    values.update(overrides)
+    return SwapJob(**values)
+
+
+def test_same_seed_same_bytes_other_seed_differs(engine):
+    first = engine.swap(job())
+    assert first.tobytes() == engine.swap(job()).tobytes()
+    assert first.tobytes() != engine.swap(job(seed=12)).tobytes()
+
+
+def test_object_image_steers_the_output(engine):
+    other = Image.new("RGB", (24, 24), (220, 20, 200))
+    assert engine.swap(job()).tobytes() != engine.swap(job(object_image=other)).tobytes()
+
+
+def test_odd_size_comes_back_exact_and_outside_grown_mask_identical(engine):
+    j = job()
+    out = engine.swap(j)
+    assert out.size == SIZE and out.mode == "RGB"
+    grown = grow_mask(normalize_mask(j.mask_image, SIZE), j.growmask)
+    assert np.array_equal(np.asarray(out)[~grown], np.asarray(j.main_image)[~grown])
+    assert not np.array_equal(np.asarray(out)[grown], np.asarray(j.main_image)[grown])
+
+
+def test_per_block_scales_follow_the_strengths(engine):
+    engine.swap(job(subject_strength=0.25, fashion_strength=0.75))
+    style = STYLE_BLOCKS[engine.model_set.arch]
+    scales = {name: p.scale for name, p in engine.pipe.unet.attn_processors.items() if hasattr(p, "to_k_ip")}
+    assert scales, "no IP-Adapter processor was installed"
+    in_style = {n: s for n, s in scales.items() if n.startswith(style + ".")}
+    assert in_style and all(s == [0.75] for s in in_style.values())
+    assert all(s == [0.25] for n, s in scales.items() if n not in in_style)
+
+
+def test_style_only_and_plain_ip_adapter_settings(engine):
+    unet = engine.pipe.unet
+    style = STYLE_BLOCKS[engine.model_set.arch]
+    scales = set_ip_adapter_strengths(unet, style, subject=0.0, fashion=1.0)
+    assert {v for n, v in scales.items() if n.startswith(style + ".")} == {1.0}
+    assert {v for n, v in scales.items() if not n.startswith(style + ".")} == {0.0}
+    assert set(set_ip_adapter_strengths(unet, style, 1.0, 1.0).values()) == {1.0}
+
+
+def test_progress_reports_every_step(engine):
+    seen = []
+    engine.swap(job(steps=3), progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_processing_size_keeps_aspect_at_native_area():
+    width, height = processing_size((0, 0, 300, 150), 1024)
+    assert width % 8 == 0 and height % 8 == 0
+    assert abs(width / height - 2.0) < 0.02 and abs(width * height - 1024**2) / 1024**2 < 0.02
+
+
+def test_context_box_adds_margin_and_limits_elongation():
+    mask = np.zeros((400, 1000), dtype=bool)
+    mask[200:210, 100:900] = True  # a thin strip
+    left, top, right, bottom = context_box(mask, (1000, 400))
+    assert left < 100 and right > 900 and top < 200 and bottom > 210
+    assert (right - left) <= 2.0 * (bottom - top) + 2 or top == 0 or bottom == 400
+
+
+def test_auto_picks_sdxl_and_names_it(tiny_weights):
+    choice = load_engine("auto", tiny_weights)
+    assert choice.engine.name == "diffusion/sdxl" and "complete model set" in choice.reason
+
+
+def test_missing_file_is_a_clear_weights_error(tiny_weights, tmp_path):
+    import shutil
+
+    broken = tmp_path / "sd15"
+    shutil.copytree(tiny_weights / "sd15", broken)
+    (broken / "ip_adapter/models/ip-adapter-plus_sd15.safetensors").unlink()
+    with pytest.raises(WeightsError, match="incomplete, missing ip_adapter/models/ip-adapter-plus_sd15.safetensors"):
+        require_model_set(tmp_path, "sd15")
+    assert load_engine("auto", tmp_path).engine.name == "composite"
+
+
+def test_corrupt_weights_file_is_a_clear_weights_error(tiny_weights, tmp_path):
+    import shutil
+
+    broken = tmp_path / "sd15"
+    shutil.copytree(tiny_weights / "sd15", broken)
+    (broken / "base/unet/diffusion_pytorch_model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(WeightsError, match="cannot load model set"):
+        load_engine("diffusion", tmp_path)
+
+
+def test_diffusion_without_weights_says_how_to_get_them(tmp_path):
+    with pytest.raises(WeightsError, match="segswap weights download"):
+        load_engine("diffusion", tmp_path)

@@ -1,0 +1,58 @@
+"""The server and CLI in `auto` mode pick up tiny weights and answer through the diffusion engine."""
+
+import io
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+pytest.importorskip("diffusers")
+
+from server.app import create_app  # noqa: E402
+from server.cli import main  # noqa: E402
+from server.settings import Settings  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def diffusion_client(tiny_weights):
+    settings = Settings(api_keys=["k"], weights_dir=tiny_weights, model_set="sd15")
+    with TestClient(create_app(settings), headers={"x-api-key": "k"}) as client:
+        yield client
+
+
+def test_auto_mode_serves_seg_swap_through_the_diffusion_engine(diffusion_client, body, scene):
+    response = diffusion_client.post("/v1/seg-swap", json={**body, "negative_prompt": "blurry", "guidance_scale": 5.0})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-segswap-engine"] == "diffusion/sd15"
+    assert Image.open(io.BytesIO(response.content)).size == scene.size
+    again = diffusion_client.post("/v1/seg-swap", json={**body, "negative_prompt": "blurry", "guidance_scale": 5.0})
+    assert again.content == response.content
+
+
+def test_cli_swap_with_tiny_sdxl(tiny_weights, tmp_path, body, capsys):
+    from tests.server.test_cli import swap_args
+
+    paths = {}
+    for name, field in [("main", "main_image"), ("mask", "mask_image"), ("object", "object_image")]:
+        import base64
+
+        paths[name] = tmp_path / f"{name}.png"
+        paths[name].write_bytes(base64.b64decode(body[field]))
+    out = tmp_path / "out.png"
+    assert main(swap_args(paths, out, "--weights", str(tiny_weights), "--steps", "10")) == 0
+    assert "engine diffusion/sdxl" in capsys.readouterr().err
+
+
+def test_serve_with_diffusion_and_no_weights_refuses_to_start(tmp_path, capsys):
+    assert main(["serve", "--engine", "diffusion", "--weights", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no model set in" in err and "segswap weights download" in err
+
+
+def test_weights_make_tiny_and_verify_commands(tmp_path, capsys):
+    assert main(["weights", "make-tiny", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "sdxl/base/model_index.json").is_file()
+    assert main(["weights", "list"]) == 0
+    assert "sdxl" in capsys.readouterr().out
+    assert main(["weights", "verify", "sd15", "--weights", str(tmp_path / "nothing")]) == 1
+    assert "NOT usable" in capsys.readouterr().err
