@@ -154,7 +154,9 @@ def _flag(field: str) -> str:
 
 def _read_source(source: str, field: str, settings: Settings) -> bytes:
     if is_url(source):
-        return asyncio.run(fetch_url(source, field, max_bytes=settings.fetch_max_bytes, timeout_s=settings.fetch_timeout_s))
+        return asyncio.run(
+            fetch_url(source, field, max_bytes=settings.fetch_max_bytes, timeout_s=settings.fetch_timeout_s, allow=settings.fetch_allow)
+        )
     path = Path(source)
     if not path.is_file():
         raise CliError(f"{_flag(field)}: no such file: {source}")

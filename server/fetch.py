@@ -17,8 +17,19 @@ from .errors import ApiError
 MAX_REDIRECTS = 3
 
 
-async def fetch_url(url: str, field: str, *, max_bytes: int, timeout_s: float, client: httpx.AsyncClient | None = None) -> bytes:
-    """GET `url` and return its body, or raise a 400 ApiError that names `field`."""
+async def fetch_url(
+    url: str,
+    field: str,
+    *,
+    max_bytes: int,
+    timeout_s: float,
+    allow: list[str] | None = None,
+    client: httpx.AsyncClient | None = None,
+) -> bytes:
+    """GET `url` and return its body, or raise a 400 ApiError that names `field`.
+
+    `allow`: hosts or CIDR networks the operator opened although they are not public.
+    """
     scheme = urlsplit(url).scheme.lower()
     if scheme not in ("http", "https"):
         raise ApiError(400, f"field '{field}': only http and https URLs can be fetched (got {scheme}:)")

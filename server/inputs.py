@@ -17,7 +17,9 @@ from .settings import Settings
 
 async def image_bytes(value: str, field: str, settings: Settings) -> bytes:
     if is_url(value):
-        return await fetch_url(value, field, max_bytes=settings.fetch_max_bytes, timeout_s=settings.fetch_timeout_s)
+        return await fetch_url(
+            value, field, max_bytes=settings.fetch_max_bytes, timeout_s=settings.fetch_timeout_s, allow=settings.fetch_allow
+        )
     return decode_base64_field(value, field)
 
 

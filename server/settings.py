@@ -36,9 +36,13 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest decoded image accepted, in pixels")
     fetch_max_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest image fetched from a URL")
     fetch_timeout_s: float = Field(15.0, gt=0, description="total time allowed to fetch one image URL")
+    fetch_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="hosts or networks (CIDR) that image URLs may reach even though they are not public, comma-separated",
+    )
     log_level: str = "info"
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "fetch_allow", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

@@ -13,6 +13,6 @@ KEY = "test-key-0123456789"
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
     """An app with one API key on the composite engine."""
-    app = create_app(Settings(api_keys=[KEY], max_body_bytes=2_000_000, max_image_pixels=1_000_000), CompositeEngine())
+    app = create_app(Settings(api_keys=[KEY], max_body_bytes=2_000_000, max_image_pixels=1_000_000, fetch_allow=["127.0.0.1"]), CompositeEngine())
     with TestClient(app, headers={"x-api-key": KEY}) as test_client:
         yield test_client
