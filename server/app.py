@@ -1,38 +1,52 @@
-"""Building the FastAPI app: settings, engine, routes, error handlers, request ids."""
+"""Building the FastAPI app: settings, workers, routes, error handlers, access log and metrics."""
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import logging
-import re
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from PIL import Image, ImageDraw
 
-from pipelines import Engine, load_engine
+from pipelines import Engine, SegswapError, SwapJob, load_engine
 
 from . import __version__
+from .access import AccessMiddleware
 from .errors import install_error_handlers
+from .lifecycle import Lifecycle
+from .metrics import Metrics
+from .queue import WorkQueue
 from .routes import router
 from .settings import Settings
-from .worker import EngineRunner
 
 log = logging.getLogger("segswap")
-CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+EngineFactory = Callable[[str], Engine]
+"""Builds the engine of one worker, given its device ("cpu", "cuda:1", ...)."""
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
-    """The app; `engine` lets a caller (tests, the CLI) hand over one already loaded."""
+def create_app(settings: Settings | None = None, engine: Engine | None = None, engine_factory: EngineFactory | None = None) -> FastAPI:
+    """The app. `engine` (one worker) or `engine_factory` (one per device) override the configured engine."""
     settings = settings or Settings()
+    if engine is not None:
+        engine_factory = lambda device: engine  # noqa: E731
+    factory = engine_factory or (lambda device: load_configured_engine(settings, device))
+    metrics = Metrics()
+    work = WorkQueue(settings.max_queue, on_event=_queue_events(metrics))
+    lifecycle = Lifecycle()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.runner = EngineRunner(engine or load_configured_engine(settings))
+        devices = settings.devices or visible_devices()
+        starting = asyncio.create_task(asyncio.to_thread(start_workers, work, lifecycle, factory, devices))
         try:
             yield
         finally:
-            app.state.runner.close()
+            await starting
+            await asyncio.to_thread(work.stop)
 
     app = FastAPI(
         title="segswap",
@@ -40,27 +54,60 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         description="Self-hosted SegSwap v0.1: swap an object or pattern into the masked region of a photo.",
         lifespan=lifespan,
     )
-    app.state.settings = settings
+    app.state.settings, app.state.work, app.state.lifecycle, app.state.metrics = settings, work, lifecycle, metrics
+    metrics.watch_queue(lambda: work.depth, lambda: work.in_flight)
     install_error_handlers(app)
     app.include_router(router)
-    app.middleware("http")(_request_id)
+    app.add_middleware(AccessMiddleware, metrics=metrics)
     return app
 
 
-def load_configured_engine(settings: Settings) -> Engine:
-    """The engine the settings ask for; logs which one and why."""
+def load_configured_engine(settings: Settings, device: str | None = None) -> Engine:
+    """The engine the settings ask for, on `device`; logs which one and why."""
     choice = load_engine(
         settings.engine, settings.weights_dir, arch=settings.model_set, variant=settings.ip_adapter,
-        options=settings.diffusion_options(),
+        options=settings.diffusion_options(device),
     )
-    log.info("engine: %s (%s)", choice.engine.name, choice.reason)
+    log.info("engine: %s on %s (%s)", choice.engine.name, device or settings.device, choice.reason)
     return choice.engine
 
 
-async def _request_id(request: Request, call_next):
-    given = request.headers.get("x-request-id", "")
-    request_id = given if CLIENT_REQUEST_ID.match(given) else uuid.uuid4().hex
-    request.state.request_id = request_id
-    response = await call_next(request)
-    response.headers["x-request-id"] = request_id
-    return response
+def visible_devices() -> list[str]:
+    """Every visible GPU, one worker each; with none, one CPU worker."""
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        if torch.cuda.is_available():
+            return [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    return ["cpu"]
+
+
+def start_workers(work: WorkQueue, lifecycle: Lifecycle, factory: EngineFactory, devices: list[str]) -> None:
+    """Load and warm up one engine per device, then start its worker; ready when all are."""
+    try:
+        for device in devices:
+            engine = factory(device)
+            warm_up(engine)
+            work.start_worker(engine, device)
+            lifecycle.engine_name = engine.name
+    except (SegswapError, OSError, RuntimeError) as exc:
+        lifecycle.failure = str(exc)
+        log.error("engine failed to load: %s", exc)
+        return
+    lifecycle.ready = True
+    log.info("ready: %d worker(s) on %s", len(devices), ", ".join(devices))
+
+
+def warm_up(engine: Engine) -> None:
+    """One small swap before readiness, so the first client does not pay for lazy initialisation."""
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((16, 16, 47, 47), fill=255)
+    engine.swap(SwapJob(Image.new("RGB", (64, 64), (128, 128, 128)), mask, Image.new("RGB", (16, 16)), steps=2, seed=0))
+
+
+def _queue_events(metrics: Metrics) -> Callable:
+    def on_event(kind: str, ticket) -> None:
+        if kind == "dropped":
+            metrics.dropped.inc()
+
+    return on_event

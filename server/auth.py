@@ -27,18 +27,24 @@ def key_matches(given: str, keys: list[str]) -> bool:
     return matched
 
 
-def check_api_key(request: Request, settings: Settings) -> None:
-    """Raise a 401 ApiError unless the request may use the API."""
+def key_id(key: str) -> str:
+    """A stable, non-secret name for a key, for logs: never log the key itself."""
+    return "k-" + hashlib.sha256(key.encode()).hexdigest()[:10]
+
+
+def check_api_key(request: Request, settings: Settings) -> str:
+    """The caller's key id; raises a 401 ApiError unless the request may use the API."""
     if any(name in request.query_params for name in QUERY_KEY_NAMES):
         raise ApiError(401, "send the API key in the x-api-key header, never in the URL")
     if not settings.auth_required:
         _allow_only_loopback(request)
-        return
+        return "anonymous-loopback"
     given = request.headers.get("x-api-key")
     if not given:
         raise ApiError(401, "missing API key: send it in the x-api-key header")
     if not key_matches(given, settings.api_keys):
         raise ApiError(401, "invalid API key")
+    return key_id(given)
 
 
 def _allow_only_loopback(request: Request) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from pipelines import InvalidInput, SegswapError, SwapJob, resolve_seed
+from pipelines import InvalidInput, SegswapError, SwapJob, require_model_set, resolve_seed
 
 from .app import load_configured_engine
 from .cli_weights import add_weights_commands
@@ -106,13 +106,20 @@ def _settings(args: argparse.Namespace, **extra: object) -> Settings:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from .access import configure_json_logging
     from .app import create_app
+    from .lifecycle import DrainingServer
 
     settings = _settings(args, host=args.host, port=args.port)
+    configure_json_logging(settings.log_level)
     if not settings.auth_required:
         log.warning("no API keys configured (SEGSWAP_API_KEYS): serving WITHOUT auth, on loopback %s only", settings.host)
-    engine = load_configured_engine(settings)  # before binding: a missing model set stops here, with its reason
-    uvicorn.run(create_app(settings, engine), host=settings.host, port=settings.port, log_level=settings.log_level)
+    if settings.engine == "diffusion":  # fail before binding when the model set is plainly missing
+        require_model_set(settings.weights_dir, settings.model_set, settings.ip_adapter)
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=settings.drain_grace_s)
+    DrainingServer(config, app.state.lifecycle, app.state.work, settings.drain_grace_s).run()
     return 0
 
 

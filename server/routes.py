@@ -1,13 +1,15 @@
-"""The HTTP routes. Thin: read, resolve, run, encode; the work lives in the modules they call."""
+"""The HTTP routes. Thin: read, resolve, queue, encode; the work lives in the modules they call."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipelines import SegswapError
 
@@ -15,29 +17,42 @@ from .auth import check_api_key
 from .body import read_swap_body
 from .contract import MEDIA_TYPES, SwapResponse
 from .encode import encode_image
-from .errors import api_error_from_engine
+from .errors import ApiError, api_error_from_engine
 from .inputs import resolve_job
+from .lifecycle import Lifecycle
+from .metrics import Metrics
 from .openapi_docs import swap_request_body, swap_responses
+from .queue import Dropped, Outcome, QueueFull, Ticket, WorkQueue
 from .settings import Settings
-from .worker import EngineRunner
 
 router = APIRouter()
+DISCONNECT_POLL_S = 0.2
 
 
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_runner(request: Request) -> EngineRunner:
-    return request.app.state.runner
+def get_work(request: Request) -> WorkQueue:
+    return request.app.state.work
+
+
+def get_lifecycle(request: Request) -> Lifecycle:
+    return request.app.state.lifecycle
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
 
 
 def require_api_key(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> None:
-    check_api_key(request, settings)
+    request.state.log["key_id"] = check_api_key(request, settings)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-RunnerDep = Annotated[EngineRunner, Depends(get_runner)]
+WorkDep = Annotated[WorkQueue, Depends(get_work)]
+LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
 @router.post(
@@ -48,27 +63,101 @@ RunnerDep = Annotated[EngineRunner, Depends(get_runner)]
     openapi_extra=swap_request_body(),
     dependencies=[Depends(require_api_key)],
 )
-async def seg_swap(request: Request, settings: SettingsDep, runner: RunnerDep) -> Response:
+async def seg_swap(request: Request, settings: SettingsDep, work: WorkDep, lifecycle: LifecycleDep, metrics: MetricsDep) -> Response:
+    deadline = time.monotonic() + settings.request_timeout_s
+    refuse_if_unavailable(lifecycle, work)
+    timings = request.state.log
+    start = time.perf_counter()
     parsed = await read_swap_body(request, settings.max_body_bytes)
     job = await resolve_job(parsed, settings)
+    timings["inputs_s"] = _observe(metrics, "inputs", start)
+
+    outcome = await run_job(request, work, job, deadline, settings.request_timeout_s)
+    metrics.queue_wait_seconds.observe(outcome.queue_s)
+    metrics.stage_seconds.labels("engine").observe(outcome.engine_s)
+    metrics.images.labels(outcome.engine).inc()
+    timings.update(queue_s=round(outcome.queue_s, 4), engine_s=round(outcome.engine_s, 4), engine=outcome.engine, seed=job.seed)
+
+    body = parsed.request
+    start = time.perf_counter()
+    data = await asyncio.to_thread(encode_image, outcome.image, body.image_format, body.image_quality)
+    timings["encode_s"] = _observe(metrics, "encode", start)
+    return swap_response(data, body, job.seed, outcome)
+
+
+def refuse_if_unavailable(lifecycle: Lifecycle, work: WorkQueue) -> None:
+    """503 while loading or draining, 429 when the queue is full: before any input is fetched."""
+    reason = lifecycle.not_ready_reason()
+    if reason:
+        raise ApiError(503, reason, {"Retry-After": "5"})
     try:
-        image, seconds = await runner.run(job)
+        work.check_capacity()
+    except QueueFull as full:
+        raise queue_full_error(full) from None
+
+
+def queue_full_error(full: QueueFull) -> ApiError:
+    reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + full.retry_after_s))
+    headers = {"Retry-After": str(full.retry_after_s), "x-rate-limit-reset-at-utc": reset}
+    return ApiError(429, f"the server is busy (queue full); retry in {full.retry_after_s} s", headers)
+
+
+async def run_job(request: Request, work: WorkQueue, job, deadline: float, timeout_s: float) -> Outcome:
+    """Queue the job and wait for it; 504 past the deadline, the job dropped if it has not started."""
+    try:
+        ticket = work.submit(job, deadline)
+    except QueueFull as full:
+        raise queue_full_error(full) from None
+    watcher = asyncio.create_task(_drop_on_disconnect(request, work, ticket))
+    try:
+        return await asyncio.wait_for(asyncio.shield(ticket.future), timeout=max(0.0, deadline - time.monotonic()))
+    except (TimeoutError, Dropped):
+        work.cancel(ticket, "deadline passed")
+        raise ApiError(504, f"the request did not finish within {timeout_s:g} s") from None
     except SegswapError as exc:
         raise api_error_from_engine(exc) from None
-    body = parsed.request
-    data = await asyncio.to_thread(encode_image, image, body.image_format, body.image_quality)
-    headers = {
-        "x-seed-value": str(job.seed),
-        "x-generation-time": f"{seconds:.3f}",
-        "x-segswap-engine": runner.engine.name,
-    }
+    finally:
+        watcher.cancel()
+
+
+async def _drop_on_disconnect(request: Request, work: WorkQueue, ticket: Ticket) -> None:
+    while not ticket.future.done():
+        if await request.is_disconnected():
+            work.cancel(ticket, "client disconnected")
+            return
+        await asyncio.sleep(DISCONNECT_POLL_S)
+
+
+def swap_response(data: bytes, body, seed: int, outcome: Outcome) -> Response:
+    headers = {"x-seed-value": str(seed), "x-generation-time": f"{outcome.engine_s:.3f}", "x-segswap-engine": outcome.engine}
     if body.base64:
         payload = SwapResponse(
-            image=base64.b64encode(data).decode("ascii"),
-            image_format=body.image_format,
-            seed=job.seed,
-            generation_time=round(seconds, 3),
-            engine=runner.engine.name,
+            image=base64.b64encode(data).decode("ascii"), image_format=body.image_format, seed=seed,
+            generation_time=round(outcome.engine_s, 3), engine=outcome.engine,
         )
         return JSONResponse(payload.model_dump(), headers=headers)
     return Response(data, media_type=MEDIA_TYPES[body.image_format], headers=headers)
+
+
+def _observe(metrics: Metrics, stage: str, start: float) -> float:
+    seconds = time.perf_counter() - start
+    metrics.stage_seconds.labels(stage).observe(seconds)
+    return round(seconds, 4)
+
+
+@router.get("/health/live", summary="The process is up")
+async def live() -> dict:
+    return {"status": "live"}
+
+
+@router.get("/health/ready", summary="Engine loaded and warm, not draining (503 otherwise)")
+async def ready(lifecycle: LifecycleDep, work: WorkDep) -> JSONResponse:
+    reason = lifecycle.not_ready_reason()
+    if reason:
+        return JSONResponse({"status": "not ready", "error": reason}, status_code=503)
+    return JSONResponse({"status": "ready", "engine": lifecycle.engine_name, "workers": work.workers, "queue_depth": work.depth})
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def prometheus_metrics(metrics: MetricsDep) -> Response:
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

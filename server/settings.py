@@ -42,7 +42,15 @@ class Settings(BaseSettings):
     )
     log_level: str = "info"
 
-    @field_validator("api_keys", "fetch_allow", mode="before")
+    max_queue: int = Field(32, ge=1, description="jobs that may wait for a worker; beyond it, 429")
+    request_timeout_s: float = Field(300.0, gt=0, description="deadline of a request from arrival; past it, 504")
+    drain_grace_s: float = Field(120.0, ge=0, description="how long SIGTERM waits for queued and running jobs")
+    devices: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="devices to run workers on, one worker each (e.g. cuda:0,cuda:1); default: every GPU, else one CPU",
+    )
+
+    @field_validator("api_keys", "fetch_allow", "devices", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
@@ -62,8 +70,10 @@ class Settings(BaseSettings):
     def auth_required(self) -> bool:
         return bool(self.api_keys)
 
-    def diffusion_options(self) -> DiffusionOptions:
-        return DiffusionOptions(device=self.device, dtype=self.dtype, cpu_offload=self.cpu_offload, vae_tiling=self.vae_tiling)
+    def diffusion_options(self, device: str | None = None) -> DiffusionOptions:
+        return DiffusionOptions(
+            device=device or self.device, dtype=self.dtype, cpu_offload=self.cpu_offload, vae_tiling=self.vae_tiling
+        )
 
 
 def is_loopback(host: str) -> bool:

@@ -110,3 +110,14 @@ def tiny_weights(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("weights")
     make_tiny(out)
     return out
+
+
+def wait_ready(client, timeout_s: float = 60.0) -> None:
+    """Block until the app's engines are loaded and warm (they start in the background)."""
+    import time
+
+    end = time.monotonic() + timeout_s
+    while client.get("/health/ready").status_code != 200:
+        if time.monotonic() > end:
+            raise TimeoutError(client.get("/health/ready").json())
+        time.sleep(0.02)

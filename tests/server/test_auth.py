@@ -8,6 +8,7 @@ from pipelines import CompositeEngine
 from server.app import create_app
 from server.auth import key_matches
 from server.settings import Settings
+from tests.conftest import wait_ready
 
 from .conftest import KEY
 
@@ -59,6 +60,7 @@ def test_keyless_server_answers_loopback_clients_only(body, monkeypatch):
     monkeypatch.delenv("SEGSWAP_API_KEYS", raising=False)
     app = create_app(Settings(), CompositeEngine())
     with TestClient(app, base_url="http://127.0.0.1:8000") as local:
+        wait_ready(local)
         assert local.post("/v1/seg-swap", json=body).status_code == 200
     # The same app reached on a non-loopback local address (e.g. started with uvicorn --host 0.0.0.0).
     with TestClient(app, base_url="http://10.0.0.5:8000") as remote:

@@ -11,12 +11,14 @@ pytest.importorskip("diffusers")
 from server.app import create_app  # noqa: E402
 from server.cli import main  # noqa: E402
 from server.settings import Settings  # noqa: E402
+from tests.conftest import wait_ready  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def diffusion_client(tiny_weights):
     settings = Settings(api_keys=["k"], weights_dir=tiny_weights, model_set="sd15")
     with TestClient(create_app(settings), headers={"x-api-key": "k"}) as client:
+        wait_ready(client)
         yield client
 
 
