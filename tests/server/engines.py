@@ -1,0 +1,40 @@
+"""Test engines with controllable timing, for queue and lifecycle tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from PIL import Image
+
+from pipelines import SwapJob
+
+
+class GatedEngine:
+    """Returns the main image; each swap waits for `gate` (if closed) and then `delay` seconds.
+
+    `ran` lists the seeds of the jobs it actually ran, in order.
+    """
+
+    name = "gated"
+
+    def __init__(self, delay: float = 0.0, busy: bool = False):
+        self.delay, self.busy = delay, busy
+        self.gate = threading.Event()
+        self.gate.set()
+        self.ran: list[int] = []
+        self.started = threading.Event()
+        self._lock = threading.Lock()
+
+    def swap(self, job: SwapJob, progress=None) -> Image.Image:
+        self.started.set()
+        self.gate.wait(30)
+        end = time.monotonic() + self.delay
+        while time.monotonic() < end:
+            if self.busy:
+                sum(i * i for i in range(20_000))  # hold the GIL like real pre/post-processing would
+            else:
+                time.sleep(0.005)
+        with self._lock:
+            self.ran.append(job.seed)
+        return job.main_image.copy()

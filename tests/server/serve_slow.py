@@ -1,0 +1,23 @@
+"""Run the real serving stack (DrainingServer) on a slow test engine: `python -m tests.server.serve_slow PORT DELAY`."""
+
+import sys
+
+import uvicorn
+
+from server.app import create_app
+from server.lifecycle import DrainingServer
+from server.settings import Settings
+
+from .engines import GatedEngine
+
+
+def main() -> None:
+    port, delay = int(sys.argv[1]), float(sys.argv[2])
+    settings = Settings(api_keys=["k"], port=port, drain_grace_s=30)
+    app = create_app(settings, GatedEngine(delay=delay))
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    DrainingServer(config, app.state.lifecycle, app.state.work, settings.drain_grace_s).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Serving under load: backpressure, deadlines, disconnects, readiness, metrics, a free event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import httpx
+import pytest
+
+from server.app import create_app
+from server.settings import Settings
+
+from .engines import GatedEngine
+from .live import live_server
+
+KEY = {"x-api-key": "k"}
+
+
+def settings(**overrides) -> Settings:
+    return Settings(api_keys=["k"], **overrides)
+
+
+def request_body(body: dict, seed: int) -> dict:
+    return {**body, "seed": seed}
+
+
+async def burst(url: str, body: dict, seeds: range, timeout: float = 30) -> list[httpx.Response]:
+    async with httpx.AsyncClient(timeout=timeout, headers=KEY) as client:
+        return await asyncio.gather(*(client.post(f"{url}/v1/seg-swap", json=request_body(body, s)) for s in seeds))
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = re.escape(name) + (r"\{" + re.escape(label_text) + r"\}" if labels else "") + r" ([0-9.e+-]+)"
+    found = re.search(pattern, text)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_burst_larger_than_the_queue_gets_only_200s_and_429s(body):
+    engine = GatedEngine(delay=0.15)
+    app = create_app(settings(max_queue=3), engine)
+    with live_server(app) as url:
+        responses = asyncio.run(burst(url, body, range(1, 13)))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 429} and statuses.count(429) >= 1 and statuses.count(200) >= 4
+    for response in responses:
+        if response.status_code == 429:
+            assert int(response.headers["Retry-After"]) >= 1 and "queue full" in response.json()["error"]
+            assert "x-rate-limit-reset-at-utc" in response.headers
+    accepted = sorted(int(r.headers["x-seed-value"]) for r in responses if r.status_code == 200)
+    assert sorted(s for s in engine.ran if s != 0) == accepted  # every accepted job ran exactly once
+
+
+def test_deadline_in_the_queue_is_504_and_the_job_never_runs(body):
+    engine = GatedEngine()
+    app = create_app(settings(request_timeout_s=0.6), engine)
+    with live_server(app) as url:
+        engine.gate.clear()
+
+        async def scenario():
+            async with httpx.AsyncClient(timeout=10, headers=KEY) as client:
+                first = asyncio.create_task(client.post(f"{url}/v1/seg-swap", json=request_body(body, 1)))
+                await asyncio.sleep(0.2)  # the worker is now stuck on job 1
+                second = await client.post(f"{url}/v1/seg-swap", json=request_body(body, 2))
+                engine.gate.set()
+                return await first, second
+
+        first, second = asyncio.run(scenario())
+        time.sleep(0.2)
+        text = httpx.get(f"{url}/metrics").text
+    assert second.status_code == 504 and "did not finish within 0.6 s" in second.json()["error"]
+    assert first.status_code == 504  # it ran, but past its own deadline
+    assert 1 in engine.ran and 2 not in engine.ran
+    assert metric(text, "segswap_dropped_jobs_total") == 1
+
+
+def test_client_that_disconnects_while_queued_has_its_job_dropped(body):
+    engine = GatedEngine()
+    app = create_app(settings(), engine)
+    with live_server(app) as url:
+        engine.gate.clear()
+
+        async def scenario():
+            async with httpx.AsyncClient(timeout=10, headers=KEY) as client:
+                first = asyncio.create_task(client.post(f"{url}/v1/seg-swap", json=request_body(body, 1)))
+                await asyncio.sleep(0.2)
+                with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+                    await client.post(f"{url}/v1/seg-swap", json=request_body(body, 2), timeout=0.4)
+                await asyncio.sleep(0.5)  # the server notices within its poll interval
+                engine.gate.set()
+                return await first
+
+        first = asyncio.run(scenario())
+        time.sleep(0.2)
+        text = httpx.get(f"{url}/metrics").text
+    assert first.status_code == 200
+    assert 2 not in engine.ran
+    assert metric(text, "segswap_dropped_jobs_total") == 1
+
+
+def test_readiness_flips_after_warm_up(body):
+    engine = GatedEngine()
+    engine.gate.clear()  # warm-up blocks here
+    app = create_app(settings(), engine)
+    with live_server(app, wait_ready=False) as url:
+        assert engine.started.wait(5)
+        assert httpx.get(f"{url}/health/live").status_code == 200
+        not_ready = httpx.get(f"{url}/health/ready")
+        assert not_ready.status_code == 503 and "warming up" in not_ready.json()["error"]
+        refused = httpx.post(f"{url}/v1/seg-swap", json=body, headers=KEY)
+        assert refused.status_code == 503 and refused.headers["Retry-After"]
+        engine.gate.set()
+        deadline = time.monotonic() + 5
+        while httpx.get(f"{url}/health/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        ready = httpx.get(f"{url}/health/ready").json()
+        assert ready["engine"] == "gated" and ready["workers"] == 1
+
+
+def test_one_worker_per_device_from_the_same_queue(body):
+    engine = GatedEngine(delay=0.3)
+    app = create_app(settings(devices=["cpu", "cpu"]), engine_factory=lambda device: engine)
+    with live_server(app) as url:
+        assert httpx.get(f"{url}/health/ready").json()["workers"] == 2
+        start = time.monotonic()
+        responses = asyncio.run(burst(url, body, range(1, 5)))
+        elapsed = time.monotonic() - start
+    assert [r.status_code for r in responses] == [200] * 4
+    assert elapsed < 4 * 0.3  # two workers overlap: four 0.3 s jobs take about 0.6 s
+
+
+def test_metrics_move_as_requests_flow(client, body):
+    before = client.get("/metrics").text
+    assert client.post("/v1/seg-swap", json=body).status_code == 200
+    assert client.post("/v1/seg-swap", json={**body, "steps": 5}).status_code == 400
+    after = client.get("/metrics").text
+    for name, labels in [("segswap_responses_total", {"route": "/v1/seg-swap", "status": "200"}),
+                         ("segswap_responses_total", {"route": "/v1/seg-swap", "status": "400"}),
+                         ("segswap_images_total", {"engine": "composite"}),
+                         ("segswap_stage_seconds_count", {"stage": "engine"}),
+                         ("segswap_queue_wait_seconds_count", {}),
+                         ("segswap_request_seconds_count", {"route": "/v1/seg-swap"})]:
+        assert metric(after, name, **labels) == metric(before, name, **labels) + (2 if "request_seconds" in name else 1), name
+    assert "segswap_queue_depth 0.0" in after and "segswap_in_flight 0.0" in after
+
+
+def test_event_loop_answers_live_within_100ms_while_the_engine_is_busy(body):
+    engine = GatedEngine(delay=1.5, busy=True)
+    app = create_app(settings(), engine)
+    with live_server(app) as url:
+
+        async def scenario():
+            async with httpx.AsyncClient(timeout=10, headers=KEY) as client:
+                running = asyncio.create_task(client.post(f"{url}/v1/seg-swap", json=request_body(body, 1)))
+                await asyncio.sleep(0.3)
+                latencies = []
+                for _ in range(8):
+                    start = time.perf_counter()
+                    assert (await client.get(f"{url}/health/live")).status_code == 200
+                    latencies.append(time.perf_counter() - start)
+                    await asyncio.sleep(0.05)
+                assert (await running).status_code == 200
+                return latencies
+
+        latencies = asyncio.run(scenario())
+    assert max(latencies) < 0.1, latencies
+
+
+def test_access_log_is_one_json_line_with_request_id_and_key_id(client, body, caplog):
+    import json
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="segswap.access"):
+        client.post("/v1/seg-swap", json=body, headers={"x-request-id": "trace-42"})
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "segswap.access"]
+    line = next(entry for entry in lines if entry["request_id"] == "trace-42")
+    assert line["status"] == 200 and line["engine"] == "composite" and line["key_id"].startswith("k-")
+    assert "test-key" not in json.dumps(line) and {"inputs_s", "queue_s", "engine_s", "encode_s"} <= set(line)
