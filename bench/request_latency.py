@@ -14,18 +14,16 @@ import argparse
 import base64
 import io
 import json
-import socket
 import statistics
-import threading
 import time
 
 import httpx
 import numpy as np
-import uvicorn
 from PIL import Image, ImageDraw
 
 from pipelines import SwapJob, load_engine
 from server.app import create_app
+from server.embedded import live_server
 from server.encode import encode_image
 from server.images import decode_base64_field, decode_image
 from server.settings import Settings
@@ -44,22 +42,6 @@ def sample_request(size: int) -> dict:
         return base64.b64encode(buffer.getvalue()).decode()
 
     return {"main_image": encoded(scene), "mask_image": encoded(mask), "object_image": encoded(obj), "seed": 1}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def serve(engine_kind: str) -> tuple[uvicorn.Server, str]:
-    port = free_port()
-    settings = Settings(engine=engine_kind, port=port)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    return server, f"http://127.0.0.1:{port}"
 
 
 def stage_times(body: dict, engine_kind: str, repeats: int) -> dict[str, float]:
@@ -87,15 +69,13 @@ def main() -> None:
     args = parser.parse_args()
 
     body = sample_request(args.size)
-    server, url = serve(args.engine)
     totals = []
-    with httpx.Client(timeout=600) as client:
+    with live_server(create_app(Settings(engine=args.engine))) as url, httpx.Client(timeout=600) as client:
         client.post(f"{url}/v1/seg-swap", json=body).raise_for_status()  # warm-up
         for _ in range(args.repeats):
             start = time.perf_counter()
             client.post(f"{url}/v1/seg-swap", json=body).raise_for_status()
             totals.append(time.perf_counter() - start)
-    server.should_exit = True
 
     stages = stage_times(body, args.engine, args.repeats)
     total = statistics.median(totals)

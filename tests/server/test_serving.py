@@ -10,10 +10,10 @@ import httpx
 import pytest
 
 from server.app import create_app
+from server.embedded import live_server
 from server.settings import Settings
 
 from .engines import GatedEngine
-from .live import live_server
 
 KEY = {"x-api-key": "k"}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from .live import free_port
+from server.embedded import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""A real uvicorn server in a thread, for tests that need real connections (disconnects, concurrency)."""
+"""Running the app on a real uvicorn server in a background thread (benchmarks, tests, notebooks)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ def free_port() -> int:
 
 @contextmanager
 def live_server(app, wait_ready: bool = True) -> Iterator[str]:
+    """Serve `app` on a free loopback port; yields its base URL (after readiness unless told not to)."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -1,0 +1,36 @@
+# segswap on a CUDA runtime: the API server with the diffusion engine.
+#   docker build -t segswap .
+#   docker run --gpus all -p 8000:8000 -e SEGSWAP_API_KEYS=change-me -v "$PWD/weights:/weights:ro" segswap
+# Installs with scripts/install.sh, the same script the README and CI use.
+FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 10001 segswap
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY scripts scripts
+COPY examples/make_examples.py examples/
+COPY pipelines pipelines
+COPY server server
+COPY weights/manifest.toml weights/README.md weights/
+
+# PyPI's Linux torch wheel is the CUDA build, which is what this image wants.
+ENV SEGSWAP_VENV=/opt/venv SEGSWAP_TORCH="torch==2.13.0"
+RUN scripts/install.sh --diffusion && chown -R segswap:segswap /app
+
+ENV PATH=/opt/venv/bin:$PATH \
+    SEGSWAP_HOST=0.0.0.0 \
+    SEGSWAP_PORT=8000 \
+    SEGSWAP_WEIGHTS_DIR=/weights \
+    HF_HUB_OFFLINE=1
+USER segswap
+VOLUME /weights
+EXPOSE 8000
+# Loading and warming a model set takes minutes on first start: give it a long start period.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=600s --retries=3 \
+    CMD ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health/ready', timeout=4).status != 200)"]
+STOPSIGNAL SIGTERM
+CMD ["segswap", "serve"]
