@@ -63,8 +63,9 @@ def summarise(results: list[tuple[int, float]], elapsed: float) -> dict:
 
 def engine_seconds(body: dict, repeats: int = 10) -> float:
     from bench.request_latency import stage_times
+    from server.settings import Settings
 
-    return stage_times(body, "composite", repeats)["engine_s"]
+    return stage_times(body, Settings(engine="composite"), repeats)["engine_s"]
 
 
 def main() -> None:

@@ -21,8 +21,8 @@ import httpx
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipelines import SwapJob, load_engine
-from server.app import create_app
+from pipelines import SwapJob
+from server.app import create_app, load_configured_engine
 from server.embedded import live_server
 from server.encode import encode_image
 from server.images import decode_base64_field, decode_image
@@ -44,14 +44,15 @@ def sample_request(size: int) -> dict:
     return {"main_image": encoded(scene), "mask_image": encoded(mask), "object_image": encoded(obj), "seed": 1}
 
 
-def stage_times(body: dict, engine_kind: str, repeats: int) -> dict[str, float]:
-    engine = load_engine(engine_kind).engine
+def stage_times(body: dict, settings: Settings, repeats: int) -> dict[str, float]:
+    engine = load_configured_engine(settings)
     decode, swap, encode = [], [], []
     for _ in range(repeats):
         start = time.perf_counter()
         images = [decode_image(decode_base64_field(body[f], f), f, 40_000_000) for f in ("main_image", "mask_image", "object_image")]
         decode.append(time.perf_counter() - start)
-        job = SwapJob(main_image=images[0].convert("RGB"), mask_image=images[1], object_image=images[2], seed=1)
+        job = SwapJob(main_image=images[0].convert("RGB"), mask_image=images[1], object_image=images[2], seed=1,
+                      steps=body.get("steps", 30))
         start = time.perf_counter()
         image = engine.swap(job)
         swap.append(time.perf_counter() - start)
@@ -66,22 +67,26 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--engine", default="composite")
+    parser.add_argument("--weights", help="weights folder for the diffusion engine (e.g. from `segswap weights make-tiny`)")
+    parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
 
-    body = sample_request(args.size)
+    body = {**sample_request(args.size), "steps": args.steps}
+    settings = Settings(engine=args.engine, **({"weights_dir": args.weights} if args.weights else {}))
     totals = []
-    with live_server(create_app(Settings(engine=args.engine))) as url, httpx.Client(timeout=600) as client:
+    with live_server(create_app(settings)) as url, httpx.Client(timeout=600) as client:
         client.post(f"{url}/v1/seg-swap", json=body).raise_for_status()  # warm-up
         for _ in range(args.repeats):
             start = time.perf_counter()
             client.post(f"{url}/v1/seg-swap", json=body).raise_for_status()
             totals.append(time.perf_counter() - start)
 
-    stages = stage_times(body, args.engine, args.repeats)
+    stages = stage_times(body, settings, args.repeats)
     total = statistics.median(totals)
     report = {
         "size": f"{args.size}x{args.size}",
         "engine": args.engine,
+        "steps": args.steps,
         "request_body_bytes": len(json.dumps(body)),
         "end_to_end_s_median": round(total, 4),
         "end_to_end_s_p90": round(sorted(totals)[int(0.9 * (len(totals) - 1))], 4),
