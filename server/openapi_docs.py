@@ -16,7 +16,7 @@ def _multipart_schema() -> dict:
         text = schema["properties"][name]
         schema["properties"][name] = {
             "description": text["description"] + " In multipart bodies it may also be an uploaded file.",
-            "anyOf": [{"type": "string"}, {"type": "string", "format": "binary"}],
+            "anyOf": [{"type": "string", "minLength": 1}, {"type": "string", "format": "binary"}],
         }
     return schema
 
@@ -45,8 +45,10 @@ ERRORS = {
     401: "Missing or invalid API key.",
     406: "Content type other than application/json or multipart/form-data.",
     413: "Body or image too large.",
+    429: "Queue full: retry after `Retry-After` seconds.",
     500: "Internal error.",
-    503: "Engine unavailable.",
+    503: "Engine loading or server shutting down.",
+    504: "The request did not finish before its deadline.",
 }
 
 
