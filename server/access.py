@@ -42,7 +42,10 @@ class AccessMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)["x-request-id"] = request_id
+                headers = MutableHeaders(scope=message)
+                headers["x-request-id"] = request_id
+                if state.get("remaining_credits") is not None:
+                    headers["x-remaining-credits"] = str(state["remaining_credits"])
             await send(message)
 
         try:

@@ -15,10 +15,13 @@ from pipelines import Engine, SegswapError, SwapJob, load_engine
 
 from . import __version__
 from .access import AccessMiddleware
+from .credits import CreditLedger
 from .errors import install_error_handlers
+from .keys import KeyFile
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .queue import WorkQueue
+from .ratelimit import RateLimiter
 from .routes import router
 from .settings import Settings
 
@@ -32,7 +35,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, e
     """The app. `engine` (one worker) or `engine_factory` (one per device) override the configured engine."""
     settings = settings or Settings()
     if engine is not None:
-        engine_factory = lambda device: engine  # noqa: E731
+        engine_factory = _same_engine(engine)
     factory = engine_factory or (lambda device: load_configured_engine(settings, device))
     metrics = Metrics()
     work = WorkQueue(settings.max_queue, on_event=_queue_events(metrics))
@@ -55,11 +58,21 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, e
         lifespan=lifespan,
     )
     app.state.settings, app.state.work, app.state.lifecycle, app.state.metrics = settings, work, lifecycle, metrics
+    app.state.key_file = KeyFile(settings.keys_file) if settings.keys_file else None
+    app.state.credits = CreditLedger(settings.credits_db) if settings.keys_file else None
+    app.state.limiter = RateLimiter()
     metrics.watch_queue(lambda: work.depth, lambda: work.in_flight)
     install_error_handlers(app)
     app.include_router(router)
     app.add_middleware(AccessMiddleware, metrics=metrics)
     return app
+
+
+def _same_engine(engine: Engine) -> EngineFactory:
+    def factory(device: str) -> Engine:
+        return engine
+
+    return factory
 
 
 def load_configured_engine(settings: Settings, device: str | None = None) -> Engine:

@@ -1,50 +1,40 @@
-"""API keys: the `x-api-key` header checked in constant time against the configured keys."""
+"""Who may call: API keys (constant-time checks), endpoint permissions and per-key rate limits."""
 
 from __future__ import annotations
-
-import hashlib
-import hmac
 
 from fastapi import Request
 
 from .errors import ApiError
+from .keys import Caller, KeyError401, KeyFile, identify
+from .ratelimit import RateLimiter, retry_after_header
 from .settings import Settings, is_loopback
 
 QUERY_KEY_NAMES = ("x-api-key", "api_key", "apikey", "key")
+ANONYMOUS = Caller("anonymous-loopback")
 
 
-def _digest(key: str) -> bytes:
-    # Comparing fixed-length digests keeps the comparison time independent of key lengths.
-    return hashlib.sha256(key.encode()).digest()
-
-
-def key_matches(given: str, keys: list[str]) -> bool:
-    """True if `given` is one of `keys`; every key is compared, whichever matches."""
-    given_digest = _digest(given)
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(given_digest, _digest(key))
-    return matched
-
-
-def key_id(key: str) -> str:
-    """A stable, non-secret name for a key, for logs: never log the key itself."""
-    return "k-" + hashlib.sha256(key.encode()).hexdigest()[:10]
-
-
-def check_api_key(request: Request, settings: Settings) -> str:
-    """The caller's key id; raises a 401 ApiError unless the request may use the API."""
+def authenticate(request: Request, settings: Settings, key_file: KeyFile | None, limiter: RateLimiter) -> Caller:
+    """The caller, or an ApiError: 401 (no, unknown or revoked key), 403 (endpoint not allowed), 429 (rate)."""
     if any(name in request.query_params for name in QUERY_KEY_NAMES):
         raise ApiError(401, "send the API key in the x-api-key header, never in the URL")
     if not settings.auth_required:
         _allow_only_loopback(request)
-        return "anonymous-loopback"
+        return ANONYMOUS
     given = request.headers.get("x-api-key")
     if not given:
         raise ApiError(401, "missing API key: send it in the x-api-key header")
-    if not key_matches(given, settings.api_keys):
-        raise ApiError(401, "invalid API key")
-    return key_id(given)
+    try:
+        caller = identify(given, settings.api_keys, key_file)
+    except KeyError401 as exc:
+        raise ApiError(401, str(exc)) from None
+    if not caller.allows(request.url.path):
+        raise ApiError(403, f"this API key is not allowed to use {request.url.path}")
+    if caller.rate_per_minute:
+        wait = limiter.take(caller.key_id, caller.rate_per_minute)
+        if wait:
+            raise ApiError(429, f"rate limit of {caller.rate_per_minute} requests per minute reached for this key",
+                           {"Retry-After": retry_after_header(wait)})
+    return caller
 
 
 def _allow_only_loopback(request: Request) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -13,12 +15,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipelines import SegswapError
 
-from .auth import check_api_key
+from .auth import authenticate
+from .credits import CreditLedger
 from .body import read_swap_body
 from .contract import MEDIA_TYPES, SwapResponse
 from .encode import encode_image
 from .errors import ApiError, api_error_from_engine
 from .inputs import resolve_job
+from .keys import Caller
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .openapi_docs import swap_request_body, swap_responses
@@ -45,11 +49,15 @@ def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def require_api_key(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> None:
-    request.state.log["key_id"] = check_api_key(request, settings)
+def require_api_key(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> Caller:
+    state = request.app.state
+    caller = authenticate(request, settings, state.key_file, state.limiter)
+    request.state.log["key_id"] = caller.key_id
+    return caller
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+CallerDep = Annotated[Caller, Depends(require_api_key)]
 WorkDep = Annotated[WorkQueue, Depends(get_work)]
 LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
@@ -61,9 +69,10 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
     response_class=Response,
     responses=swap_responses(),
     openapi_extra=swap_request_body(),
-    dependencies=[Depends(require_api_key)],
 )
-async def seg_swap(request: Request, settings: SettingsDep, work: WorkDep, lifecycle: LifecycleDep, metrics: MetricsDep) -> Response:
+async def seg_swap(
+    request: Request, caller: CallerDep, settings: SettingsDep, work: WorkDep, lifecycle: LifecycleDep, metrics: MetricsDep
+) -> Response:
     deadline = time.monotonic() + settings.request_timeout_s
     refuse_if_unavailable(lifecycle, work)
     timings = request.state.log
@@ -72,7 +81,8 @@ async def seg_swap(request: Request, settings: SettingsDep, work: WorkDep, lifec
     job = await resolve_job(parsed, settings)
     timings["inputs_s"] = _observe(metrics, "inputs", start)
 
-    outcome = await run_job(request, work, job, deadline, settings.request_timeout_s)
+    async with paid(request, caller, settings.credit_cost):
+        outcome = await run_job(request, work, job, deadline, settings.request_timeout_s)
     metrics.queue_wait_seconds.observe(outcome.queue_s)
     metrics.stage_seconds.labels("engine").observe(outcome.engine_s)
     metrics.images.labels(outcome.engine).inc()
@@ -83,6 +93,26 @@ async def seg_swap(request: Request, settings: SettingsDep, work: WorkDep, lifec
     data = await asyncio.to_thread(encode_image, outcome.image, body.image_format, body.image_quality)
     timings["encode_s"] = _observe(metrics, "encode", start)
     return swap_response(data, body, job.seed, outcome)
+
+
+@asynccontextmanager
+async def paid(request: Request, caller: Caller, cost: int) -> AsyncIterator[None]:
+    """Reserve the image's cost for keys with a balance (406 if it is not covered); refund it on failure."""
+    ledger: CreditLedger | None = request.app.state.credits
+    balance = None if ledger is None or not cost else await asyncio.to_thread(ledger.balance, caller.key_id)
+    if balance is None:
+        yield
+        return
+    left = await asyncio.to_thread(ledger.reserve, caller.key_id, cost)
+    if left is None:
+        request.state.remaining_credits = balance
+        raise ApiError(406, f"insufficient credits: this key has {balance}, an image costs {cost}")
+    request.state.remaining_credits = left
+    try:
+        yield
+    except BaseException:
+        request.state.remaining_credits = await asyncio.to_thread(ledger.refund, caller.key_id, cost)
+        raise
 
 
 def refuse_if_unavailable(lifecycle: Lifecycle, work: WorkQueue) -> None:

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     cpu_offload: bool = Field(False, description="keep models in CPU memory, move each to the GPU when used")
     vae_tiling: bool = Field(False, description="decode in tiles (less GPU memory for large crops)")
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
+    keys_file: Path | None = Field(None, description="TOML key file managed by `segswap keys` (hashes, limits)")
+    credits_db: Path = Field(REPO_WEIGHTS_DIR.parent / "var" / "credits.sqlite3", description="SQLite credit ledger")
+    credit_cost: int = Field(1, ge=0, description="credits one delivered image costs (keys with a balance)")
 
     max_body_bytes: int = Field(40 * 1024 * 1024, ge=1024, description="largest request body accepted (413 above)")
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest decoded image accepted, in pixels")
@@ -59,16 +62,16 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_open_server_without_keys(self) -> Settings:
-        if not self.api_keys and not is_loopback(self.host):
+        if not self.auth_required and not is_loopback(self.host):
             raise ValueError(
                 f"refusing to serve on {self.host} without API keys: set SEGSWAP_API_KEYS "
-                "(comma-separated) or bind to 127.0.0.1"
+                "(comma-separated) or SEGSWAP_KEYS_FILE, or bind to 127.0.0.1"
             )
         return self
 
     @property
     def auth_required(self) -> bool:
-        return bool(self.api_keys)
+        return bool(self.api_keys) or self.keys_file is not None
 
     def diffusion_options(self, device: str | None = None) -> DiffusionOptions:
         return DiffusionOptions(

@@ -6,7 +6,7 @@ from pydantic import ValidationError
 
 from pipelines import CompositeEngine
 from server.app import create_app
-from server.auth import key_matches
+from server.keys import KeyError401, identify
 from server.settings import Settings
 from tests.conftest import wait_ready
 
@@ -32,10 +32,12 @@ def test_key_in_the_query_string_is_refused(client, body):
     assert response.status_code == 401 and "header" in response.json()["error"]
 
 
-def test_any_configured_key_works():
+def test_any_configured_key_works_and_others_do_not():
     keys = ["alpha-key", "beta-key"]
-    assert key_matches("beta-key", keys) and key_matches("alpha-key", keys)
-    assert not key_matches("gamma-key", keys) and not key_matches("", keys)
+    assert identify("beta-key", keys, None).key_id != identify("alpha-key", keys, None).key_id
+    for wrong in ("gamma-key", "", "alpha-key "):
+        with pytest.raises(KeyError401, match="invalid API key"):
+            identify(wrong, keys, None)
 
 
 def test_keys_come_comma_separated_from_the_environment(monkeypatch):
