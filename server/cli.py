@@ -3,6 +3,7 @@
     segswap serve [--host H] [--port P] [--engine auto|composite|diffusion] [--weights DIR]
     segswap swap --main A --mask B --object C [contract fields as flags] -o OUT
     segswap weights list | download SET | verify SET | make-tiny --out DIR
+    segswap keys add ID [--rate N] [--credits N] [--endpoint PATH] | list | revoke ID | credit ID N
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 from pipelines import InvalidInput, SegswapError, SwapJob, require_model_set, resolve_seed
 
 from .app import load_configured_engine
+from .cli_keys import add_keys_commands
 from .cli_weights import add_weights_commands
 from .contract import IMAGE_FIELDS, SwapRequest, describe_validation_error
 from .encode import encode_image
@@ -59,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(commands.add_parser("serve", help="serve the HTTP API"))
     _add_swap(commands.add_parser("swap", help="run one swap offline and write the image"))
     add_weights_commands(commands.add_parser("weights", help="list, download, verify or make model sets"))
+    add_keys_commands(commands.add_parser("keys", help="add, list, revoke API keys; set credit balances"))
     return parser
 
 

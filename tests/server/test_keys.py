@@ -1,0 +1,127 @@
+"""Key file, revocation, endpoint permissions, per-key rate limits and credits."""
+
+import asyncio
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from pipelines import CompositeEngine
+from server.app import create_app
+from server.cli import main
+from server.credits import CreditLedger
+from server.embedded import live_server
+from server.keys import read_key_file
+from server.ratelimit import RateLimiter
+from server.settings import Settings
+from tests.conftest import wait_ready
+
+from .engines import GatedEngine
+
+
+@pytest.fixture()
+def keyed(tmp_path, monkeypatch, capsys):
+    """A key file with: a plain key, a rate-limited key, a key limited to another endpoint, a metered key."""
+    keys_file, ledger = tmp_path / "keys.toml", tmp_path / "credits.sqlite3"
+    monkeypatch.setenv("SEGSWAP_CREDITS_DB", str(ledger))
+    secrets = {}
+    for key_id, extra in [("plain", []), ("slow", ["--rate", "2"]), ("other", ["--endpoint", "/v2/seg-swap"]),
+                          ("metered", ["--credits", "2"])]:
+        assert main(["keys", "--keys-file", str(keys_file), "add", key_id, *extra]) == 0
+        secrets[key_id] = capsys.readouterr().out.strip()
+    settings = Settings(keys_file=keys_file, credits_db=ledger)
+    return settings, secrets
+
+
+def client_for(settings, engine=None) -> TestClient:
+    return TestClient(create_app(settings, engine or CompositeEngine()))
+
+
+def test_key_file_stores_hashes_only(keyed):
+    settings, secrets = keyed
+    text = settings.keys_file.read_text()
+    assert all(secret not in text for secret in secrets.values())
+    assert set(read_key_file(settings.keys_file)) == {"plain", "slow", "other", "metered"}
+
+
+def test_unknown_revoked_and_other_endpoint_keys(keyed, body, capsys):
+    settings, secrets = keyed
+    with client_for(settings) as client:
+        wait_ready(client)
+        assert client.post("/v1/seg-swap", json=body, headers={"x-api-key": secrets["plain"]}).status_code == 200
+        unknown = client.post("/v1/seg-swap", json=body, headers={"x-api-key": "ss-unknown"})
+        assert unknown.status_code == 401 and unknown.json()["error"] == "invalid API key"
+        other = client.post("/v1/seg-swap", json=body, headers={"x-api-key": secrets["other"]})
+        assert other.status_code == 403 and "not allowed to use /v1/seg-swap" in other.json()["error"]
+        assert main(["keys", "--keys-file", str(settings.keys_file), "revoke", "plain"]) == 0
+        revoked = client.post("/v1/seg-swap", json=body, headers={"x-api-key": secrets["plain"]})
+        assert revoked.status_code == 401 and revoked.json()["error"] == "API key revoked"
+    assert main(["keys", "--keys-file", str(settings.keys_file), "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "plain" in listing and "REVOKED" in listing and all(s not in listing for s in secrets.values())
+
+
+def test_rate_limit_answers_429_with_retry_after(keyed, body):
+    settings, secrets = keyed
+    with client_for(settings) as client:
+        wait_ready(client)
+        statuses = [client.post("/v1/seg-swap", json=body, headers={"x-api-key": secrets["slow"]}) for _ in range(3)]
+        assert [r.status_code for r in statuses] == [200, 200, 429]
+        assert int(statuses[2].headers["Retry-After"]) >= 1 and "2 requests per minute" in statuses[2].json()["error"]
+        # another key is not slowed down by this one
+        assert client.post("/v1/seg-swap", json=body, headers={"x-api-key": secrets["plain"]}).status_code == 200
+
+
+def test_token_bucket_refills_over_time():
+    now = [0.0]
+    limiter = RateLimiter(clock=lambda: now[0])
+    assert limiter.take("k", 60) == 0 and all(limiter.take("k", 60) == 0 for _ in range(59))
+    assert limiter.take("k", 60) == pytest.approx(1.0)
+    now[0] += 1.0
+    assert limiter.take("k", 60) == 0
+
+
+def test_credits_debited_on_success_only_then_406(keyed, body):
+    settings, secrets = keyed
+    headers = {"x-api-key": secrets["metered"]}
+    with client_for(settings) as client:
+        wait_ready(client)
+        bad = client.post("/v1/seg-swap", json={**body, "main_image": "not-an-image"}, headers=headers)
+        assert bad.status_code == 400  # failed before the engine: nothing spent
+        first = client.post("/v1/seg-swap", json=body, headers=headers)
+        assert first.status_code == 200 and first.headers["x-remaining-credits"] == "1"
+        second = client.post("/v1/seg-swap", json=body, headers=headers)
+        assert second.headers["x-remaining-credits"] == "0"
+        broke = client.post("/v1/seg-swap", json=body, headers=headers)
+        assert broke.status_code == 406 and "insufficient credits" in broke.json()["error"]
+        assert broke.headers["x-remaining-credits"] == "0"
+        plain = client.post("/v1/seg-swap", json=body, headers={"x-api-key": secrets["plain"]})
+        assert "x-remaining-credits" not in plain.headers  # unmetered keys carry no balance
+
+
+def test_failed_job_is_refunded(keyed, body):
+    settings, secrets = keyed
+    engine = GatedEngine()
+    with client_for(settings.model_copy(update={"request_timeout_s": 0.3}), engine) as client:
+        wait_ready(client)
+        engine.gate.clear()  # the job cannot finish before its deadline
+        timed_out = client.post("/v1/seg-swap", json=body, headers={"x-api-key": secrets["metered"]})
+        engine.gate.set()
+    assert timed_out.status_code == 504 and timed_out.headers["x-remaining-credits"] == "2"
+    assert CreditLedger(settings.credits_db).balance("metered") == 2
+
+
+def test_parallel_requests_never_overspend(keyed, body):
+    settings, secrets = keyed
+    CreditLedger(settings.credits_db).set_balance("metered", 3)
+    app = create_app(settings.model_copy(update={"max_queue": 64}), GatedEngine(delay=0.02))
+    with live_server(app) as url:
+
+        async def burst():
+            async with httpx.AsyncClient(timeout=30, headers={"x-api-key": secrets["metered"]}) as client:
+                return await asyncio.gather(*(client.post(f"{url}/v1/seg-swap", json={**body, "seed": s}) for s in range(1, 11)))
+
+        responses = asyncio.run(burst())
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200] * 3 + [406] * 7
+    assert CreditLedger(settings.credits_db).balance("metered") == 0
