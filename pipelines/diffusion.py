@@ -100,20 +100,30 @@ def pick_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device
 
 
 def load_pipeline(model_set: ModelSet, device: torch.device, dtype: torch.dtype, options: DiffusionOptions):
-    """The diffusers pipeline with its IP-Adapter, from local files only; any failure is a WeightsError."""
+    """The diffusers pipeline with its IP-Adapter, from local files only; any failure is a WeightsError.
+
+    A set with a single-file `base.safetensors` loads its weights from that file and its
+    configs from base/.
+    """
+    from .single_file import load_single_file_pipeline
+
     missing = model_set.missing()
     if missing:
         raise WeightsError(f"model set {model_set.folder} is incomplete, missing {', '.join(missing[:4])}")
     pipeline_class = StableDiffusionXLInpaintPipeline if model_set.arch == "sdxl" else StableDiffusionInpaintPipeline
-    kwargs: dict = {"dtype": dtype, "local_files_only": True, "use_safetensors": True}
+    components: dict = {}
+    if model_set.arch == "sd15":
+        components.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    kwargs: dict = {"dtype": dtype, "local_files_only": True, "use_safetensors": True, **components}
     if _only_fp16_variant(model_set.base):
         kwargs["variant"] = "fp16"
-    if model_set.arch == "sd15":
-        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     adapter = Path(ADAPTERS[(model_set.arch, model_set.variant)])
     _quiet_libraries()
     try:
-        pipe = pipeline_class.from_pretrained(model_set.base, **kwargs)
+        if model_set.checkpoint is not None:
+            pipe = load_single_file_pipeline(pipeline_class, model_set.checkpoint, model_set.base, dtype, **components)
+        else:
+            pipe = pipeline_class.from_pretrained(model_set.base, **kwargs)
         pipe.load_ip_adapter(
             str(model_set.ip_adapter_dir),
             subfolder=adapter.parent.as_posix(),

@@ -5,6 +5,11 @@ download lays it out (see weights/manifest.toml):
 
     base/         a diffusers inpainting pipeline folder (model_index.json, unet/, vae/, ...)
     ip_adapter/   the h94/IP-Adapter repository layout, original checkpoint format
+
+or, for a model shared as one file (see pipelines/single_file.py):
+
+    base.safetensors  the UNet, VAE and text encoder(s) in the original single-file key format
+    base/             the same diffusers folder with only its configs and tokenizers, no weights
 """
 
 from __future__ import annotations
@@ -30,6 +35,17 @@ BASE_COMPONENTS: dict[Arch, tuple[str, ...]] = {
     "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
     "sd15": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
 }
+CHECKPOINT = "base.safetensors"
+# What base/ must hold next to a single-file checkpoint: the configs and tokenizers, no weights.
+CONFIG_FILES: dict[str, str] = {
+    "unet": "unet/config.json",
+    "vae": "vae/config.json",
+    "text_encoder": "text_encoder/config.json",
+    "text_encoder_2": "text_encoder_2/config.json",
+    "tokenizer": "tokenizer",
+    "tokenizer_2": "tokenizer_2",
+    "scheduler": "scheduler/scheduler_config.json",
+}
 
 
 @dataclass(frozen=True)
@@ -49,6 +65,12 @@ class ModelSet:
         return self.folder / "base"
 
     @property
+    def checkpoint(self) -> Path | None:
+        """The single-file base checkpoint (`base.safetensors`) when the set has one; base/ then holds only configs."""
+        path = self.folder / CHECKPOINT
+        return path if path.is_file() else None
+
+    @property
     def ip_adapter_dir(self) -> Path:
         return self.folder / "ip_adapter"
 
@@ -62,13 +84,17 @@ class ModelSet:
 
     def missing(self) -> list[str]:
         """Paths (relative to the set folder) that a complete set needs and this one lacks."""
+        single_file = self.checkpoint is not None
         needed = [self.base / "model_index.json"]
-        needed += [self.base / part for part in BASE_COMPONENTS[self.arch]]
+        if single_file:  # the weights are in the checkpoint; base/ only configures
+            needed += [self.base / CONFIG_FILES[part] for part in BASE_COMPONENTS[self.arch]]
+        else:
+            needed += [self.base / part for part in BASE_COMPONENTS[self.arch]]
         needed += [self.adapter_file, self.image_encoder / "config.json"]
         missing = [path for path in needed if not path.exists()]
         if self.image_encoder.is_dir() and not _has_weights(self.image_encoder):
             missing.append(self.image_encoder / "model.safetensors")
-        for part in ("unet", "vae"):
+        for part in () if single_file else ("unet", "vae"):
             if (self.base / part).is_dir() and not _has_weights(self.base / part):
                 missing.append(self.base / part / "diffusion_pytorch_model.safetensors")
         return [str(path.relative_to(self.folder)) for path in missing]

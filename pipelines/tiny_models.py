@@ -43,6 +43,8 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
+from .single_file import export_single_file, strip_base_weights
+
 ARCHS = ("sd15", "sdxl")
 
 # Where each arch's IP-Adapter files sit inside `ip_adapter/` (as in h94/IP-Adapter).
@@ -76,11 +78,15 @@ RESAMPLER_TOKENS = 16
 PLAIN_TOKENS = 4
 
 
-def make_tiny(out_dir: Path, *, seed: int = 0, archs: tuple[str, ...] = ARCHS) -> list[Path]:
+def make_tiny(
+    out_dir: Path, *, seed: int = 0, archs: tuple[str, ...] = ARCHS, single_file: bool = False
+) -> list[Path]:
     """Write tiny random-weight model sets, one folder per arch, in the layout of a real download. Returns the set folders.
 
     An existing `<out_dir>/<arch>` folder is replaced, so the same seed always
-    leaves the same files.
+    leaves the same files. With `single_file`, each set's base is written as a
+    single-file checkpoint in the original key format (`base.safetensors`, like a
+    model shared on a model site) next to a config-only `base/`: same weights.
     """
     unknown = set(archs) - set(ARCHS)
     if unknown:
@@ -92,8 +98,22 @@ def make_tiny(out_dir: Path, *, seed: int = 0, archs: tuple[str, ...] = ARCHS) -
             shutil.rmtree(set_dir)
         unet = _write_base(arch, set_dir / "base", seed)
         _write_ip_adapter(arch, set_dir / "ip_adapter", unet, seed)
+        if single_file:
+            to_single_file(set_dir)
         sets.append(set_dir)
     return sets
+
+
+def to_single_file(set_dir: Path) -> Path:
+    """Turn a diffusers-format set into the single-file layout, in place; returns the checkpoint path.
+
+    Writes `<set_dir>/base.safetensors` (UNet, VAE, text encoders in the original key
+    format) and deletes those weights from base/, keeping its configs and tokenizers.
+    """
+    checkpoint = Path(set_dir) / "base.safetensors"
+    export_single_file(set_dir, checkpoint)
+    strip_base_weights(Path(set_dir) / "base")
+    return checkpoint
 
 
 # ---------------------------------------------------------------- helpers

@@ -20,7 +20,7 @@ from .metrics import Metrics
 
 access_log = logging.getLogger("segswap.access")
 CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-ROUTES_MEASURED = ("/v1/seg-swap",)
+ROUTES_MEASURED = ("/v1/seg-swap", "/v2/seg-swap")
 
 
 class AccessMiddleware:

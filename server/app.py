@@ -17,12 +17,15 @@ from . import __version__
 from .access import AccessMiddleware
 from .credits import CreditLedger
 from .errors import install_error_handlers
+from .jobs import JobRunner
+from .jobstore import JobStore
 from .keys import KeyFile
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .queue import WorkQueue
 from .ratelimit import RateLimiter
 from .routes import router
+from .routes_v2 import router as router_v2
 from .settings import Settings
 
 log = logging.getLogger("segswap")
@@ -45,9 +48,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, e
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         devices = settings.devices or visible_devices()
         starting = asyncio.create_task(asyncio.to_thread(start_workers, work, lifecycle, factory, devices))
+        jobs = JobRunner(JobStore(settings.jobs_dir), work, lifecycle, settings, metrics)
+        app.state.jobs = jobs
+        background = [asyncio.create_task(jobs.run()), asyncio.create_task(jobs.purge_forever())]
         try:
             yield
         finally:
+            for task in background:
+                task.cancel()
             await starting
             await asyncio.to_thread(work.stop)
 
@@ -64,6 +72,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, e
     metrics.watch_queue(lambda: work.depth, lambda: work.in_flight)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(router_v2)
     app.add_middleware(AccessMiddleware, metrics=metrics)
     return app
 

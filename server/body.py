@@ -23,14 +23,14 @@ class ParsedBody:
     """Image fields sent as multipart files; their value in `request` is a placeholder."""
 
 
-async def read_swap_body(request: Request, max_bytes: int) -> ParsedBody:
+async def read_swap_body(request: Request, max_bytes: int, model: type[SwapRequest] = SwapRequest) -> ParsedBody:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in ("application/json", "multipart/form-data"):
         raise ApiError(406, "send the body as application/json or multipart/form-data")
     body = await _read_capped(request, max_bytes)
     if content_type == "application/json":
-        return ParsedBody(_validate(_parse_json(body), strict=True))
-    return await _parse_multipart(request, body, max_bytes)
+        return ParsedBody(_validate(model, _parse_json(body), strict=True))
+    return await _parse_multipart(request, body, max_bytes, model)
 
 
 async def _read_capped(request: Request, max_bytes: int) -> bytes:
@@ -56,7 +56,7 @@ def _parse_json(body: bytes) -> dict:
     return data
 
 
-async def _parse_multipart(request: Request, body: bytes, max_bytes: int) -> ParsedBody:
+async def _parse_multipart(request: Request, body: bytes, max_bytes: int, model: type[SwapRequest]) -> ParsedBody:
     async def replay() -> dict:
         return {"type": "http.request", "body": body, "more_body": False}
 
@@ -74,11 +74,11 @@ async def _parse_multipart(request: Request, body: bytes, max_bytes: int) -> Par
             data[name] = UPLOADED
         else:
             data[name] = value
-    return ParsedBody(_validate(data, strict=False), uploads)
+    return ParsedBody(_validate(model, data, strict=False), uploads)
 
 
-def _validate(data: dict, *, strict: bool) -> SwapRequest:
+def _validate(model: type[SwapRequest], data: dict, *, strict: bool) -> SwapRequest:
     try:
-        return SwapRequest.model_validate(data, strict=strict)
+        return model.model_validate(data, strict=strict)
     except ValidationError as exc:
         raise ApiError(400, describe_validation_error(exc)) from None

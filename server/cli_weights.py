@@ -22,6 +22,7 @@ def add_weights_commands(parser: argparse.ArgumentParser) -> None:
     tiny = commands.add_parser("make-tiny", help="write tiny random-weight model sets (for tests and trials)")
     tiny.add_argument("--out", type=Path, required=True, help="folder to write sd15/ and sdxl/ into")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--single-file", action="store_true", help="base as one base.safetensors (original key format)")
     tiny.set_defaults(handler=run_make_tiny)
 
 
@@ -52,7 +53,7 @@ def run_verify(args: argparse.Namespace) -> int:
 def run_make_tiny(args: argparse.Namespace) -> int:
     from pipelines.tiny_models import make_tiny
 
-    for folder in make_tiny(args.out, seed=args.seed):
+    for folder in make_tiny(args.out, seed=args.seed, single_file=args.single_file):
         print(f"wrote {folder}", file=sys.stderr)
     return 0
 

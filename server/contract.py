@@ -45,6 +45,42 @@ class SwapRequest(BaseModel):
     base64: bool = Field(False, description="false: the raw image bytes; true: JSON with the image as base64.")
 
 
+class AsyncSwapRequest(SwapRequest):
+    """Body of POST /v2/seg-swap: the v1 body, plus where to send the outcome."""
+
+    webhook_url: str | None = Field(
+        None, max_length=2000,
+        description="Extension: a public http(s) URL that receives the status body (POST, JSON) when the job completes "
+        "or fails, signed in x-segswap-signature as sha256=HMAC-SHA256(key=sha256_hex(your API key), body).",
+    )
+
+
+class SubmitResponse(BaseModel):
+    request_id: str
+    status: str
+    status_url: str
+    response_url: str
+
+
+class JobMetrics(BaseModel):
+    queue_time: float
+    inference_time: float
+    total_time: float
+
+
+class JobStatus(BaseModel):
+    request_id: str
+    status: Literal["QUEUED", "PROCESSING", "COMPLETED", "FAILED", "CANCELLED"]
+    metrics: JobMetrics
+    error: str | None = None
+
+
+class JobResult(JobStatus):
+    output: str | None = Field(None, description="URL of the image on this server (COMPLETED jobs).")
+    image: str | None = Field(None, description="The image as base64, when the request asked for base64.")
+    seed: int | None = None
+
+
 class SwapResponse(BaseModel):
     """Body of a 200 answer when the request asked for `base64: true`."""
 

@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from pipelines.errors import EngineUnavailable, InvalidInput, SegswapError
 
@@ -36,6 +37,15 @@ def api_error_from_engine(exc: SegswapError) -> ApiError:
     return ApiError(500, "the engine failed on this request")
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves on this path (Starlette's own Allow names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if route.matches(request.scope)[0] != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -45,7 +55,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         messages = {404: f"no route {request.url.path}", 405: f"method {request.method} not allowed on {request.url.path}"}
         message = messages.get(exc.status_code, str(exc.detail))
-        return error_response(exc.status_code, message, getattr(exc, "headers", None))  # keeps 405's Allow
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {"Allow": ", ".join(_allowed_methods(request))}
+        return error_response(exc.status_code, message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

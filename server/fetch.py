@@ -182,19 +182,35 @@ async def _resolve(host: str, port: int, refuse: Callable[[str], ApiError]) -> l
     return addresses
 
 
-async def _open(client: httpx.AsyncClient, target: Target, timeout: httpx.Timeout) -> httpx.Response:
-    """Send the GET to each checked address in turn (the next only if connecting failed); never to the name."""
+async def post_pinned(url: str, field: str, content: bytes, headers: dict[str, str], *, timeout_s: float,
+                      allow: list[str] | None = None) -> int:
+    """POST `content` to `url` under the same checks and pinning as fetches (no redirects followed); the status."""
+    async with httpx.AsyncClient(verify=_ssl_context(), trust_env=False, follow_redirects=False,
+                                 limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        async with asyncio.timeout(timeout_s):
+            target = await check_url(url, field, AllowList(allow or ()))
+            timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_S))
+            response = await _open(client, target, timeout, "POST", content, headers)
+            await response.aclose()
+            return response.status_code
+
+
+async def _open(client: httpx.AsyncClient, target: Target, timeout: httpx.Timeout, method: str = "GET",
+                content: bytes | None = None, extra_headers: dict[str, str] | None = None) -> httpx.Response:
+    """Send the request to each checked address in turn (the next only if connecting failed); never to the name."""
     headers = {
         "Host": target.url.netloc.decode("ascii"),
         "Accept-Encoding": "identity",
         "Connection": "close",
         "User-Agent": USER_AGENT,
+        **(extra_headers or {}),
     }
     extensions = {"sni_hostname": target.host} if target.url.scheme == "https" and not target.literal else {}
     error: httpx.TransportError | None = None
     for ip in target.addresses:
         pinned = target.url.copy_with(host=str(ip), fragment=None)
-        request = client.build_request("GET", pinned, headers=headers, extensions=extensions, timeout=timeout)
+        request = client.build_request(method, pinned, headers=headers, content=content, extensions=extensions,
+                                       timeout=timeout)
         try:
             return await client.send(request, stream=True, follow_redirects=False, auth=None)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:

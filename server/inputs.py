@@ -23,17 +23,24 @@ async def image_bytes(value: str, field: str, settings: Settings) -> bytes:
     return decode_base64_field(value, field)
 
 
-async def resolve_job(parsed: ParsedBody, settings: Settings) -> SwapJob:
-    """Fetch the three images concurrently, decode them off the event loop, build the job."""
-    request = parsed.request
+async def resolve_images(parsed: ParsedBody, settings: Settings) -> dict[str, Image.Image]:
+    """Fetch the three images concurrently and decode them off the event loop."""
 
     async def load(field: str) -> Image.Image:
         data = parsed.uploads.get(field)
         if data is None:
-            data = await image_bytes(getattr(request, field), field, settings)
+            data = await image_bytes(getattr(parsed.request, field), field, settings)
         return await asyncio.to_thread(decode_image, data, field, settings.max_image_pixels)
 
-    main, mask, obj = await asyncio.gather(*(load(field) for field in IMAGE_FIELDS))
+    images = await asyncio.gather(*(load(field) for field in IMAGE_FIELDS))
+    return dict(zip(IMAGE_FIELDS, images, strict=True))
+
+
+async def resolve_job(parsed: ParsedBody, settings: Settings) -> SwapJob:
+    """The request's images and parameters as a plain job, its seed resolved."""
+    images = await resolve_images(parsed, settings)
+    request = parsed.request
     params = request.model_dump(exclude={*IMAGE_FIELDS, "image_format", "image_quality", "base64"})
     params["seed"] = resolve_seed(request.seed)
-    return SwapJob(main_image=main.convert("RGB"), mask_image=mask, object_image=obj, **params)
+    return SwapJob(main_image=images["main_image"].convert("RGB"), mask_image=images["mask_image"],
+                   object_image=images["object_image"], **params)

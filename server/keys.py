@@ -42,6 +42,7 @@ class Caller:
     key_id: str
     rate_per_minute: int | None = None
     endpoints: tuple[str, ...] = ()
+    key_sha256: str = ""  # signs this caller's webhooks: the caller can compute it from its own key
 
     def allows(self, path: str) -> bool:
         return not self.endpoints or path in self.endpoints
@@ -111,14 +112,14 @@ def identify(given: str, env_keys: list[str], key_file: KeyFile | None) -> Calle
     caller: Caller | None = None
     for key in env_keys:
         if hmac.compare_digest(given_digest, digest(key).encode()):
-            caller = Caller(env_key_id(key))
+            caller = Caller(env_key_id(key), key_sha256=digest(key))
     revoked = False
     for record in (key_file.records() if key_file else {}).values():
         if hmac.compare_digest(given_digest, record.sha256.encode()):
             if record.revoked:
                 revoked = True
             elif caller is None:
-                caller = Caller(record.id, record.rate_per_minute, record.endpoints)
+                caller = Caller(record.id, record.rate_per_minute, record.endpoints, record.sha256)
     if caller is not None:
         return caller
     raise KeyError401("API key revoked" if revoked else "invalid API key")

@@ -9,25 +9,28 @@ from __future__ import annotations
 from .contract import IMAGE_FIELDS, MEDIA_TYPES, ErrorResponse, SwapRequest, SwapResponse
 
 
-def _multipart_schema() -> dict:
-    schema = SwapRequest.model_json_schema()
+def _multipart_schema(model: type[SwapRequest]) -> dict:
+    schema = model.model_json_schema()
     schema["title"] = "SwapRequestForm"
     for name in IMAGE_FIELDS:
         text = schema["properties"][name]
+        # Plain string: an uploaded file part is a string too in OpenAPI 3.1, and `format: binary`
+        # inside anyOf trips schema-driven clients and fuzzers.
         schema["properties"][name] = {
             "description": text["description"] + " In multipart bodies it may also be an uploaded file.",
-            "anyOf": [{"type": "string", "minLength": 1}, {"type": "string", "format": "binary"}],
+            "type": "string",
+            "minLength": 1,
         }
     return schema
 
 
-def swap_request_body() -> dict:
+def swap_request_body(model: type[SwapRequest] = SwapRequest) -> dict:
     return {
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": SwapRequest.model_json_schema()},
-                "multipart/form-data": {"schema": _multipart_schema()},
+                "application/json": {"schema": model.model_json_schema()},
+                "multipart/form-data": {"schema": _multipart_schema(model)},
             },
         }
     }

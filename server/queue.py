@@ -57,6 +57,8 @@ class Ticket:
     enqueued_at: float = field(default_factory=time.monotonic)
     state: str = "queued"
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Called on the worker thread just before the engine runs; returning False cancels the job instead.
+    on_start: Callable[[], bool] | None = None
 
     def settle(self, result: Outcome | None = None, exception: BaseException | None = None) -> None:
         """Resolve the future from any thread."""
@@ -91,10 +93,10 @@ class WorkQueue:
 
     # -- the event loop's side --------------------------------------------------------
 
-    def submit(self, job: SwapJob, deadline: float) -> Ticket:
+    def submit(self, job: SwapJob, deadline: float, on_start: Callable[[], bool] | None = None) -> Ticket:
         """Enqueue `job`, or raise QueueFull at once."""
         loop = asyncio.get_running_loop()
-        ticket = Ticket(job, deadline, loop.create_future(), loop)
+        ticket = Ticket(job, deadline, loop.create_future(), loop, on_start=on_start)
         with self._count_lock:
             if self._queued >= self.max_queue:
                 raise QueueFull(self._retry_after_locked())
@@ -202,6 +204,8 @@ class WorkQueue:
         self._on_event("started", ticket)
         outcome, error = None, None
         try:
+            if ticket.on_start is not None and not ticket.on_start():
+                raise Dropped("cancelled before it started")
             image = engine.swap(ticket.job)
             outcome = Outcome(image, engine.name, started - ticket.enqueued_at, time.monotonic() - started)
         except Exception as exc:  # handed to the waiting request, which maps it to a status

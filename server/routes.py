@@ -16,9 +16,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pipelines import SegswapError
 
 from .auth import authenticate
-from .credits import CreditLedger
 from .body import read_swap_body
 from .contract import MEDIA_TYPES, SwapResponse
+from .credits import CreditLedger
 from .encode import encode_image
 from .errors import ApiError, api_error_from_engine
 from .inputs import resolve_job
@@ -115,11 +115,13 @@ async def paid(request: Request, caller: Caller, cost: int) -> AsyncIterator[Non
         raise
 
 
-def refuse_if_unavailable(lifecycle: Lifecycle, work: WorkQueue) -> None:
+def refuse_if_unavailable(lifecycle: Lifecycle, work: WorkQueue, check_queue: bool = True) -> None:
     """503 while loading or draining, 429 when the queue is full: before any input is fetched."""
     reason = lifecycle.not_ready_reason()
     if reason:
         raise ApiError(503, reason, {"Retry-After": "5"})
+    if not check_queue:
+        return
     try:
         work.check_capacity()
     except QueueFull as full:

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     max_queue: int = Field(32, ge=1, description="jobs that may wait for a worker; beyond it, 429")
     request_timeout_s: float = Field(300.0, gt=0, description="deadline of a request from arrival; past it, 504")
     drain_grace_s: float = Field(120.0, ge=0, description="how long SIGTERM waits for queued and running jobs")
+    jobs_dir: Path = Field(REPO_WEIGHTS_DIR.parent / "var" / "jobs", description="v2 job store (SQLite + files)")
+    job_retention_s: float = Field(7 * 24 * 3600, gt=0, description="how long v2 jobs and results are kept")
+    job_timeout_s: float = Field(3600.0, gt=0, description="how long a dispatched v2 job may wait for a worker")
+    max_pending_jobs: int = Field(10_000, ge=1, description="v2 jobs queued or running; beyond it, submits get 429")
+    public_base_url: str | None = Field(None, description="base of the URLs v2 answers with, behind a proxy")
+    webhook_backoff_scale: float = Field(1.0, ge=0, description="multiplies the webhook retry delays (1, 2, 4, 8, 16 s)")
     devices: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="devices to run workers on, one worker each (e.g. cuda:0,cuda:1); default: every GPU, else one CPU",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import tempfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +16,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
+_STATE = tempfile.mkdtemp(prefix="segswap-tests-")  # job store and ledgers of apps built by tests
+os.environ.setdefault("SEGSWAP_JOBS_DIR", os.path.join(_STATE, "jobs"))
+os.environ.setdefault("SEGSWAP_CREDITS_DB", os.path.join(_STATE, "credits.sqlite3"))
 
 
 def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:

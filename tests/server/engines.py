@@ -18,8 +18,8 @@ class GatedEngine:
 
     name = "gated"
 
-    def __init__(self, delay: float = 0.0, busy: bool = False):
-        self.delay, self.busy = delay, busy
+    def __init__(self, delay: float = 0.0, busy: bool = False, run_log: str | None = None):
+        self.delay, self.busy, self.run_log = delay, busy, run_log
         self.gate = threading.Event()
         self.gate.set()
         self.ran: list[int] = []
@@ -37,4 +37,7 @@ class GatedEngine:
                 time.sleep(0.005)
         with self._lock:
             self.ran.append(job.seed)
+            if self.run_log:  # survives the process, for crash-and-restart tests
+                with open(self.run_log, "a") as log:
+                    log.write(f"{job.seed}\n")
         return job.main_image.copy()

@@ -1,0 +1,198 @@
+"""The asynchronous path: submit, poll, fetch, cancel, idempotency, expiry, webhooks."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import io
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from pipelines import CompositeEngine
+from server.app import create_app
+from server.embedded import live_server
+from server.settings import Settings
+from tests.conftest import b64, wait_ready
+
+from .engines import GatedEngine
+
+KEY, OTHER = "key-one", "key-two"
+
+
+def make_client(tmp_path, engine=None, **overrides) -> TestClient:
+    settings = Settings(api_keys=[KEY, OTHER], jobs_dir=tmp_path / "jobs", fetch_allow=["127.0.0.1"], **overrides)
+    return TestClient(create_app(settings, engine or CompositeEngine()), headers={"x-api-key": KEY})
+
+
+def wait_for(client, request_id: str, statuses=("COMPLETED", "FAILED", "CANCELLED"), timeout_s: float = 30) -> dict:
+    end = time.monotonic() + timeout_s
+    while True:
+        answer = client.get(f"/v2/requests/{request_id}/status").json()
+        if answer["status"] in statuses:
+            return answer
+        assert time.monotonic() < end, answer
+        time.sleep(0.02)
+
+
+def test_submit_poll_fetch(tmp_path, body, scene):
+    with make_client(tmp_path) as client:
+        wait_ready(client)
+        submitted = client.post("/v2/seg-swap", json={**body, "image_format": "webp"})
+        assert submitted.status_code == 200
+        answer = submitted.json()
+        assert answer["status"] == "QUEUED" and answer["status_url"].startswith("http://testserver/v2/requests/")
+        assert answer["response_url"] == f"http://testserver/v2/requests/{answer['request_id']}"
+        status = wait_for(client, answer["request_id"])
+        assert status["status"] == "COMPLETED" and set(status["metrics"]) == {"queue_time", "inference_time", "total_time"}
+        result = client.get(f"/v2/requests/{answer['request_id']}").json()
+        assert result["seed"] == 7 and "image" not in result
+        image = client.get(result["output"])
+        assert image.headers["content-type"] == "image/webp"
+        assert Image.open(io.BytesIO(image.content)).size == scene.size
+        v1 = client.post("/v1/seg-swap", json={**body, "image_format": "png"}).content
+        inline = client.post("/v2/seg-swap", json={**body, "base64": True}).json()
+        wait_for(client, inline["request_id"])
+        import base64
+
+        assert base64.b64decode(client.get(inline["response_url"]).json()["image"]) == v1  # same engine, same bytes
+
+
+def test_bad_body_is_refused_at_submit(tmp_path, body):
+    with make_client(tmp_path) as client:
+        wait_ready(client)
+        assert client.post("/v2/seg-swap", json={**body, "steps": 5}).status_code == 400
+        assert client.post("/v2/seg-swap", json={**body, "main_image": "nope"}).status_code == 400
+
+
+def test_failing_job_answers_422_failed_with_its_error(tmp_path, body, scene):
+    with make_client(tmp_path) as client:
+        wait_ready(client)
+        empty_mask = b64(Image.new("L", scene.size, 0))
+        request_id = client.post("/v2/seg-swap", json={**body, "mask_image": empty_mask}).json()["request_id"]
+        wait_for(client, request_id)
+        status = client.get(f"/v2/requests/{request_id}/status")
+        assert status.status_code == 422 and status.json()["status"] == "FAILED"
+        assert "mask selects no pixel" in status.json()["error"]
+        assert client.get(f"/v2/requests/{request_id}").status_code == 422
+
+
+def test_unknown_other_key_and_expired_ids_are_404(tmp_path, body):
+    with make_client(tmp_path, job_retention_s=1.0) as client:
+        wait_ready(client)
+        assert client.get("/v2/requests/does-not-exist/status").status_code == 404
+        request_id = client.post("/v2/seg-swap", json=body).json()["request_id"]
+        wait_for(client, request_id)
+        other = client.get(f"/v2/requests/{request_id}", headers={"x-api-key": OTHER})
+        assert other.status_code == 404 and other.json()["error"] == f"no request {request_id}"
+        assert client.get(f"/v2/requests/{request_id}/output", headers={"x-api-key": OTHER}).status_code == 404
+        time.sleep(1.1)
+        assert client.get(f"/v2/requests/{request_id}/status").status_code == 404
+        assert client.app.state.jobs.store.purge_expired() == 1
+
+
+def test_cancel_before_start_and_not_after(tmp_path, body):
+    engine = GatedEngine()
+    with make_client(tmp_path, engine) as client:
+        wait_ready(client)
+        engine.gate.clear()
+        ids = [client.post("/v2/seg-swap", json={**body, "seed": seed}).json()["request_id"] for seed in (1, 2, 3)]
+        wait_for(client, ids[0], statuses=("PROCESSING",))
+        assert client.delete(f"/v2/requests/{ids[0]}").status_code == 409  # already running
+        for request_id in ids[1:]:
+            cancelled = client.delete(f"/v2/requests/{request_id}")
+            assert cancelled.status_code == 200 and cancelled.json()["status"] == "CANCELLED"
+        engine.gate.set()
+        assert wait_for(client, ids[0])["status"] == "COMPLETED"
+        time.sleep(0.3)
+    assert [s for s in engine.ran if s] == [1]
+
+
+def test_idempotent_submits_run_once_even_when_concurrent(tmp_path, body):
+    engine = GatedEngine(delay=0.05)
+    settings = Settings(api_keys=[KEY], jobs_dir=tmp_path / "jobs")
+    with live_server(create_app(settings, engine)) as url:
+
+        async def submit_many():
+            headers = {"x-api-key": KEY, "Idempotency-Key": "batch-17"}
+            async with httpx.AsyncClient(timeout=30, headers=headers) as client:
+                return await asyncio.gather(*(client.post(f"{url}/v2/seg-swap", json={**body, "seed": 5}) for _ in range(6)))
+
+        answers = asyncio.run(submit_many())
+        assert {r.status_code for r in answers} == {200}
+        assert len({r.json()["request_id"] for r in answers}) == 1
+        again = httpx.post(f"{url}/v2/seg-swap", json={**body, "seed": 5}, headers={"x-api-key": KEY, "Idempotency-Key": "batch-17"})
+        assert again.json()["request_id"] == answers[0].json()["request_id"]
+        different = httpx.post(f"{url}/v2/seg-swap", json={**body, "seed": 6}, headers={"x-api-key": KEY, "Idempotency-Key": "batch-17"})
+        assert different.status_code == 409
+        time.sleep(0.5)
+    assert [s for s in engine.ran if s] == [5]
+
+
+class WebhookReceiver:
+    """Records POSTs; answers 500 to the first `fail_first` of them."""
+
+    def __init__(self, fail_first: int = 1):
+        self.calls: list[tuple[dict, bytes]] = []
+        self.fail_first = fail_first
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                data = self.rfile.read(int(self.headers["content-length"]))
+                receiver.calls.append((dict(self.headers), data))
+                self.send_response(500 if len(receiver.calls) <= receiver.fail_first else 204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_webhook_arrives_signed_and_is_retried(tmp_path, body):
+    receiver = WebhookReceiver(fail_first=1)
+    with make_client(tmp_path, webhook_backoff_scale=0.01) as client:
+        wait_ready(client)
+        request_id = client.post("/v2/seg-swap", json={**body, "webhook_url": receiver.url}).json()["request_id"]
+        end = time.monotonic() + 10
+        while len(receiver.calls) < 2:
+            assert time.monotonic() < end, receiver.calls
+            time.sleep(0.02)
+    receiver.server.shutdown()
+    headers, data = receiver.calls[1]
+    payload = json.loads(data)
+    assert payload["request_id"] == request_id and payload["status"] == "COMPLETED"
+    secret = hashlib.sha256(KEY.encode()).hexdigest().encode()
+    expected = "sha256=" + hmac.new(secret, data, hashlib.sha256).hexdigest()
+    assert headers["x-segswap-signature"] == expected and receiver.calls[0][1] == data
+
+
+def test_private_webhook_address_is_refused_at_submit(tmp_path, body):
+    settings = Settings(api_keys=[KEY], jobs_dir=tmp_path / "jobs")  # no allow-list
+    with TestClient(create_app(settings, CompositeEngine()), headers={"x-api-key": KEY}) as client:
+        wait_ready(client)
+        for url in ("http://127.0.0.1:9/hook", "http://169.254.169.254/latest", "file:///etc/passwd"):
+            refused = client.post("/v2/seg-swap", json={**body, "webhook_url": url})
+            assert refused.status_code == 400 and "webhook_url" in refused.json()["error"]
+
+
+@pytest.mark.parametrize("engine_name", ["diffusion/sd15"])
+def test_submit_poll_fetch_on_tiny_diffusion_weights(tmp_path, body, tiny_weights, engine_name):
+    settings = Settings(api_keys=[KEY], jobs_dir=tmp_path / "jobs", weights_dir=tiny_weights, model_set="sd15")
+    with TestClient(create_app(settings), headers={"x-api-key": KEY}) as client:
+        wait_ready(client)
+        request_id = client.post("/v2/seg-swap", json=body).json()["request_id"]
+        assert wait_for(client, request_id)["status"] == "COMPLETED"
+        output = client.get(f"/v2/requests/{request_id}/output")
+        assert output.status_code == 200 and output.headers["content-type"] == "image/png"
+        assert client.get("/health/ready").json()["engine"] == engine_name
