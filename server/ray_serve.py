@@ -72,7 +72,7 @@ def build_replica_app() -> FastAPI:
     settings = settings.model_copy(update={"devices": replica_devices(settings)})
     _log_to_stderr(settings.log_level)
     if not settings.auth_required:
-        log.warning("no API keys configured (SEGSWAP_API_KEYS): requests that reach the proxy on a non-loopback address get 401")
+        log.warning("no API keys configured (SEGSWAP_API_KEYS or SEGSWAP_KEYS_FILE): requests that reach the proxy on a non-loopback address get 401")
     log.info("replica on %s (Ray GPU ids %s)", ", ".join(settings.devices), ray.get_gpu_ids())
     app = create_app(settings)
     app.add_middleware(OneRequestIdHeader)

@@ -19,10 +19,10 @@ from PIL import Image
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
-from pipelines import CompositeEngine  # noqa: E402
-from server.app import create_app  # noqa: E402
-from server.settings import Settings  # noqa: E402
-from tests.conftest import wait_ready  # noqa: E402
+from pipelines import CompositeEngine
+from server.app import create_app
+from server.settings import Settings
+from tests.conftest import wait_ready
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "ray" / "serve_config.yaml"
 KEY = "ray-test-key-0123456789"
@@ -41,7 +41,7 @@ def proxy_url() -> Iterator[str]:
     with pytest.MonkeyPatch.context() as env:
         for name, value in {**REPLICA_ENV, "RAY_AUTH_MODE": "disabled"}.items():
             env.setenv(name, value)  # the builder runs here and reads SEGSWAP_MAX_QUEUE, as in the app's runtime_env
-        ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, runtime_env={"env_vars": REPLICA_ENV},
+        ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, runtime_env={"env_vars": REPLICA_ENV},
                  log_to_driver=False, configure_logging=False)
         try:
             port = free_port()
