@@ -3,7 +3,8 @@
 #
 #   scripts/install.sh              the server and CLI, composite engine only (no torch)
 #   scripts/install.sh --diffusion  plus the diffusion engine (torch, diffusers, transformers)
-#   scripts/install.sh --test       plus the diffusion engine and the test tools
+#   scripts/install.sh --test       plus the diffusion engine and the test tools (and, as root on
+#                                   Debian, Chromium for the browser tests: scripts/install_browser.sh)
 #
 # Environment: SEGSWAP_VENV (default .venv; "system" installs into the current interpreter),
 # SEGSWAP_TORCH (pip requirement for torch; default torch==2.13.0, the CPU build on the
@@ -33,5 +34,8 @@ if [ -n "$extras" ]; then
   "$python" -m pip install --quiet "${SEGSWAP_TORCH:-torch==2.13.0}"
 fi
 "$python" -m pip install --quiet -e ".${extras}"
+if [ "${1:-}" = "--test" ]; then
+  scripts/install_browser.sh || echo "Chromium not installed: the browser tests will be skipped" >&2
+fi
 "$python" examples/make_examples.py >/dev/null
 echo "segswap installed in ${venv}${extras:+ with ${extras}}"

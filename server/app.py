@@ -22,6 +22,7 @@ from .jobstore import JobStore
 from .keys import KeyFile
 from .lifecycle import Lifecycle
 from .metrics import Metrics
+from .playground import mount_playground
 from .queue import WorkQueue
 from .ratelimit import RateLimiter
 from .routes import router
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, e
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(router_v2)
+    mount_playground(app)
     app.add_middleware(AccessMiddleware, metrics=metrics)
     return app
 
