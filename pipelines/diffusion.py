@@ -8,18 +8,37 @@
 4. Inpaint the crop with a diffusers inpainting pipeline, seeded.
 5. Scale the result back and paste it inside the grown mask with a feathered edge:
    every pixel outside the grown mask is the input's own.
+
+The fast path (pipelines/options.py, each piece a setting and measured on and off by `segswap bench
+--ablate`): SDPA attention processors, fused q/k/v in self-attention, channels-last UNet/VAE, regional
+`torch.compile` of the UNet's transformer blocks, and an LRU of IP-Adapter image embeddings and prompt
+embeddings handed to the pipeline as `ip_adapter_image_embeds` / `prompt_embeds` (same tensors the
+pipeline would compute itself, so a cached swap gives the same bytes as an uncached one).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
+from diffusers.models.attention_processor import (
+    Attention,
+    AttnProcessor,
+    AttnProcessor2_0,
+    FusedAttnProcessor2_0,
+    IPAdapterAttnProcessor,
+    IPAdapterAttnProcessor2_0,
+)
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
+from torch import nn
 from transformers.utils import logging as transformers_logging
 
 from .errors import WeightsError
@@ -48,12 +67,18 @@ class DiffusionEngine:
         options = options or DiffusionOptions()
         self.model_set = model_set
         self.device, self.dtype = pick_device(options.device, options.dtype)
-        self.pipe = load_pipeline(model_set, self.device, self.dtype, options)
+        self.options = options.resolved(self.device.type)
+        self.pipe = load_pipeline(model_set, self.device, self.dtype, self.options)
         self.name = f"diffusion/{model_set.arch}"
         self.native_side = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
         self.style_block = STYLE_BLOCKS[model_set.arch]
+        self.embeddings = EmbeddingCache(self.options.embed_cache_size)
+        # Seconds of the last swap by stage: mask_ops_s (mask, crop, tiling, paste: image work),
+        # embeds_s (prompt and image embeddings, cached or not), model_s (the diffusers call).
+        self.last_timings: dict[str, float] = {}
 
     def swap(self, job: SwapJob, progress: ProgressFn | None = None) -> Image.Image:
+        start = time.perf_counter()
         main = job.main_image.convert("RGB")
         grown = grow_mask(normalize_mask(job.mask_image, main.size), job.growmask)
         box = context_box(grown, main.size)
@@ -61,15 +86,16 @@ class DiffusionEngine:
 
         crop = main.crop(box).resize(size, Image.Resampling.LANCZOS)
         crop_mask = Image.fromarray(grown[box[1] : box[3], box[0] : box[2]]).resize(size, Image.Resampling.NEAREST)
-        object_image = conditioning_image(job.object_image, job.horizontal_repeat, job.vertical_repeat)
         set_ip_adapter_strengths(self.pipe.unet, self.style_block, job.subject_strength, job.fashion_strength)
+        self._set_vae_tiling(size)
+        prepared = time.perf_counter()
+        conditioning, tiling_s = self._conditioning(job)
+        embedded = time.perf_counter()
 
         generated = self.pipe(
-            prompt=job.prompt,
-            negative_prompt=job.negative_prompt or None,
+            **conditioning,
             image=crop,
             mask_image=crop_mask,
-            ip_adapter_image=object_image,
             width=size[0],
             height=size[1],
             num_inference_steps=job.steps,
@@ -78,9 +104,106 @@ class DiffusionEngine:
             generator=torch.Generator("cpu").manual_seed(job.seed),
             callback_on_step_end=_step_callback(progress, job.steps),
         ).images[0]
+        generated_at = time.perf_counter()
 
         patch = generated.resize((box[2] - box[0], box[3] - box[1]), Image.Resampling.LANCZOS)
-        return feathered_paste(main, patch, box, grown, feather=max(1, job.growmask))
+        result = feathered_paste(main, patch, box, grown, feather=max(1, job.growmask))
+        end = time.perf_counter()
+        self.last_timings = {
+            "mask_ops_s": (prepared - start) + tiling_s + (end - generated_at),
+            "embeds_s": (embedded - prepared) - tiling_s,
+            "model_s": generated_at - embedded,
+        }
+        return result
+
+    def _conditioning(self, job: SwapJob) -> tuple[dict, float]:
+        """The pipeline's prompt and IP-Adapter arguments: raw (no cache) or embeddings from the LRU.
+
+        Also returns the seconds spent tiling the object image (image work, not model work).
+
+        Embeddings are always computed as for classifier-free guidance ([negative, positive]); a job
+        without guidance gets the positive half, exactly what the pipeline would compute itself.
+        """
+        if not self.embeddings.enabled:
+            tiling_start = time.perf_counter()
+            image = conditioning_image(job.object_image, job.horizontal_repeat, job.vertical_repeat)
+            arguments = {"prompt": job.prompt, "negative_prompt": job.negative_prompt or None, "ip_adapter_image": image}
+            return arguments, time.perf_counter() - tiling_start
+        guided = job.guidance_scale > 1 and self.pipe.unet.config.time_cond_proj_dim is None
+        tiling_s = 0.0
+
+        def encode_image() -> list[torch.Tensor]:
+            nonlocal tiling_s
+            tiling_start = time.perf_counter()
+            image = conditioning_image(job.object_image, job.horizontal_repeat, job.vertical_repeat)
+            tiling_s = time.perf_counter() - tiling_start
+            return self.pipe.prepare_ip_adapter_image_embeds(image, None, self.pipe._execution_device, 1, True)
+
+        image_key = ("image", self.model_set.arch, self.model_set.variant, image_digest(job.object_image),
+                     job.horizontal_repeat, job.vertical_repeat)
+        image_embeds = self.embeddings.get(image_key, encode_image)
+        prompt_key = ("prompt", job.prompt, job.negative_prompt)
+        prompt = self.embeddings.get(prompt_key, lambda: self._encode_prompt(job.prompt, job.negative_prompt))
+        arguments = dict(prompt)
+        arguments["ip_adapter_image_embeds"] = [e if guided else e.chunk(2)[1] for e in image_embeds]
+        return arguments, tiling_s
+
+    @torch.no_grad()
+    def _encode_prompt(self, prompt: str, negative_prompt: str) -> dict[str, torch.Tensor]:
+        """The prompt embeddings the pipeline computes from (prompt, negative_prompt) under guidance."""
+        device = self.pipe._execution_device
+        if self.model_set.arch == "sdxl":
+            embeds, negative, pooled, negative_pooled = self.pipe.encode_prompt(
+                prompt=prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True,
+                negative_prompt=negative_prompt or None,
+            )
+            return {"prompt_embeds": embeds, "negative_prompt_embeds": negative,
+                    "pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled}
+        embeds, negative = self.pipe.encode_prompt(prompt, device, 1, True, negative_prompt or None)
+        return {"prompt_embeds": embeds, "negative_prompt_embeds": negative}
+
+    def _set_vae_tiling(self, size: tuple[int, int]) -> None:
+        if self.options.vae_tiling or size[0] * size[1] > self.options.vae_tiling_above_pixels:
+            self.pipe.vae.enable_tiling()
+        else:
+            self.pipe.vae.disable_tiling()
+
+
+class EmbeddingCache:
+    """A small LRU of embedding tensors; `size` 0 turns it off. Not thread-safe: one engine, one thread."""
+
+    def __init__(self, size: int):
+        self.size = max(0, size)
+        self._entries: OrderedDict = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 0
+
+    def get(self, key, compute: Callable):
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return self._entries[key]
+        self.misses += 1
+        with torch.no_grad():
+            value = compute()
+        self._entries[key] = value
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def image_digest(image: Image.Image) -> str:
+    """The content hash of an image: mode, size and pixels."""
+    digest = hashlib.blake2b(f"{image.mode}:{image.size}".encode(), digest_size=16)
+    digest.update(image.tobytes())
+    return digest.hexdigest()
 
 
 def pick_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
@@ -134,13 +257,106 @@ def load_pipeline(model_set: ModelSet, device: torch.device, dtype: torch.dtype,
     except Exception as exc:  # diffusers/transformers/safetensors raise many types for bad files
         raise WeightsError(f"cannot load model set {model_set.folder}: {_first_line(exc)}") from exc
     pipe.set_progress_bar_config(disable=True)
-    if options.cpu_offload and device.type == "cuda":
+    offload = options.cpu_offload and device.type == "cuda"
+    if offload:
         pipe.enable_model_cpu_offload(device=device)
     elif device.type != "cpu":
         pipe.to(device)
-    if options.vae_tiling:
-        pipe.vae.enable_tiling()
+    apply_fast_path(pipe, options, offload=offload)
     return pipe
+
+
+def apply_fast_path(pipe, options: DiffusionOptions, offload: bool = False) -> dict[str, bool]:
+    """Attention processors, memory format, fused projections and compilation, as `options` say.
+
+    Order matters: channels-last before fusing (the fused weights are shared views), fusing before
+    compiling. Returns what was applied.
+    """
+    use_sdpa_processors(pipe, options.sdpa)
+    channels_last = bool(options.channels_last)
+    if channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    # FusedAttnProcessor2_0 is SDPA-only; with offload, moving shared views would duplicate them.
+    fused = bool(options.fuse_qkv and options.sdpa and not offload) and fuse_self_attention(pipe.unet) > 0
+    compiled = bool(options.compile)
+    if compiled:
+        compile_unet_blocks(pipe.unet)
+    return {"sdpa": options.sdpa, "channels_last": channels_last, "fuse_qkv": fused, "compile": compiled}
+
+
+def use_sdpa_processors(pipe, sdpa: bool = True) -> None:
+    """Every attention on scaled_dot_product_attention (IPAdapterAttnProcessor2_0 for IP-Adapter layers),
+    or, with `sdpa` off, on diffusers' classic processors. IP-Adapter weights and scales carry over."""
+    plain, ip_class = (AttnProcessor2_0, IPAdapterAttnProcessor2_0) if sdpa else (AttnProcessor, IPAdapterAttnProcessor)
+    processors = {}
+    for name, processor in pipe.unet.attn_processors.items():
+        if isinstance(processor, (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0)):
+            processors[name] = processor if type(processor) is ip_class else _convert_ip_processor(processor, ip_class)
+        elif type(processor) in (AttnProcessor, AttnProcessor2_0):
+            processors[name] = processor if type(processor) is plain else plain()
+        else:
+            processors[name] = processor
+    pipe.unet.set_attn_processor(processors)
+    pipe.vae.set_attn_processor(plain())
+
+
+def _convert_ip_processor(processor, ip_class):
+    converted = ip_class(processor.hidden_size, processor.cross_attention_dim, processor.num_tokens, list(processor.scale))
+    converted.to_k_ip = processor.to_k_ip
+    converted.to_v_ip = processor.to_v_ip
+    return converted
+
+
+@torch.no_grad()
+def fuse_self_attention(unet) -> int:
+    """Fuse q/k/v into one matmul in every transformer block's self-attention; returns how many.
+
+    Cross-attention keeps its own processor (IP-Adapter's, which reads to_k_ip/to_v_ip): diffusers'
+    `fuse_qkv_projections()` would replace those too and drop IP-Adapter. to_q/to_k/to_v stay, as views
+    of the fused weight, so nothing is held twice.
+    """
+    from diffusers.models.attention import BasicTransformerBlock
+
+    count = 0
+    for block in unet.modules():
+        # Only the transformer blocks' attn1: the IP-Adapter Plus resampler's attentions (also under the
+        # UNet, in encoder_hid_proj) are "self" attentions called with a context, and must stay unfused.
+        module = block.attn1 if isinstance(block, BasicTransformerBlock) and not block.only_cross_attention else None
+        if not isinstance(module, Attention) or module.is_cross_attention or type(module.processor) is not AttnProcessor2_0:
+            continue
+        module.fuse_projections(fuse=True)
+        for name in ("weight", "bias"):
+            fused = getattr(module.to_qkv, name)
+            if fused is None:
+                continue
+            parts = fused.split([module.to_q.out_features, module.to_k.out_features, module.to_v.out_features])
+            for linear, part in zip((module.to_q, module.to_k, module.to_v), parts):
+                setattr(linear, name, nn.Parameter(part, requires_grad=False))
+        module.set_processor(FusedAttnProcessor2_0())
+        count += 1
+    return count
+
+
+def compile_unet_blocks(unet) -> None:
+    """Regional compilation: `torch.compile` each repeated transformer block, not the whole UNet.
+
+    Every block shares one compiled graph per input shape, so warm-up takes seconds, not minutes.
+    A new processing shape (another box aspect) compiles once more; after the second shape dynamo
+    marks the sizes dynamic. The recompile limit is raised so changing IP-Adapter scales (0 skips a
+    branch) and both CFG batch sizes never push a block back to eager.
+    """
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    if getattr(unet, "_repeated_blocks", None) and hasattr(unet, "compile_repeated_blocks"):
+        unet.compile_repeated_blocks(fullgraph=True)
+        return
+    from diffusers.models.attention import BasicTransformerBlock
+
+    for module in unet.modules():
+        if isinstance(module, BasicTransformerBlock):
+            module.compile(fullgraph=True)
 
 
 def _quiet_libraries() -> None:

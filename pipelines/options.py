@@ -4,12 +4,52 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Above this many processed pixels the VAE decodes in tiles. Crop-and-stitch processes every swap at the
+# model's native area (1024^2 for SDXL, 512^2 for SD1.5; an elongated box at most 2x native on its long
+# side, same area), so with this default tiling never triggers for the engine's own crops: it is a guard
+# for configurations that process more than that.
+VAE_TILING_ABOVE_PIXELS = 1536 * 1536
+
 
 @dataclass(frozen=True)
 class DiffusionOptions:
-    """Device, dtype and memory savers; "auto" picks for the machine (CUDA bf16/fp16, MPS fp16, CPU fp32)."""
+    """Device, dtype, memory savers and the fast path.
+
+    "auto" picks for the machine (CUDA bf16/fp16, MPS fp16, CPU fp32); a `None` switch means "auto":
+    on where it helps (CUDA), off elsewhere.
+
+    Fast path (each measured on and off by `segswap bench --ablate`):
+    sdpa: PyTorch scaled_dot_product_attention processors everywhere (IP-Adapter's 2_0 variant
+        included); off = diffusers' classic matmul-softmax processors.
+    fuse_qkv: one q/k/v matmul in every self-attention. Only self-attention is fused: diffusers'
+        `pipe.fuse_qkv_projections()` replaces the IP-Adapter processors and breaks IP-Adapter.
+    channels_last: UNet and VAE weights and activations in NHWC (cuDNN's fast layout).
+    compile: `torch.compile` of the UNet's repeated transformer blocks (regional compilation);
+        the first swap at each new processing shape compiles (the server warms up at native size).
+    embed_cache_size: LRU entries for IP-Adapter image embeddings (keyed by the object image's
+        content hash, repeats and adapter) and prompt embeddings (keyed by prompt, negative prompt);
+        0 turns the cache off. Cached and uncached swaps give identical bytes.
+    vae_tiling: always decode in tiles; vae_tiling_above_pixels: tile only above this processed area.
+    """
 
     device: str = "auto"
     dtype: str = "auto"
     cpu_offload: bool = False
     vae_tiling: bool = False
+    vae_tiling_above_pixels: int = VAE_TILING_ABOVE_PIXELS
+    sdpa: bool = True
+    fuse_qkv: bool = True
+    channels_last: bool | None = None
+    compile: bool | None = None
+    embed_cache_size: int = 64
+
+    def resolved(self, device_type: str) -> DiffusionOptions:
+        """These options with every "auto" switch decided for a device type ("cuda", "cpu", "mps")."""
+        from dataclasses import replace
+
+        on_cuda = device_type == "cuda"
+        return replace(
+            self,
+            channels_last=on_cuda if self.channels_last is None else self.channels_last,
+            compile=on_cuda if self.compile is None else self.compile,
+        )

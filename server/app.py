@@ -15,10 +15,10 @@ from pipelines import Engine, SegswapError, SwapJob, load_engine
 
 from . import __version__
 from .access import AccessMiddleware
-from .credits import CreditLedger
+from .credits import open_ledger
 from .errors import install_error_handlers
 from .jobs import JobRunner
-from .jobstore import JobStore
+from .jobstore import open_job_store
 from .keys import KeyFile
 from .lifecycle import Lifecycle
 from .metrics import Metrics
@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, e
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         devices = settings.devices or visible_devices()
         starting = asyncio.create_task(asyncio.to_thread(start_workers, work, lifecycle, factory, devices))
-        jobs = JobRunner(JobStore(settings.jobs_dir), work, lifecycle, settings, metrics)
+        jobs = JobRunner(open_job_store(settings), work, lifecycle, settings, metrics)
         app.state.jobs = jobs
         background = [asyncio.create_task(jobs.run()), asyncio.create_task(jobs.purge_forever())]
         try:
@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, e
                 task.cancel()
             await starting
             await asyncio.to_thread(work.stop)
+            await asyncio.to_thread(jobs.store.close)
 
     app = FastAPI(
         title="segswap",
@@ -68,7 +69,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, e
     )
     app.state.settings, app.state.work, app.state.lifecycle, app.state.metrics = settings, work, lifecycle, metrics
     app.state.key_file = KeyFile(settings.keys_file) if settings.keys_file else None
-    app.state.credits = CreditLedger(settings.credits_db) if settings.keys_file else None
+    app.state.credits = open_ledger(settings) if settings.keys_file else None
     app.state.limiter = RateLimiter()
     metrics.watch_queue(lambda: work.depth, lambda: work.in_flight)
     install_error_handlers(app)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .credits import CreditLedger
+from .credits import CreditLedger, open_ledger
 from .keys import add_key, read_key_file, revoke_key
 from .settings import REPO_WEIGHTS_DIR, Settings
 
@@ -37,7 +37,7 @@ def _keys_file(args: argparse.Namespace) -> Path:
 
 
 def _ledger() -> CreditLedger:
-    return CreditLedger(Settings().credits_db)
+    return open_ledger(Settings())  # SEGSWAP_DATABASE_URL: the replicas' shared ledger
 
 
 def run_add(args: argparse.Namespace) -> int:

@@ -3,6 +3,11 @@
 The backlog lives in the store, not in memory: the dispatcher keeps only a few v2 jobs in
 the work queue at a time (enough to keep every worker busy), so a batch of thousands never
 fills the queue that v1 requests also wait in.
+
+Replicas sharing one store (PostgreSQL) may dispatch the same job: the store's `mark_started`,
+called by the worker just before the engine runs, lets only one of them run it; the others
+drop their copy. `recover` runs every few seconds, not only at start: it renews this
+replica's lease and takes back the jobs of replicas that are gone.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from .queue import Dropped, QueueFull, Ticket, WorkQueue
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+RECOVER_EVERY_S = 5.0  # well under the store's lease (LEASE_S), which this renews
 WEBHOOK_DELAYS_S = (1, 2, 4, 8, 16)  # waits between attempts: 6 attempts over about half a minute
 ENGINE_FIELDS = ("prompt", "negative_prompt", "steps", "seed", "growmask", "fashion_strength", "subject_strength",
                  "horizontal_repeat", "vertical_repeat", "guidance_scale")
@@ -43,12 +49,18 @@ class JobRunner:
         self._wake.set()
 
     async def run(self) -> None:
-        requeued, failed = await asyncio.to_thread(self.store.recover)
-        if requeued or failed:
-            log.info("job store recovered: %d interrupted job(s) queued again, %d failed", requeued, failed)
+        next_recovery = 0.0
         while True:
-            if self.lifecycle.ready and not self.lifecycle.draining:
-                await self._dispatch()
+            try:
+                if time.monotonic() >= next_recovery:
+                    requeued, failed = await asyncio.to_thread(self.store.recover)
+                    next_recovery = time.monotonic() + RECOVER_EVERY_S
+                    if requeued or failed:
+                        log.info("job store recovered: %d interrupted job(s) queued again, %d failed", requeued, failed)
+                if self.lifecycle.ready and not self.lifecycle.draining:
+                    await self._dispatch()
+            except Exception:  # the database is out of reach for a while: keep trying, do not stop dispatching
+                log.exception("job store unavailable")
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
@@ -57,7 +69,11 @@ class JobRunner:
 
     async def purge_forever(self, every_s: float = 600.0) -> None:
         while True:
-            purged = await asyncio.to_thread(self.store.purge_expired)
+            try:
+                purged = await asyncio.to_thread(self.store.purge_expired)
+            except Exception:
+                log.exception("job store unavailable; purging later")
+                purged = 0
             if purged:
                 log.info("purged %d expired job(s)", purged)
             await asyncio.sleep(every_s)
@@ -84,15 +100,18 @@ class JobRunner:
 
     async def _execute(self, record: JobRecord) -> None:
         try:
-            await self._run_once(record)
+            settled = await self._run_once(record)
         finally:
             self.tickets.pop(record.id, None)
             self.wake()
+        if not settled:  # not run here (queue full, cancelled, or another replica started it): not ours to announce
+            return
         final = await asyncio.to_thread(self.store.get, record.id)
         if final and final.webhook_url and final.status in ("COMPLETED", "FAILED"):
             self._spawn(self.deliver_webhook(final))
 
-    async def _run_once(self, record: JobRecord) -> None:
+    async def _run_once(self, record: JobRecord) -> bool:
+        """Run the job on this server; True if this call completed or failed it."""
         images = await asyncio.to_thread(self.store.load_inputs, record.id)
         params = record.params
         job = SwapJob(main_image=images["main_image"].convert("RGB"), mask_image=images["mask_image"],
@@ -101,26 +120,28 @@ class JobRunner:
         try:
             ticket = self.work.submit(job, deadline, on_start=lambda: self.store.mark_started(record.id))
         except QueueFull:
-            return  # stays QUEUED; dispatched again when there is room
+            return False  # stays QUEUED; dispatched again when there is room
         self.tickets[record.id] = ticket
         try:
             outcome = await ticket.future
         except Dropped as dropped:
-            if "cancelled" not in str(dropped):
-                await asyncio.to_thread(self.store.fail, record.id, f"the job did not run within {self.settings.job_timeout_s:g} s")
-            return
+            if "cancelled" in str(dropped):
+                return False
+            await asyncio.to_thread(self.store.fail, record.id, f"the job did not run within {self.settings.job_timeout_s:g} s")
+            return True
         except SegswapError as exc:
             await asyncio.to_thread(self.store.fail, record.id, str(exc))
-            return
+            return True
         except Exception:
             log.exception("job %s failed", record.id)
             await asyncio.to_thread(self.store.fail, record.id, "internal error while running the job")
-            return
+            return True
         self.metrics.queue_wait_seconds.observe(outcome.queue_s)
         self.metrics.stage_seconds.labels("engine").observe(outcome.engine_s)
         self.metrics.images.labels(outcome.engine).inc()
         data = await asyncio.to_thread(encode_image, outcome.image, params["image_format"], params["image_quality"])
         await asyncio.to_thread(self.store.complete, record.id, data, params["image_format"], outcome.engine_s)
+        return True
 
     async def deliver_webhook(self, record: JobRecord) -> bool:
         """POST the status body to the job's webhook, signed, retried with backoff; never blocks a worker."""

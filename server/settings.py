@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from pipelines.options import DiffusionOptions
+from pipelines.options import VAE_TILING_ABOVE_PIXELS, DiffusionOptions
 
 REPO_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
@@ -30,6 +30,20 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     cpu_offload: bool = Field(False, description="keep models in CPU memory, move each to the GPU when used")
     vae_tiling: bool = Field(False, description="decode in tiles (less GPU memory for large crops)")
+    vae_tiling_above_pixels: int = Field(
+        VAE_TILING_ABOVE_PIXELS, ge=0,
+        description="decode in tiles when the processed crop has more pixels than this (crop-and-stitch keeps it "
+        "at the model's native area, so the default never triggers on the engine's own crops)",
+    )
+    sdpa: bool = Field(True, description="scaled_dot_product_attention everywhere (false: classic attention)")
+    fuse_qkv: bool = Field(True, description="one q/k/v matmul in self-attention (IP-Adapter layers stay unfused)")
+    channels_last: bool | Literal["auto"] = Field("auto", description="UNet/VAE in channels-last; auto: on CUDA")
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile the UNet's transformer blocks (compiles during warm-up); auto: on CUDA"
+    )
+    embed_cache_size: int = Field(
+        64, ge=0, description="LRU entries of IP-Adapter image and prompt embeddings (0: no cache)"
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
     keys_file: Path | None = Field(None, description="TOML key file managed by `segswap keys` (hashes, limits)")
     credits_db: Path = Field(REPO_WEIGHTS_DIR.parent / "var" / "credits.sqlite3", description="SQLite credit ledger")
@@ -49,6 +63,11 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(300.0, gt=0, description="deadline of a request from arrival; past it, 504")
     drain_grace_s: float = Field(120.0, ge=0, description="how long SIGTERM waits for queued and running jobs")
     jobs_dir: Path = Field(REPO_WEIGHTS_DIR.parent / "var" / "jobs", description="v2 job store (SQLite + files)")
+    database_url: str | None = Field(
+        None, repr=False,
+        description="PostgreSQL URL (postgresql://user:pass@host:5432/segswap) for v2 job rows and credits, shared by "
+                    "replicas (which must also share jobs_dir); empty: SQLite files (one server)",
+    )
     job_retention_s: float = Field(7 * 24 * 3600, gt=0, description="how long v2 jobs and results are kept")
     job_timeout_s: float = Field(3600.0, gt=0, description="how long a dispatched v2 job may wait for a worker")
     max_pending_jobs: int = Field(10_000, ge=1, description="v2 jobs queued or running; beyond it, submits get 429")
@@ -81,7 +100,10 @@ class Settings(BaseSettings):
 
     def diffusion_options(self, device: str | None = None) -> DiffusionOptions:
         return DiffusionOptions(
-            device=device or self.device, dtype=self.dtype, cpu_offload=self.cpu_offload, vae_tiling=self.vae_tiling
+            device=device or self.device, dtype=self.dtype, cpu_offload=self.cpu_offload, vae_tiling=self.vae_tiling,
+            vae_tiling_above_pixels=self.vae_tiling_above_pixels, sdpa=self.sdpa, fuse_qkv=self.fuse_qkv,
+            channels_last=None if self.channels_last == "auto" else self.channels_last,
+            compile=None if self.compile == "auto" else self.compile, embed_cache_size=self.embed_cache_size,
         )
 
 

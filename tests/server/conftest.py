@@ -18,3 +18,25 @@ def client() -> Iterator[TestClient]:
     with TestClient(app, headers={"x-api-key": KEY}) as test_client:
         wait_ready(test_client)
         yield test_client
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A PostgreSQL server for the whole session (tests/server/pg.py); skips where none can run."""
+    from .pg import start_or_skip
+
+    server = start_or_skip()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def pg_url(pg_server) -> str:
+    """The URL of a fresh, empty PostgreSQL database."""
+    return pg_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request) -> str | None:
+    """Runs a test on both stores: None (embedded SQLite), then a fresh PostgreSQL database."""
+    return None if request.param == "sqlite" else request.getfixturevalue("pg_url")

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from pipelines import CompositeEngine
 from server.app import create_app
 from server.cli import main
-from server.credits import CreditLedger
+from server.credits import open_ledger
 from server.embedded import live_server
 from server.keys import read_key_file
 from server.ratelimit import RateLimiter
@@ -20,17 +20,36 @@ from .engines import GatedEngine
 
 
 @pytest.fixture()
-def keyed(tmp_path, monkeypatch, capsys):
+def store_url(request) -> str | None:
+    """The shared store of `keyed`: SQLite unless a test parametrizes it with "postgres" (indirect)."""
+    return request.getfixturevalue("pg_url") if getattr(request, "param", "sqlite") == "postgres" else None
+
+
+BOTH_STORES = pytest.mark.parametrize("store_url", ["sqlite", "postgres"], indirect=True)
+
+
+@pytest.fixture()
+def keyed(tmp_path, monkeypatch, capsys, store_url):
     """A key file with: a plain key, a rate-limited key, a key limited to another endpoint, a metered key."""
     keys_file, ledger = tmp_path / "keys.toml", tmp_path / "credits.sqlite3"
     monkeypatch.setenv("SEGSWAP_CREDITS_DB", str(ledger))
+    if store_url:  # `segswap keys` and the app both use it
+        monkeypatch.setenv("SEGSWAP_DATABASE_URL", store_url)
     secrets = {}
     for key_id, extra in [("plain", []), ("slow", ["--rate", "2"]), ("other", ["--endpoint", "/v2/seg-swap"]),
                           ("metered", ["--credits", "2"])]:
         assert main(["keys", "--keys-file", str(keys_file), "add", key_id, *extra]) == 0
         secrets[key_id] = capsys.readouterr().out.strip()
-    settings = Settings(keys_file=keys_file, credits_db=ledger)
+    settings = Settings(keys_file=keys_file, credits_db=ledger, jobs_dir=tmp_path / "jobs", database_url=store_url)
     return settings, secrets
+
+
+def balance(settings, key_id: str) -> int | None:
+    ledger = open_ledger(settings)
+    try:
+        return ledger.balance(key_id)
+    finally:
+        ledger.close()
 
 
 def client_for(settings, engine=None) -> TestClient:
@@ -81,6 +100,7 @@ def test_token_bucket_refills_over_time():
     assert limiter.take("k", 60) == 0
 
 
+@BOTH_STORES
 def test_credits_debited_on_success_only_then_406(keyed, body):
     settings, secrets = keyed
     headers = {"x-api-key": secrets["metered"]}
@@ -108,12 +128,15 @@ def test_failed_job_is_refunded(keyed, body):
         timed_out = client.post("/v1/seg-swap", json=body, headers={"x-api-key": secrets["metered"]})
         engine.gate.set()
     assert timed_out.status_code == 504 and timed_out.headers["x-remaining-credits"] == "2"
-    assert CreditLedger(settings.credits_db).balance("metered") == 2
+    assert balance(settings, "metered") == 2
 
 
+@BOTH_STORES
 def test_parallel_requests_never_overspend(keyed, body):
     settings, secrets = keyed
-    CreditLedger(settings.credits_db).set_balance("metered", 3)
+    ledger = open_ledger(settings)
+    ledger.set_balance("metered", 3)
+    ledger.close()
     app = create_app(settings.model_copy(update={"max_queue": 64}), GatedEngine(delay=0.02))
     with live_server(app) as url:
 
@@ -124,4 +147,4 @@ def test_parallel_requests_never_overspend(keyed, body):
         responses = asyncio.run(burst())
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [200] * 3 + [406] * 7
-    assert CreditLedger(settings.credits_db).balance("metered") == 0
+    assert balance(settings, "metered") == 0

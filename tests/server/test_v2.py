@@ -42,8 +42,8 @@ def wait_for(client, request_id: str, statuses=("COMPLETED", "FAILED", "CANCELLE
         time.sleep(0.02)
 
 
-def test_submit_poll_fetch(tmp_path, body, scene):
-    with make_client(tmp_path) as client:
+def test_submit_poll_fetch(tmp_path, body, scene, database_url):
+    with make_client(tmp_path, database_url=database_url) as client:
         wait_ready(client)
         submitted = client.post("/v2/seg-swap", json={**body, "image_format": "webp"})
         assert submitted.status_code == 200
@@ -72,8 +72,8 @@ def test_bad_body_is_refused_at_submit(tmp_path, body):
         assert client.post("/v2/seg-swap", json={**body, "main_image": "nope"}).status_code == 400
 
 
-def test_failing_job_answers_422_failed_with_its_error(tmp_path, body, scene):
-    with make_client(tmp_path) as client:
+def test_failing_job_answers_422_failed_with_its_error(tmp_path, body, scene, database_url):
+    with make_client(tmp_path, database_url=database_url) as client:
         wait_ready(client)
         empty_mask = b64(Image.new("L", scene.size, 0))
         request_id = client.post("/v2/seg-swap", json={**body, "mask_image": empty_mask}).json()["request_id"]
@@ -84,8 +84,8 @@ def test_failing_job_answers_422_failed_with_its_error(tmp_path, body, scene):
         assert client.get(f"/v2/requests/{request_id}").status_code == 422
 
 
-def test_unknown_other_key_and_expired_ids_are_404(tmp_path, body):
-    with make_client(tmp_path, job_retention_s=1.0) as client:
+def test_unknown_other_key_and_expired_ids_are_404(tmp_path, body, database_url):
+    with make_client(tmp_path, job_retention_s=1.0, database_url=database_url) as client:
         wait_ready(client)
         assert client.get("/v2/requests/does-not-exist/status").status_code == 404
         request_id = client.post("/v2/seg-swap", json=body).json()["request_id"]
@@ -96,11 +96,12 @@ def test_unknown_other_key_and_expired_ids_are_404(tmp_path, body):
         time.sleep(1.1)
         assert client.get(f"/v2/requests/{request_id}/status").status_code == 404
         assert client.app.state.jobs.store.purge_expired() == 1
+        assert not (tmp_path / "jobs" / "jobs" / request_id).exists()
 
 
-def test_cancel_before_start_and_not_after(tmp_path, body):
+def test_cancel_before_start_and_not_after(tmp_path, body, database_url):
     engine = GatedEngine()
-    with make_client(tmp_path, engine) as client:
+    with make_client(tmp_path, engine, database_url=database_url) as client:
         wait_ready(client)
         engine.gate.clear()
         ids = [client.post("/v2/seg-swap", json={**body, "seed": seed}).json()["request_id"] for seed in (1, 2, 3)]
@@ -115,9 +116,9 @@ def test_cancel_before_start_and_not_after(tmp_path, body):
     assert [s for s in engine.ran if s] == [1]
 
 
-def test_idempotent_submits_run_once_even_when_concurrent(tmp_path, body):
+def test_idempotent_submits_run_once_even_when_concurrent(tmp_path, body, database_url):
     engine = GatedEngine(delay=0.05)
-    settings = Settings(api_keys=[KEY], jobs_dir=tmp_path / "jobs")
+    settings = Settings(api_keys=[KEY], jobs_dir=tmp_path / "jobs", database_url=database_url)
     with live_server(create_app(settings, engine)) as url:
 
         async def submit_many():
