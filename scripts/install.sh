@@ -4,7 +4,7 @@
 #   scripts/install.sh              the server and CLI, composite engine only (no torch)
 #   scripts/install.sh --diffusion  plus the diffusion engine (torch, diffusers, transformers)
 #   scripts/install.sh --test       plus the diffusion engine and the test tools (and, as root on
-#                                   Debian, Chromium for the browser tests: scripts/install_browser.sh)
+#                                   Debian, Chromium and PostgreSQL for the browser and shared-store tests)
 #
 # Environment: SEGSWAP_VENV (default .venv; "system" installs into the current interpreter),
 # SEGSWAP_TORCH (pip requirement for torch; default torch==2.13.0, the CPU build on the
@@ -36,6 +36,7 @@ fi
 "$python" -m pip install --quiet -e ".${extras}"
 if [ "${1:-}" = "--test" ]; then
   scripts/install_browser.sh || echo "Chromium not installed: the browser tests will be skipped" >&2
+  scripts/install_postgres.sh || echo "PostgreSQL not installed: the shared-store tests will be skipped" >&2
 fi
 "$python" examples/make_examples.py >/dev/null
 echo "segswap installed in ${venv}${extras:+ with ${extras}}"
