@@ -18,30 +18,22 @@ pipeline would compute itself, so a cached swap gives the same bytes as an uncac
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
+import logging
 import math
 import time
-from collections import OrderedDict
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
-from diffusers.models.attention_processor import (
-    Attention,
-    AttnProcessor,
-    AttnProcessor2_0,
-    FusedAttnProcessor2_0,
-    IPAdapterAttnProcessor,
-    IPAdapterAttnProcessor2_0,
-)
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
-from torch import nn
 from transformers.utils import logging as transformers_logging
 
+from .embedding_cache import EmbeddingCache, image_digest
 from .errors import WeightsError
+from .fast_path import apply_fast_path, is_compile_error, uncompile_unet_blocks
 from .imageops import Box, feathered_paste, grow_mask, mask_box, normalize_mask, tile_object
 from .job import SwapJob
 from .model_sets import ADAPTERS, IMAGE_ENCODER, ModelSet
@@ -58,6 +50,8 @@ MIN_CONTEXT = 16
 MAX_ASPECT = 2.0  # boxes more elongated than this take more context on their short side
 OBJECT_MAX_SIDE = 1024  # the image encoder sees 224 px anyway; this bounds tiling cost
 OBJECT_BACKGROUND = (255, 255, 255)
+
+log = logging.getLogger("segswap.diffusion")
 
 
 class DiffusionEngine:
@@ -92,18 +86,30 @@ class DiffusionEngine:
         conditioning, tiling_s = self._conditioning(job)
         embedded = time.perf_counter()
 
-        generated = self.pipe(
-            **conditioning,
-            image=crop,
-            mask_image=crop_mask,
-            width=size[0],
-            height=size[1],
-            num_inference_steps=job.steps,
-            strength=1.0,  # SDXL's default 0.9999 would run one step fewer than asked
-            guidance_scale=job.guidance_scale,
-            generator=torch.Generator("cpu").manual_seed(job.seed),
-            callback_on_step_end=_step_callback(progress, job.steps),
-        ).images[0]
+        def generate() -> Image.Image:
+            return self.pipe(
+                **conditioning,
+                image=crop,
+                mask_image=crop_mask,
+                width=size[0],
+                height=size[1],
+                num_inference_steps=job.steps,
+                strength=1.0,  # SDXL's default 0.9999 would run one step fewer than asked
+                guidance_scale=job.guidance_scale,
+                generator=torch.Generator("cpu").manual_seed(job.seed),
+                callback_on_step_end=_step_callback(progress, job.steps),
+            ).images[0]
+
+        try:
+            generated = generate()
+        except Exception as exc:
+            if not (self.options.compile and is_compile_error(exc)):
+                raise
+            # Compilation is an optimisation: a compiler failure on some machine must not take the engine down.
+            log.warning("torch.compile failed (%s); the UNet runs eagerly from now on", _first_line(exc))
+            uncompile_unet_blocks(self.pipe.unet)
+            self.options = dataclasses.replace(self.options, compile=False)
+            generated = generate()
         generated_at = time.perf_counter()
 
         patch = generated.resize((box[2] - box[0], box[3] - box[1]), Image.Resampling.LANCZOS)
@@ -169,43 +175,6 @@ class DiffusionEngine:
             self.pipe.vae.disable_tiling()
 
 
-class EmbeddingCache:
-    """A small LRU of embedding tensors; `size` 0 turns it off. Not thread-safe: one engine, one thread."""
-
-    def __init__(self, size: int):
-        self.size = max(0, size)
-        self._entries: OrderedDict = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.size > 0
-
-    def get(self, key, compute: Callable):
-        if key in self._entries:
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return self._entries[key]
-        self.misses += 1
-        with torch.no_grad():
-            value = compute()
-        self._entries[key] = value
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
-        return value
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-def image_digest(image: Image.Image) -> str:
-    """The content hash of an image: mode, size and pixels."""
-    digest = hashlib.blake2b(f"{image.mode}:{image.size}".encode(), digest_size=16)
-    digest.update(image.tobytes())
-    return digest.hexdigest()
-
-
 def pick_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
     """CUDA in bf16 (fp16 where bf16 is missing), Apple MPS in fp16, else CPU in fp32."""
     if device == "auto":
@@ -238,10 +207,10 @@ def load_pipeline(model_set: ModelSet, device: torch.device, dtype: torch.dtype,
     if model_set.arch == "sd15":
         components.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     kwargs: dict = {"dtype": dtype, "local_files_only": True, "use_safetensors": True, **components}
-    if _only_fp16_variant(model_set.base):
+    if only_fp16_variant(model_set.base):
         kwargs["variant"] = "fp16"
     adapter = Path(ADAPTERS[(model_set.arch, model_set.variant)])
-    _quiet_libraries()
+    quiet_libraries()
     try:
         if model_set.checkpoint is not None:
             pipe = load_single_file_pipeline(pipeline_class, model_set.checkpoint, model_set.base, dtype, **components)
@@ -266,100 +235,7 @@ def load_pipeline(model_set: ModelSet, device: torch.device, dtype: torch.dtype,
     return pipe
 
 
-def apply_fast_path(pipe, options: DiffusionOptions, offload: bool = False) -> dict[str, bool]:
-    """Attention processors, memory format, fused projections and compilation, as `options` say.
-
-    Order matters: channels-last before fusing (the fused weights are shared views), fusing before
-    compiling. Returns what was applied.
-    """
-    use_sdpa_processors(pipe, options.sdpa)
-    channels_last = bool(options.channels_last)
-    if channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
-    # FusedAttnProcessor2_0 is SDPA-only; with offload, moving shared views would duplicate them.
-    fused = bool(options.fuse_qkv and options.sdpa and not offload) and fuse_self_attention(pipe.unet) > 0
-    compiled = bool(options.compile)
-    if compiled:
-        compile_unet_blocks(pipe.unet)
-    return {"sdpa": options.sdpa, "channels_last": channels_last, "fuse_qkv": fused, "compile": compiled}
-
-
-def use_sdpa_processors(pipe, sdpa: bool = True) -> None:
-    """Every attention on scaled_dot_product_attention (IPAdapterAttnProcessor2_0 for IP-Adapter layers),
-    or, with `sdpa` off, on diffusers' classic processors. IP-Adapter weights and scales carry over."""
-    plain, ip_class = (AttnProcessor2_0, IPAdapterAttnProcessor2_0) if sdpa else (AttnProcessor, IPAdapterAttnProcessor)
-    processors = {}
-    for name, processor in pipe.unet.attn_processors.items():
-        if isinstance(processor, (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0)):
-            processors[name] = processor if type(processor) is ip_class else _convert_ip_processor(processor, ip_class)
-        elif type(processor) in (AttnProcessor, AttnProcessor2_0):
-            processors[name] = processor if type(processor) is plain else plain()
-        else:
-            processors[name] = processor
-    pipe.unet.set_attn_processor(processors)
-    pipe.vae.set_attn_processor(plain())
-
-
-def _convert_ip_processor(processor, ip_class):
-    converted = ip_class(processor.hidden_size, processor.cross_attention_dim, processor.num_tokens, list(processor.scale))
-    converted.to_k_ip = processor.to_k_ip
-    converted.to_v_ip = processor.to_v_ip
-    return converted
-
-
-@torch.no_grad()
-def fuse_self_attention(unet) -> int:
-    """Fuse q/k/v into one matmul in every transformer block's self-attention; returns how many.
-
-    Cross-attention keeps its own processor (IP-Adapter's, which reads to_k_ip/to_v_ip): diffusers'
-    `fuse_qkv_projections()` would replace those too and drop IP-Adapter. to_q/to_k/to_v stay, as views
-    of the fused weight, so nothing is held twice.
-    """
-    from diffusers.models.attention import BasicTransformerBlock
-
-    count = 0
-    for block in unet.modules():
-        # Only the transformer blocks' attn1: the IP-Adapter Plus resampler's attentions (also under the
-        # UNet, in encoder_hid_proj) are "self" attentions called with a context, and must stay unfused.
-        module = block.attn1 if isinstance(block, BasicTransformerBlock) and not block.only_cross_attention else None
-        if not isinstance(module, Attention) or module.is_cross_attention or type(module.processor) is not AttnProcessor2_0:
-            continue
-        module.fuse_projections(fuse=True)
-        for name in ("weight", "bias"):
-            fused = getattr(module.to_qkv, name)
-            if fused is None:
-                continue
-            parts = fused.split([module.to_q.out_features, module.to_k.out_features, module.to_v.out_features])
-            for linear, part in zip((module.to_q, module.to_k, module.to_v), parts):
-                setattr(linear, name, nn.Parameter(part, requires_grad=False))
-        module.set_processor(FusedAttnProcessor2_0())
-        count += 1
-    return count
-
-
-def compile_unet_blocks(unet) -> None:
-    """Regional compilation: `torch.compile` each repeated transformer block, not the whole UNet.
-
-    Every block shares one compiled graph per input shape, so warm-up takes seconds, not minutes.
-    A new processing shape (another box aspect) compiles once more; after the second shape dynamo
-    marks the sizes dynamic. The recompile limit is raised so changing IP-Adapter scales (0 skips a
-    branch) and both CFG batch sizes never push a block back to eager.
-    """
-    import torch._dynamo
-
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    if getattr(unet, "_repeated_blocks", None) and hasattr(unet, "compile_repeated_blocks"):
-        unet.compile_repeated_blocks(fullgraph=True)
-        return
-    from diffusers.models.attention import BasicTransformerBlock
-
-    for module in unet.modules():
-        if isinstance(module, BasicTransformerBlock):
-            module.compile(fullgraph=True)
-
-
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Loading bars and advice meant for notebooks would flood a server's log on every start."""
     diffusers_logging.disable_progress_bar()
     diffusers_logging.set_verbosity_error()
@@ -367,7 +243,7 @@ def _quiet_libraries() -> None:
     transformers_logging.set_verbosity_error()
 
 
-def _only_fp16_variant(base: Path) -> bool:
+def only_fp16_variant(base: Path) -> bool:
     unet = base / "unet"
     return any(unet.glob("*.fp16.safetensors")) and not (unet / "diffusion_pytorch_model.safetensors").exists()
 

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from pipelines import InvalidInput, SegswapError, SwapJob, require_model_set, resolve_seed
 
 from .app import load_configured_engine
+from .cli_bench import add_bench_command
 from .cli_keys import add_keys_commands
 from .cli_weights import add_weights_commands
 from .contract import IMAGE_FIELDS, SwapRequest, describe_validation_error
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_swap(commands.add_parser("swap", help="run one swap offline and write the image"))
     add_weights_commands(commands.add_parser("weights", help="list, download, verify or make model sets"))
     add_keys_commands(commands.add_parser("keys", help="add, list, revoke API keys; set credit balances"))
+    add_bench_command(commands)
     return parser
 
 

@@ -1,0 +1,234 @@
+"""The fast path: embedding cache (same bytes as without it), fused self-attention, SDPA processors,
+compilation, VAE tiling threshold, and the settings that switch each piece."""
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+pytest.importorskip("diffusers")
+
+from diffusers.models.attention_processor import (
+    AttnProcessor,
+    AttnProcessor2_0,
+    FusedAttnProcessor2_0,
+    IPAdapterAttnProcessor,
+    IPAdapterAttnProcessor2_0,
+)
+
+from pipelines import SwapJob
+from pipelines.diffusion import DiffusionEngine
+from pipelines.embedding_cache import EmbeddingCache, image_digest
+from pipelines.model_sets import ModelSet
+from pipelines.options import DiffusionOptions
+from tests.conftest import noise_image, rect_mask
+
+SIZE = (97, 61)
+NO_CACHE = DiffusionOptions(embed_cache_size=0)
+
+
+def job(**overrides) -> SwapJob:
+    values = dict(
+        main_image=noise_image(SIZE, seed=5),
+        mask_image=rect_mask(SIZE, (30, 15, 60, 40)),
+        object_image=Image.new("RGB", (24, 24), (0, 180, 40)),
+        prompt="a green cube",
+        steps=2,
+        seed=11,
+        growmask=3,
+    )
+    values.update(overrides)
+    return SwapJob(**values)
+
+
+def ip_processors(engine):
+    return {n: p for n, p in engine.pipe.unet.attn_processors.items() if hasattr(p, "to_k_ip")}
+
+
+@pytest.mark.parametrize("arch,variant", [("sd15", "plus"), ("sdxl", "plus"), ("sdxl", "plain")])
+def test_cached_embeddings_give_identical_bytes(tiny_weights, arch, variant):
+    model_set = ModelSet(arch, tiny_weights / arch, variant)
+    cached, uncached = DiffusionEngine(model_set), DiffusionEngine(model_set, NO_CACHE)
+    assert cached.embeddings.enabled and not uncached.embeddings.enabled
+    cases = [
+        job(),
+        job(),  # a cache hit
+        job(guidance_scale=1.0),  # no CFG: the positive half of the cached embeddings
+        job(negative_prompt="blurry", horizontal_repeat=2, vertical_repeat=3),
+        job(object_image=Image.new("RGBA", (30, 20), (220, 20, 200, 255)), prompt=""),
+    ]
+    for case in cases:
+        assert cached.swap(case).tobytes() == uncached.swap(case).tobytes()
+    assert cached.embeddings.hits >= 3 and cached.embeddings.misses >= 4
+
+
+def test_cache_key_is_the_object_content_and_repeats(tiny_weights):
+    engine = DiffusionEngine(ModelSet("sd15", tiny_weights / "sd15", "plus"))
+    pattern = noise_image((24, 24), seed=9)
+    first = engine.swap(job(object_image=pattern))
+    same_pixels = noise_image((24, 24), seed=9)  # another object, same content: a hit
+    assert engine.swap(job(object_image=same_pixels)).tobytes() == first.tobytes()
+    assert engine.embeddings.hits == 2  # image and prompt
+    assert engine.swap(job(object_image=pattern, horizontal_repeat=2)).tobytes() != first.tobytes()
+    assert engine.swap(job(object_image=noise_image((24, 24), seed=10))).tobytes() != first.tobytes()
+    assert engine.embeddings.misses == 4  # first image, its prompt, the repeat, the other object
+
+
+def test_embedding_cache_is_a_bounded_lru():
+    cache = EmbeddingCache(2)
+    calls = []
+
+    def make(value):
+        return lambda: calls.append(value) or value
+
+    assert cache.get("a", make(1)) == 1 and cache.get("b", make(2)) == 2
+    assert cache.get("a", make(9)) == 1  # hit, and "a" becomes the most recent
+    cache.get("c", make(3))  # evicts "b"
+    assert len(cache) == 2 and cache.get("b", make(4)) == 4
+    assert calls == [1, 2, 3, 4]
+    assert not EmbeddingCache(0).enabled
+    assert image_digest(Image.new("RGB", (2, 2))) != image_digest(Image.new("RGBA", (2, 2)))
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sdxl"])
+def test_fused_self_attention_keeps_ip_adapter(tiny_weights, arch):
+    model_set = ModelSet(arch, tiny_weights / arch, "plus")
+    fused = DiffusionEngine(model_set)
+    unfused = DiffusionEngine(model_set, DiffusionOptions(fuse_qkv=False))
+    kinds = {type(p) for p in fused.pipe.unet.attn_processors.values()}
+    assert FusedAttnProcessor2_0 in kinds and IPAdapterAttnProcessor2_0 in kinds
+    assert FusedAttnProcessor2_0 not in {type(p) for p in unfused.pipe.unet.attn_processors.values()}
+    assert len(ip_processors(fused)) == len(ip_processors(unfused)) > 0
+    # to_q/k/v are views of the fused weight: nothing held twice
+    attn = next(m for n, m in fused.pipe.unet.named_modules() if n.endswith("attn1") and hasattr(m, "to_qkv"))
+    assert attn.to_q.weight.untyped_storage().data_ptr() == attn.to_qkv.weight.untyped_storage().data_ptr()
+    # same result up to float rounding, and the object image still steers it
+    a, b = np.asarray(fused.swap(job()), dtype=int), np.asarray(unfused.swap(job()), dtype=int)
+    assert np.abs(a - b).max() <= 2
+    other = job(object_image=Image.new("RGB", (24, 24), (220, 20, 200)))
+    assert fused.swap(other).tobytes() != fused.swap(job()).tobytes()
+
+
+def test_sdpa_off_uses_the_classic_processors_with_the_same_adapter(tiny_weights):
+    model_set = ModelSet("sdxl", tiny_weights / "sdxl", "plus")
+    sdpa = DiffusionEngine(model_set, DiffusionOptions(fuse_qkv=False))
+    classic = DiffusionEngine(model_set, DiffusionOptions(sdpa=False))
+    assert {type(p) for p in sdpa.pipe.unet.attn_processors.values()} == {AttnProcessor2_0, IPAdapterAttnProcessor2_0}
+    assert {type(p) for p in classic.pipe.unet.attn_processors.values()} == {AttnProcessor, IPAdapterAttnProcessor}
+    assert {type(p) for p in classic.pipe.vae.attn_processors.values()} == {AttnProcessor}
+    classic.swap(job(subject_strength=0.25, fashion_strength=0.75))
+    assert {tuple(p.scale) for p in ip_processors(classic).values()} == {(0.25,), (0.75,)}
+    a, b = np.asarray(sdpa.swap(job()), dtype=int), np.asarray(classic.swap(job()), dtype=int)
+    assert np.abs(a - b).max() <= 2
+
+
+def test_vae_tiling_only_above_the_threshold(tiny_weights):
+    model_set = ModelSet("sd15", tiny_weights / "sd15", "plain")
+    default = DiffusionEngine(model_set)
+    default.swap(job())
+    assert not default.pipe.vae.use_tiling  # crop-and-stitch keeps the processed area at native size
+    low = DiffusionEngine(model_set, DiffusionOptions(vae_tiling_above_pixels=default.native_side**2 // 2))
+    low.swap(job())
+    assert low.pipe.vae.use_tiling
+    always = DiffusionEngine(model_set, DiffusionOptions(vae_tiling=True))
+    always.swap(job())
+    assert always.pipe.vae.use_tiling
+
+
+def test_stage_timings_are_reported(tiny_weights):
+    engine = DiffusionEngine(ModelSet("sd15", tiny_weights / "sd15", "plain"))
+    engine.swap(job())
+    assert set(engine.last_timings) == {"mask_ops_s", "embeds_s", "model_s"}
+    assert all(value >= 0 for value in engine.last_timings.values()) and engine.last_timings["model_s"] > 0
+
+
+def test_auto_switches_follow_the_device():
+    cpu, cuda = DiffusionOptions().resolved("cpu"), DiffusionOptions().resolved("cuda")
+    assert cpu.compile is False and cpu.channels_last is False
+    assert cuda.compile is True and cuda.channels_last is True
+    assert DiffusionOptions(compile=False).resolved("cuda").compile is False
+    assert DiffusionOptions().sdpa and DiffusionOptions().fuse_qkv and DiffusionOptions().embed_cache_size > 0
+
+
+def test_settings_switch_each_piece(monkeypatch):
+    from server.settings import Settings
+
+    assert Settings().diffusion_options().compile is None  # auto
+    for name, value in {"COMPILE": "false", "CHANNELS_LAST": "true", "SDPA": "false", "FUSE_QKV": "false",
+                        "EMBED_CACHE_SIZE": "0", "VAE_TILING_ABOVE_PIXELS": "1000"}.items():
+        monkeypatch.setenv(f"SEGSWAP_{name}", value)
+    options = Settings().diffusion_options("cpu")
+    assert (options.compile, options.channels_last, options.sdpa, options.fuse_qkv) == (False, True, False, False)
+    assert options.embed_cache_size == 0 and options.vae_tiling_above_pixels == 1000 and options.device == "cpu"
+
+
+def test_server_warm_up_runs_at_the_native_size(tiny_weights):
+    """The server's warm-up swap is processed at the native square, so compilation happens before readiness."""
+    from server.app import warm_up
+
+    engine = DiffusionEngine(ModelSet("sd15", tiny_weights / "sd15", "plain"))
+    sizes = []
+    original = engine.pipe.__call__
+
+    class Spy:
+        def __call__(self, **kwargs):
+            sizes.append((kwargs["width"], kwargs["height"]))
+            return original(**kwargs)
+
+    engine.pipe = _Wrapped(engine.pipe, Spy())
+    warm_up(engine)
+    assert sizes == [(engine.native_side, engine.native_side)]
+
+
+class _Wrapped:
+    """A pipeline whose call goes through `call`; everything else is the pipeline's."""
+
+    def __init__(self, pipe, call):
+        self._pipe, self._call = pipe, call
+
+    def __call__(self, **kwargs):
+        return self._call(**kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("g++") is None, reason="inductor needs a C++ compiler on CPU")
+def test_compiled_blocks_run_and_survive_strength_changes(tiny_weights):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model_set = ModelSet("sd15", tiny_weights / "sd15", "plain")
+    compiled = DiffusionEngine(model_set, DiffusionOptions(compile=True))
+    eager = DiffusionEngine(model_set)
+    assert compiled.options.compile
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((16, 16, 47, 47), fill=255)
+    warm = job(main_image=noise_image((64, 64), 3), mask_image=mask)
+    for case in (warm, dataclasses.replace(warm, subject_strength=0.5), dataclasses.replace(warm, subject_strength=0.0)):
+        a, b = np.asarray(compiled.swap(case), dtype=int), np.asarray(eager.swap(case), dtype=int)
+        assert np.abs(a - b).max() <= 3
+    torch._dynamo.reset()
+
+
+def test_a_compiler_failure_falls_back_to_eager(tiny_weights, caplog):
+    """Compilation is an optimisation: if it fails on some machine, the swap still succeeds, eagerly."""
+    from torch._dynamo.exc import TorchDynamoException
+
+    model_set = ModelSet("sd15", tiny_weights / "sd15", "plain")
+    engine, eager = DiffusionEngine(model_set, DiffusionOptions(compile=True)), DiffusionEngine(model_set)
+
+    def broken(*args, **kwargs):
+        raise TorchDynamoException("backend exploded")
+
+    blocks = [m for m in engine.pipe.unet.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+    assert blocks
+    for block in blocks:
+        block._compiled_call_impl = broken
+    with caplog.at_level("WARNING", logger="segswap.diffusion"):
+        out = engine.swap(job())
+    assert "torch.compile failed" in caplog.text and engine.options.compile is False
+    assert out.tobytes() == eager.swap(job()).tobytes()
+    assert not any(getattr(m, "_compiled_call_impl", None) for m in engine.pipe.unet.modules())
