@@ -61,6 +61,18 @@ def summarise(results: list[tuple[int, float]], elapsed: float) -> dict:
     }
 
 
+def idle_between_jobs(metrics_text: str) -> dict:
+    """Mean and count of the workers' idle gaps between back-to-back jobs, from /metrics."""
+    values = {}
+    for line in metrics_text.splitlines():
+        for name in ("segswap_worker_idle_seconds_sum", "segswap_worker_idle_seconds_count"):
+            if line.startswith(name + " "):
+                values[name] = float(line.split()[1])
+    count = values.get("segswap_worker_idle_seconds_count", 0.0)
+    mean = values.get("segswap_worker_idle_seconds_sum", 0.0) / count if count else None
+    return {"gaps": int(count), "mean_s": None if mean is None else round(mean, 6)}
+
+
 def engine_seconds(body: dict, repeats: int = 10) -> float:
     from bench.request_latency import stage_times
     from server.settings import Settings
@@ -94,6 +106,7 @@ def main() -> None:
     settings = Settings(engine="composite", devices=devices, max_queue=args.max_queue, api_keys=["bench"])
     with live_server(create_app(settings)) as url:
         report = summarise(*asyncio.run(fire(url, body, args.requests, args.concurrency, "bench")))
+        report["worker_idle_between_jobs_s"] = idle_between_jobs(httpx.get(f"{url}/metrics").text)
     per_image = engine_seconds(body)
     ceiling = len(devices) / per_image
     report.update(workers=len(devices), size=f"{args.size}x{args.size}", engine_s_per_image=round(per_image, 4),

@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, e
         engine_factory = _same_engine(engine)
     factory = engine_factory or (lambda device: load_configured_engine(settings, device))
     metrics = Metrics()
-    work = WorkQueue(settings.max_queue, on_event=_queue_events(metrics))
+    work = WorkQueue(settings.max_queue, on_event=_queue_events(metrics), on_idle_gap=metrics.worker_idle_seconds.observe)
     lifecycle = Lifecycle()
 
     @asynccontextmanager

@@ -32,6 +32,10 @@ class Metrics:
         )
         self.responses = Counter("segswap_responses", "Responses by route and status code.", ["route", "status"], registry=r)
         self.images = Counter("segswap_images", "Images produced, by engine.", ["engine"], registry=r)
+        self.worker_idle_seconds = Histogram(
+            "segswap_worker_idle_seconds", "Worker idle time between a finished job and the next, already queued, one.",
+            buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1), registry=r,
+        )
         self.dropped = Counter("segswap_dropped_jobs", "Queued jobs dropped before running.", registry=r)
         r.register(DeviceMemoryCollector())
 

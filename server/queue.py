@@ -80,7 +80,8 @@ class Ticket:
 class WorkQueue:
     """A bounded FIFO of tickets served by one worker thread per engine."""
 
-    def __init__(self, max_queue: int, on_event: Callable[[str, Ticket], None] | None = None):
+    def __init__(self, max_queue: int, on_event: Callable[[str, Ticket], None] | None = None,
+                 on_idle_gap: Callable[[float], None] | None = None):
         self.max_queue = max_queue
         self._tickets: queue.Queue = queue.Queue()
         self._queued = 0
@@ -90,6 +91,9 @@ class WorkQueue:
         self._workers: list[threading.Thread] = []
         self._idle = threading.Condition(self._count_lock)
         self._on_event = on_event or (lambda kind, ticket: None)
+        # Seconds a worker spent between finishing a job and starting the next one that was
+        # already waiting: the device's idle time between back-to-back requests.
+        self._on_idle_gap = on_idle_gap or (lambda seconds: None)
 
     # -- the event loop's side --------------------------------------------------------
 
@@ -171,13 +175,17 @@ class WorkQueue:
             thread.join(timeout)
 
     def _work(self, engine: Engine) -> None:
+        finished = None
         while True:
             ticket = self._tickets.get()
             if ticket is _STOP:
                 return
             verdict = self._start(ticket)
             if verdict == "run":
+                if finished is not None and ticket.enqueued_at <= finished:
+                    self._on_idle_gap(time.monotonic() - finished)
                 self._run(engine, ticket)
+                finished = time.monotonic()
             elif verdict == "expired":
                 ticket.settle(exception=Dropped("deadline passed in the queue"))
                 self._on_event("dropped", ticket)

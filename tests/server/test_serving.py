@@ -180,3 +180,15 @@ def test_access_log_is_one_json_line_with_request_id_and_key_id(client, body, ca
     line = next(entry for entry in lines if entry["request_id"] == "trace-42")
     assert line["status"] == 200 and line["engine"] == "composite" and line["key_id"].startswith("env-")
     assert "test-key" not in json.dumps(line) and {"inputs_s", "queue_s", "engine_s", "encode_s"} <= set(line)
+
+
+def test_worker_idle_gap_between_back_to_back_jobs_is_measured(body):
+    engine = GatedEngine(delay=0.05)
+    app = create_app(settings(), engine)
+    with live_server(app) as url:
+        responses = asyncio.run(burst(url, body, range(1, 6)))
+        text = httpx.get(f"{url}/metrics").text
+    assert [r.status_code for r in responses] == [200] * 5
+    gaps = metric(text, "segswap_worker_idle_seconds_count")
+    assert gaps >= 3  # jobs 2..5 were waiting when the one before finished
+    assert metric(text, "segswap_worker_idle_seconds_sum") / gaps < 0.05  # the worker picks the next job at once
