@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from PIL import Image, ImageDraw
@@ -108,19 +110,30 @@ def visible_devices() -> list[str]:
 
 
 def start_workers(work: WorkQueue, lifecycle: Lifecycle, factory: EngineFactory, devices: list[str]) -> None:
-    """Load and warm up one engine per device, then start its worker; ready when all are."""
-    try:
-        for device in devices:
-            engine = factory(device)
-            warm_up(engine)
-            work.start_worker(engine, device)
+    """One worker per device, each loading and warming up its engine; ready when all are."""
+    names = [f"{device}-{i}" if devices.count(device) > 1 else device for i, device in enumerate(devices)]
+    waiting = set(names)
+    lock = threading.Lock()
+
+    def prepare(device: str) -> Engine:
+        engine = factory(device)
+        warm_up(engine)
+        return engine
+
+    def ready(name: str, engine: Engine) -> None:
+        with lock:
+            waiting.discard(name)
             lifecycle.engine_name = engine.name
-    except (SegswapError, OSError, RuntimeError) as exc:
-        lifecycle.failure = str(exc)
-        log.error("engine failed to load: %s", exc)
-        return
-    lifecycle.ready = True
-    log.info("ready: %d worker(s) on %s", len(devices), ", ".join(devices))
+            if not waiting and not lifecycle.failure:
+                lifecycle.ready = True
+                log.info("ready: %d worker(s) on %s", len(devices), ", ".join(devices))
+
+    def failed(exc: Exception) -> None:
+        lifecycle.failure = str(exc) if isinstance(exc, SegswapError | OSError | RuntimeError) else repr(exc)
+        log.error("engine failed to load: %s", lifecycle.failure)
+
+    for device, name in zip(devices, names, strict=True):
+        work.start_worker(partial(prepare, device), name, partial(ready, name), failed)
 
 
 def warm_up(engine: Engine) -> None:

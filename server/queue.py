@@ -163,10 +163,27 @@ class WorkQueue:
 
     # -- the workers' side ------------------------------------------------------------
 
-    def start_worker(self, engine: Engine, name: str) -> None:
-        thread = threading.Thread(target=self._work, args=(engine,), name=f"segswap-worker-{name}", daemon=True)
+    def start_worker(self, prepare: Callable[[], Engine], name: str,
+                     on_ready: Callable[[Engine], None], on_failure: Callable[[Exception], None]) -> None:
+        """Start a worker thread that builds its engine with `prepare` (load, warm up), then serves.
+
+        The engine is built on the thread that will run it: one thread per device touches the
+        device and the CPU thread pools, which on a CPU avoids two OpenMP teams competing.
+        """
+        args = (prepare, on_ready, on_failure)
+        thread = threading.Thread(target=self._serve, args=args, name=f"segswap-worker-{name}", daemon=True)
         self._workers.append(thread)
         thread.start()
+
+    def _serve(self, prepare: Callable[[], Engine], on_ready: Callable[[Engine], None],
+               on_failure: Callable[[Exception], None]) -> None:
+        try:
+            engine = prepare()
+        except Exception as exc:
+            on_failure(exc)
+            return
+        on_ready(engine)
+        self._work(engine)
 
     def stop(self, timeout: float = 5.0) -> None:
         for _ in self._workers:
