@@ -10,9 +10,8 @@ from pipelines import SwapJob, WeightsError, load_engine  # noqa: E402
 from pipelines.diffusion import STYLE_BLOCKS, DiffusionEngine, context_box, processing_size, set_ip_adapter_strengths  # noqa: E402
 from pipelines.imageops import grow_mask, normalize_mask  # noqa: E402
 from pipelines.model_sets import ModelSet, require_model_set  # noqa: E402
-from tests.conftest import noise_image, rect_mask  # noqa: E402
+from tests.pipelines.jobs import SIZE, diffusion_job  # noqa: E402
 
-SIZE = (97, 61)  # odd and not square on purpose
 COMBOS = [("sd15", "plain"), ("sd15", "plus"), ("sdxl", "plain"), ("sdxl", "plus")]
 
 
@@ -23,17 +22,7 @@ def engine(request, tiny_weights) -> DiffusionEngine:
 
 
 def job(**overrides) -> SwapJob:
-    values = dict(
-        main_image=noise_image(SIZE, seed=5),
-        mask_image=rect_mask(SIZE, (30, 15, 60, 40)),
-        object_image=Image.new("RGB", (24, 24), (0, 180, 40)),
-        prompt="a green cube",
-        steps=2,
-        seed=11,
-        growmask=3,
-    )
-    values.update(overrides)
-    return SwapJob(**values)
+    return diffusion_job(**overrides)
 
 
 def test_same_seed_same_bytes_other_seed_differs(engine):

@@ -23,24 +23,14 @@ from pipelines.diffusion import DiffusionEngine
 from pipelines.embedding_cache import EmbeddingCache, image_digest
 from pipelines.model_sets import ModelSet
 from pipelines.options import DiffusionOptions
-from tests.conftest import noise_image, rect_mask
+from tests.conftest import noise_image
+from tests.pipelines.jobs import diffusion_job  # noqa: E402
 
-SIZE = (97, 61)
 NO_CACHE = DiffusionOptions(embed_cache_size=0)
 
 
 def job(**overrides) -> SwapJob:
-    values = dict(
-        main_image=noise_image(SIZE, seed=5),
-        mask_image=rect_mask(SIZE, (30, 15, 60, 40)),
-        object_image=Image.new("RGB", (24, 24), (0, 180, 40)),
-        prompt="a green cube",
-        steps=2,
-        seed=11,
-        growmask=3,
-    )
-    values.update(overrides)
-    return SwapJob(**values)
+    return diffusion_job(**overrides)
 
 
 def ip_processors(engine):

@@ -10,7 +10,6 @@ import json
 import shutil
 
 import pytest
-from PIL import Image
 
 pytest.importorskip("diffusers")
 
@@ -28,10 +27,9 @@ from pipelines import SwapJob, WeightsError  # noqa: E402
 from pipelines.diffusion import DiffusionEngine  # noqa: E402
 from pipelines.model_sets import ModelSet, find_model_set  # noqa: E402
 from pipelines.tiny_models import make_tiny, to_single_file  # noqa: E402
-from tests.conftest import noise_image, rect_mask  # noqa: E402
+from tests.pipelines.jobs import diffusion_job  # noqa: E402
 
 ARCHS = ["sd15", "sdxl"]
-SIZE = (97, 61)
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +43,7 @@ def single_file_sets(tiny_weights, tmp_path_factory):
 
 
 def job(**overrides) -> SwapJob:
-    values = dict(
-        main_image=noise_image(SIZE, seed=5),
-        mask_image=rect_mask(SIZE, (30, 15, 60, 40)),
-        object_image=Image.new("RGB", (24, 24), (0, 180, 40)),
-        prompt="a green cube",
-        steps=2,
-        seed=11,
-        growmask=3,
-    )
-    values.update(overrides)
-    return SwapJob(**values)
+    return diffusion_job(**overrides)
 
 
 def assert_same_tensors(converted: dict, original: dict) -> None:
