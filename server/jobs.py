@@ -112,7 +112,12 @@ class JobRunner:
 
     async def _run_once(self, record: JobRecord) -> bool:
         """Run the job on this server; True if this call completed or failed it."""
-        images = await asyncio.to_thread(self.store.load_inputs, record.id)
+        try:
+            images = await asyncio.to_thread(self.store.load_inputs, record.id)
+        except OSError as exc:  # the job's files are gone or unreadable: fail it rather than retry forever
+            log.error("job %s: stored inputs unreadable: %s", record.id, exc)
+            await asyncio.to_thread(self.store.fail, record.id, "the job's stored inputs could not be read")
+            return True
         params = record.params
         job = SwapJob(main_image=images["main_image"].convert("RGB"), mask_image=images["mask_image"],
                       object_image=images["object_image"], **{name: params[name] for name in ENGINE_FIELDS})
@@ -125,8 +130,8 @@ class JobRunner:
         try:
             outcome = await ticket.future
         except Dropped as dropped:
-            if "cancelled" in str(dropped):
-                return False
+            if not dropped.expired:
+                return False  # cancelled
             await asyncio.to_thread(self.store.fail, record.id, f"the job did not run within {self.settings.job_timeout_s:g} s")
             return True
         except SegswapError as exc:

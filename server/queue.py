@@ -34,7 +34,11 @@ class QueueFull(Exception):
 
 
 class Dropped(Exception):
-    """The ticket was dropped before any worker ran it (deadline passed or client gone)."""
+    """The ticket was dropped before any worker ran it: `expired` (its deadline passed) or cancelled."""
+
+    def __init__(self, reason: str, expired: bool = False):
+        super().__init__(reason)
+        self.expired = expired
 
 
 @dataclass
@@ -204,7 +208,7 @@ class WorkQueue:
                 self._run(engine, ticket)
                 finished = time.monotonic()
             elif verdict == "expired":
-                ticket.settle(exception=Dropped("deadline passed in the queue"))
+                ticket.settle(exception=Dropped("deadline passed in the queue", expired=True))
                 self._on_event("dropped", ticket)
 
     def _start(self, ticket: Ticket) -> str:
