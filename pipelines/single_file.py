@@ -141,9 +141,8 @@ def unet_to_original(state: dict[str, torch.Tensor], config: dict) -> dict[str, 
 
 
 def _unet_key(key: str, per_level: int, up_with_attention: set[int]) -> str:
-    for name, original in UNET_TOP_LEVEL.items():
-        if key.startswith(name + "."):
-            return original + key[len(name) :]
+    if (renamed := _rename_prefix(key, UNET_TOP_LEVEL)) is not None:
+        return renamed
     if match := _UNET_MID.fullmatch(key):
         part, index, rest = match.group(1), int(match.group(2)), match.group(3)
         if part == "resnets":
@@ -185,9 +184,8 @@ def vae_to_original(state: dict[str, torch.Tensor], config: dict) -> dict[str, t
 
 
 def _vae_key(key: str, up_levels: int) -> str:
-    for name, original in VAE_TOP_LEVEL.items():
-        if key.startswith(name + "."):
-            return original + key[len(name) :]
+    if (renamed := _rename_prefix(key, VAE_TOP_LEVEL)) is not None:
+        return renamed
     if match := _VAE_MID.fullmatch(key):
         coder, part, index, rest = match.group(1), match.group(2), int(match.group(3)), match.group(4)
         if part == "resnets":
@@ -246,12 +244,20 @@ def open_clip_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return converted
 
 
+def _rename_prefix(path: str, table: dict[str, str]) -> str | None:
+    """`path` with its leading module name renamed by `table`, or None if no entry matches."""
+    for name, original in table.items():
+        if path.startswith(name + "."):
+            return original + path[len(name) :]
+    return None
+
+
 def _rename_first(rest: str, table: dict[str, str], key: str) -> str:
     """Rename the module path at the start of `rest` (`norm1.weight` -> `in_layers.0.weight`) by `table`."""
-    for name, original in table.items():
-        if rest.startswith(name + "."):
-            return original + rest[len(name) :]
-    raise ValueError(f"unexpected weight {key!r}")
+    renamed = _rename_prefix(rest, table)
+    if renamed is None:
+        raise ValueError(f"unexpected weight {key!r}")
+    return renamed
 
 
 def _prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -62,7 +62,7 @@ class AccessMiddleware:
             return  # probes every few seconds would drown the log
         line = {"request_id": request_id, "method": scope["method"], "path": path, "status": status,
                 "duration_s": round(seconds, 4), **extra}
-        access_log.info(json.dumps(line, separators=(",", ":")))
+        access_log.info(json.dumps(line, separators=(",", ":")), extra={"access": line})
 
 
 def _request_id(scope: Scope) -> str:
@@ -79,11 +79,11 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name}
-        message = record.getMessage()
-        if record.name == "segswap.access":
-            entry.update(json.loads(message))
+        access = getattr(record, "access", None)
+        if access is not None:  # the line's fields as they are, not its JSON text parsed again
+            entry.update(access)
         else:
-            entry["message"] = message
+            entry["message"] = record.getMessage()
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, separators=(",", ":"))

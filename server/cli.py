@@ -138,7 +138,7 @@ def run_swap(args: argparse.Namespace) -> int:
 
     engine = load_configured_engine(settings)
     start = time.perf_counter()
-    with _progress_bar() as progress:
+    with ProgressBar() as progress:
         image = engine.swap(job, progress=progress)
     seconds = time.perf_counter() - start
     data = encode_image(image, request.image_format, request.image_quality)
@@ -175,7 +175,7 @@ def _read_source(source: str, field: str, settings: Settings) -> bytes:
     return path.read_bytes()
 
 
-class _progress_bar:
+class ProgressBar:
     """A tqdm bar driven by the engine's progress(done, total) calls; silent for one-step engines."""
 
     def __enter__(self):

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from pipelines import SegswapError
+from pipelines import SegswapError, SwapJob
 
 from .auth import authenticate
 from .body import read_swap_body
@@ -134,7 +134,7 @@ def queue_full_error(full: QueueFull) -> ApiError:
     return ApiError(429, f"the server is busy (queue full); retry in {full.retry_after_s} s", headers)
 
 
-async def run_job(request: Request, work: WorkQueue, job, deadline: float, timeout_s: float) -> Outcome:
+async def run_job(request: Request, work: WorkQueue, job: SwapJob, deadline: float, timeout_s: float) -> Outcome:
     """Queue the job and wait for it; 504 past the deadline, the job dropped if it has not started."""
     try:
         ticket = work.submit(job, deadline)

@@ -19,10 +19,10 @@ from PIL import Image
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
-from pipelines import CompositeEngine
-from server.app import create_app
-from server.settings import Settings
-from tests.conftest import wait_ready
+from pipelines import CompositeEngine  # noqa: E402
+from server.app import create_app  # noqa: E402
+from server.settings import Settings  # noqa: E402
+from tests.conftest import wait_ready  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "ray" / "serve_config.yaml"
 KEY = "ray-test-key-0123456789"

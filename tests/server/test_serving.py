@@ -193,3 +193,18 @@ def test_worker_idle_gap_between_back_to_back_jobs_is_measured(body):
     gaps = metric(text, "segswap_worker_idle_seconds_count")
     assert gaps >= 3  # jobs 2..5 were waiting when the one before finished
     assert metric(text, "segswap_worker_idle_seconds_sum") / gaps < 0.05  # the worker picks the next job at once
+
+
+def test_json_formatter_merges_access_fields_into_one_object():
+    import json
+    import logging
+
+    from server.access import JsonFormatter
+
+    line = {"request_id": "r1", "status": 200, "engine_s": 0.5}
+    record = logging.LogRecord("segswap.access", logging.INFO, __file__, 1, json.dumps(line), None, None)
+    record.access = line
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["request_id"] == "r1" and entry["status"] == 200 and "message" not in entry
+    plain = logging.LogRecord("segswap", logging.INFO, __file__, 1, "ready: %d worker(s)", (2,), None)
+    assert json.loads(JsonFormatter().format(plain))["message"] == "ready: 2 worker(s)"
