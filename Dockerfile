@@ -15,7 +15,6 @@ COPY scripts scripts
 COPY examples/make_examples.py examples/
 COPY pipelines pipelines
 COPY server server
-COPY weights/manifest.toml weights/README.md weights/
 
 # PyPI's Linux torch wheel is the CUDA build, which is what this image wants.
 ENV SEGSWAP_VENV=/opt/venv SEGSWAP_TORCH="torch==2.13.0"

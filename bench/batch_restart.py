@@ -26,14 +26,20 @@ from pathlib import Path
 import httpx
 
 from bench.request_latency import sample_request
-from server.embedded import free_port
+from server.api.live_server import free_port
 
 KEY = "bench-key"
 
 
 def start(port: int, jobs_dir: Path) -> subprocess.Popen:
-    env = {**os.environ, "SEGSWAP_ENGINE": "composite", "SEGSWAP_JOBS_DIR": str(jobs_dir), "SEGSWAP_API_KEYS": KEY,
-           "SEGSWAP_PORT": str(port), "SEGSWAP_LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "SEGSWAP_ENGINE": "composite",
+        "SEGSWAP_JOBS_DIR": str(jobs_dir),
+        "SEGSWAP_API_KEYS": KEY,
+        "SEGSWAP_PORT": str(port),
+        "SEGSWAP_LOG_LEVEL": "warning",
+    }
     process = subprocess.Popen([sys.executable, "-m", "server", "serve"], env=env, stderr=subprocess.DEVNULL)
     while True:
         try:
@@ -88,12 +94,24 @@ def main() -> None:
     process.terminate()
     process.wait()
     rows = sqlite3.connect(jobs_dir / "jobs.sqlite3").execute("SELECT id, attempts FROM jobs").fetchall()
-    print(json.dumps({
-        "jobs": args.jobs, "size": f"{args.size}x{args.size}", "submit_s": round(submit_s, 2),
-        "status_at_kill": dict(at_kill), "time_to_drain_s": round(drain_s, 2), "final_status": dict(final),
-        "distinct_ids": len(set(ids)), "job_rows": len(rows), "lost": args.jobs - final["COMPLETED"],
-        "run_more_than_once": sum(attempts > 1 for _, attempts in rows), "results_fetched": fetched,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "jobs": args.jobs,
+                "size": f"{args.size}x{args.size}",
+                "submit_s": round(submit_s, 2),
+                "status_at_kill": dict(at_kill),
+                "time_to_drain_s": round(drain_s, 2),
+                "final_status": dict(final),
+                "distinct_ids": len(set(ids)),
+                "job_rows": len(rows),
+                "lost": args.jobs - final["COMPLETED"],
+                "run_more_than_once": sum(attempts > 1 for _, attempts in rows),
+                "results_fetched": fetched,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ import httpx
 from bench.request_latency import sample_request
 
 
-async def fire(url: str, body: dict, total: int, concurrency: int, key: str | None) -> tuple[list[tuple[int, float]], float]:
+async def fire(
+    url: str, body: dict, total: int, concurrency: int, key: str | None
+) -> tuple[list[tuple[int, float]], float]:
     headers = {"x-api-key": key} if key else {}
     slots = asyncio.Semaphore(concurrency)
     results: list[tuple[int, float]] = []
@@ -55,8 +57,11 @@ def summarise(results: list[tuple[int, float]], elapsed: float) -> dict:
         "requests": len(results),
         "elapsed_s": round(elapsed, 3),
         "requests_per_s": round(len(ok) / elapsed, 2),
-        "latency_s": {"p50": round(percentile(ok, 0.5), 4), "p95": round(percentile(ok, 0.95), 4),
-                      "p99": round(percentile(ok, 0.99), 4)},
+        "latency_s": {
+            "p50": round(percentile(ok, 0.5), 4),
+            "p95": round(percentile(ok, 0.95), 4),
+            "p99": round(percentile(ok, 0.99), 4),
+        },
         "status_counts": dict(sorted(Counter(str(status) for status, _ in results).items())),
     }
 
@@ -98,8 +103,8 @@ def main() -> None:
         print(json.dumps(report, indent=2))
         return
 
-    from server.app import create_app
-    from server.embedded import live_server
+    from server.api.app import create_app
+    from server.api.live_server import live_server
     from server.settings import Settings
 
     devices = args.devices.split(",")
@@ -109,9 +114,13 @@ def main() -> None:
         report["worker_idle_between_jobs_s"] = idle_between_jobs(httpx.get(f"{url}/metrics").text)
     per_image = engine_seconds(body)
     ceiling = len(devices) / per_image
-    report.update(workers=len(devices), size=f"{args.size}x{args.size}", engine_s_per_image=round(per_image, 4),
-                  engine_bound_requests_per_s=round(ceiling, 2),
-                  share_of_engine_bound=round(report["requests_per_s"] / ceiling, 3))
+    report.update(
+        workers=len(devices),
+        size=f"{args.size}x{args.size}",
+        engine_s_per_image=round(per_image, 4),
+        engine_bound_requests_per_s=round(ceiling, 2),
+        share_of_engine_bound=round(report["requests_per_s"] / ceiling, 3),
+    )
     print(json.dumps(report, indent=2))
 
 

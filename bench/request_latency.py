@@ -22,10 +22,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pipelines import SwapJob
-from server.app import create_app, load_configured_engine
-from server.embedded import live_server
-from server.encode import encode_image
-from server.images import decode_base64_field, decode_image
+from server.api.app import create_app
+from server.api.live_server import live_server
+from server.inputs.decode import decode_base64_field, decode_image
+from server.inputs.encode import encode_image
+from server.serving.workers import load_configured_engine
 from server.settings import Settings
 
 
@@ -49,17 +50,29 @@ def stage_times(body: dict, settings: Settings, repeats: int) -> dict[str, float
     decode, swap, encode = [], [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        images = [decode_image(decode_base64_field(body[f], f), f, 40_000_000) for f in ("main_image", "mask_image", "object_image")]
+        images = [
+            decode_image(decode_base64_field(body[f], f), f, 40_000_000)
+            for f in ("main_image", "mask_image", "object_image")
+        ]
         decode.append(time.perf_counter() - start)
-        job = SwapJob(main_image=images[0].convert("RGB"), mask_image=images[1], object_image=images[2], seed=1,
-                      steps=body.get("steps", 30))
+        job = SwapJob(
+            main_image=images[0].convert("RGB"),
+            mask_image=images[1],
+            object_image=images[2],
+            seed=1,
+            steps=body.get("steps", 30),
+        )
         start = time.perf_counter()
         image = engine.swap(job)
         swap.append(time.perf_counter() - start)
         start = time.perf_counter()
         encode_image(image, "png", 95)
         encode.append(time.perf_counter() - start)
-    return {"decode_s": statistics.median(decode), "engine_s": statistics.median(swap), "encode_s": statistics.median(encode)}
+    return {
+        "decode_s": statistics.median(decode),
+        "engine_s": statistics.median(swap),
+        "encode_s": statistics.median(encode),
+    }
 
 
 def main() -> None:
@@ -67,7 +80,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--engine", default="composite")
-    parser.add_argument("--weights", help="weights folder for the diffusion engine (e.g. from `segswap weights make-tiny`)")
+    parser.add_argument(
+        "--weights", help="weights folder for the diffusion engine (e.g. from `segswap weights make-tiny`)"
+    )
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
 

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .errors import InvalidInput
+from pipelines.errors import InvalidInput
 
 Box = tuple[int, int, int, int]
 

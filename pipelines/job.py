@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 
 from PIL import Image
 
-from .errors import InvalidInput
+from pipelines.errors import InvalidInput
 
 MAX_SEED = 2**32 - 1
 
@@ -38,6 +39,23 @@ class SwapJob:
     def __post_init__(self) -> None:
         if not 0 <= self.seed <= MAX_SEED:
             raise InvalidInput(f"must be between 0 and {MAX_SEED} once resolved", "seed")
+
+
+IMAGE_FIELDS = ("main_image", "mask_image", "object_image")
+
+
+def build_job(values: Mapping[str, object], images: Mapping[str, Image.Image]) -> SwapJob:
+    """The job from request values and decoded images: every SwapJob field present in `values` is taken
+    (others, such as output format, are ignored), the seed resolved, the scene made RGB."""
+    params = {f.name: values[f.name] for f in fields(SwapJob) if f.name not in IMAGE_FIELDS and f.name in values}
+    if "seed" in params:
+        params["seed"] = resolve_seed(int(params["seed"]))
+    return SwapJob(
+        main_image=images["main_image"].convert("RGB"),
+        mask_image=images["mask_image"],
+        object_image=images["object_image"],
+        **params,
+    )
 
 
 def resolve_seed(seed: int) -> int:

@@ -86,7 +86,12 @@ class PostgresDatabase:
             raise RuntimeError("SEGSWAP_DATABASE_URL needs psycopg: pip install 'segswap[postgres]'") from exc
         self.unique_violation = psycopg.errors.UniqueViolation
         self.pool = ConnectionPool(
-            url, min_size=1, max_size=max_size, name=name, open=False, timeout=30.0,
+            url,
+            min_size=1,
+            max_size=max_size,
+            name=name,
+            open=False,
+            timeout=30.0,
             kwargs={"autocommit": True, "row_factory": dict_row},
             check=ConnectionPool.check_connection,  # a connection broken by a database restart is replaced, not used
         )
@@ -115,8 +120,14 @@ def _placeholders(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
-def open_database(database_url: str | None, sqlite_path: Path | str, *, synchronous: str | None = None,
-                  pool_size: int = 8, name: str = "segswap") -> SQLiteDatabase | PostgresDatabase:
+def open_database(
+    database_url: str | None,
+    sqlite_path: Path | str,
+    *,
+    synchronous: str | None = None,
+    pool_size: int = 8,
+    name: str = "segswap",
+) -> SQLiteDatabase | PostgresDatabase:
     """PostgreSQL when `database_url` is set, else the SQLite file at `sqlite_path`."""
     if database_url:
         return PostgresDatabase(database_url, max_size=pool_size, name=name)

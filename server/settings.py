@@ -12,9 +12,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from pipelines.options import VAE_TILING_ABOVE_PIXELS, DiffusionOptions
-
-REPO_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+from pipelines import paths
+from pipelines.engines.diffusion.options import VAE_TILING_ABOVE_PIXELS, DiffusionOptions
 
 
 class Settings(BaseSettings):
@@ -23,7 +22,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     engine: Literal["auto", "composite", "diffusion"] = "auto"
-    weights_dir: Path = REPO_WEIGHTS_DIR
+    data_dir: Path = Field(default_factory=paths.data_dir, description="keys, credits and v2 jobs (platform default)")
+    weights_dir: Path = Field(
+        default_factory=paths.weights_dir, description="model sets (default: weights/ in data_dir)"
+    )
     model_set: Literal["sdxl", "sd15"] | None = Field(None, description="model set to load; default: sdxl, else sd15")
     ip_adapter: Literal["plus", "plain"] = "plus"
     device: str = Field("auto", description="torch device: auto, cuda, cuda:1, mps, cpu")
@@ -31,7 +33,8 @@ class Settings(BaseSettings):
     cpu_offload: bool = Field(False, description="keep models in CPU memory, move each to the GPU when used")
     vae_tiling: bool = Field(False, description="decode in tiles (less GPU memory for large crops)")
     vae_tiling_above_pixels: int = Field(
-        VAE_TILING_ABOVE_PIXELS, ge=0,
+        VAE_TILING_ABOVE_PIXELS,
+        ge=0,
         description="decode in tiles when the processed crop has more pixels than this (crop-and-stitch keeps it "
         "at the model's native area, so the default never triggers on the engine's own crops)",
     )
@@ -46,7 +49,7 @@ class Settings(BaseSettings):
     )
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
     keys_file: Path | None = Field(None, description="TOML key file managed by `segswap keys` (hashes, limits)")
-    credits_db: Path = Field(REPO_WEIGHTS_DIR.parent / "var" / "credits.sqlite3", description="SQLite credit ledger")
+    credits_db: Path | None = Field(None, description="SQLite credit ledger (default: credits.sqlite3 in data_dir)")
     credit_cost: int = Field(1, ge=0, description="credits one delivered image costs (keys with a balance)")
 
     max_body_bytes: int = Field(40 * 1024 * 1024, ge=1024, description="largest request body accepted (413 above)")
@@ -55,24 +58,27 @@ class Settings(BaseSettings):
     fetch_timeout_s: float = Field(15.0, gt=0, description="total time allowed to fetch one image URL")
     fetch_allow: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="hosts or networks (CIDR) that image URLs may reach even though they are not public, comma-separated",
+        description="hosts or networks (CIDR), comma-separated, that image URLs may reach though not public",
     )
     log_level: str = "info"
 
     max_queue: int = Field(32, ge=1, description="jobs that may wait for a worker; beyond it, 429")
     request_timeout_s: float = Field(300.0, gt=0, description="deadline of a request from arrival; past it, 504")
     drain_grace_s: float = Field(120.0, ge=0, description="how long SIGTERM waits for queued and running jobs")
-    jobs_dir: Path = Field(REPO_WEIGHTS_DIR.parent / "var" / "jobs", description="v2 job store (SQLite + files)")
+    jobs_dir: Path | None = Field(None, description="v2 job store, SQLite + files (default: jobs/ in data_dir)")
     database_url: str | None = Field(
-        None, repr=False,
+        None,
+        repr=False,
         description="PostgreSQL URL (postgresql://user:pass@host:5432/segswap) for v2 job rows and credits, shared by "
-                    "replicas (which must also share jobs_dir); empty: SQLite files (one server)",
+        "replicas (which must also share jobs_dir); empty: SQLite files (one server)",
     )
     job_retention_s: float = Field(7 * 24 * 3600, gt=0, description="how long v2 jobs and results are kept")
     job_timeout_s: float = Field(3600.0, gt=0, description="how long a dispatched v2 job may wait for a worker")
     max_pending_jobs: int = Field(10_000, ge=1, description="v2 jobs queued or running; beyond it, submits get 429")
     public_base_url: str | None = Field(None, description="base of the URLs v2 answers with, behind a proxy")
-    webhook_backoff_scale: float = Field(1.0, ge=0, description="multiplies the webhook retry delays (1, 2, 4, 8, 16 s)")
+    webhook_backoff_scale: float = Field(
+        1.0, ge=0, description="multiplies the webhook retry delays (1, 2, 4, 8, 16 s)"
+    )
     devices: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="devices to run workers on, one worker each (e.g. cuda:0,cuda:1); default: every GPU, else one CPU",
@@ -94,16 +100,33 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _state_in_data_dir(self) -> Settings:
+        self.credits_db = self.credits_db or self.data_dir / "credits.sqlite3"
+        self.jobs_dir = self.jobs_dir or self.data_dir / "jobs"
+        return self
+
+    @property
+    def default_keys_file(self) -> Path:
+        """Where `segswap keys` writes when SEGSWAP_KEYS_FILE is not set."""
+        return self.data_dir / "keys.toml"
+
     @property
     def auth_required(self) -> bool:
         return bool(self.api_keys) or self.keys_file is not None
 
     def diffusion_options(self, device: str | None = None) -> DiffusionOptions:
         return DiffusionOptions(
-            device=device or self.device, dtype=self.dtype, cpu_offload=self.cpu_offload, vae_tiling=self.vae_tiling,
-            vae_tiling_above_pixels=self.vae_tiling_above_pixels, sdpa=self.sdpa, fuse_qkv=self.fuse_qkv,
+            device=device or self.device,
+            dtype=self.dtype,
+            cpu_offload=self.cpu_offload,
+            vae_tiling=self.vae_tiling,
+            vae_tiling_above_pixels=self.vae_tiling_above_pixels,
+            sdpa=self.sdpa,
+            fuse_qkv=self.fuse_qkv,
             channels_last=None if self.channels_last == "auto" else self.channels_last,
-            compile=None if self.compile == "auto" else self.compile, embed_cache_size=self.embed_cache_size,
+            compile=None if self.compile == "auto" else self.compile,
+            embed_cache_size=self.embed_cache_size,
         )
 
 

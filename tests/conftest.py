@@ -16,9 +16,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
-_STATE = tempfile.mkdtemp(prefix="segswap-tests-")  # job store and ledgers of apps built by tests
-os.environ.setdefault("SEGSWAP_JOBS_DIR", os.path.join(_STATE, "jobs"))
-os.environ.setdefault("SEGSWAP_CREDITS_DB", os.path.join(_STATE, "credits.sqlite3"))
+# Keys, job stores, ledgers and weights of apps built by tests: never the user's data directory, never the checkout.
+os.environ["SEGSWAP_DATA_DIR"] = tempfile.mkdtemp(prefix="segswap-tests-")
+os.environ.pop("SEGSWAP_WEIGHTS_DIR", None)
 
 
 def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
@@ -109,7 +109,7 @@ def file_server() -> Iterator[FileServer]:
 def tiny_weights(tmp_path_factory) -> Path:
     """Tiny random-weight SD1.5 and SDXL model sets, in the layout of a real download."""
     pytest.importorskip("diffusers")
-    from pipelines.tiny_models import make_tiny
+    from pipelines.models.tiny import make_tiny
 
     out = tmp_path_factory.mktemp("weights")
     make_tiny(out)

@@ -1,4 +1,4 @@
-"""`segswap bench` on tiny models on the CPU: the code path a GPU run takes, and the JSON it prints (no timing asserts)."""
+"""`segswap bench` on tiny models on the CPU: the code path a GPU run takes, and the JSON it prints (no timings)."""
 
 import json
 import numbers
@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("diffusers")
 
-from server.cli import main
+from server.cli.main import main
 
 
 def positive(value) -> bool:
@@ -18,9 +18,32 @@ def positive(value) -> bool:
 def report(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("bench")
     out = work / "bench.json"
-    code = main(["bench", "--tiny", "--arch", "sdxl", "--steps", "2", "--repeats", "2", "--crop-main", "160",
-                 "--crop-mask", "24", "--crop-repeats", "1", "--ablate", "embed_cache,fuse_qkv", "--device", "cpu",
-                 "--work-dir", str(work / "models"), "--out", str(out)])
+    code = main(
+        [
+            "bench",
+            "--tiny",
+            "--arch",
+            "sdxl",
+            "--steps",
+            "2",
+            "--repeats",
+            "2",
+            "--crop-main",
+            "160",
+            "--crop-mask",
+            "24",
+            "--crop-repeats",
+            "1",
+            "--ablate",
+            "embed_cache,fuse_qkv",
+            "--device",
+            "cpu",
+            "--work-dir",
+            str(work / "models"),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     return json.loads(out.read_text())
 
@@ -70,10 +93,10 @@ def test_bench_rejects_an_unknown_ablation_piece(capsys):
 
 
 def test_full_size_configs_have_the_real_parameter_counts():
-    """bench/configs/ builds exactly the real architectures (checked on the meta device: no memory, no time)."""
+    """server/benchmark/configs/ builds exactly the real architectures (checked on the meta device: no memory)."""
     import torch
 
-    from bench.full_models import PARAMETER_COUNTS, build_component
+    from server.benchmark.full_models import PARAMETER_COUNTS, build_component
 
     with torch.device("meta"):
         for (arch, part), expected in PARAMETER_COUNTS.items():

@@ -49,7 +49,9 @@ def test_lower_fashion_strength_pulls_colours_towards_the_scene():
     j = job(growmask=0)
     scene_mean = np.asarray(j.main_image, dtype=float)[15:40, 20:50].mean(axis=(0, 1))
     kept = np.asarray(CompositeEngine().swap(j), dtype=float)[20:35, 25:45].mean(axis=(0, 1))
-    pulled = np.asarray(CompositeEngine().swap(job(growmask=0, fashion_strength=0.0)), dtype=float)[20:35, 25:45].mean(axis=(0, 1))
+    pulled = np.asarray(CompositeEngine().swap(job(growmask=0, fashion_strength=0.0)), dtype=float)[20:35, 25:45].mean(
+        axis=(0, 1)
+    )
     assert np.abs(pulled - scene_mean).sum() < np.abs(kept - scene_mean).sum()
 
 

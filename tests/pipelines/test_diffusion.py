@@ -7,9 +7,15 @@ from PIL import Image
 pytest.importorskip("diffusers")
 
 from pipelines import SwapJob, WeightsError, load_engine  # noqa: E402
-from pipelines.diffusion import STYLE_BLOCKS, DiffusionEngine, context_box, processing_size, set_ip_adapter_strengths  # noqa: E402
+from pipelines.engines.diffusion.engine import (  # noqa: E402
+    STYLE_BLOCKS,
+    DiffusionEngine,
+    context_box,
+    processing_size,
+    set_ip_adapter_strengths,
+)
 from pipelines.imageops import grow_mask, normalize_mask  # noqa: E402
-from pipelines.model_sets import ModelSet, require_model_set  # noqa: E402
+from pipelines.models.model_sets import ModelSet, require_model_set  # noqa: E402
 from tests.pipelines.jobs import SIZE, diffusion_job  # noqa: E402
 
 COMBOS = [("sd15", "plain"), ("sd15", "plus"), ("sdxl", "plain"), ("sdxl", "plus")]

@@ -19,10 +19,10 @@ from diffusers.models.attention_processor import (
 )
 
 from pipelines import SwapJob
-from pipelines.diffusion import DiffusionEngine
-from pipelines.embedding_cache import EmbeddingCache, image_digest
-from pipelines.model_sets import ModelSet
-from pipelines.options import DiffusionOptions
+from pipelines.engines.diffusion.embedding_cache import EmbeddingCache, image_digest
+from pipelines.engines.diffusion.engine import DiffusionEngine
+from pipelines.engines.diffusion.options import DiffusionOptions
+from pipelines.models.model_sets import ModelSet
 from tests.conftest import noise_image
 from tests.pipelines.jobs import diffusion_job  # noqa: E402
 
@@ -146,8 +146,14 @@ def test_settings_switch_each_piece(monkeypatch):
     from server.settings import Settings
 
     assert Settings().diffusion_options().compile is None  # auto
-    for name, value in {"COMPILE": "false", "CHANNELS_LAST": "true", "SDPA": "false", "FUSE_QKV": "false",
-                        "EMBED_CACHE_SIZE": "0", "VAE_TILING_ABOVE_PIXELS": "1000"}.items():
+    for name, value in {
+        "COMPILE": "false",
+        "CHANNELS_LAST": "true",
+        "SDPA": "false",
+        "FUSE_QKV": "false",
+        "EMBED_CACHE_SIZE": "0",
+        "VAE_TILING_ABOVE_PIXELS": "1000",
+    }.items():
         monkeypatch.setenv(f"SEGSWAP_{name}", value)
     options = Settings().diffusion_options("cpu")
     assert (options.compile, options.channels_last, options.sdpa, options.fuse_qkv) == (False, True, False, False)
@@ -156,7 +162,7 @@ def test_settings_switch_each_piece(monkeypatch):
 
 def test_server_warm_up_runs_at_the_native_size(tiny_weights):
     """The server's warm-up swap is processed at the native square, so compilation happens before readiness."""
-    from server.app import warm_up
+    from server.serving.workers import warm_up
 
     engine = DiffusionEngine(ModelSet("sd15", tiny_weights / "sd15", "plain"))
     sizes = []
@@ -185,7 +191,9 @@ class _Wrapped:
         return getattr(self._pipe, name)
 
 
-@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("g++") is None, reason="inductor needs a C++ compiler on CPU")
+@pytest.mark.skipif(
+    shutil.which("cc") is None and shutil.which("g++") is None, reason="inductor needs a C++ compiler on CPU"
+)
 def test_compiled_blocks_run_and_survive_strength_changes(tiny_weights):
     import torch._dynamo
 
@@ -197,7 +205,11 @@ def test_compiled_blocks_run_and_survive_strength_changes(tiny_weights):
     mask = Image.new("L", (64, 64), 0)
     ImageDraw.Draw(mask).rectangle((16, 16, 47, 47), fill=255)
     warm = job(main_image=noise_image((64, 64), 3), mask_image=mask)
-    for case in (warm, dataclasses.replace(warm, subject_strength=0.5), dataclasses.replace(warm, subject_strength=0.0)):
+    for case in (
+        warm,
+        dataclasses.replace(warm, subject_strength=0.5),
+        dataclasses.replace(warm, subject_strength=0.0),
+    ):
         a, b = np.asarray(compiled.swap(case), dtype=int), np.asarray(eager.swap(case), dtype=int)
         assert np.abs(a - b).max() <= 3
     torch._dynamo.reset()

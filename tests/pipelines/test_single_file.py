@@ -24,9 +24,9 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection  # noqa: E402
 
 from pipelines import SwapJob, WeightsError  # noqa: E402
-from pipelines.diffusion import DiffusionEngine  # noqa: E402
-from pipelines.model_sets import ModelSet, find_model_set  # noqa: E402
-from pipelines.tiny_models import make_tiny, to_single_file  # noqa: E402
+from pipelines.engines.diffusion.engine import DiffusionEngine  # noqa: E402
+from pipelines.models.model_sets import ModelSet, find_model_set  # noqa: E402
+from pipelines.models.tiny import make_tiny, to_single_file  # noqa: E402
 from tests.pipelines.jobs import diffusion_job  # noqa: E402
 
 ARCHS = ["sd15", "sdxl"]

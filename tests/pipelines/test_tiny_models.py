@@ -20,7 +20,8 @@ from PIL import Image
 from safetensors import safe_open
 from transformers import CLIPTextConfig, CLIPTokenizer
 
-from pipelines.tiny_models import IMAGE_ENCODER_FOLDER, IP_ADAPTER_FILES, make_tiny
+from pipelines.models.model_sets import ModelSet
+from pipelines.models.tiny import make_tiny
 
 BASE_FILES = [
     "model_index.json",
@@ -74,7 +75,7 @@ STYLE_BLOCK = {"sd15": "up_blocks.1.attentions.1", "sdxl": "up_blocks.0.attentio
 def tiny_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     sets = make_tiny(root)
-    assert sets == [root / "sd15", root / "sdxl"]
+    assert sorted(sets) == [root / "sd15", root / "sdxl"]
     return root
 
 
@@ -83,8 +84,7 @@ def _files(folder):
 
 
 def _checkpoint(tiny_root, arch, variant):
-    files = IP_ADAPTER_FILES[arch]
-    path = tiny_root / arch / "ip_adapter" / files["subfolder"] / files[variant]
+    path = ModelSet(arch, tiny_root / arch, variant).adapter_file
     with safe_open(path, framework="pt") as f:
         return {key: f.get_tensor(key) for key in f.keys()}
 
@@ -160,12 +160,12 @@ def test_tokenizers_are_byte_level_clip(tiny_root, arch):
 def test_inpaints_with_ip_adapter_through_plain_diffusers(tiny_root, arch, variant):
     pipe = AutoPipelineForInpainting.from_pretrained(tiny_root / arch / "base")
     assert type(pipe) is PIPELINE_CLASS[arch]
-    files = IP_ADAPTER_FILES[arch]
+    model_set = ModelSet(arch, tiny_root / arch, variant)
     pipe.load_ip_adapter(
-        str(tiny_root / arch / "ip_adapter"),
-        subfolder=files["subfolder"],
-        weight_name=files[variant],
-        image_encoder_folder=IMAGE_ENCODER_FOLDER,
+        str(model_set.ip_adapter_dir),
+        subfolder=model_set.adapter_file.parent.relative_to(model_set.ip_adapter_dir).as_posix(),
+        weight_name=model_set.adapter_file.name,
+        image_encoder_folder=model_set.image_encoder.relative_to(model_set.ip_adapter_dir).as_posix(),
     )
     pipe.set_progress_bar_config(disable=True)
     image, mask, reference = _inputs()

@@ -1,4 +1,4 @@
-"""Tests for pipelines.weights against a loopback fake of the Hugging Face hub.
+"""Tests for pipelines.models.weights against a loopback fake of the Hugging Face hub.
 
 The fake hub is a real threaded HTTP server on 127.0.0.1 serving files at
 /{repo}/resolve/{revision}/{path}, honouring (or, on demand, ignoring) Range
@@ -19,7 +19,7 @@ from urllib.parse import unquote
 import pytest
 
 from pipelines.errors import WeightsError
-from pipelines.weights import (
+from pipelines.models.weights import (
     LOCK_NAME,
     Status,
     download_set,
@@ -42,8 +42,9 @@ SMALL = b'{"_class_name": "UNet2DConditionModel"}\n'
 class _HubHandler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (http.server naming)
         hub = self.server.hub
-        hub.requests.append({"path": self.path, "range": self.headers.get("Range"),
-                             "auth": self.headers.get("Authorization")})
+        hub.requests.append(
+            {"path": self.path, "range": self.headers.get("Range"), "auth": self.headers.get("Authorization")}
+        )
         repo, sep, rest = self.path.lstrip("/").partition("/resolve/")
         file = hub.root / repo / unquote(rest)
         if not sep or not file.is_file():
@@ -126,8 +127,14 @@ def sha(data: bytes) -> str:
 
 def entry(path: str, data: bytes | None, **overrides) -> dict:
     """A manifest file entry for `path` in the fake repo; data=None leaves size/sha256 unknown."""
-    fields = {"repo": REPO, "revision": REVISION, "path": path, "dest": f"base/{path}",
-              "size": len(data) if data is not None else 0, "sha256": sha(data) if data is not None else ""}
+    fields = {
+        "repo": REPO,
+        "revision": REVISION,
+        "path": path,
+        "dest": f"base/{path}",
+        "size": len(data) if data is not None else 0,
+        "sha256": sha(data) if data is not None else "",
+    }
     fields.update(overrides)
     return fields
 
@@ -144,8 +151,9 @@ def write_manifest(tmp_path: Path, files: list[dict], arch: str = "sd15") -> Pat
 
 @pytest.fixture
 def manifest(tmp_path):
-    return load_manifest(write_manifest(tmp_path, [entry("unet/model.safetensors", BIG),
-                                                   entry("unet/config.json", SMALL)]))
+    return load_manifest(
+        write_manifest(tmp_path, [entry("unet/model.safetensors", BIG), entry("unet/config.json", SMALL)])
+    )
 
 
 def part_of(weights: Path, dest: str) -> Path:
@@ -288,8 +296,13 @@ def test_env_endpoint_and_hf_token_are_used(hub, manifest, weights, monkeypatch)
 
 def test_progress_reports_bytes_up_to_the_total(hub, manifest, weights):
     seen: dict[str, tuple[int, int | None]] = {}
-    download_set(manifest, "demo", weights, endpoint=hub.url,
-                 progress=lambda dest, done, total: seen.__setitem__(dest, (done, total)))
+    download_set(
+        manifest,
+        "demo",
+        weights,
+        endpoint=hub.url,
+        progress=lambda dest, done, total: seen.__setitem__(dest, (done, total)),
+    )
 
     assert seen["base/unet/model.safetensors"] == (len(BIG), len(BIG))
     assert seen["base/unet/config.json"] == (len(SMALL), len(SMALL))
@@ -328,8 +341,16 @@ def test_unknown_checksum_is_recorded_then_enforced(hub, tmp_path, weights):
 def test_verify_reports_missing_and_corrupted_files(hub, tmp_path, weights):
     other = b"other bytes" * 100
     hub.add("vae/model.safetensors", other)
-    manifest = load_manifest(write_manifest(tmp_path, [
-        entry("unet/model.safetensors", BIG), entry("unet/config.json", SMALL), entry("vae/model.safetensors", other)]))
+    manifest = load_manifest(
+        write_manifest(
+            tmp_path,
+            [
+                entry("unet/model.safetensors", BIG),
+                entry("unet/config.json", SMALL),
+                entry("vae/model.safetensors", other),
+            ],
+        )
+    )
     download_set(manifest, "demo", weights, endpoint=hub.url)
     folder = weights / "demo/base"
     (folder / "unet/config.json").unlink()
@@ -360,14 +381,17 @@ def test_verify_uses_segswap_weights_dir(hub, manifest, weights, monkeypatch):
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("change", "complaint"), [
-    ({"sha256": "abc"}, "sha256 must be 64"),
-    ({"revision": "main"}, "revision must be a 40-hex"),
-    ({"size": -1}, "size must be a whole number"),
-    ({"dest": "../escape.bin"}, "dest must be a relative path"),
-    ({"repo": "no-owner"}, "not of the form owner/name"),
-    ({"colour": "red"}, "unknown field"),
-])
+@pytest.mark.parametrize(
+    ("change", "complaint"),
+    [
+        ({"sha256": "abc"}, "sha256 must be 64"),
+        ({"revision": "main"}, "revision must be a 40-hex"),
+        ({"size": -1}, "size must be a whole number"),
+        ({"dest": "../escape.bin"}, "dest must be a relative path"),
+        ({"repo": "no-owner"}, "not of the form owner/name"),
+        ({"colour": "red"}, "unknown field"),
+    ],
+)
 def test_malformed_file_entry_is_named(tmp_path, change, complaint):
     path = write_manifest(tmp_path, [entry("unet/config.json", SMALL, **change)])
 
@@ -410,21 +434,31 @@ def test_list_sets_rows(manifest):
     assert (row.total_bytes, row.file_count) == (len(BIG) + len(SMALL), 2)
 
 
-SDXL_BASE = ["model_index.json", "scheduler/scheduler_config.json", "unet/config.json", "vae/config.json",
-             "unet/diffusion_pytorch_model.fp16.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors",
-             "text_encoder/config.json", "text_encoder/model.fp16.safetensors",
-             "text_encoder_2/config.json", "text_encoder_2/model.fp16.safetensors"]
+SDXL_BASE = [
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "unet/config.json",
+    "vae/config.json",
+    "unet/diffusion_pytorch_model.fp16.safetensors",
+    "vae/diffusion_pytorch_model.fp16.safetensors",
+    "text_encoder/config.json",
+    "text_encoder/model.fp16.safetensors",
+    "text_encoder_2/config.json",
+    "text_encoder_2/model.fp16.safetensors",
+]
 TOKENIZER = ["vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json"]
 ENCODER = ["ip_adapter/models/image_encoder/config.json", "ip_adapter/models/image_encoder/model.safetensors"]
 EXPECTED_DESTS = {
     "sdxl": {f"base/{p}" for p in SDXL_BASE}
     | {f"base/{tok}/{f}" for tok in ("tokenizer", "tokenizer_2") for f in TOKENIZER}
-    | {"ip_adapter/sdxl_models/ip-adapter_sdxl_vit-h.safetensors",
-       "ip_adapter/sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors", *ENCODER},
+    | {
+        "ip_adapter/sdxl_models/ip-adapter_sdxl_vit-h.safetensors",
+        "ip_adapter/sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors",
+        *ENCODER,
+    },
     "sd15": {f"base/{p}" for p in SDXL_BASE if "text_encoder_2" not in p}
     | {f"base/tokenizer/{f}" for f in TOKENIZER}
-    | {"ip_adapter/models/ip-adapter_sd15.safetensors",
-       "ip_adapter/models/ip-adapter-plus_sd15.safetensors", *ENCODER},
+    | {"ip_adapter/models/ip-adapter_sd15.safetensors", "ip_adapter/models/ip-adapter-plus_sd15.safetensors", *ENCODER},
 }
 
 

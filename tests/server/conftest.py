@@ -4,7 +4,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pipelines import CompositeEngine
-from server.app import create_app
+from server.api.app import create_app
 from server.settings import Settings
 from tests.conftest import wait_ready
 
@@ -14,7 +14,10 @@ KEY = "test-key-0123456789"
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
     """An app with one API key on the composite engine."""
-    app = create_app(Settings(api_keys=[KEY], max_body_bytes=2_000_000, max_image_pixels=1_000_000, fetch_allow=["127.0.0.1"]), CompositeEngine())
+    app = create_app(
+        Settings(api_keys=[KEY], max_body_bytes=2_000_000, max_image_pixels=1_000_000, fetch_allow=["127.0.0.1"]),
+        CompositeEngine(),
+    )
     with TestClient(app, headers={"x-api-key": KEY}) as test_client:
         wait_ready(test_client)
         yield test_client
@@ -23,7 +26,7 @@ def client() -> Iterator[TestClient]:
 @pytest.fixture(scope="session")
 def pg_server():
     """A PostgreSQL server for the whole session (tests/server/pg.py); skips where none can run."""
-    from .pg import start_or_skip
+    from tests.server.pg import start_or_skip
 
     server = start_or_skip()
     yield server

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from server.embedded import free_port
+from server.api.live_server import free_port
 
 USER = "segswap"
 
@@ -48,7 +48,9 @@ class PostgresServer:
             except KeyError:
                 raise RuntimeError("running as root and there is no `postgres` user to run PostgreSQL as") from None
             self.as_user = ["runuser", "-u", "postgres", "--"]
-        self.root = Path(tempfile.mkdtemp(prefix="segswap-pg-"))  # not under pytest's 0700 tmp: the postgres user reads it
+        self.root = Path(
+            tempfile.mkdtemp(prefix="segswap-pg-")
+        )  # not under pytest's 0700 tmp: the postgres user reads it
         self.data, self.sockets, self.log = self.root / "data", self.root / "sockets", self.root / "server.log"
         self.sockets.mkdir()
         if owner is not None:
@@ -65,12 +67,36 @@ class PostgresServer:
             raise RuntimeError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}{result.stderr}{log}")
 
     def start(self) -> None:
-        self._run(str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", USER, "-A", "trust", "-E", "UTF8",
-                  "--no-locale", "--no-sync")
-        options = (f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
-        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "30",
-                  "start")
+        self._run(
+            str(self.bin_dir / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            USER,
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
+        )
+        options = (
+            f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+        )
+        self._run(
+            str(self.bin_dir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "30",
+            "start",
+        )
         self.started = True
 
     def url(self, database: str) -> str:
@@ -87,8 +113,12 @@ class PostgresServer:
 
     def stop(self) -> None:
         if self.started:
-            subprocess.run([*self.as_user, str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w",
-                            "stop"], check=False, capture_output=True, timeout=60)
+            subprocess.run(
+                [*self.as_user, str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"],
+                check=False,
+                capture_output=True,
+                timeout=60,
+            )
             self.started = False
         shutil.rmtree(self.root, ignore_errors=True)
 

@@ -1,17 +1,16 @@
 """Run the real serving stack (DrainingServer) on a slow test engine.
 
-    python -m tests.server.serve_slow PORT DELAY [JOBS_DIR RUN_LOG]
+python -m tests.server.serve_slow PORT DELAY [JOBS_DIR RUN_LOG]
 """
 
 import sys
 
 import uvicorn
 
-from server.app import create_app
-from server.lifecycle import DrainingServer
+from server.api.app import create_app
+from server.serving.lifecycle import DrainingServer
 from server.settings import Settings
-
-from .engines import GatedEngine
+from tests.server.engines import GatedEngine
 
 
 def main() -> None:

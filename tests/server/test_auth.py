@@ -5,17 +5,21 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from pipelines import CompositeEngine
-from server.app import create_app
-from server.keys import KeyError401, identify
+from server.access.keys import identify
+from server.api.app import create_app
+from server.errors import Unauthorized
 from server.settings import Settings
 from tests.conftest import wait_ready
-
-from .conftest import KEY
+from tests.server.conftest import KEY
 
 
 @pytest.mark.parametrize(
     "given,expected",
-    [("", "missing API key: send it in the x-api-key header"), ("wrong", "invalid API key"), (KEY[:-1], "invalid API key")],
+    [
+        ("", "missing API key: send it in the x-api-key header"),
+        ("wrong", "invalid API key"),
+        (KEY[:-1], "invalid API key"),
+    ],
 )
 def test_missing_or_wrong_key_is_401(client, body, given, expected):
     response = client.post("/v1/seg-swap", json=body, headers={"x-api-key": given})
@@ -36,7 +40,7 @@ def test_any_configured_key_works_and_others_do_not():
     keys = ["alpha-key", "beta-key"]
     assert identify("beta-key", keys, None).key_id != identify("alpha-key", keys, None).key_id
     for wrong in ("gamma-key", "", "alpha-key "):
-        with pytest.raises(KeyError401, match="invalid API key"):
+        with pytest.raises(Unauthorized, match="invalid API key"):
             identify(wrong, keys, None)
 
 

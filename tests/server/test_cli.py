@@ -8,7 +8,7 @@ import sys
 import pytest
 from PIL import Image
 
-from server.cli import main
+from server.cli.main import main
 from tests.conftest import png_bytes
 
 
@@ -22,7 +22,18 @@ def inputs(tmp_path, scene, mask, obj):
 
 
 def swap_args(inputs, out, *extra):
-    return ["swap", "--main", str(inputs["main"]), "--mask", str(inputs["mask"]), "--object", str(inputs["object"]), "-o", str(out), *extra]
+    return [
+        "swap",
+        "--main",
+        str(inputs["main"]),
+        "--mask",
+        str(inputs["mask"]),
+        "--object",
+        str(inputs["object"]),
+        "-o",
+        str(out),
+        *extra,
+    ]
 
 
 def test_swap_writes_an_image_of_the_main_size(inputs, tmp_path, scene, capsys):
@@ -47,9 +58,11 @@ def test_swap_base64_output(inputs, tmp_path, scene):
 
 @pytest.mark.parametrize(
     "extra,message",
-    [(["--steps", "5"], "--steps: input should be greater than or equal to 10"),
-     (["--horizontal-repeat", "11"], "--horizontal-repeat: input should be less than or equal to 10"),
-     (["--image-format", "gif"], "--image-format: input should be 'png', 'jpeg' or 'webp'")],
+    [
+        (["--steps", "5"], "--steps: input should be greater than or equal to 10"),
+        (["--horizontal-repeat", "11"], "--horizontal-repeat: input should be less than or equal to 10"),
+        (["--image-format", "gif"], "--image-format: input should be 'png', 'jpeg' or 'webp'"),
+    ],
 )
 def test_swap_bad_value_is_one_line_error(inputs, tmp_path, capsys, extra, message):
     assert main(swap_args(inputs, tmp_path / "o.png", *extra)) == 2
@@ -69,7 +82,9 @@ def test_swap_missing_file_and_empty_mask(inputs, tmp_path, capsys, scene):
 def test_console_script_error_path_exits_nonzero_without_traceback(inputs, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "server", *swap_args(inputs, tmp_path / "o.png", "--growmask", "99")],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "--growmask: input should be less than or equal to 20" in result.stderr and "Traceback" not in result.stderr

@@ -35,8 +35,18 @@ def test_one_past_a_bound_is_a_400_naming_the_field(client, body, field, value):
 
 @pytest.mark.parametrize(
     "field,value",
-    [("steps", "30"), ("steps", 30.5), ("steps", True), ("seed", "x"), ("base64", "yes"), ("prompt", 5),
-     ("fashion_strength", "high"), ("image_format", "gif"), ("image_format", "PNG"), ("main_image", 12)],
+    [
+        ("steps", "30"),
+        ("steps", 30.5),
+        ("steps", True),
+        ("seed", "x"),
+        ("base64", "yes"),
+        ("prompt", 5),
+        ("fashion_strength", "high"),
+        ("image_format", "gif"),
+        ("image_format", "PNG"),
+        ("main_image", 12),
+    ],
 )
 def test_wrong_types_and_values_are_400_naming_the_field(client, body, field, value):
     response = client.post("/v1/seg-swap", json={**body, field: value})
@@ -95,6 +105,8 @@ def test_openapi_documents_fields_ranges_and_both_body_types(client):
     assert props["steps"]["minimum"] == 10 and props["steps"]["maximum"] == 100 and props["steps"]["default"] == 30
     assert props["growmask"]["maximum"] == 20 and props["image_format"]["enum"] == ["png", "jpeg", "webp"]
     assert "negative_prompt" in props and "guidance_scale" in props
-    assert {"image/png", "image/jpeg", "image/webp", "application/json"} <= set(operation["responses"]["200"]["content"])
+    assert {"image/png", "image/jpeg", "image/webp", "application/json"} <= set(
+        operation["responses"]["200"]["content"]
+    )
     assert {"400", "401", "406", "413"} <= set(operation["responses"])
     assert "x-seed-value" in operation["responses"]["200"]["headers"]

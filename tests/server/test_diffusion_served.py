@@ -8,8 +8,8 @@ from PIL import Image
 
 pytest.importorskip("diffusers")
 
-from server.app import create_app  # noqa: E402
-from server.cli import main  # noqa: E402
+from server.api.app import create_app  # noqa: E402
+from server.cli.main import main  # noqa: E402
 from server.settings import Settings  # noqa: E402
 from tests.conftest import wait_ready  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""SSRF safety of URL fetching (server.fetch / server.ssrf), proven against local canary servers.
+"""SSRF safety of URL fetching (server.inputs.fetch / server.inputs.ssrf), proven against local canary servers.
 
 How "the internet" is simulated without one:
 - `fetch.resolve` (the module's resolver hook) is replaced by FakeNet.resolve: fake names answer whatever
@@ -31,9 +31,10 @@ from urllib.parse import unquote
 import httpx
 import pytest
 
-from server import fetch
-from server.errors import ApiError
-from server.fetch import fetch_url
+from server.api.errors import http_status
+from server.errors import ServiceError
+from server.inputs.fetch import fetch_url
+from server.inputs import fetch
 
 PUBLIC_V4 = "93.184.216.34"
 PUBLIC_V6 = "2606:4700::1111"
@@ -310,10 +311,10 @@ def fetch_via(net: FakeNet | None, url: str, **kwargs) -> bytes:
 
 
 def refused(net: FakeNet | None, url: str, status: int = 400, **kwargs) -> str:
-    """Fetch `url`, expect an ApiError with `status`; return its message."""
-    with pytest.raises(ApiError) as info:
+    """Fetch `url`, expect a refusal answered with HTTP `status`; return its message."""
+    with pytest.raises(ServiceError) as info:
         fetch_via(net, url, **kwargs)
-    assert info.value.status == status, info.value.message
+    assert http_status(info.value) == status, info.value.message
     message = info.value.message
     assert message.startswith(f"field '{FIELD}': "), message
     assert "\n" not in message and "Traceback" not in message
@@ -600,15 +601,15 @@ def test_three_redirects_relative_locations_are_followed_a_fourth_is_refused(net
 )
 def test_body_caps_hold_whatever_the_headers_say(net, public, canary, path, status, expected):
     start = time.monotonic()
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(ServiceError) as info:
         fetch_via(net, f"http://images.example{path}")
     assert time.monotonic() - start < 2
     error = info.value
     assert error.message.startswith(f"field '{FIELD}': ")
     if status is None:
-        assert error.status in (400, 413), error.message
+        assert http_status(error) in (400, 413), error.message
     else:
-        assert error.status == status and expected in error.message, error.message
+        assert http_status(error) == status and expected in error.message, error.message
     assert_canary_untouched(net, canary)
 
 
@@ -668,7 +669,7 @@ def test_real_stack_app_answers_400_json_never_500(client, body, canary):
     assert_canary_untouched(None, canary)
 
 
-# --- real TLS through a pinned connection ------------------------------------------------------------------------------
+# --- real TLS through a pinned connection ---------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -710,7 +711,7 @@ def test_real_tls_to_the_pinned_address_uses_the_original_name_for_sni_and_certi
     assert tls_server.snis[-1] == "images.test"
     assert tls_server.requests[-1]["headers"]["host"] == f"images.test:{tls_server.port}"
     # the certificate is checked against the URL's name, not the address connected to
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(ServiceError) as info:
         asyncio.run(
             _fetch(
                 f"https://other.test:{tls_server.port}/cat.png",
@@ -718,5 +719,5 @@ def test_real_tls_to_the_pinned_address_uses_the_original_name_for_sni_and_certi
                 allow=["other.test"],
             )
         )
-    assert info.value.status == 400 and "could not be fetched (ConnectError)" in info.value.message
+    assert http_status(info.value) == 400 and "could not be fetched (ConnectError)" in info.value.message
     assert tls_server.snis[-1] == "other.test"

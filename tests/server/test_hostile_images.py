@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server.images import decode_image
+from server.inputs.decode import decode_image
 from tests.conftest import b64, png_bytes
 
 
@@ -20,7 +20,12 @@ def png_claiming(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def encoded(data: bytes) -> str:
@@ -80,7 +85,10 @@ def test_animated_image_uses_its_first_frame(client, body, scene):
 
 
 def test_oversize_multipart_body_is_413(client, scene, mask):
-    files = {"main_image": ("a.png", b"\x00" * 2_100_000, "image/png"), "mask_image": ("m.png", png_bytes(mask), "image/png")}
+    files = {
+        "main_image": ("a.png", b"\x00" * 2_100_000, "image/png"),
+        "mask_image": ("m.png", png_bytes(mask), "image/png"),
+    }
     response = client.post("/v1/seg-swap", files=files, data={"object_image": b64(scene)})
     assert response.status_code == 413
 

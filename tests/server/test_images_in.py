@@ -41,7 +41,10 @@ def test_multipart_with_uploaded_files_and_text_fields(client, body, scene, mask
 
 
 def test_multipart_values_are_validated_like_json(client, scene, mask, obj):
-    files = {name: (name, png_bytes(img), "image/png") for name, img in [("main_image", scene), ("mask_image", mask), ("object_image", obj)]}
+    files = {
+        name: (name, png_bytes(img), "image/png")
+        for name, img in [("main_image", scene), ("mask_image", mask), ("object_image", obj)]
+    }
     response = client.post("/v1/seg-swap", files=files, data={"growmask": "21"})
     assert response.status_code == 400 and "'growmask'" in response.json()["error"]
 
@@ -52,7 +55,9 @@ def test_url_that_answers_404_is_a_400_naming_the_field(client, body, file_serve
     assert "'object_image'" in response.json()["error"] and "404" in response.json()["error"]
 
 
-@pytest.mark.parametrize("value", ["not base64 at all!", "data:image/png;base64,@@@", "aGVsbG8gd29ybGQ=", "ftp://example.com/a.png"])
+@pytest.mark.parametrize(
+    "value", ["not base64 at all!", "data:image/png;base64,@@@", "aGVsbG8gd29ybGQ=", "ftp://example.com/a.png"]
+)
 def test_undecodable_images_are_400_naming_the_field(client, body, value):
     response = client.post("/v1/seg-swap", json={**body, "mask_image": value})
     assert response.status_code == 400 and "'mask_image'" in response.json()["error"]
@@ -85,7 +90,9 @@ def test_exif_orientation_is_applied(client, body, scene):
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     buffer = io.BytesIO()
     scene.save(buffer, "JPEG", exif=exif)
-    out = decoded(client.post("/v1/seg-swap", json={**body, "main_image": base64.b64encode(buffer.getvalue()).decode()}))
+    out = decoded(
+        client.post("/v1/seg-swap", json={**body, "main_image": base64.b64encode(buffer.getvalue()).decode()})
+    )
     assert out.size == (scene.height, scene.width)
 
 

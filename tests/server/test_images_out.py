@@ -10,7 +10,10 @@ from PIL import Image
 from pipelines.imageops import grow_mask, normalize_mask
 
 
-@pytest.mark.parametrize("fmt,media_type,pil_format", [("png", "image/png", "PNG"), ("jpeg", "image/jpeg", "JPEG"), ("webp", "image/webp", "WEBP")])
+@pytest.mark.parametrize(
+    "fmt,media_type,pil_format",
+    [("png", "image/png", "PNG"), ("jpeg", "image/jpeg", "JPEG"), ("webp", "image/webp", "WEBP")],
+)
 def test_output_format_and_size(client, body, scene, fmt, media_type, pil_format):
     response = client.post("/v1/seg-swap", json={**body, "image_format": fmt})
     assert response.status_code == 200
@@ -46,7 +49,9 @@ def test_headers_of_the_hosted_api_and_ours(client, body):
 
 def test_request_id_is_generated_when_absent_or_unsafe(client, body):
     first = client.post("/v1/seg-swap", json=body).headers["x-request-id"]
-    second = client.post("/v1/seg-swap", json=body, headers={"x-request-id": "bad id\twith spaces"}).headers["x-request-id"]
+    second = client.post("/v1/seg-swap", json=body, headers={"x-request-id": "bad id\twith spaces"}).headers[
+        "x-request-id"
+    ]
     assert len(first) == 32 and first != second and " " not in second
 
 

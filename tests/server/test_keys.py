@@ -7,16 +7,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pipelines import CompositeEngine
-from server.app import create_app
-from server.cli import main
-from server.credits import open_ledger
-from server.embedded import live_server
-from server.keys import read_key_file
-from server.ratelimit import RateLimiter
+from server.access.credits import open_ledger
+from server.access.keys import read_key_file
+from server.access.ratelimit import RateLimiter
+from server.api.app import create_app
+from server.api.live_server import live_server
+from server.cli.main import main
 from server.settings import Settings
 from tests.conftest import wait_ready
-
-from .engines import GatedEngine
+from tests.server.engines import GatedEngine
 
 
 @pytest.fixture()
@@ -36,8 +35,12 @@ def keyed(tmp_path, monkeypatch, capsys, store_url):
     if store_url:  # `segswap keys` and the app both use it
         monkeypatch.setenv("SEGSWAP_DATABASE_URL", store_url)
     secrets = {}
-    for key_id, extra in [("plain", []), ("slow", ["--rate", "2"]), ("other", ["--endpoint", "/v2/seg-swap"]),
-                          ("metered", ["--credits", "2"])]:
+    for key_id, extra in [
+        ("plain", []),
+        ("slow", ["--rate", "2"]),
+        ("other", ["--endpoint", "/v2/seg-swap"]),
+        ("metered", ["--credits", "2"]),
+    ]:
         assert main(["keys", "--keys-file", str(keys_file), "add", key_id, *extra]) == 0
         secrets[key_id] = capsys.readouterr().out.strip()
     settings = Settings(keys_file=keys_file, credits_db=ledger, jobs_dir=tmp_path / "jobs", database_url=store_url)
@@ -142,7 +145,9 @@ def test_parallel_requests_never_overspend(keyed, body):
 
         async def burst():
             async with httpx.AsyncClient(timeout=30, headers={"x-api-key": secrets["metered"]}) as client:
-                return await asyncio.gather(*(client.post(f"{url}/v1/seg-swap", json={**body, "seed": s}) for s in range(1, 11)))
+                return await asyncio.gather(
+                    *(client.post(f"{url}/v1/seg-swap", json={**body, "seed": s}) for s in range(1, 11))
+                )
 
         responses = asyncio.run(burst())
     statuses = sorted(r.status_code for r in responses)

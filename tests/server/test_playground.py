@@ -22,9 +22,9 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from pipelines import CompositeEngine
-from server.app import create_app
-from server.embedded import live_server
-from server.playground import mount_playground
+from server.api.app import create_app
+from server.api.live_server import live_server
+from server.api.playground import mount_playground
 from server.settings import Settings
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
@@ -32,8 +32,15 @@ CHROMIUM = Path(os.environ.get("SEGSWAP_CHROMIUM", "/usr/bin/chromium"))
 if not CHROMIUM.exists():
     pytest.skip(f"no Chromium at {CHROMIUM} (scripts/install_browser.sh installs it)", allow_module_level=True)
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOT = REPO / "test-output" / "playground.png"
 KEY = "playground-key-0123456789"
@@ -89,7 +96,9 @@ def _console_problem(session: Session, message) -> None:
 def write_inputs(folder: Path) -> tuple[Path, Path, Image.Image]:
     width, height = MAIN_SIZE
     y, x = np.mgrid[0:height, 0:width]
-    main = Image.fromarray(np.stack([x * 255 // width, y * 255 // height, np.full_like(x, 140)], axis=-1).astype(np.uint8))
+    main = Image.fromarray(
+        np.stack([x * 255 // width, y * 255 // height, np.full_like(x, 140)], axis=-1).astype(np.uint8)
+    )
     obj = Image.new("RGB", OBJECT_SIZE, (250, 140, 20))
     ImageDraw.Draw(obj).rectangle((0, 15, 59, 24), fill=(30, 60, 200))
     main.save(folder / "main.png")
@@ -105,7 +114,9 @@ def load_inputs(page, main_path: Path, object_path: Path) -> None:
 
 
 def set_range(page, selector: str, value: int) -> None:
-    page.eval_on_selector(selector, "(el, v) => { el.value = v; el.dispatchEvent(new Event('input', {bubbles: true})); }", str(value))
+    page.eval_on_selector(
+        selector, "(el, v) => { el.value = v; el.dispatchEvent(new Event('input', {bubbles: true})); }", str(value)
+    )
 
 
 def paint_stroke(page, start: tuple[float, float], end: tuple[float, float]) -> float:
@@ -127,7 +138,9 @@ def download(page, selector: str) -> bytes:
 
 
 def run_snippet(command: list[str], folder: Path) -> bytes:
-    subprocess.run(command, cwd=folder, env={**os.environ, "SEGSWAP_API_KEY": KEY}, check=True, timeout=120, capture_output=True)
+    subprocess.run(
+        command, cwd=folder, env={**os.environ, "SEGSWAP_API_KEY": KEY}, check=True, timeout=120, capture_output=True
+    )
     return (folder / "result.png").read_bytes()
 
 
@@ -149,7 +162,12 @@ def test_paint_run_and_get_the_result(session, tmp_path):
     assert mask.shape == (MAIN_SIZE[1], MAIN_SIZE[0]) and set(np.unique(mask)) == {0, 255}
     rows, cols = np.nonzero(mask)
     radius = 15 * scale
-    expected = (0.3 * MAIN_SIZE[0] - radius, 0.5 * MAIN_SIZE[1] - radius, 0.6 * MAIN_SIZE[0] + radius, 0.5 * MAIN_SIZE[1] + radius)
+    expected = (
+        0.3 * MAIN_SIZE[0] - radius,
+        0.5 * MAIN_SIZE[1] - radius,
+        0.6 * MAIN_SIZE[0] + radius,
+        0.5 * MAIN_SIZE[1] + radius,
+    )
     assert np.allclose((cols.min(), rows.min(), cols.max(), rows.max()), expected, atol=3)
 
     page.click("#run")
@@ -167,7 +185,7 @@ def test_paint_run_and_get_the_result(session, tmp_path):
     painted = mask > 127
     assert changed[painted].mean() > 0.5  # the composite engine fits the tiles inside the mask box
     assert not changed[ndimage.distance_transform_edt(~painted) > 2].any()
-    assert changed[MAIN_SIZE[1] // 2, int(0.35 * MAIN_SIZE[0]):int(0.55 * MAIN_SIZE[0])].all()  # along the stroke
+    assert changed[MAIN_SIZE[1] // 2, int(0.35 * MAIN_SIZE[0]) : int(0.55 * MAIN_SIZE[0])].all()  # along the stroke
     assert not changed[: MAIN_SIZE[1] // 4, : MAIN_SIZE[0] // 4].any()  # far from it
 
     assert_the_snippets_make_the_same_image(page, tmp_path, mask, result_bytes)
@@ -180,8 +198,15 @@ def test_paint_run_and_get_the_result(session, tmp_path):
 def assert_the_snippets_make_the_same_image(page, folder: Path, mask: np.ndarray, result_bytes: bytes) -> None:
     curl = page.text_content("#snippet-curl")
     python = page.text_content("#snippet-python")
-    for flag in ("-F main_image=@main.png", "-F mask_image=@mask.png", "-F object_image=@object.png",
-                 "-F seed=7", "-F growmask=0", "-F horizontal_repeat=3", '-H "x-api-key: $SEGSWAP_API_KEY"'):
+    for flag in (
+        "-F main_image=@main.png",
+        "-F mask_image=@mask.png",
+        "-F object_image=@object.png",
+        "-F seed=7",
+        "-F growmask=0",
+        "-F horizontal_repeat=3",
+        '-H "x-api-key: $SEGSWAP_API_KEY"',
+    ):
         assert flag in curl, flag
     assert KEY not in curl + python and "base64" not in curl + python and len(curl + python) < 2000
     Image.fromarray(mask).save(folder / "mask.png")
@@ -226,7 +251,12 @@ STATUS_CASES = [
     (403, {}, "this API key is not allowed to use /v1/seg-swap", ["403 Forbidden"]),
     (406, {}, "insufficient credits: this key has 0, an image costs 1", ["406 Not acceptable"]),
     (413, {}, "the request body is larger than 2000000 bytes", ["413 Too large", "use smaller images"]),
-    (429, {"Retry-After": "7"}, "the server is busy (queue full); retry in 7 s", ["429 Too many requests", "Retry after 7 s."]),
+    (
+        429,
+        {"Retry-After": "7"},
+        "the server is busy (queue full); retry in 7 s",
+        ["429 Too many requests", "Retry after 7 s."],
+    ),
     (503, {"Retry-After": "5"}, "the engine is still loading", ["503 Unavailable", "Retry after 5 s."]),
     (504, {}, "the request did not finish within 300 s", ["504 Timed out"]),
 ]
@@ -245,8 +275,12 @@ def test_every_error_status_and_a_network_failure_read_clearly(session, tmp_path
         if answer.get("abort"):
             route.abort("failed")
         else:
-            route.fulfill(status=answer["status"], headers={**answer["headers"], "x-request-id": "req-123"},
-                          content_type=answer.get("type", "application/json"), body=answer["body"])
+            route.fulfill(
+                status=answer["status"],
+                headers={**answer["headers"], "x-request-id": "req-123"},
+                content_type=answer.get("type", "application/json"),
+                body=answer["body"],
+            )
 
     page.route("**/v1/seg-swap", fulfil)
     for status, headers, sentence, fragments in STATUS_CASES:

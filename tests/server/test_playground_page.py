@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from pipelines import CompositeEngine
-from server.app import create_app
-from server.contract import IMAGE_FIELDS, SwapRequest
-from server.playground import STATIC_DIR, mount_playground
+from pipelines import IMAGE_FIELDS, CompositeEngine
+from server.api.app import create_app
+from server.api.contract import SwapRequest
+from server.api.playground import STATIC_DIR, mount_playground
 from server.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,7 +110,7 @@ def test_the_page_loads_nothing_from_elsewhere():
         text = path.read_text()
         assert not re.search(r"""(src|href)\s*=\s*["'](https?:)?//""", text), path.name
         assert not re.search(r"""@import|url\(\s*["']?(https?:)?//""", text), path.name
-        assert "fetch(\"http" not in text and "fetch('http" not in text, path.name
+        assert 'fetch("http' not in text and "fetch('http" not in text, path.name
 
 
 def test_the_static_files_are_package_data():

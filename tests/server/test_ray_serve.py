@@ -20,13 +20,18 @@ ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
 from pipelines import CompositeEngine  # noqa: E402
-from server.app import create_app  # noqa: E402
+from server.api.app import create_app  # noqa: E402
 from server.settings import Settings  # noqa: E402
 from tests.conftest import wait_ready  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "ray" / "serve_config.yaml"
 KEY = "ray-test-key-0123456789"
-REPLICA_ENV = {"SEGSWAP_ENGINE": "composite", "SEGSWAP_DEVICES": "cpu", "SEGSWAP_API_KEYS": KEY, "SEGSWAP_MAX_QUEUE": "4"}
+REPLICA_ENV = {
+    "SEGSWAP_ENGINE": "composite",
+    "SEGSWAP_DEVICES": "cpu",
+    "SEGSWAP_API_KEYS": KEY,
+    "SEGSWAP_MAX_QUEUE": "4",
+}
 
 
 def free_port() -> int:
@@ -41,12 +46,19 @@ def proxy_url() -> Iterator[str]:
     with pytest.MonkeyPatch.context() as env:
         for name, value in {**REPLICA_ENV, "RAY_AUTH_MODE": "disabled"}.items():
             env.setenv(name, value)  # the builder runs here and reads SEGSWAP_MAX_QUEUE, as in the app's runtime_env
-        ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, runtime_env={"env_vars": REPLICA_ENV},
-                 log_to_driver=False, configure_logging=False)
+        ray.init(
+            address="local",
+            num_cpus=4,
+            num_gpus=2,
+            include_dashboard=False,
+            runtime_env={"env_vars": REPLICA_ENV},
+            log_to_driver=False,
+            configure_logging=False,
+        )
         try:
             port = free_port()
             serve.start(http_options={"host": "127.0.0.1", "port": port})
-            from server.ray_serve import app
+            from server.deployment.ray_serve import app
 
             serve.run(app({"min_replicas": 2}), name="segswap", route_prefix="/")
             yield f"http://127.0.0.1:{port}"
@@ -63,7 +75,7 @@ def test_two_replicas_running_one_per_logical_gpu(proxy_url):
 
 
 def test_deployment_options_leave_backpressure_to_the_app(proxy_url):
-    from server.ray_serve import PROBE_HEADROOM, app
+    from server.deployment.ray_serve import PROBE_HEADROOM, app
 
     config = app({"max_replicas": 3})._bound_deployment._deployment_config
     assert config.max_ongoing_requests == 4 + 1 + PROBE_HEADROOM  # the app's queue, its worker, probes
@@ -73,7 +85,9 @@ def test_deployment_options_leave_backpressure_to_the_app(proxy_url):
 
 
 def test_swap_through_the_proxy_is_a_png_of_the_main_image_size(proxy_url, body, scene):
-    response = httpx.post(f"{proxy_url}/v1/seg-swap", json=body, headers={"x-api-key": KEY, "x-request-id": "ray-42"}, timeout=30)
+    response = httpx.post(
+        f"{proxy_url}/v1/seg-swap", json=body, headers={"x-api-key": KEY, "x-request-id": "ray-42"}, timeout=30
+    )
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "image/png" and response.headers["x-segswap-engine"] == "composite"
     assert response.headers["x-seed-value"] == "7"
@@ -91,7 +105,11 @@ def test_health_through_the_proxy(proxy_url):
 
 def test_errors_through_the_proxy_are_those_of_the_plain_app(proxy_url, body):
     plain = create_app(Settings(api_keys=[KEY]), CompositeEngine())
-    cases = [({**body, "steps": 5}, {"x-api-key": KEY}), ({"main_image": "not base64!"}, {"x-api-key": KEY}), (body, {})]
+    cases = [
+        ({**body, "steps": 5}, {"x-api-key": KEY}),
+        ({"main_image": "not base64!"}, {"x-api-key": KEY}),
+        (body, {}),
+    ]
     with TestClient(plain) as client:
         wait_ready(client)
         for payload, headers in cases:
@@ -102,12 +120,13 @@ def test_errors_through_the_proxy_are_those_of_the_plain_app(proxy_url, body):
             assert got.headers["content-type"] == "application/json"
 
 
-
 def test_a_replica_whose_engine_fails_to_load_never_takes_traffic(proxy_url, tmp_path):
-    from server.ray_serve import SegSwapReplica
+    from server.deployment.ray_serve import SegSwapReplica
 
     broken_env = {**REPLICA_ENV, "SEGSWAP_ENGINE": "diffusion", "SEGSWAP_WEIGHTS_DIR": str(tmp_path)}  # no model set
-    broken = SegSwapReplica.options(name="broken", ray_actor_options={"num_gpus": 0, "runtime_env": {"env_vars": broken_env}})
+    broken = SegSwapReplica.options(
+        name="broken", ray_actor_options={"num_gpus": 0, "runtime_env": {"env_vars": broken_env}}
+    )
     with pytest.raises(RuntimeError, match="Deploying application broken failed"):
         serve.run(broken.bind(), name="broken", route_prefix="/broken")
     status = serve.status().applications["broken"]
@@ -123,7 +142,7 @@ def test_the_serve_config_is_valid_and_names_this_app(monkeypatch):
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    from server.ray_serve import build_app
+    from server.deployment.ray_serve import build_app
 
     config = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text()))
     (application,) = config.applications

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
 
 from pipelines import CompositeEngine  # noqa: E402
-from server.app import create_app  # noqa: E402
+from server.api.app import create_app  # noqa: E402
 from server.settings import Settings  # noqa: E402
 from tests.conftest import wait_ready  # noqa: E402
 

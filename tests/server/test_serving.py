@@ -9,11 +9,10 @@ import time
 import httpx
 import pytest
 
-from server.app import create_app
-from server.embedded import live_server
+from server.api.app import create_app
+from server.api.live_server import live_server
 from server.settings import Settings
-
-from .engines import GatedEngine
+from tests.server.engines import GatedEngine
 
 KEY = {"x-api-key": "k"}
 
@@ -137,13 +136,17 @@ def test_metrics_move_as_requests_flow(client, body):
     assert client.post("/v1/seg-swap", json=body).status_code == 200
     assert client.post("/v1/seg-swap", json={**body, "steps": 5}).status_code == 400
     after = client.get("/metrics").text
-    for name, labels in [("segswap_responses_total", {"route": "/v1/seg-swap", "status": "200"}),
-                         ("segswap_responses_total", {"route": "/v1/seg-swap", "status": "400"}),
-                         ("segswap_images_total", {"engine": "composite"}),
-                         ("segswap_stage_seconds_count", {"stage": "engine"}),
-                         ("segswap_queue_wait_seconds_count", {}),
-                         ("segswap_request_seconds_count", {"route": "/v1/seg-swap"})]:
-        assert metric(after, name, **labels) == metric(before, name, **labels) + (2 if "request_seconds" in name else 1), name
+    for name, labels in [
+        ("segswap_responses_total", {"route": "/v1/seg-swap", "status": "200"}),
+        ("segswap_responses_total", {"route": "/v1/seg-swap", "status": "400"}),
+        ("segswap_images_total", {"engine": "composite"}),
+        ("segswap_stage_seconds_count", {"stage": "engine"}),
+        ("segswap_queue_wait_seconds_count", {}),
+        ("segswap_request_seconds_count", {"route": "/v1/seg-swap"}),
+    ]:
+        assert metric(after, name, **labels) == metric(before, name, **labels) + (
+            2 if "request_seconds" in name else 1
+        ), name
     assert "segswap_queue_depth 0.0" in after and "segswap_in_flight 0.0" in after
 
 
@@ -199,7 +202,7 @@ def test_json_formatter_merges_access_fields_into_one_object():
     import json
     import logging
 
-    from server.access import JsonFormatter
+    from server.serving.logs import JsonFormatter
 
     line = {"request_id": "r1", "status": 200, "engine_s": 0.5}
     record = logging.LogRecord("segswap.access", logging.INFO, __file__, 1, json.dumps(line), None, None)

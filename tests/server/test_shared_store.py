@@ -10,13 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from server.app import create_app
-from server.credits import CreditLedger
-from server.jobstore import DuplicateSubmit, JobStore
+from server.access.credits import CreditLedger
+from server.api.app import create_app
+from server.jobs.store import DuplicateSubmit, JobStore
 from server.settings import Settings
 from tests.conftest import wait_ready
-
-from .engines import GatedEngine
+from tests.server.engines import GatedEngine
 
 KEY = "key-one"
 IMAGES = {name: Image.new("RGB", (8, 8)) for name in ("main_image", "mask_image", "object_image")}
@@ -121,7 +120,10 @@ def test_two_replicas_on_one_postgres_run_each_job_once(tmp_path, pg_url, body):
         for engine in engines:
             engine.gate.clear()
         seeds = range(1, 25)
-        ids = [(one, two)[seed % 2].post("/v2/seg-swap", json={**body, "seed": seed}).json()["request_id"] for seed in seeds]
+        ids = [
+            (one, two)[seed % 2].post("/v2/seg-swap", json={**body, "seed": seed}).json()["request_id"]
+            for seed in seeds
+        ]
         runners = [client.app.state.jobs for client in (one, two)]
         end = time.monotonic() + 10
         while not all(len(runner.tickets) == 2 for runner in runners):  # each: one job running, one waiting

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from server.embedded import free_port
+from server.api.live_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,7 +32,9 @@ def test_sigterm_drains_queued_and_running_work_then_exits_zero(body):
 
         async def scenario():
             async with httpx.AsyncClient(timeout=30, headers={"x-api-key": "k"}) as client:
-                inflight = [asyncio.create_task(client.post(f"{url}/v1/seg-swap", json={**body, "seed": s})) for s in (1, 2, 3)]
+                inflight = [
+                    asyncio.create_task(client.post(f"{url}/v1/seg-swap", json={**body, "seed": s})) for s in (1, 2, 3)
+                ]
                 await asyncio.sleep(0.2)  # one running, two queued
                 os.kill(process.pid, signal.SIGTERM)
                 await asyncio.sleep(0.1)

@@ -17,12 +17,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from pipelines import CompositeEngine
-from server.app import create_app
-from server.embedded import live_server
+from server.api.app import create_app
+from server.api.live_server import live_server
 from server.settings import Settings
 from tests.conftest import b64, wait_ready
-
-from .engines import GatedEngine
+from tests.server.engines import GatedEngine
 
 KEY, OTHER = "key-one", "key-two"
 
@@ -51,7 +50,11 @@ def test_submit_poll_fetch(tmp_path, body, scene, database_url):
         assert answer["status"] == "QUEUED" and answer["status_url"].startswith("http://testserver/v2/requests/")
         assert answer["response_url"] == f"http://testserver/v2/requests/{answer['request_id']}"
         status = wait_for(client, answer["request_id"])
-        assert status["status"] == "COMPLETED" and set(status["metrics"]) == {"queue_time", "inference_time", "total_time"}
+        assert status["status"] == "COMPLETED" and set(status["metrics"]) == {
+            "queue_time",
+            "inference_time",
+            "total_time",
+        }
         result = client.get(f"/v2/requests/{answer['request_id']}").json()
         assert result["seed"] == 7 and "image" not in result
         image = client.get(result["output"])
@@ -124,14 +127,20 @@ def test_idempotent_submits_run_once_even_when_concurrent(tmp_path, body, databa
         async def submit_many():
             headers = {"x-api-key": KEY, "Idempotency-Key": "batch-17"}
             async with httpx.AsyncClient(timeout=30, headers=headers) as client:
-                return await asyncio.gather(*(client.post(f"{url}/v2/seg-swap", json={**body, "seed": 5}) for _ in range(6)))
+                return await asyncio.gather(
+                    *(client.post(f"{url}/v2/seg-swap", json={**body, "seed": 5}) for _ in range(6))
+                )
 
         answers = asyncio.run(submit_many())
         assert {r.status_code for r in answers} == {200}
         assert len({r.json()["request_id"] for r in answers}) == 1
-        again = httpx.post(f"{url}/v2/seg-swap", json={**body, "seed": 5}, headers={"x-api-key": KEY, "Idempotency-Key": "batch-17"})
+        again = httpx.post(
+            f"{url}/v2/seg-swap", json={**body, "seed": 5}, headers={"x-api-key": KEY, "Idempotency-Key": "batch-17"}
+        )
         assert again.json()["request_id"] == answers[0].json()["request_id"]
-        different = httpx.post(f"{url}/v2/seg-swap", json={**body, "seed": 6}, headers={"x-api-key": KEY, "Idempotency-Key": "batch-17"})
+        different = httpx.post(
+            f"{url}/v2/seg-swap", json={**body, "seed": 6}, headers={"x-api-key": KEY, "Idempotency-Key": "batch-17"}
+        )
         assert different.status_code == 409
         time.sleep(0.5)
     assert [s for s in engine.ran if s] == [5]

@@ -10,15 +10,16 @@ from pathlib import Path
 
 import httpx
 
-from server.embedded import free_port
+from server.api.live_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 HEADERS = {"x-api-key": "k"}
 
 
 def start(port: int, jobs_dir: Path, run_log: Path) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-m", "tests.server.serve_slow", str(port), "0.15", str(jobs_dir), str(run_log)],
-                               cwd=REPO)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.server.serve_slow", str(port), "0.15", str(jobs_dir), str(run_log)], cwd=REPO
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -40,8 +41,10 @@ def test_sigkill_with_jobs_queued_and_running_then_restart_completes_each_once(t
     url = f"http://127.0.0.1:{port}"
     process = start(port, jobs_dir, run_log)
     try:
-        ids = [httpx.post(f"{url}/v2/seg-swap", json={**body, "seed": seed}, headers=HEADERS).json()["request_id"]
-               for seed in range(1, 13)]
+        ids = [
+            httpx.post(f"{url}/v2/seg-swap", json={**body, "seed": seed}, headers=HEADERS).json()["request_id"]
+            for seed in range(1, 13)
+        ]
         while statuses(url, ids)["COMPLETED"] < 3:  # some done, one running, the rest queued
             time.sleep(0.02)
         os.kill(process.pid, signal.SIGKILL)

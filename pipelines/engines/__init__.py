@@ -1,0 +1,1 @@
+"""The engines: composite (placement only) and diffusion, and choosing one."""

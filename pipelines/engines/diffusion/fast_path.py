@@ -1,0 +1,137 @@
+"""The fast path: attention processors, fused projections, memory format and regional compilation.
+
+Each piece is a field of DiffusionOptions (a SEGSWAP_* setting) and is measured on and off by
+`segswap bench --ablate`.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.models.attention_processor import (
+    Attention,
+    AttnProcessor,
+    AttnProcessor2_0,
+    FusedAttnProcessor2_0,
+    IPAdapterAttnProcessor,
+    IPAdapterAttnProcessor2_0,
+)
+from torch import nn
+
+from pipelines.engines.diffusion.options import DiffusionOptions
+
+
+def apply_fast_path(pipe, options: DiffusionOptions, offload: bool = False) -> dict[str, bool]:
+    """Attention processors, memory format, fused projections and compilation, as `options` say.
+
+    Order matters: channels-last before fusing (the fused weights are shared views), fusing before
+    compiling. Returns what was applied.
+    """
+    use_sdpa_processors(pipe, options.sdpa)
+    channels_last = bool(options.channels_last)
+    if channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    # FusedAttnProcessor2_0 is SDPA-only; with offload, moving shared views would duplicate them.
+    fused = bool(options.fuse_qkv and options.sdpa and not offload) and fuse_self_attention(pipe.unet) > 0
+    compiled = bool(options.compile)
+    if compiled:
+        compile_unet_blocks(pipe.unet)
+    return {"sdpa": options.sdpa, "channels_last": channels_last, "fuse_qkv": fused, "compile": compiled}
+
+
+def use_sdpa_processors(pipe, sdpa: bool = True) -> None:
+    """Every attention on scaled_dot_product_attention (IPAdapterAttnProcessor2_0 for IP-Adapter layers),
+    or, with `sdpa` off, on diffusers' classic processors. IP-Adapter weights and scales carry over."""
+    plain, ip_class = (AttnProcessor2_0, IPAdapterAttnProcessor2_0) if sdpa else (AttnProcessor, IPAdapterAttnProcessor)
+    processors = {}
+    for name, processor in pipe.unet.attn_processors.items():
+        if isinstance(processor, (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0)):
+            processors[name] = processor if type(processor) is ip_class else _convert_ip_processor(processor, ip_class)
+        elif type(processor) in (AttnProcessor, AttnProcessor2_0):
+            processors[name] = processor if type(processor) is plain else plain()
+        else:
+            processors[name] = processor
+    pipe.unet.set_attn_processor(processors)
+    pipe.vae.set_attn_processor(plain())
+
+
+def _convert_ip_processor(processor, ip_class):
+    converted = ip_class(
+        processor.hidden_size, processor.cross_attention_dim, processor.num_tokens, list(processor.scale)
+    )
+    converted.to_k_ip = processor.to_k_ip
+    converted.to_v_ip = processor.to_v_ip
+    return converted
+
+
+@torch.no_grad()
+def fuse_self_attention(unet) -> int:
+    """Fuse q/k/v into one matmul in every transformer block's self-attention; returns how many.
+
+    Cross-attention keeps its own processor (IP-Adapter's, which reads to_k_ip/to_v_ip): diffusers'
+    `fuse_qkv_projections()` would replace those too and drop IP-Adapter. to_q/to_k/to_v stay, as views
+    of the fused weight, so nothing is held twice.
+    """
+    from diffusers.models.attention import BasicTransformerBlock
+
+    count = 0
+    for block in unet.modules():
+        # Only the transformer blocks' attn1: the IP-Adapter Plus resampler's attentions (also under the
+        # UNet, in encoder_hid_proj) are "self" attentions called with a context, and must stay unfused.
+        module = block.attn1 if isinstance(block, BasicTransformerBlock) and not block.only_cross_attention else None
+        if (
+            not isinstance(module, Attention)
+            or module.is_cross_attention
+            or type(module.processor) is not AttnProcessor2_0
+        ):
+            continue
+        module.fuse_projections(fuse=True)
+        for name in ("weight", "bias"):
+            fused = getattr(module.to_qkv, name)
+            if fused is None:
+                continue
+            parts = fused.split([module.to_q.out_features, module.to_k.out_features, module.to_v.out_features])
+            for linear, part in zip((module.to_q, module.to_k, module.to_v), parts, strict=True):
+                setattr(linear, name, nn.Parameter(part, requires_grad=False))
+        module.set_processor(FusedAttnProcessor2_0())
+        count += 1
+    return count
+
+
+def compile_unet_blocks(unet) -> None:
+    """Regional compilation: `torch.compile` each repeated transformer block, not the whole UNet.
+
+    Every block shares one compiled graph per input shape, so warm-up takes seconds, not minutes.
+    A new processing shape (another box aspect) compiles once more; after the second shape dynamo
+    marks the sizes dynamic. The recompile limit is raised so changing IP-Adapter scales (0 skips a
+    branch) and both CFG batch sizes never push a block back to eager.
+    """
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    if getattr(unet, "_repeated_blocks", None) and hasattr(unet, "compile_repeated_blocks"):
+        unet.compile_repeated_blocks(fullgraph=True)
+        return
+    from diffusers.models.attention import BasicTransformerBlock
+
+    for module in unet.modules():
+        if isinstance(module, BasicTransformerBlock):
+            module.compile(fullgraph=True)
+
+
+def is_compile_error(exc: BaseException) -> bool:
+    """An error of dynamo or inductor (not of the model): what a failed compilation raises."""
+    from torch._dynamo.exc import TorchDynamoException
+    from torch._inductor.exc import InductorError
+
+    return isinstance(exc, (TorchDynamoException, InductorError))
+
+
+def uncompile_unet_blocks(unet) -> int:
+    """Undo `compile_unet_blocks`: every compiled module runs eagerly again; returns how many."""
+    count = 0
+    for module in unet.modules():
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            module._compiled_call_impl = None
+            count += 1
+    return count

@@ -1,0 +1,152 @@
+"""Where the parts of a model set live on disk, and whether a set is complete.
+
+A model set is one folder (`<weights_dir>/sdxl`, `<weights_dir>/sd15`) laid out as a real
+download lays it out (see pipelines/models/manifest.toml):
+
+    base/         a diffusers inpainting pipeline folder (model_index.json, unet/, vae/, ...)
+    ip_adapter/   the h94/IP-Adapter repository layout, original checkpoint format
+
+or, for a model shared as one file (see pipelines/models/single_file.py):
+
+    base.safetensors  the UNet, VAE and text encoder(s) in the original single-file key format
+    base/             the same diffusers folder with only its configs and tokenizers, no weights
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pipelines.errors import WeightsError
+
+Arch = Literal["sdxl", "sd15"]
+Variant = Literal["plus", "plain"]
+
+ARCHS: tuple[Arch, ...] = ("sdxl", "sd15")  # in order of preference for `auto`
+IMAGE_ENCODER = "models/image_encoder"
+ADAPTERS: dict[tuple[Arch, Variant], str] = {
+    ("sdxl", "plain"): "sdxl_models/ip-adapter_sdxl_vit-h.safetensors",
+    ("sdxl", "plus"): "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors",
+    ("sd15", "plain"): "models/ip-adapter_sd15.safetensors",
+    ("sd15", "plus"): "models/ip-adapter-plus_sd15.safetensors",
+}
+BASE_COMPONENTS: dict[Arch, tuple[str, ...]] = {
+    "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
+    "sd15": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+}
+CHECKPOINT = "base.safetensors"
+# What base/ must hold next to a single-file checkpoint: the configs and tokenizers, no weights.
+CONFIG_FILES: dict[str, str] = {
+    "unet": "unet/config.json",
+    "vae": "vae/config.json",
+    "text_encoder": "text_encoder/config.json",
+    "text_encoder_2": "text_encoder_2/config.json",
+    "tokenizer": "tokenizer",
+    "tokenizer_2": "tokenizer_2",
+    "scheduler": "scheduler/scheduler_config.json",
+}
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """The paths of one installed model set, with the IP-Adapter variant to load."""
+
+    arch: Arch
+    folder: Path
+    variant: Variant = "plus"
+
+    @property
+    def base(self) -> Path:
+        return self.folder / "base"
+
+    @property
+    def checkpoint_file(self) -> Path:
+        """Where a single-file base checkpoint goes (`base.safetensors`)."""
+        return self.folder / CHECKPOINT
+
+    @property
+    def checkpoint(self) -> Path | None:
+        """The single-file base checkpoint when the set has one; base/ then holds only configs."""
+        path = self.checkpoint_file
+        return path if path.is_file() else None
+
+    @property
+    def ip_adapter_dir(self) -> Path:
+        return self.folder / "ip_adapter"
+
+    @property
+    def adapter_file(self) -> Path:
+        return self.ip_adapter_dir / ADAPTERS[(self.arch, self.variant)]
+
+    @property
+    def image_encoder(self) -> Path:
+        return self.ip_adapter_dir / IMAGE_ENCODER
+
+    def missing(self) -> list[str]:
+        """Paths (relative to the set folder) that a complete set needs and this one lacks."""
+        single_file = self.checkpoint is not None
+        needed = [self.base / "model_index.json"]
+        if single_file:  # the weights are in the checkpoint; base/ only configures
+            needed += [self.base / CONFIG_FILES[part] for part in BASE_COMPONENTS[self.arch]]
+        else:
+            needed += [self.base / part for part in BASE_COMPONENTS[self.arch]]
+        needed += [self.adapter_file, self.image_encoder / "config.json"]
+        missing = [path for path in needed if not path.exists()]
+        if self.image_encoder.is_dir() and not _has_weights(self.image_encoder):
+            missing.append(self.image_encoder / "model.safetensors")
+        for part in () if single_file else ("unet", "vae"):
+            if (self.base / part).is_dir() and not _has_weights(self.base / part):
+                missing.append(self.base / part / "diffusion_pytorch_model.safetensors")
+        return [str(path.relative_to(self.folder)) for path in missing]
+
+
+def _has_weights(folder: Path) -> bool:
+    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
+
+
+def model_set_at(folder: Path, variant: Variant = "plus") -> ModelSet:
+    """The set laid out in `folder`, its arch read from what base/ holds."""
+    return ModelSet(_arch_of(Path(folder) / "base", None), Path(folder), variant)
+
+
+def find_model_set(weights_dir: Path, arch: Arch | None = None, variant: Variant = "plus") -> ModelSet | None:
+    """The first complete set under `weights_dir` (sdxl before sd15), or None.
+
+    `weights_dir` may also be a set folder itself (one holding base/ and ip_adapter/).
+    """
+    for candidate in _candidates(Path(weights_dir), arch, variant):
+        if not candidate.missing():
+            return candidate
+    return None
+
+
+def require_model_set(weights_dir: Path, arch: Arch | None = None, variant: Variant = "plus") -> ModelSet:
+    """Like find_model_set, but a missing or incomplete set is a WeightsError saying what is missing."""
+    found = find_model_set(weights_dir, arch, variant)
+    if found is not None:
+        return found
+    incomplete = [c for c in _candidates(Path(weights_dir), arch, variant) if c.folder.is_dir()]
+    how = "get one with `segswap weights download sdxl` (or sd15) and point --weights / SEGSWAP_WEIGHTS_DIR at it"
+    if not incomplete:
+        raise WeightsError(f"no model set in {weights_dir}: {how}")
+    first = incomplete[0]
+    missing = first.missing()
+    raise WeightsError(
+        f"model set {first.folder} is incomplete, missing {', '.join(missing[:4])}"
+        + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        + f": {how}"
+    )
+
+
+def _candidates(weights_dir: Path, arch: Arch | None, variant: Variant) -> list[ModelSet]:
+    archs = [arch] if arch else list(ARCHS)
+    if (weights_dir / "base").is_dir():
+        return [ModelSet(_arch_of(weights_dir / "base", arch), weights_dir, variant)]
+    return [ModelSet(a, weights_dir / a, variant) for a in archs]
+
+
+def _arch_of(base: Path, arch: Arch | None) -> Arch:
+    if arch:
+        return arch
+    return "sdxl" if (base / "text_encoder_2").exists() else "sd15"

@@ -1,0 +1,1 @@
+"""Who may call: API keys, endpoint permissions, rate limits, credits."""

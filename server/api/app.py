@@ -1,0 +1,76 @@
+"""Building the FastAPI app: settings, workers, routes, error handlers, access log and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from pipelines import Engine
+from server import __version__
+from server.access.credits import open_ledger
+from server.access.keys import KeyFile
+from server.access.ratelimit import RateLimiter
+from server.api.access_log import AccessMiddleware
+from server.api.errors import install_error_handlers
+from server.api.health import router as router_health
+from server.api.playground import mount_playground
+from server.api.v1 import router as router_v1
+from server.api.v2 import router as router_v2
+from server.jobs.dispatcher import JobRunner
+from server.jobs.store import open_job_store
+from server.serving.lifecycle import Lifecycle
+from server.serving.metrics import Metrics
+from server.serving.work_queue import WorkQueue
+from server.serving.workers import EngineFactory, load_configured_engine, same_engine, start_workers, visible_devices
+from server.settings import Settings
+
+
+def create_app(
+    settings: Settings | None = None, engine: Engine | None = None, engine_factory: EngineFactory | None = None
+) -> FastAPI:
+    """The app. `engine` (one worker) or `engine_factory` (one per device) override the configured engine."""
+    settings = settings or Settings()
+    if engine is not None:
+        engine_factory = same_engine(engine)
+    factory = engine_factory or (lambda device: load_configured_engine(settings, device))
+    metrics = Metrics()
+    work = WorkQueue(settings.max_queue, on_drop=metrics.dropped.inc, on_idle_gap=metrics.worker_idle_seconds.observe)
+    lifecycle = Lifecycle()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        devices = settings.devices or visible_devices()
+        starting = asyncio.create_task(asyncio.to_thread(start_workers, work, lifecycle, factory, devices))
+        jobs = JobRunner(open_job_store(settings), work, lifecycle, settings, metrics)
+        app.state.jobs = jobs
+        background = [asyncio.create_task(jobs.run()), asyncio.create_task(jobs.purge_forever())]
+        try:
+            yield
+        finally:
+            for task in background:
+                task.cancel()
+            await starting
+            await asyncio.to_thread(work.stop)
+            await asyncio.to_thread(jobs.store.close)
+
+    app = FastAPI(
+        title="segswap",
+        version=__version__,
+        description="Self-hosted SegSwap v0.1: swap an object or pattern into the masked region of a photo.",
+        lifespan=lifespan,
+    )
+    app.state.settings, app.state.work, app.state.lifecycle, app.state.metrics = settings, work, lifecycle, metrics
+    app.state.key_file = KeyFile(settings.keys_file) if settings.keys_file else None
+    app.state.credits = open_ledger(settings) if settings.keys_file else None
+    app.state.limiter = RateLimiter()
+    metrics.watch_queue(lambda: work.depth, lambda: work.in_flight)
+    install_error_handlers(app)
+    app.include_router(router_v1)
+    app.include_router(router_health)
+    app.include_router(router_v2)
+    mount_playground(app)
+    app.add_middleware(AccessMiddleware, metrics=metrics)
+    return app

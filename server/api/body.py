@@ -1,0 +1,89 @@
+"""Reading the request body: size cap, content type, JSON or multipart, then the contract."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from fastapi import Request
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from pipelines import IMAGE_FIELDS
+from server.api.contract import SwapRequest, describe_validation_error
+from server.errors import BadRequest, NotAcceptable, TooLarge
+
+UPLOADED = "(uploaded file)"
+
+
+@dataclass
+class ParsedBody:
+    request: SwapRequest
+    uploads: dict[str, bytes] = field(default_factory=dict)
+    """Image fields sent as multipart files; their value in `request` is a placeholder."""
+
+    def image_sources(self) -> dict[str, str | bytes]:
+        """Each image field as sent: an uploaded file's bytes, else the URL or base64 text."""
+        return {name: self.uploads.get(name, getattr(self.request, name)) for name in IMAGE_FIELDS}
+
+
+async def read_swap_body(request: Request, max_bytes: int, model: type[SwapRequest] = SwapRequest) -> ParsedBody:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in ("application/json", "multipart/form-data"):
+        raise NotAcceptable("send the body as application/json or multipart/form-data")
+    body = await _read_capped(request, max_bytes)
+    if content_type == "application/json":
+        return ParsedBody(_validate(model, _parse_json(body), strict=True))
+    return await _parse_multipart(request, body, max_bytes, model)
+
+
+async def _read_capped(request: Request, max_bytes: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise TooLarge(f"the request body is larger than {max_bytes} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise TooLarge(f"the request body is larger than {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_json(body: bytes) -> dict:
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the JSON body must be an object with the request fields")
+    return data
+
+
+async def _parse_multipart(request: Request, body: bytes, max_bytes: int, model: type[SwapRequest]) -> ParsedBody:
+    async def replay() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=len(IMAGE_FIELDS), max_part_size=max_bytes)
+    except MultiPartException as exc:
+        raise BadRequest(f"the multipart body cannot be read: {exc.message}") from None
+    data: dict[str, str] = {}
+    uploads: dict[str, bytes] = {}
+    for name, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if name not in IMAGE_FIELDS:
+                raise BadRequest(f"field '{name}': only image fields can be uploaded files")
+            uploads[name] = await value.read()
+            data[name] = UPLOADED
+        else:
+            data[name] = value
+    return ParsedBody(_validate(model, data, strict=False), uploads)
+
+
+def _validate(model: type[SwapRequest], data: dict, *, strict: bool) -> SwapRequest:
+    try:
+        return model.model_validate(data, strict=strict)
+    except ValidationError as exc:
+        raise BadRequest(describe_validation_error(exc)) from None

@@ -1,0 +1,128 @@
+"""The /v1/seg-swap contract: the request body with its types, defaults and ranges.
+
+Field names, defaults and ranges are those of the hosted SegSwap v0.1 API;
+`negative_prompt` and `guidance_scale` are our documented extensions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipelines.job import MAX_SEED
+
+IMAGE_DESCRIPTION = "an http(s) URL, raw base64, or a data:image/...;base64, URI (PNG, JPEG or WEBP)"
+
+
+class SwapRequest(BaseModel):
+    """Body of POST /v1/seg-swap."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    main_image: str = Field(min_length=1, description=f"The scene: {IMAGE_DESCRIPTION}.")
+    mask_image: str = Field(
+        min_length=1,
+        description=f"The region to replace, white (or opaque alpha) on black: {IMAGE_DESCRIPTION}. "
+        "Resized to the main image (nearest-neighbour) when sizes differ.",
+    )
+    object_image: str = Field(min_length=1, description=f"The object or pattern to put there: {IMAGE_DESCRIPTION}.")
+    prompt: str = Field("", max_length=4000, description="Text describing the scene or the object.")
+    negative_prompt: str = Field(
+        "", max_length=4000, description="Extension: what the result should not show (diffusion engine)."
+    )
+    steps: int = Field(30, ge=10, le=100, description="Number of denoising steps.")
+    seed: int = Field(
+        42, ge=-1, le=MAX_SEED, description="Random seed for reproducibility; -1 picks one (returned in x-seed-value)."
+    )
+    growmask: int = Field(
+        5, ge=0, le=20, description="Grow the mask by this many pixels (disk dilation, main-image pixels)."
+    )
+    fashion_strength: float = Field(
+        1.0, ge=0, le=1, description="How much of the object's pattern, texture and colour is kept."
+    )
+    subject_strength: float = Field(1.0, ge=0, le=1, description="How much of the object's shape and identity is kept.")
+    horizontal_repeat: int = Field(
+        1, ge=1, le=10, description="Tile the object image this many times across (patterns)."
+    )
+    vertical_repeat: int = Field(1, ge=1, le=10, description="Tile the object image this many times down (patterns).")
+    guidance_scale: float = Field(
+        7.5, ge=0, le=30, description="Extension: classifier-free guidance scale (diffusion engine)."
+    )
+    image_format: Literal["png", "jpeg", "webp"] = Field("png", description="Output image format.")
+    image_quality: int = Field(95, ge=10, le=100, description="Output quality for jpeg and webp.")
+    base64: bool = Field(False, description="false: the raw image bytes; true: JSON with the image as base64.")
+
+
+class AsyncSwapRequest(SwapRequest):
+    """Body of POST /v2/seg-swap: the v1 body, plus where to send the outcome."""
+
+    webhook_url: str | None = Field(
+        None,
+        max_length=2000,
+        description="Extension: a public http(s) URL that receives the status body (POST, JSON) when the job completes "
+        "or fails, signed in x-segswap-signature as sha256=HMAC-SHA256(key=sha256_hex(your API key), body).",
+    )
+
+
+class SubmitResponse(BaseModel):
+    request_id: str
+    status: str
+    status_url: str
+    response_url: str
+
+
+class JobMetrics(BaseModel):
+    queue_time: float
+    inference_time: float
+    total_time: float
+
+
+class JobStatus(BaseModel):
+    request_id: str
+    status: Literal["QUEUED", "PROCESSING", "COMPLETED", "FAILED", "CANCELLED"]
+    metrics: JobMetrics
+    error: str | None = None
+
+
+class JobResult(JobStatus):
+    output: str | None = Field(None, description="URL of the image on this server (COMPLETED jobs).")
+    image: str | None = Field(None, description="The image as base64, when the request asked for base64.")
+    seed: int | None = None
+
+
+class SwapResponse(BaseModel):
+    """Body of a 200 answer when the request asked for `base64: true`."""
+
+    image: str = Field(description="The output image, base64-encoded.")
+    image_format: str
+    seed: int = Field(description="The seed used.")
+    generation_time: float = Field(description="Seconds spent producing the image.")
+    engine: str = Field(description="The engine that made the image (composite, diffusion/sdxl, diffusion/sd15).")
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="One sentence saying what is wrong.")
+
+
+def json_field_label(name: str) -> str:
+    return f"field '{name}'"
+
+
+def describe_validation_error(exc: ValidationError, label: Callable[[str], str] = json_field_label) -> str:
+    """The first problem of a pydantic error, as one sentence that names the field and the rule."""
+    err = exc.errors(include_url=False)[0]
+    field = label(".".join(str(part) for part in err["loc"]) or "body")
+    if err["type"] == "extra_forbidden":
+        return f"unknown {field}"
+    if err["type"] == "missing":
+        return f"{field} is required"
+    rule = err["msg"][0].lower() + err["msg"][1:]
+    given = err.get("input")
+    shown = (
+        f" (got {given!r})"
+        if isinstance(given, (int, float, bool, type(None))) or (isinstance(given, str) and len(given) <= 40)
+        else ""
+    )
+    return f"{field}: {rule}{shown}"

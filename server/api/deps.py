@@ -1,0 +1,57 @@
+"""What routes receive: the app's shared objects and the authenticated caller, as `Annotated` dependencies."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from server.access.auth import QUERY_KEY_NAMES, Presented, authenticate
+from server.access.keys import Caller
+from server.jobs.dispatcher import JobRunner
+from server.serving.lifecycle import Lifecycle
+from server.serving.metrics import Metrics
+from server.serving.work_queue import WorkQueue
+from server.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_work(request: Request) -> WorkQueue:
+    return request.app.state.work
+
+
+def get_lifecycle(request: Request) -> Lifecycle:
+    return request.app.state.lifecycle
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def get_jobs(request: Request) -> JobRunner:
+    return request.app.state.jobs
+
+
+def require_api_key(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> Caller:
+    state = request.app.state
+    server = request.scope.get("server")
+    presented = Presented(
+        key=request.headers.get("x-api-key"),
+        path=request.url.path,
+        server_host=str(server[0]) if server else None,
+        key_in_query=any(name in request.query_params for name in QUERY_KEY_NAMES),
+    )
+    caller = authenticate(presented, settings, state.key_file, state.limiter)
+    request.state.log["key_id"] = caller.key_id
+    return caller
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+CallerDep = Annotated[Caller, Depends(require_api_key)]
+WorkDep = Annotated[WorkQueue, Depends(get_work)]
+LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+JobsDep = Annotated[JobRunner, Depends(get_jobs)]

@@ -1,0 +1,96 @@
+"""HTTP errors: the service's and the engine's errors mapped to status codes here only, in one JSON shape."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+from pipelines.errors import EngineUnavailable, InvalidInput, SegswapError
+from server.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    InternalError,
+    NotAcceptable,
+    NotFound,
+    ServiceError,
+    TimedOut,
+    TooLarge,
+    TooManyRequests,
+    Unauthorized,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+
+STATUS: dict[type[ServiceError], int] = {
+    BadRequest: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    NotAcceptable: 406,
+    Conflict: 409,
+    TooLarge: 413,
+    TooManyRequests: 429,
+    InternalError: 500,
+    Unavailable: 503,
+    TimedOut: 504,
+}
+
+
+def http_status(exc: ServiceError) -> int:
+    return next((status for kind, status in STATUS.items() if isinstance(exc, kind)), 500)
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def service_error_from_engine(exc: SegswapError) -> ServiceError:
+    if isinstance(exc, InvalidInput):
+        return BadRequest(exc.describe(f"field '{exc.field}'"))
+    if isinstance(exc, EngineUnavailable):
+        return Unavailable(str(exc))
+    return InternalError("the engine failed on this request")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves on this path (Starlette's own Allow names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if route.matches(request.scope)[0] != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(http_status(exc), exc.message, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        messages = {
+            404: f"no route {request.url.path}",
+            405: f"method {request.method} not allowed on {request.url.path}",
+        }
+        message = messages.get(exc.status_code, str(exc.detail))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {"Allow": ", ".join(_allowed_methods(request))}
+        return error_response(exc.status_code, message, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(400, "invalid request: " + "; ".join(e.get("msg", "") for e in exc.errors()))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return error_response(500, "internal error; the request id in x-request-id is in the server log")

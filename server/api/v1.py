@@ -1,0 +1,140 @@
+"""POST /v1/seg-swap, the synchronous contract. Thin: read, resolve, queue, encode; the rooms it calls do the work."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from pipelines import SegswapError, SwapJob, build_job
+from server.access.credits import CreditLedger
+from server.access.keys import Caller
+from server.api.body import read_swap_body
+from server.api.contract import SwapResponse
+from server.api.deps import CallerDep, LifecycleDep, MetricsDep, SettingsDep, WorkDep
+from server.api.errors import service_error_from_engine
+from server.api.openapi_docs import swap_request_body, swap_responses
+from server.errors import NotAcceptable, TimedOut
+from server.inputs.encode import MEDIA_TYPES, encode_image
+from server.inputs.resolve import resolve_images
+from server.serving.admission import queue_full_error, refuse_if_unavailable
+from server.serving.metrics import Metrics
+from server.serving.work_queue import Dropped, Outcome, QueueFull, Ticket, WorkQueue
+
+router = APIRouter()
+DISCONNECT_POLL_S = 0.2
+
+
+@router.post(
+    "/v1/seg-swap",
+    summary="Swap an object into the masked region of an image",
+    response_class=Response,
+    responses=swap_responses(),
+    openapi_extra=swap_request_body(),
+)
+async def seg_swap(
+    request: Request,
+    caller: CallerDep,
+    settings: SettingsDep,
+    work: WorkDep,
+    lifecycle: LifecycleDep,
+    metrics: MetricsDep,
+) -> Response:
+    deadline = time.monotonic() + settings.request_timeout_s
+    refuse_if_unavailable(lifecycle, work)
+    timings = request.state.log
+    start = time.perf_counter()
+    parsed = await read_swap_body(request, settings.max_body_bytes)
+    images = await resolve_images(parsed.image_sources(), settings)
+    job = build_job(parsed.request.model_dump(), images)
+    timings["inputs_s"] = _observe(metrics, "inputs", start)
+
+    async with paid(request, caller, settings.credit_cost):
+        outcome = await run_job(request, work, job, deadline, settings.request_timeout_s)
+    metrics.queue_wait_seconds.observe(outcome.queue_s)
+    metrics.stage_seconds.labels("engine").observe(outcome.engine_s)
+    metrics.images.labels(outcome.engine).inc()
+    timings.update(
+        queue_s=round(outcome.queue_s, 4), engine_s=round(outcome.engine_s, 4), engine=outcome.engine, seed=job.seed
+    )
+
+    body = parsed.request
+    start = time.perf_counter()
+    data = await asyncio.to_thread(encode_image, outcome.image, body.image_format, body.image_quality)
+    timings["encode_s"] = _observe(metrics, "encode", start)
+    return swap_response(data, body, job.seed, outcome)
+
+
+@asynccontextmanager
+async def paid(request: Request, caller: Caller, cost: int) -> AsyncIterator[None]:
+    """Reserve the image's cost for keys with a balance (406 if it is not covered); refund it on failure."""
+    ledger: CreditLedger | None = request.app.state.credits
+    balance = None if ledger is None or not cost else await asyncio.to_thread(ledger.balance, caller.key_id)
+    if balance is None:
+        yield
+        return
+    left = await asyncio.to_thread(ledger.reserve, caller.key_id, cost)
+    if left is None:
+        request.state.remaining_credits = balance
+        raise NotAcceptable(f"insufficient credits: this key has {balance}, an image costs {cost}")
+    request.state.remaining_credits = left
+    try:
+        yield
+    except BaseException:
+        request.state.remaining_credits = await asyncio.to_thread(ledger.refund, caller.key_id, cost)
+        raise
+
+
+async def run_job(request: Request, work: WorkQueue, job: SwapJob, deadline: float, timeout_s: float) -> Outcome:
+    """Queue the job and wait for it; 504 past the deadline, the job dropped if it has not started."""
+    try:
+        ticket = work.submit(job, deadline)
+    except QueueFull as full:
+        raise queue_full_error(full) from None
+    watcher = asyncio.create_task(_drop_on_disconnect(request, work, ticket))
+    try:
+        return await asyncio.wait_for(asyncio.shield(ticket.future), timeout=max(0.0, deadline - time.monotonic()))
+    except (TimeoutError, Dropped):
+        work.cancel(ticket, "deadline passed")
+        raise TimedOut(f"the request did not finish within {timeout_s:g} s") from None
+    except SegswapError as exc:
+        raise service_error_from_engine(exc) from None
+    finally:
+        watcher.cancel()
+
+
+async def _drop_on_disconnect(request: Request, work: WorkQueue, ticket: Ticket) -> None:
+    while not ticket.future.done():
+        if await request.is_disconnected():
+            work.cancel(ticket, "client disconnected")
+            return
+        await asyncio.sleep(DISCONNECT_POLL_S)
+
+
+def swap_response(data: bytes, body, seed: int, outcome: Outcome) -> Response:
+    headers = {
+        "x-seed-value": str(seed),
+        "x-generation-time": f"{outcome.engine_s:.3f}",
+        "x-segswap-engine": outcome.engine,
+    }
+    if body.base64:
+        payload = SwapResponse(
+            image=base64.b64encode(data).decode("ascii"),
+            image_format=body.image_format,
+            seed=seed,
+            generation_time=round(outcome.engine_s, 3),
+            engine=outcome.engine,
+        )
+        return JSONResponse(payload.model_dump(), headers=headers)
+    return Response(data, media_type=MEDIA_TYPES[body.image_format], headers=headers)
+
+
+def _observe(metrics: Metrics, stage: str, start: float) -> float:
+    seconds = time.perf_counter() - start
+    metrics.stage_seconds.labels(stage).observe(seconds)
+    return round(seconds, 4)

@@ -1,0 +1,175 @@
+"""The asynchronous path (v2): submit, poll, fetch, cancel. Validation is v1's, at submit."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+
+from pipelines import IMAGE_FIELDS, resolve_seed
+from server.access.keys import Caller
+from server.api.body import ParsedBody, read_swap_body
+from server.api.contract import AsyncSwapRequest, ErrorResponse, JobResult, JobStatus, SubmitResponse
+from server.api.deps import CallerDep, JobsDep, LifecycleDep, SettingsDep
+from server.api.openapi_docs import swap_request_body
+from server.errors import Conflict, NotFound, TooManyRequests
+from server.inputs.fetch import check_url
+from server.inputs.resolve import resolve_images
+from server.inputs.ssrf import AllowList
+from server.jobs.dispatcher import media_type, status_body
+from server.jobs.store import DuplicateSubmit, JobRecord, JobStore
+from server.serving.admission import refuse_if_unavailable
+from server.settings import Settings
+
+router = APIRouter(prefix="/v2")
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 406, 409, 413, 429, 503)}
+
+
+@router.post(
+    "/seg-swap",
+    summary="Submit a swap; answers at once with where to poll",
+    response_model=SubmitResponse,
+    responses=ERRORS,
+    openapi_extra=swap_request_body(AsyncSwapRequest),
+)
+async def submit(
+    request: Request,
+    caller: CallerDep,
+    settings: SettingsDep,
+    lifecycle: LifecycleDep,
+    jobs: JobsDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JSONResponse:
+    refuse_if_unavailable(lifecycle, jobs.work, check_queue=False)
+    if await asyncio.to_thread(jobs.store.count_pending) >= settings.max_pending_jobs:
+        raise TooManyRequests(
+            f"too many jobs pending ({settings.max_pending_jobs}); retry later", {"Retry-After": "30"}
+        )
+    parsed = await read_swap_body(request, settings.max_body_bytes, AsyncSwapRequest)
+    body: AsyncSwapRequest = parsed.request  # type: ignore[assignment]
+    if body.webhook_url:
+        await check_url(body.webhook_url, "webhook_url", AllowList(settings.fetch_allow))
+    fingerprint = _fingerprint(parsed)
+    if idempotency_key:
+        existing = await asyncio.to_thread(jobs.store.find_idempotent, caller.key_id, idempotency_key)
+        if existing is not None:
+            return _replay(request, existing, fingerprint, settings)
+    images = await resolve_images(parsed.image_sources(), settings)
+    params = _params(body, caller)
+    try:
+        record = await asyncio.to_thread(
+            jobs.store.create,
+            caller.key_id,
+            params,
+            images,
+            settings.job_retention_s,
+            idempotency_key,
+            fingerprint,
+            body.webhook_url,
+        )
+    except DuplicateSubmit as duplicate:  # a concurrent submit with the same key won the race
+        return _replay(request, duplicate.existing, fingerprint, settings)
+    request.state.log["job_id"] = record.id
+    jobs.wake()
+    return JSONResponse(_submitted(request, record, settings).model_dump(), status_code=200)
+
+
+@router.get(
+    "/requests/{request_id}/status",
+    summary="A job's status and timings",
+    response_model=JobStatus,
+    responses={**ERRORS, 422: {"model": JobStatus}},
+)
+async def job_status(request_id: str, caller: CallerDep, jobs: JobsDep) -> JSONResponse:
+    record = await _owned(jobs.store, request_id, caller)
+    return JSONResponse(status_body(record), status_code=422 if record.status == "FAILED" else 200)
+
+
+@router.get(
+    "/requests/{request_id}",
+    summary="A job's full result",
+    response_model=JobResult,
+    responses={**ERRORS, 422: {"model": JobResult}},
+)
+async def job_result(
+    request: Request, request_id: str, caller: CallerDep, jobs: JobsDep, settings: SettingsDep
+) -> JSONResponse:
+    record = await _owned(jobs.store, request_id, caller)
+    result = status_body(record)
+    if record.status == "COMPLETED":
+        result["output"] = _absolute(request, settings, f"/v2/requests/{record.id}/output")
+        result["seed"] = record.params["seed"]
+        if record.params.get("base64"):
+            data = await asyncio.to_thread(jobs.store.result_path(record).read_bytes)
+            result["image"] = base64.b64encode(data).decode("ascii")
+    return JSONResponse(result, status_code=422 if record.status == "FAILED" else 200)
+
+
+@router.get(
+    "/requests/{request_id}/output",
+    summary="The image of a completed job",
+    response_class=Response,
+    responses={**ERRORS, 200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
+)
+async def job_output(request_id: str, caller: CallerDep, jobs: JobsDep) -> Response:
+    record = await _owned(jobs.store, request_id, caller)
+    if record.status != "COMPLETED":
+        raise NotFound(f"request {request_id} has no output (status {record.status})")
+    return FileResponse(jobs.store.result_path(record), media_type=media_type(record))
+
+
+@router.delete(
+    "/requests/{request_id}", summary="Cancel a job that has not started", response_model=JobStatus, responses=ERRORS
+)
+async def cancel(request_id: str, caller: CallerDep, jobs: JobsDep) -> JSONResponse:
+    record = await _owned(jobs.store, request_id, caller)
+    if not await asyncio.to_thread(jobs.cancel, record.id):
+        raise Conflict(f"request {request_id} cannot be cancelled: it is {record.status}")
+    return JSONResponse(status_body(await asyncio.to_thread(jobs.store.get, record.id)))
+
+
+async def _owned(store: JobStore, request_id: str, caller: Caller) -> JobRecord:
+    """The job if it exists, has not expired and belongs to the caller; else 404 (never 403: ids are not disclosed)."""
+    record = await asyncio.to_thread(store.get, request_id)
+    if record is None or record.key_id != caller.key_id or record.expires_at < time.time():
+        raise NotFound(f"no request {request_id}")
+    return record
+
+
+def _params(body: AsyncSwapRequest, caller: Caller) -> dict:
+    params = body.model_dump(exclude={*IMAGE_FIELDS, "webhook_url"})
+    params["seed"] = resolve_seed(body.seed)
+    params["_webhook_secret"] = caller.key_sha256
+    return params
+
+
+def _fingerprint(parsed: ParsedBody) -> str:
+    digest = hashlib.sha256(parsed.request.model_dump_json().encode())
+    for name in sorted(parsed.uploads):
+        digest.update(name.encode() + hashlib.sha256(parsed.uploads[name]).digest())
+    return digest.hexdigest()
+
+
+def _replay(request: Request, existing: JobRecord, fingerprint: str, settings: Settings) -> JSONResponse:
+    if existing.body_hash != fingerprint:
+        raise Conflict("this Idempotency-Key was already used with a different body")
+    return JSONResponse(_submitted(request, existing, settings).model_dump(), headers={"idempotent-replayed": "true"})
+
+
+def _submitted(request: Request, record: JobRecord, settings: Settings) -> SubmitResponse:
+    return SubmitResponse(
+        request_id=record.id,
+        status=record.status,
+        status_url=_absolute(request, settings, f"/v2/requests/{record.id}/status"),
+        response_url=_absolute(request, settings, f"/v2/requests/{record.id}"),
+    )
+
+
+def _absolute(request: Request, settings: Settings, path: str) -> str:
+    base = settings.public_base_url or str(request.base_url)
+    return base.rstrip("/") + path

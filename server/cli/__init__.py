@@ -1,0 +1,1 @@
+"""The `segswap` command, one module per command group."""

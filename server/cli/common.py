@@ -1,0 +1,52 @@
+"""What the commands share: the CLI's error, the engine flags and settings built from them."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from pipelines import IMAGE_FIELDS
+from server.settings import Settings
+
+
+class CliError(Exception):
+    """A one-line message for the user; the CLI exits with status 2."""
+
+
+def add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", choices=["auto", "composite", "diffusion"], help="engine (default: auto)")
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        help="folder holding model sets (default: SEGSWAP_WEIGHTS_DIR, else weights/ in the data directory)",
+    )
+    parser.add_argument("--model-set", choices=["sdxl", "sd15"], help="model set to load (default: sdxl, else sd15)")
+    parser.add_argument("--ip-adapter", choices=["plus", "plain"], help="IP-Adapter variant (default: plus)")
+    parser.add_argument("--device", help="torch device: auto, cuda, cuda:1, mps, cpu (default: auto)")
+    parser.add_argument(
+        "--dtype", choices=["auto", "float32", "float16", "bfloat16"], help="model dtype (default: auto)"
+    )
+
+
+def settings_from(args: argparse.Namespace, **extra: object) -> Settings:
+    """The settings (environment, then these flags); a bad value is a CliError."""
+    overrides = {
+        "engine": args.engine,
+        "weights_dir": args.weights,
+        "model_set": args.model_set,
+        "ip_adapter": args.ip_adapter,
+        "device": args.device,
+        "dtype": args.dtype,
+        **extra,
+    }
+    try:
+        return Settings(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as exc:
+        raise CliError(exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")) from None
+
+
+def flag(field: str) -> str:
+    """The CLI's name for a contract field."""
+    return "--" + (field.removesuffix("_image") if field in IMAGE_FIELDS else field.replace("_", "-"))

@@ -1,0 +1,86 @@
+"""`segswap keys add|list|revoke|credit`: the key file (hashes only) and credit balances."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from server.access.credits import CreditLedger, open_ledger
+from server.access.keys import add_key, read_key_file, revoke_key
+from server.settings import Settings
+
+
+def add_keys_commands(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--keys-file", type=Path, help="key file (default: SEGSWAP_KEYS_FILE, else keys.toml in the data directory)"
+    )
+    commands = parser.add_subparsers(dest="keys_command", required=True)
+    add = commands.add_parser("add", help="create a key; prints it once")
+    add.add_argument("id", help="a name for the key (shown in logs and metrics)")
+    add.add_argument("--rate", type=int, help="requests per minute allowed (default: unlimited)")
+    add.add_argument("--credits", type=int, help="starting credit balance (default: not metered)")
+    add.add_argument(
+        "--endpoint", action="append", default=[], help="allowed path, e.g. /v1/seg-swap (repeatable; default: all)"
+    )
+    add.set_defaults(handler=run_add)
+    commands.add_parser("list", help="list keys (ids, limits, balances; never the keys)").set_defaults(handler=run_list)
+    revoke = commands.add_parser("revoke", help="revoke a key (takes effect without restart)")
+    revoke.add_argument("id")
+    revoke.set_defaults(handler=run_revoke)
+    credit = commands.add_parser("credit", help="set a key's credit balance")
+    credit.add_argument("id")
+    credit.add_argument("balance", type=int)
+    credit.set_defaults(handler=run_credit)
+
+
+def _keys_file(args: argparse.Namespace) -> Path:
+    settings = Settings()
+    return args.keys_file or settings.keys_file or settings.default_keys_file
+
+
+def _ledger() -> CreditLedger:
+    return open_ledger(Settings())  # SEGSWAP_DATABASE_URL: the replicas' shared ledger
+
+
+def run_add(args: argparse.Namespace) -> int:
+    path = _keys_file(args)
+    try:
+        secret = add_key(path, args.id, args.rate, tuple(args.endpoint))
+    except ValueError as exc:
+        raise SystemExit(f"segswap: error: {exc}") from None
+    if args.credits is not None:
+        _ledger().set_balance(args.id, args.credits)
+    print(secret)
+    print(
+        f"key '{args.id}' added to {path}; it is shown only now. Serve with SEGSWAP_KEYS_FILE={path}", file=sys.stderr
+    )
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    ledger = _ledger()
+    for record in read_key_file(_keys_file(args)).values():
+        balance = ledger.balance(record.id)
+        print(
+            f"{record.id:20} {'REVOKED' if record.revoked else 'active':8} "
+            f"rate={record.rate_per_minute or '-'}/min credits={'-' if balance is None else balance} "
+            f"endpoints={','.join(record.endpoints) or 'all'} created={record.created}"
+        )
+    return 0
+
+
+def run_revoke(args: argparse.Namespace) -> int:
+    try:
+        revoke_key(_keys_file(args), args.id)
+    except ValueError as exc:
+        raise SystemExit(f"segswap: error: {exc}") from None
+    print(f"key '{args.id}' revoked", file=sys.stderr)
+    return 0
+
+
+def run_credit(args: argparse.Namespace) -> int:
+    if args.id not in read_key_file(_keys_file(args)):
+        raise SystemExit(f"segswap: error: no key with id '{args.id}'")
+    _ledger().set_balance(args.id, args.balance)
+    return 0

@@ -1,0 +1,50 @@
+"""The `segswap` command: serve the API, run one swap offline, manage weights and keys, benchmark.
+
+segswap serve [--host H] [--port P] [--engine auto|composite|diffusion] [--weights DIR]
+segswap swap --main A --mask B --object C [contract fields as flags] -o OUT
+segswap weights list | download SET | verify SET | make-tiny --out DIR
+segswap keys add ID [--rate N] [--credits N] [--endpoint PATH] | list | revoke ID | credit ID N
+segswap bench [--tiny] [--arch sdxl|sd15] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from pipelines import InvalidInput, SegswapError
+from server.cli.bench import add_bench_command
+from server.cli.common import CliError, flag
+from server.cli.keys import add_keys_commands
+from server.cli.serve import add_serve_command
+from server.cli.swap import add_swap_command
+from server.cli.weights import add_weights_commands
+from server.errors import ServiceError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except InvalidInput as exc:
+        print(f"segswap: error: {exc.describe(flag(exc.field) if exc.field else None)}", file=sys.stderr)
+        return 2
+    except (CliError, ServiceError, SegswapError) as exc:
+        print(f"segswap: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segswap", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_serve_command(commands)
+    add_swap_command(commands)
+    add_weights_commands(commands.add_parser("weights", help="list, download, verify or make model sets"))
+    add_keys_commands(commands.add_parser("keys", help="add, list, revoke API keys; set credit balances"))
+    add_bench_command(commands)
+    return parser

@@ -1,0 +1,114 @@
+"""`segswap swap`: one swap offline, the contract's fields as flags, the image written to a file."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import sys
+import time
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from pipelines import IMAGE_FIELDS, build_job
+from server.api.contract import SwapRequest, describe_validation_error
+from server.cli.common import CliError, add_engine_flags, flag, settings_from
+from server.inputs.decode import decode_image, is_url
+from server.inputs.encode import encode_image
+from server.inputs.fetch import fetch_url
+from server.serving.workers import load_configured_engine
+from server.settings import Settings
+
+FORMAT_BY_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+
+
+def add_swap_command(subparsers) -> None:
+    parser = subparsers.add_parser("swap", help="run one swap offline and write the image")
+    fields = SwapRequest.model_fields
+    for name in IMAGE_FIELDS:
+        parser.add_argument(
+            flag(name), dest=name, required=True, help=f"{fields[name].description.split(':')[0]}: a path or URL"
+        )
+    for name, field in fields.items():
+        if name in IMAGE_FIELDS or name == "base64":
+            continue
+        kind = {int: int, float: float}.get(field.annotation, str)
+        parser.add_argument(flag(name), dest=name, type=kind, help=f"{field.description} (default {field.default})")
+    parser.add_argument("--base64", action="store_true", help="write the image as base64 text instead of bytes")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="where to write the result")
+    add_engine_flags(parser)
+    parser.set_defaults(handler=run_swap)
+
+
+def run_swap(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    request = _validated_request(args)
+    images = {
+        name: decode_image(_read_source(getattr(args, name), name, settings), name, settings.max_image_pixels)
+        for name in IMAGE_FIELDS
+    }
+    job = build_job(request.model_dump(), images)
+
+    engine = load_configured_engine(settings)
+    start = time.perf_counter()
+    with ProgressBar() as progress:
+        image = engine.swap(job, progress=progress)
+    seconds = time.perf_counter() - start
+    data = encode_image(image, request.image_format, request.image_quality)
+    args.output.write_bytes(base64.b64encode(data) if args.base64 else data)
+    print(
+        f"wrote {args.output} ({image.width}x{image.height} {request.image_format}, engine {engine.name}, "
+        f"seed {job.seed}, {seconds:.2f} s)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _validated_request(args: argparse.Namespace) -> SwapRequest:
+    values = {name: getattr(args, name) for name in SwapRequest.model_fields if getattr(args, name, None) is not None}
+    values["base64"] = args.base64
+    if "image_format" not in values:
+        values["image_format"] = FORMAT_BY_SUFFIX.get(args.output.suffix.lower(), "png")
+    try:
+        return SwapRequest.model_validate(values)
+    except ValidationError as exc:
+        raise CliError(describe_validation_error(exc, flag)) from None
+
+
+def _read_source(source: str, field: str, settings: Settings) -> bytes:
+    if is_url(source):
+        return asyncio.run(
+            fetch_url(
+                source,
+                field,
+                max_bytes=settings.fetch_max_bytes,
+                timeout_s=settings.fetch_timeout_s,
+                allow=settings.fetch_allow,
+            )
+        )
+    path = Path(source)
+    if not path.is_file():
+        raise CliError(f"{flag(field)}: no such file: {source}")
+    return path.read_bytes()
+
+
+class ProgressBar:
+    """A tqdm bar driven by the engine's progress(done, total) calls; silent for one-step engines."""
+
+    def __enter__(self):
+        self._bar = None
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if total <= 1:
+            return
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="step", file=sys.stderr)
+        self._bar.update(done - self._bar.n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()

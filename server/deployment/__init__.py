@@ -1,0 +1,1 @@
+"""Deployment past one machine: the Ray Serve application."""

@@ -1,0 +1,1 @@
+"""Images in and out: SSRF-safe URL fetching, decoding, encoding, resolving a request into a job."""

@@ -1,0 +1,76 @@
+"""Turning an image field (URL, base64, data URI, uploaded bytes) into a decoded PIL image."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipelines.imageops import high_depth_to_l, is_high_depth
+from server.errors import BadRequest, ServiceError, TooLarge
+
+ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP"}
+DATA_URI = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,", re.IGNORECASE)
+
+
+def is_url(value: str) -> bool:
+    return value[:8].lower().startswith(("http://", "https://"))
+
+
+def decode_base64_field(value: str, field: str) -> bytes:
+    """Raw base64 or a data:image/...;base64, URI -> bytes."""
+    payload = DATA_URI.sub("", value.strip(), count=1)
+    if payload.startswith("data:"):
+        raise BadRequest(f"field '{field}': only base64 data URIs of images are accepted")
+    payload = re.sub(r"\s+", "", payload)
+    try:
+        return base64.b64decode(payload + "=" * (-len(payload) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"field '{field}': not a URL and not valid base64") from None
+
+
+def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
+    """Bytes -> a loaded PIL image, EXIF orientation applied, first frame of an animation.
+
+    The pixel limit is checked on the header, before any pixel is decoded.
+    """
+    if not data:
+        raise BadRequest(f"field '{field}': the image is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            _check_header(image, field, max_pixels)
+            image.load()
+            return _normalise_mode(ImageOps.exif_transpose(image))
+    except ServiceError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise TooLarge(f"field '{field}': the image has more than {max_pixels} pixels") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise BadRequest(f"field '{field}': the data is not a readable PNG, JPEG or WEBP image") from None
+
+
+def _check_header(image: Image.Image, field: str, max_pixels: int) -> None:
+    if image.format not in ALLOWED_FORMATS:
+        raise BadRequest(f"field '{field}': {image.format or 'this'} images are not accepted; use PNG, JPEG or WEBP")
+    width, height = image.size
+    if width * height > max_pixels:
+        raise TooLarge(f"field '{field}': the image is {width}x{height}, more than {max_pixels} pixels")
+
+
+def _normalise_mode(image: Image.Image) -> Image.Image:
+    """Keep alpha where there is some (masks, cut-out objects); everything else becomes RGB or L."""
+    if image.mode in ("RGB", "RGBA", "L", "LA"):
+        return image
+    if image.mode == "P":
+        return image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if is_high_depth(image):
+        return high_depth_to_l(image)
+    if image.mode == "PA":
+        return image.convert("RGBA")
+    return image.convert("RGB")  # CMYK, YCbCr, LAB, 1

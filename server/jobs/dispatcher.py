@@ -1,0 +1,180 @@
+"""Running v2 jobs: from the durable store into the shared work queue, and their webhooks.
+
+The backlog lives in the store, not in memory: the dispatcher keeps only a few v2 jobs in
+the work queue at a time (enough to keep every worker busy), so a batch of thousands never
+fills the queue that v1 requests also wait in.
+
+Replicas sharing one store (PostgreSQL) may dispatch the same job: the store's `mark_started`,
+called by the worker just before the engine runs, lets only one of them run it; the others
+drop their copy. `recover` runs every few seconds, not only at start: it renews this
+replica's lease and takes back the jobs of replicas that are gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import time
+
+from pipelines import SegswapError, build_job
+from server.errors import ServiceError
+from server.inputs.encode import MEDIA_TYPES, encode_image
+from server.inputs.fetch import post_pinned
+from server.jobs.store import JobRecord, JobStore
+from server.serving.lifecycle import Lifecycle
+from server.serving.metrics import Metrics
+from server.serving.work_queue import Dropped, QueueFull, Ticket, WorkQueue
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+RECOVER_EVERY_S = 5.0  # well under the store's lease (LEASE_S), which this renews
+WEBHOOK_DELAYS_S = (1, 2, 4, 8, 16)  # waits between attempts: 6 attempts over about half a minute
+
+
+class JobRunner:
+    def __init__(self, store: JobStore, work: WorkQueue, lifecycle: Lifecycle, settings: Settings, metrics: Metrics):
+        self.store, self.work, self.lifecycle, self.settings, self.metrics = store, work, lifecycle, settings, metrics
+        self.tickets: dict[str, Ticket | None] = {}  # dispatched jobs (None: inputs still loading)
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        next_recovery = 0.0
+        while True:
+            try:
+                if time.monotonic() >= next_recovery:
+                    requeued, failed = await asyncio.to_thread(self.store.recover)
+                    next_recovery = time.monotonic() + RECOVER_EVERY_S
+                    if requeued or failed:
+                        log.info("job store recovered: %d interrupted job(s) queued again, %d failed", requeued, failed)
+                if self.lifecycle.ready and not self.lifecycle.draining:
+                    await self._dispatch()
+            except Exception:  # the database is out of reach for a while: keep trying, do not stop dispatching
+                log.exception("job store unavailable")
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+
+    async def purge_forever(self, every_s: float = 600.0) -> None:
+        while True:
+            try:
+                purged = await asyncio.to_thread(self.store.purge_expired)
+            except Exception:
+                log.exception("job store unavailable; purging later")
+                purged = 0
+            if purged:
+                log.info("purged %d expired job(s)", purged)
+            await asyncio.sleep(every_s)
+
+    async def _dispatch(self) -> None:
+        room = self.work.workers + 1 - len(self.tickets)
+        if room <= 0:
+            return
+        for record in await asyncio.to_thread(self.store.queued, set(self.tickets), room):
+            self.tickets[record.id] = None
+            self._spawn(self._execute(record))
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a job no worker has started; True if it is now CANCELLED."""
+        ticket = self.tickets.get(job_id)
+        if ticket is not None and not self.work.cancel(ticket, "cancelled by the client"):
+            return False
+        return self.store.cancel(job_id)
+
+    async def _execute(self, record: JobRecord) -> None:
+        try:
+            settled = await self._run_once(record)
+        finally:
+            self.tickets.pop(record.id, None)
+            self.wake()
+        if not settled:  # not run here (queue full, cancelled, or another replica started it): not ours to announce
+            return
+        final = await asyncio.to_thread(self.store.get, record.id)
+        if final and final.webhook_url and final.status in ("COMPLETED", "FAILED"):
+            self._spawn(self.deliver_webhook(final))
+
+    async def _run_once(self, record: JobRecord) -> bool:
+        """Run the job on this server; True if this call completed or failed it."""
+        try:
+            images = await asyncio.to_thread(self.store.load_inputs, record.id)
+        except OSError as exc:  # the job's files are gone or unreadable: fail it rather than retry forever
+            log.error("job %s: stored inputs unreadable: %s", record.id, exc)
+            await asyncio.to_thread(self.store.fail, record.id, "the job's stored inputs could not be read")
+            return True
+        params = record.params
+        job = build_job(params, images)
+        deadline = time.monotonic() + self.settings.job_timeout_s
+        try:
+            ticket = self.work.submit(job, deadline, on_start=lambda: self.store.mark_started(record.id))
+        except QueueFull:
+            return False  # stays QUEUED; dispatched again when there is room
+        self.tickets[record.id] = ticket
+        try:
+            outcome = await ticket.future
+        except Dropped as dropped:
+            if not dropped.expired:
+                return False  # cancelled
+            await asyncio.to_thread(
+                self.store.fail, record.id, f"the job did not run within {self.settings.job_timeout_s:g} s"
+            )
+            return True
+        except SegswapError as exc:
+            await asyncio.to_thread(self.store.fail, record.id, str(exc))
+            return True
+        except Exception:
+            log.exception("job %s failed", record.id)
+            await asyncio.to_thread(self.store.fail, record.id, "internal error while running the job")
+            return True
+        self.metrics.queue_wait_seconds.observe(outcome.queue_s)
+        self.metrics.stage_seconds.labels("engine").observe(outcome.engine_s)
+        self.metrics.images.labels(outcome.engine).inc()
+        data = await asyncio.to_thread(encode_image, outcome.image, params["image_format"], params["image_quality"])
+        await asyncio.to_thread(self.store.complete, record.id, data, params["image_format"], outcome.engine_s)
+        return True
+
+    async def deliver_webhook(self, record: JobRecord) -> bool:
+        """POST the status body to the job's webhook, signed, retried with backoff; never blocks a worker."""
+        body = json.dumps(status_body(record), separators=(",", ":")).encode()
+        signature = hmac.new(record.params["_webhook_secret"].encode(), body, hashlib.sha256).hexdigest()
+        headers = {
+            "content-type": "application/json",
+            "x-segswap-signature": f"sha256={signature}",
+            "x-segswap-request-id": record.id,
+        }
+        for attempt, delay in enumerate((0, *WEBHOOK_DELAYS_S)):
+            await asyncio.sleep(delay * self.settings.webhook_backoff_scale)
+            try:
+                status = await post_pinned(
+                    record.webhook_url, "webhook_url", body, headers, timeout_s=10.0, allow=self.settings.fetch_allow
+                )
+            except ServiceError as exc:
+                log.warning("webhook for job %s, attempt %d: %s", record.id, attempt + 1, exc.message)
+                continue
+            if 200 <= status < 300:
+                return True
+            log.warning("webhook for job %s, attempt %d: HTTP %d", record.id, attempt + 1, status)
+        return False
+
+
+def status_body(record: JobRecord) -> dict:
+    body = {"request_id": record.id, "status": record.status, "metrics": record.metrics}
+    if record.error:
+        body["error"] = record.error
+    return body
+
+
+def media_type(record: JobRecord) -> str:
+    return MEDIA_TYPES[record.params["image_format"]]

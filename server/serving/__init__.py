@@ -1,0 +1,1 @@
+"""Serving: the work queue and its workers, start-up and draining, metrics, JSON logs."""

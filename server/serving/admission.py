@@ -1,0 +1,28 @@
+"""Whether a request may come in now: refused while loading or draining, and when the queue is full."""
+
+from __future__ import annotations
+
+import time
+
+from server.errors import TooManyRequests, Unavailable
+from server.serving.lifecycle import Lifecycle
+from server.serving.work_queue import QueueFull, WorkQueue
+
+
+def refuse_if_unavailable(lifecycle: Lifecycle, work: WorkQueue, check_queue: bool = True) -> None:
+    """503 while loading or draining, 429 when the queue is full: before any input is fetched."""
+    reason = lifecycle.not_ready_reason()
+    if reason:
+        raise Unavailable(reason, {"Retry-After": "5"})
+    if not check_queue:
+        return
+    try:
+        work.check_capacity()
+    except QueueFull as full:
+        raise queue_full_error(full) from None
+
+
+def queue_full_error(full: QueueFull) -> TooManyRequests:
+    reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + full.retry_after_s))
+    headers = {"Retry-After": str(full.retry_after_s), "x-rate-limit-reset-at-utc": reset}
+    return TooManyRequests(f"the server is busy (queue full); retry in {full.retry_after_s} s", headers)

@@ -1,0 +1,252 @@
+"""The bounded FIFO queue between the HTTP side and the workers that own the devices.
+
+The event loop only enqueues tickets and awaits their futures; each worker is a thread
+with its own engine (one per GPU, or one on the CPU) taking tickets in arrival order.
+A ticket whose deadline has passed, or whose client has gone, is dropped when a worker
+reaches it: the engine never runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from pipelines import Engine, SwapJob
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class QueueFull(Exception):
+    def __init__(self, retry_after_s: int):
+        super().__init__(f"queue full, retry after {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+class Dropped(Exception):
+    """The ticket was dropped before any worker ran it: `expired` (its deadline passed) or cancelled."""
+
+    def __init__(self, reason: str, expired: bool = False):
+        super().__init__(reason)
+        self.expired = expired
+
+
+@dataclass
+class Outcome:
+    image: Image.Image
+    engine: str
+    queue_s: float
+    engine_s: float
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One queued job and the future its request awaits. State moves under `lock`:
+    queued -> running -> done, or queued -> dropped."""
+
+    job: SwapJob
+    deadline: float  # time.monotonic()
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    enqueued_at: float = field(default_factory=time.monotonic)
+    state: str = "queued"
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    # Called on the worker thread just before the engine runs; returning False cancels the job instead.
+    on_start: Callable[[], bool] | None = None
+
+    def settle(self, result: Outcome | None = None, exception: BaseException | None = None) -> None:
+        """Resolve the future from any thread."""
+
+        def settle_on_loop() -> None:
+            if self.future.done():
+                return
+            if exception is not None:
+                self.future.set_exception(exception)
+            else:
+                self.future.set_result(result)
+
+        try:
+            self.loop.call_soon_threadsafe(settle_on_loop)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is waiting any more
+
+
+class WorkQueue:
+    """A bounded FIFO of tickets served by one worker thread per engine."""
+
+    def __init__(
+        self,
+        max_queue: int,
+        on_drop: Callable[[], None] | None = None,
+        on_idle_gap: Callable[[float], None] | None = None,
+    ):
+        self.max_queue = max_queue
+        self._tickets: queue.Queue = queue.Queue()
+        self._queued = 0
+        self._running = 0
+        self._count_lock = threading.Lock()
+        self._service_times: deque[float] = deque(maxlen=20)
+        self._workers: list[threading.Thread] = []
+        self._idle = threading.Condition(self._count_lock)
+        self._on_drop = on_drop or (lambda: None)  # a job dropped unrun (cancelled, deadline, disconnect)
+        # Seconds a worker spent between finishing a job and starting the next one that was
+        # already waiting: the device's idle time between back-to-back requests.
+        self._on_idle_gap = on_idle_gap or (lambda seconds: None)
+
+    # -- the event loop's side --------------------------------------------------------
+
+    def submit(self, job: SwapJob, deadline: float, on_start: Callable[[], bool] | None = None) -> Ticket:
+        """Enqueue `job`, or raise QueueFull at once."""
+        loop = asyncio.get_running_loop()
+        ticket = Ticket(job, deadline, loop.create_future(), loop, on_start=on_start)
+        with self._count_lock:
+            if self._queued >= self.max_queue:
+                raise QueueFull(self._retry_after_locked())
+            self._queued += 1
+        self._tickets.put(ticket)
+        return ticket
+
+    def cancel(self, ticket: Ticket, reason: str) -> bool:
+        """Drop `ticket` if no worker has started it (it frees its queue slot at once); True if dropped."""
+        with ticket.lock:
+            if ticket.state != "queued":
+                return False
+            ticket.state = "dropped"
+        with self._count_lock:
+            self._queued -= 1
+            self._notify_if_idle()
+        ticket.settle(exception=Dropped(reason))
+        self._on_drop()
+        return True
+
+    def check_capacity(self) -> None:
+        """Raise QueueFull if a new job could not be queued now (cheap, before any input is fetched)."""
+        with self._count_lock:
+            if self._queued >= self.max_queue:
+                raise QueueFull(self._retry_after_locked())
+
+    @property
+    def depth(self) -> int:
+        return self._queued
+
+    @property
+    def in_flight(self) -> int:
+        return self._running
+
+    @property
+    def workers(self) -> int:
+        return len(self._workers)
+
+    def _retry_after_locked(self) -> int:
+        """Seconds until a queue slot is likely free: the work ahead over the workers, at recent speed."""
+        per_job = sum(self._service_times) / len(self._service_times) if self._service_times else 1.0
+        ahead = self._queued + self._running
+        return max(1, math.ceil(per_job * ahead / max(1, len(self._workers))))
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until nothing is queued or running (or `timeout` passes); True if idle."""
+        end = time.monotonic() + timeout
+        with self._idle:
+            while self._queued or self._running:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+            return True
+
+    # -- the workers' side ------------------------------------------------------------
+
+    def start_worker(
+        self,
+        prepare: Callable[[], Engine],
+        name: str,
+        on_ready: Callable[[Engine], None],
+        on_failure: Callable[[Exception], None],
+    ) -> None:
+        """Start a worker thread that builds its engine with `prepare` (load, warm up), then serves.
+
+        The engine is built on the thread that will run it: one thread per device touches the
+        device and the CPU thread pools, which on a CPU avoids two OpenMP teams competing.
+        """
+        args = (prepare, on_ready, on_failure)
+        thread = threading.Thread(target=self._serve, args=args, name=f"segswap-worker-{name}", daemon=True)
+        self._workers.append(thread)
+        thread.start()
+
+    def _serve(
+        self, prepare: Callable[[], Engine], on_ready: Callable[[Engine], None], on_failure: Callable[[Exception], None]
+    ) -> None:
+        try:
+            engine = prepare()
+        except Exception as exc:
+            on_failure(exc)
+            return
+        on_ready(engine)
+        self._work(engine)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        for _ in self._workers:
+            self._tickets.put(_STOP)
+        for thread in self._workers:
+            thread.join(timeout)
+
+    def _work(self, engine: Engine) -> None:
+        finished = None
+        while True:
+            ticket = self._tickets.get()
+            if ticket is _STOP:
+                return
+            verdict = self._start(ticket)
+            if verdict == "run":
+                if finished is not None and ticket.enqueued_at <= finished:
+                    self._on_idle_gap(time.monotonic() - finished)
+                self._run(engine, ticket)
+                finished = time.monotonic()
+            elif verdict == "expired":
+                ticket.settle(exception=Dropped("deadline passed in the queue", expired=True))
+                self._on_drop()
+
+    def _start(self, ticket: Ticket) -> str:
+        """queued -> running ("run"), or -> dropped past its deadline ("expired"); "cancelled" if already dropped."""
+        with ticket.lock:
+            if ticket.state != "queued":
+                return "cancelled"  # its slot was freed when it was cancelled
+            running = time.monotonic() <= ticket.deadline
+            ticket.state = "running" if running else "dropped"
+        with self._count_lock:
+            self._queued -= 1
+            self._running += running
+            self._notify_if_idle()
+        return "run" if running else "expired"
+
+    def _notify_if_idle(self) -> None:
+        if not self._queued and not self._running:
+            self._idle.notify_all()
+
+    def _run(self, engine: Engine, ticket: Ticket) -> None:
+        started = time.monotonic()
+        outcome, error = None, None
+        try:
+            if ticket.on_start is not None and not ticket.on_start():
+                raise Dropped("cancelled before it started")
+            image = engine.swap(ticket.job)
+            outcome = Outcome(image, engine.name, started - ticket.enqueued_at, time.monotonic() - started)
+        except Exception as exc:  # handed to the waiting request, which maps it to a status
+            error = exc
+        with ticket.lock:
+            ticket.state = "done"
+        with self._count_lock:
+            self._running -= 1
+            self._service_times.append(time.monotonic() - started)
+            self._notify_if_idle()
+        ticket.settle(outcome, error)
