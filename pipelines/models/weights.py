@@ -319,9 +319,6 @@ class VerifyReport:
         """Nothing missing or mismatched (unverifiable files allowed)."""
         return all(check.status in (Status.OK, Status.UNVERIFIABLE) for check in self.files)
 
-    def with_status(self, status: Status) -> list[FileCheck]:
-        return [check for check in self.files if check.status is status]
-
 
 def verify_set(
     manifest: Manifest,

@@ -179,9 +179,6 @@ class AllowList:
             except ValueError:
                 self.hosts.add(entry.rstrip("."))
 
-    def __bool__(self) -> bool:
-        return bool(self.hosts or self.networks)
-
     def allows_host(self, host: str) -> bool:
         return host.lower().rstrip(".") in self.hosts
 

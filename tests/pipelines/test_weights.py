@@ -12,6 +12,7 @@ import json
 import re
 import socket
 import threading
+import tomllib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote
@@ -25,6 +26,7 @@ from pipelines.models.weights import (
     download_set,
     list_sets,
     load_manifest,
+    resolve_weights_dir,
     verify_set,
 )
 
@@ -476,5 +478,17 @@ def test_shipped_manifest_names_the_layout():
                 assert spec.size > 0 and spec.sha256, spec.dest
 
 
-def test_shipped_manifest_is_the_default():
-    assert load_manifest().path == Path(__file__).resolve().parents[2] / "weights" / "manifest.toml"
+def test_shipped_manifest_is_the_default_and_package_data():
+    import pipelines.models
+
+    assert load_manifest().path == Path(pipelines.models.__file__).resolve().parent / "manifest.toml"
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert "manifest.toml" in pyproject["tool"]["setuptools"]["package-data"]["pipelines.models"]
+
+
+def test_default_weights_dir_is_in_the_data_directory_not_the_checkout(monkeypatch, tmp_path):
+    monkeypatch.setenv("SEGSWAP_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("SEGSWAP_WEIGHTS_DIR", raising=False)
+    assert resolve_weights_dir() == tmp_path / "weights"
+    monkeypatch.setenv("SEGSWAP_WEIGHTS_DIR", str(tmp_path / "elsewhere"))
+    assert resolve_weights_dir() == tmp_path / "elsewhere"

@@ -94,3 +94,13 @@ def test_serve_refuses_a_public_address_without_keys(monkeypatch, capsys):
     monkeypatch.delenv("SEGSWAP_API_KEYS", raising=False)
     assert main(["serve", "--host", "0.0.0.0", "--engine", "composite"]) == 2
     assert "refusing to serve on 0.0.0.0 without API keys" in capsys.readouterr().err
+
+
+def test_state_defaults_to_the_data_directory(monkeypatch, tmp_path):
+    from server.settings import Settings
+
+    monkeypatch.setenv("SEGSWAP_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("SEGSWAP_WEIGHTS_DIR", raising=False)
+    settings = Settings()
+    assert settings.jobs_dir == tmp_path / "jobs" and settings.credits_db == tmp_path / "credits.sqlite3"
+    assert settings.weights_dir == tmp_path / "weights" and settings.default_keys_file == tmp_path / "keys.toml"

@@ -110,3 +110,16 @@ def test_openapi_documents_fields_ranges_and_both_body_types(client):
     )
     assert {"400", "401", "406", "413"} <= set(operation["responses"])
     assert "x-seed-value" in operation["responses"]["200"]["headers"]
+
+
+def test_every_contract_field_reaches_the_engine_or_the_encoder():
+    """A field added to the contract but not to SwapJob would be dropped silently by build_job (v1, v2, CLI)."""
+    from dataclasses import fields
+
+    from pipelines import IMAGE_FIELDS, SwapJob
+    from server.api.contract import AsyncSwapRequest
+
+    output_only = {"image_format", "image_quality", "base64", "webhook_url"}
+    job_fields = {f.name for f in fields(SwapJob)}
+    for name in AsyncSwapRequest.model_fields:
+        assert name in job_fields or name in output_only or name in IMAGE_FIELDS, name

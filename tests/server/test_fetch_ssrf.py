@@ -33,8 +33,8 @@ import pytest
 
 from server.api.errors import http_status
 from server.errors import ServiceError
-from server.inputs.fetch import fetch_url
 from server.inputs import fetch
+from server.inputs.fetch import fetch_url
 
 PUBLIC_V4 = "93.184.216.34"
 PUBLIC_V6 = "2606:4700::1111"

@@ -115,5 +115,5 @@ def test_the_page_loads_nothing_from_elsewhere():
 
 def test_the_static_files_are_package_data():
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    assert "static/**/*" in pyproject["tool"]["setuptools"]["package-data"]["server"]
+    assert "static/**/*" in pyproject["tool"]["setuptools"]["package-data"]["server.api"]
     assert {path.name for path in STATIC_DIR.iterdir()} >= {"index.html", "app.js", "style.css"}
