@@ -83,6 +83,16 @@ class ModelSet:
     def image_encoder(self) -> Path:
         return self.ip_adapter_dir / IMAGE_ENCODER
 
+    def ip_adapter_kwargs(self) -> dict[str, str]:
+        """Where diffusers' `load_ip_adapter` finds this set's adapter and image encoder."""
+        adapter = Path(ADAPTERS[(self.arch, self.variant)])
+        return {
+            "pretrained_model_name_or_path_or_dict": str(self.ip_adapter_dir),
+            "subfolder": adapter.parent.as_posix(),
+            "weight_name": adapter.name,
+            "image_encoder_folder": IMAGE_ENCODER,
+        }
+
     def missing(self) -> list[str]:
         """Paths (relative to the set folder) that a complete set needs and this one lacks."""
         single_file = self.checkpoint is not None

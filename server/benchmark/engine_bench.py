@@ -57,7 +57,7 @@ from PIL import Image, ImageDraw
 from pipelines import SwapJob
 from pipelines.engines.diffusion.options import DiffusionOptions
 from pipelines.imageops import grow_mask, normalize_mask
-from pipelines.models.model_sets import ADAPTERS, IMAGE_ENCODER, ModelSet, require_model_set
+from pipelines.models.model_sets import ModelSet, require_model_set
 
 PROMPT = "a red summer dress with a small floral pattern"
 NEGATIVE_PROMPT = "blurry, low quality"
@@ -345,14 +345,7 @@ class DiffusersBaseline:
         pipe = AutoPipelineForInpainting.from_pretrained(
             str(model_set.base), dtype=dtype, local_files_only=True, **extra
         )
-        adapter = Path(ADAPTERS[(model_set.arch, model_set.variant)])
-        pipe.load_ip_adapter(
-            str(model_set.ip_adapter_dir),
-            subfolder=adapter.parent.as_posix(),
-            weight_name=adapter.name,
-            image_encoder_folder=IMAGE_ENCODER,
-            local_files_only=True,
-        )
+        pipe.load_ip_adapter(**model_set.ip_adapter_kwargs(), local_files_only=True)
         pipe.set_ip_adapter_scale(1.0)
         pipe.to(device)
         pipe.set_progress_bar_config(disable=True)

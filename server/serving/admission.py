@@ -10,7 +10,7 @@ from server.serving.work_queue import QueueFull, WorkQueue
 
 
 def refuse_if_unavailable(lifecycle: Lifecycle, work: WorkQueue, check_queue: bool = True) -> None:
-    """503 while loading or draining, 429 when the queue is full: before any input is fetched."""
+    """Unavailable while loading or draining, TooManyRequests when the queue is full: before any input is fetched."""
     reason = lifecycle.not_ready_reason()
     if reason:
         raise Unavailable(reason, {"Retry-After": "5"})

@@ -160,13 +160,7 @@ def test_tokenizers_are_byte_level_clip(tiny_root, arch):
 def test_inpaints_with_ip_adapter_through_plain_diffusers(tiny_root, arch, variant):
     pipe = AutoPipelineForInpainting.from_pretrained(tiny_root / arch / "base")
     assert type(pipe) is PIPELINE_CLASS[arch]
-    model_set = ModelSet(arch, tiny_root / arch, variant)
-    pipe.load_ip_adapter(
-        str(model_set.ip_adapter_dir),
-        subfolder=model_set.adapter_file.parent.relative_to(model_set.ip_adapter_dir).as_posix(),
-        weight_name=model_set.adapter_file.name,
-        image_encoder_folder=model_set.image_encoder.relative_to(model_set.ip_adapter_dir).as_posix(),
-    )
+    pipe.load_ip_adapter(**ModelSet(arch, tiny_root / arch, variant).ip_adapter_kwargs())
     pipe.set_progress_bar_config(disable=True)
     image, mask, reference = _inputs()
 

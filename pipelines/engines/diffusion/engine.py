@@ -38,7 +38,7 @@ from pipelines.errors import WeightsError
 from pipelines.imageops import Box, feathered_paste, grow_mask, mask_box, normalize_mask, tile_object
 from pipelines.interface import ProgressFn
 from pipelines.job import SwapJob
-from pipelines.models.model_sets import ADAPTERS, IMAGE_ENCODER, ModelSet
+from pipelines.models.model_sets import ModelSet
 
 # InstantStyle's style block: the second attention of the first up block that has
 # cross-attention. SDXL: named by the InstantStyle paper. SD1.5: its first up block has
@@ -232,20 +232,13 @@ def load_pipeline(model_set: ModelSet, device: torch.device, dtype: torch.dtype,
     kwargs: dict = {"dtype": dtype, "local_files_only": True, "use_safetensors": True, **components}
     if only_fp16_variant(model_set.base):
         kwargs["variant"] = "fp16"
-    adapter = Path(ADAPTERS[(model_set.arch, model_set.variant)])
     quiet_libraries()
     try:
         if model_set.checkpoint is not None:
             pipe = load_single_file_pipeline(pipeline_class, model_set.checkpoint, model_set.base, dtype, **components)
         else:
             pipe = pipeline_class.from_pretrained(model_set.base, **kwargs)
-        pipe.load_ip_adapter(
-            str(model_set.ip_adapter_dir),
-            subfolder=adapter.parent.as_posix(),
-            weight_name=adapter.name,
-            image_encoder_folder=IMAGE_ENCODER,
-            local_files_only=True,
-        )
+        pipe.load_ip_adapter(**model_set.ip_adapter_kwargs(), local_files_only=True)
     except Exception as exc:  # diffusers/transformers/safetensors raise many types for bad files
         raise WeightsError(f"cannot load model set {model_set.folder}: {_first_line(exc)}") from exc
     pipe.set_progress_bar_config(disable=True)
