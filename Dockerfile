@@ -1,6 +1,6 @@
 # segswap on a CUDA runtime: the API server with the diffusion engine.
 #   docker build -t segswap .
-#   docker run --gpus all -p 8000:8000 -e SEGSWAP_API_KEYS=change-me -v "$PWD/weights:/weights:ro" segswap
+#   docker run --gpus all -p 8000:8000 -e SEGSWAP_API_KEYS=change-me -v "$PWD/weights:/weights:ro" -v segswap-data:/data segswap
 # Installs with scripts/install.sh, the same script the README and CI use.
 FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
 
@@ -18,15 +18,16 @@ COPY server server
 
 # PyPI's Linux torch wheel is the CUDA build, which is what this image wants.
 ENV SEGSWAP_VENV=/opt/venv SEGSWAP_TORCH="torch==2.13.0"
-RUN scripts/install.sh --diffusion && chown -R segswap:segswap /app
+RUN scripts/install.sh --diffusion && mkdir /data && chown -R segswap:segswap /app /data
 
 ENV PATH=/opt/venv/bin:$PATH \
     SEGSWAP_HOST=0.0.0.0 \
     SEGSWAP_PORT=8000 \
     SEGSWAP_WEIGHTS_DIR=/weights \
+    SEGSWAP_DATA_DIR=/data \
     HF_HUB_OFFLINE=1
 USER segswap
-VOLUME /weights
+VOLUME /weights /data
 EXPOSE 8000
 # Loading and warming a model set takes minutes on first start: give it a long start period.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=600s --retries=3 \
