@@ -11,6 +11,7 @@ from PIL import Image
 from pipelines.errors import InvalidInput
 
 MAX_SEED = 2**32 - 1
+MODES = ("auto", "object", "pattern")
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,13 @@ class SwapJob:
     horizontal_repeat: int = 1
     vertical_repeat: int = 1
     guidance_scale: float = 7.5
+    mode: str = "auto"  # object, pattern, or auto: pattern when a repeat is above 1
 
     def __post_init__(self) -> None:
         if not 0 <= self.seed <= MAX_SEED:
             raise InvalidInput(f"must be between 0 and {MAX_SEED} once resolved", "seed")
+        if self.mode not in MODES:
+            raise InvalidInput(f"must be one of {', '.join(MODES)}", "mode")
 
 
 IMAGE_FIELDS = ("main_image", "mask_image", "object_image")

@@ -8,7 +8,11 @@ REPO = Path(__file__).resolve().parents[1]
 def test_dockerfile_uses_the_install_script_a_non_root_user_and_readiness():
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "RUN scripts/install.sh --diffusion" in dockerfile
-    assert "\nUSER segswap\n" in dockerfile and "VOLUME /weights /data" in dockerfile and "SEGSWAP_DATA_DIR=/data" in dockerfile
+    assert (
+        "\nUSER segswap\n" in dockerfile
+        and "VOLUME /weights /data" in dockerfile
+        and "SEGSWAP_DATA_DIR=/data" in dockerfile
+    )
     assert "HEALTHCHECK" in dockerfile and "/health/ready" in dockerfile
 
 

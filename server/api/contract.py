@@ -1,7 +1,7 @@
 """The /v1/seg-swap contract: the request body with its types, defaults and ranges.
 
 Field names, defaults and ranges are those of the hosted SegSwap v0.1 API;
-`negative_prompt` and `guidance_scale` are our documented extensions.
+`negative_prompt`, `guidance_scale` and `mode` are our documented extensions.
 """
 
 from __future__ import annotations
@@ -40,15 +40,30 @@ class SwapRequest(BaseModel):
         5, ge=0, le=20, description="Grow the mask by this many pixels (disk dilation, main-image pixels)."
     )
     fashion_strength: float = Field(
-        1.0, ge=0, le=1, description="How much of the object's pattern, texture and colour is kept."
+        1.0,
+        ge=0,
+        le=1,
+        description="How much of the object's own colour, texture and pattern is kept versus adapted to the scene "
+        "(composite: colour transfer toward the scene at 0; diffusion: the style block's IP-Adapter scale).",
     )
-    subject_strength: float = Field(1.0, ge=0, le=1, description="How much of the object's shape and identity is kept.")
+    subject_strength: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="How faithfully the object itself appears (composite: opacity of the placement; diffusion: how "
+        "much of the placed pixels survives denoising, and the IP-Adapter scale).",
+    )
     horizontal_repeat: int = Field(
         1, ge=1, le=10, description="Tile the object image this many times across (patterns)."
     )
     vertical_repeat: int = Field(1, ge=1, le=10, description="Tile the object image this many times down (patterns).")
     guidance_scale: float = Field(
         7.5, ge=0, le=30, description="Extension: classifier-free guidance scale (diffusion engine)."
+    )
+    mode: Literal["auto", "object", "pattern"] = Field(
+        "auto",
+        description="Extension: object (cut out, placed bottom-centre in the mask), pattern (tiled over the mask, "
+        "shaded by the original), or auto: pattern when a repeat is above 1, else object.",
     )
     image_format: Literal["png", "jpeg", "webp"] = Field("png", description="Output image format.")
     image_quality: int = Field(95, ge=10, le=100, description="Output quality for jpeg and webp.")

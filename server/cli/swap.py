@@ -8,6 +8,7 @@ import base64
 import sys
 import time
 from pathlib import Path
+from typing import Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
@@ -34,7 +35,10 @@ def add_swap_command(subparsers) -> None:
         if name in IMAGE_FIELDS or name == "base64":
             continue
         kind = {int: int, float: float}.get(field.annotation, str)
-        parser.add_argument(flag(name), dest=name, type=kind, help=f"{field.description} (default {field.default})")
+        choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
+        parser.add_argument(
+            flag(name), dest=name, type=kind, choices=choices, help=f"{field.description} (default {field.default})"
+        )
     parser.add_argument("--base64", action="store_true", help="write the image as base64 text instead of bytes")
     parser.add_argument("-o", "--output", type=Path, required=True, help="where to write the result")
     add_engine_flags(parser)

@@ -1,0 +1,102 @@
+"""Running the suite: each case through an engine, measured, written out with a report and a contact sheet."""
+
+from __future__ import annotations
+
+import json
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipelines.evaluation import metrics
+from pipelines.evaluation.sheet import contact_sheet
+from pipelines.imageops import grow_mask, normalize_mask
+from pipelines.interface import Engine
+from pipelines.job import build_job
+from pipelines.placement import cut_out, resolve_mode
+
+SUITE_DIR = Path(__file__).resolve().parent / "suite"
+FILE_KEYS = ("name", "main", "mask", "object", "checks")
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    main: Image.Image
+    mask: Image.Image
+    object: Image.Image
+    checks: tuple[str, ...]
+    values: dict = field(default_factory=dict)  # the contract's fields for this case (prompt, repeats, ...)
+
+
+def load_suite(folder: Path = SUITE_DIR) -> list[Case]:
+    raw = tomllib.loads((folder / "suite.toml").read_text())
+    return [
+        Case(
+            name=entry["name"],
+            main=Image.open(folder / entry["main"]).convert("RGB"),
+            mask=Image.open(folder / entry["mask"]),
+            object=Image.open(folder / entry["object"]),
+            checks=tuple(entry["checks"]),
+            values={key: value for key, value in entry.items() if key not in FILE_KEYS},
+        )
+        for entry in raw["case"]
+    ]
+
+
+def evaluate(engine: Engine, cases: list[Case], out_dir: Path, similarity=None) -> dict:
+    """Run every case, write `<case>.png`, `report.json` and `sheet.png` into `out_dir`; return the report.
+
+    `similarity(reference, crop) -> float`, when given, adds the object similarity of each case.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, outputs = [], []
+    for case in cases:
+        job = build_job(case.values, {"main_image": case.main, "mask_image": case.mask, "object_image": case.object})
+        start = time.perf_counter()
+        output = engine.swap(job)
+        seconds = time.perf_counter() - start
+        output.save(out_dir / f"{case.name}.png")
+        row = {"case": case.name, "engine": engine.name, "seconds": round(seconds, 3),
+               "measures": measure(case, job, output)}
+        if similarity is not None:
+            row["object_similarity"] = round(similarity(_reference(case, job), _crop(output, job)), 4)
+        row["passed"] = all(entry["passed"] for entry in row["measures"].values())
+        rows.append(row)
+        outputs.append(output)
+    report = {"engine": engine.name, "cases": rows, "passed": all(row["passed"] for row in rows),
+              "thresholds": {name: f"{op} {limit}" for name, (op, limit) in metrics.THRESHOLDS.items()}}
+    if similarity is None:
+        report["object_similarity"] = "skipped: no CLIP image encoder installed (segswap weights download sd15)"
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    contact_sheet(cases, outputs, rows).save(out_dir / "sheet.png")
+    return report
+
+
+def measure(case: Case, job, output: Image.Image) -> dict[str, dict]:
+    out, original = np.asarray(output.convert("RGB")), np.asarray(case.main)
+    mask = normalize_mask(case.mask, case.main.size)
+    grown = grow_mask(mask, job.growmask)
+    values = {"outside_changed": metrics.outside_changed(out, original, grown)}
+    for check in case.checks:
+        if check == "pattern_colour_carried":
+            pattern = np.asarray(case.object.convert("RGB"))
+            values[check] = metrics.pattern_colour_carried(out, original, mask, pattern)
+        elif check == "backdrop_leak":
+            values[check] = metrics.backdrop_leak(out, mask)
+        else:
+            values[check] = getattr(metrics, check)(out, original, mask)
+    return {name: {"value": round(value, 4), "passed": metrics.passes(name, value)} for name, value in values.items()}
+
+
+def _reference(case: Case, job) -> Image.Image:
+    return cut_out(case.object) if resolve_mode(job) == "object" else case.object.convert("RGB")
+
+
+def _crop(output: Image.Image, job) -> Image.Image:
+    mask = grow_mask(normalize_mask(job.mask_image, output.size), job.growmask)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return output.crop((int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1))

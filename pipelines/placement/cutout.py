@@ -1,0 +1,149 @@
+"""Cutting the object out of its image: its alpha channel, else a plain backdrop removed, else GrabCut.
+
+Returns RGBA trimmed to the object; alpha is soft at the edge (a matte, not a hard mask).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+BORDER_SHARE = 0.03  # the strip along the border that shows the backdrop, as a share of the short side
+PLAIN_SHARE = 0.9  # a backdrop is plain when this share of the border strip sits close to a smooth colour field
+GRABCUT_SIDE = 320  # GrabCut runs at this long side; the matte is scaled back up
+GRABCUT_INSET = 0.04  # the centred rectangle GrabCut starts from leaves this share of each side out
+MIN_PART = 0.02  # foreground parts smaller than this share of the largest one are specks
+DEFRINGE_SIGMA = 2.0  # how far an edge pixel looks for the object's own colour
+SHADOW_SLOPE = 0.035  # a cast shadow's brightness changes by less than this share of the backdrop's per pixel
+
+
+def cut_out(image: Image.Image) -> Image.Image:
+    """The object on a transparent background, trimmed to its alpha's box."""
+    rgba = image.convert("RGBA")
+    alpha = np.asarray(rgba.getchannel("A"))
+    if alpha.min() < 250:  # the caller cut it out already
+        return _trim(rgba)
+    rgb = np.asarray(rgba.convert("RGB"), dtype=np.float32)
+    matte = backdrop_matte(rgb)
+    if matte is None:
+        matte = grabcut_matte(rgb)
+    clean = defringe(rgb, matte)
+    rgba = Image.fromarray(np.clip(np.rint(clean), 0, 255).astype(np.uint8), "RGB").convert("RGBA")
+    rgba.putalpha(Image.fromarray(np.clip(matte * 255.0 + 0.5, 0, 255).astype(np.uint8), "L"))
+    return _trim(rgba)
+
+
+def defringe(rgb: np.ndarray, matte: np.ndarray) -> np.ndarray:
+    """Edge pixels (partly transparent) carry some of the old backdrop's colour, which would show as a halo in
+    the new scene: their colour is replaced by that of the opaque pixels nearby."""
+    solid = (matte > 0.97).astype(np.float32)
+    edge = (matte > 0.0) & (matte <= 0.97)
+    if not edge.any() or not solid.any():
+        return rgb
+    near = cv2.GaussianBlur(rgb * solid[..., None], (0, 0), DEFRINGE_SIGMA)
+    weight = cv2.GaussianBlur(solid, (0, 0), DEFRINGE_SIGMA)
+    inside_colour = near / np.maximum(weight, 1e-6)[..., None]
+    return np.where((edge & (weight > 1e-3))[..., None], inside_colour, rgb)
+
+
+def backdrop_matte(rgb: np.ndarray) -> np.ndarray | None:
+    """Alpha in [0, 1] when the image's border is a plain backdrop (flat or a smooth gradient), else None.
+
+    The backdrop is modelled as a quadratic colour field fitted to the border strip. Pixels close to it and
+    connected to the border are backdrop, and so is a shadow cast on it: the backdrop's colour in shade that
+    fades in smoothly (a product's own edge is a sharp step, which stops the shadow there, so a grey product
+    on a white backdrop keeps its body). Holes inside the object that happen to match the backdrop stay opaque.
+    """
+    height, width = rgb.shape[:2]
+    smooth = cv2.GaussianBlur(rgb, (0, 0), 1.0)
+    strip = _border_strip(height, width)
+    field = _fit_field(smooth, strip)
+    distance = np.linalg.norm(smooth - field, axis=2)
+    noise = float(np.percentile(distance[strip], 90))
+    low = max(8.0, 2.5 * noise)
+    if np.mean(distance[strip] < low) < PLAIN_SHARE:
+        return None
+    high = 3.0 * low
+    background = _connected_to_border((distance < low) | _soft_shadow(smooth, field, low))
+    if background.all():
+        return None
+    foreground = _without_specks(~background)
+    soft = np.clip((distance - low) / (high - low), 0.0, 1.0)
+    edge = ndimage.binary_dilation(foreground, iterations=2) & ~ndimage.binary_erosion(foreground, iterations=2)
+    return np.where(edge, np.maximum(soft, foreground * 0.5), foreground.astype(np.float32)).astype(np.float32)
+
+
+def grabcut_matte(rgb: np.ndarray) -> np.ndarray:
+    """Alpha from OpenCV GrabCut started on a centred rectangle, at a working size, feathered by a pixel."""
+    height, width = rgb.shape[:2]
+    scale = min(1.0, GRABCUT_SIDE / max(height, width))
+    small = cv2.resize(
+        rgb.astype(np.uint8),
+        (max(1, round(width * scale)), max(1, round(height * scale))),
+        interpolation=cv2.INTER_AREA,
+    )
+    sh, sw = small.shape[:2]
+    inset_x, inset_y = max(1, round(sw * GRABCUT_INSET)), max(1, round(sh * GRABCUT_INSET))
+    rect = (inset_x, inset_y, max(1, sw - 2 * inset_x), max(1, sh - 2 * inset_y))
+    labels = np.zeros((sh, sw), np.uint8)
+    background, foreground = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)
+    cv2.grabCut(np.ascontiguousarray(small[..., ::-1]), labels, rect, background, foreground, 5, cv2.GC_INIT_WITH_RECT)
+    chosen = _without_specks(np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD)))
+    if not chosen.any():  # GrabCut found nothing to separate: the whole image is the object
+        return np.ones((height, width), np.float32)
+    full = cv2.resize(chosen.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.clip(cv2.GaussianBlur(full, (0, 0), max(0.8, 0.5 / scale)), 0.0, 1.0)
+
+
+def _border_strip(height: int, width: int) -> np.ndarray:
+    band = max(2, round(BORDER_SHARE * min(height, width)))
+    strip = np.zeros((height, width), bool)
+    strip[:band], strip[-band:], strip[:, :band], strip[:, -band:] = True, True, True, True
+    return strip
+
+
+def _fit_field(rgb: np.ndarray, strip: np.ndarray) -> np.ndarray:
+    """Each channel as a quadratic in (x, y), least-squares fitted to the border strip."""
+    height, width = strip.shape
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    xs, ys = xs / max(1, width - 1) - 0.5, ys / max(1, height - 1) - 0.5
+    basis = np.stack([np.ones_like(xs), xs, ys, xs * xs, ys * ys, xs * ys], axis=-1)
+    coefficients, *_ = np.linalg.lstsq(basis[strip], rgb[strip], rcond=None)
+    return basis @ coefficients
+
+
+def _soft_shadow(rgb: np.ndarray, field: np.ndarray, tolerance: float) -> np.ndarray:
+    """The backdrop's colour at 30-100 % of its brightness, where brightness changes only gently."""
+    brightness, field_brightness = rgb.mean(axis=2) + 1.0, field.mean(axis=2) + 1.0
+    chroma_gap = np.linalg.norm(rgb / brightness[..., None] - field / field_brightness[..., None], axis=2)
+    ratio = brightness / field_brightness
+    gentle = _gradient(cv2.GaussianBlur(brightness, (0, 0), 2.0)) < SHADOW_SLOPE * field_brightness
+    return (chroma_gap * field_brightness < tolerance) & (ratio > 0.3) & (ratio < 1.0) & gentle
+
+
+def _gradient(image: np.ndarray) -> np.ndarray:
+    dy, dx = np.gradient(image)
+    return np.hypot(dx, dy)
+
+
+def _connected_to_border(region: np.ndarray) -> np.ndarray:
+    labels, _ = ndimage.label(region)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return np.isin(labels, border[border > 0])
+
+
+def _without_specks(region: np.ndarray) -> np.ndarray:
+    labels, count = ndimage.label(region)
+    if count <= 1:
+        return region
+    sizes = ndimage.sum(region, labels, index=np.arange(1, count + 1))
+    keep = np.flatnonzero(sizes >= MIN_PART * sizes.max()) + 1
+    return np.isin(labels, keep)
+
+
+def _trim(rgba: Image.Image) -> Image.Image:
+    box = rgba.getchannel("A").point(lambda value: 255 if value > 8 else 0).getbbox()
+    return rgba.crop(box) if box else rgba

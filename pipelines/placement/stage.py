@@ -1,0 +1,56 @@
+"""The placement stage: which mode, then the object or the pattern placed, then blended into the scene."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from pipelines.imageops import Box, feathered_paste, grow_mask, mask_box, normalize_mask
+from pipelines.job import SwapJob
+from pipelines.placement.cutout import cut_out
+from pipelines.placement.objects import place_object
+from pipelines.placement.patterns import place_pattern
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The scene with the object placed (full size, RGB), the masks, and the object as placed on its own."""
+
+    image: Image.Image
+    mask: np.ndarray  # the caller's mask at the scene's size
+    grown: np.ndarray  # the grown mask: no pixel outside it differs from the scene
+    box: Box  # the grown mask's box
+    mode: str  # "object" or "pattern"
+    reference: Image.Image  # the cut-out (RGBA) or one tile of the pattern (RGB)
+
+
+def resolve_mode(job: SwapJob) -> str:
+    """`auto` is pattern when a repeat is above 1, else object."""
+    if job.mode != "auto":
+        return job.mode
+    return "pattern" if max(job.horizontal_repeat, job.vertical_repeat) > 1 else "object"
+
+
+def place(job: SwapJob) -> Placement:
+    """Put the job's object or pattern into its scene; `subject_strength` is the placement's opacity."""
+    main = job.main_image.convert("RGB")
+    mask = normalize_mask(job.mask_image, main.size)
+    grown = grow_mask(mask, job.growmask)
+    box = mask_box(grown)
+    scene = np.asarray(main, dtype=np.float32)
+    mode = resolve_mode(job)
+    if mode == "pattern":
+        reference = job.object_image.convert("RGB")
+        placed = place_pattern(
+            scene, grown, box, reference, job.horizontal_repeat, job.vertical_repeat, job.fashion_strength
+        )
+    else:
+        reference = cut_out(job.object_image)
+        placed = place_object(scene, grown, box, reference, job.fashion_strength, job.seed)
+    placed = scene + job.subject_strength * (placed - scene)
+    left, top, right, bottom = box
+    patch = Image.fromarray(np.clip(np.rint(placed[top:bottom, left:right]), 0, 255).astype(np.uint8), "RGB")
+    image = feathered_paste(main, patch, box, grown, feather=max(1, job.growmask))
+    return Placement(image, mask, grown, box, mode, reference)
