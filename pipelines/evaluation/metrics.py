@@ -2,7 +2,9 @@
 
     pattern_coverage        share of mask pixels visibly changed (sum over channels of |dRGB| > 30)
     shading_kept            Pearson correlation of Gaussian-blurred (sigma 6 px) luminance, output vs original,
-                            inside the mask: the garment's folds and light survive
+                            inside the mask: the garment's folds and light survive. The blur only sees mask
+                            pixels (normalised convolution): a plain blur lets the scene around the mask bleed in
+                            and credits a flat paste with the outline's shading
     pattern_colour_carried  1 - |mean_out - mean_pattern| / |mean_orig - mean_pattern| inside the mask (RGB
                             means, Euclidean): 1 when the mask took the pattern's mean colour, 0 when it kept its own
     backdrop_leak           share of the mask taken by its single most common colour (bins 8 values wide per
@@ -37,11 +39,17 @@ def pattern_coverage(out: np.ndarray, original: np.ndarray, mask: np.ndarray) ->
 
 
 def shading_kept(out: np.ndarray, original: np.ndarray, mask: np.ndarray) -> float:
-    blurred_out = cv2.GaussianBlur(out.astype(np.float64) @ LUMA, (0, 0), SHADING_SIGMA)[mask]
-    blurred_original = cv2.GaussianBlur(original.astype(np.float64) @ LUMA, (0, 0), SHADING_SIGMA)[mask]
+    blurred_out = _blur_inside(out.astype(np.float64) @ LUMA, mask)[mask]
+    blurred_original = _blur_inside(original.astype(np.float64) @ LUMA, mask)[mask]
     if blurred_out.std() == 0 or blurred_original.std() == 0:
         return 0.0
     return float(np.corrcoef(blurred_out, blurred_original)[0, 1])
+
+
+def _blur_inside(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    weight = mask.astype(np.float64)
+    coverage = np.maximum(cv2.GaussianBlur(weight, (0, 0), SHADING_SIGMA), 1e-9)
+    return cv2.GaussianBlur(values * weight, (0, 0), SHADING_SIGMA) / coverage
 
 
 def pattern_colour_carried(out: np.ndarray, original: np.ndarray, mask: np.ndarray, pattern: np.ndarray) -> float:

@@ -30,8 +30,12 @@ def contact_sheet(cases, outputs: list[Image.Image], rows: list[dict]) -> Image.
 def _label(draw: ImageDraw.ImageDraw, font, origin: tuple[int, int], name: str, row: dict) -> None:
     x, y = origin
     verdict = "pass" if row["passed"] else "FAIL"
-    draw.text((x, y), f"{name}  ({row['engine']}, {row['seconds']:.2f} s): {verdict}  |  scene, mask, object, output",
-              fill=GOOD if row["passed"] else BAD, font=font)
+    draw.text(
+        (x, y),
+        f"{name}  ({row['engine']}, {row['seconds']:.2f} s): {verdict}  |  scene, mask, object, output",
+        fill=GOOD if row["passed"] else BAD,
+        font=font,
+    )
     measures = [f"{key} {entry['value']}{'' if entry['passed'] else ' (!)'}" for key, entry in row["measures"].items()]
     if "object_similarity" in row:
         measures.append(f"object_similarity {row['object_similarity']}")
@@ -50,8 +54,9 @@ def _mask_overlay(main: Image.Image, mask: Image.Image) -> Image.Image:
 def _paste_fitted(sheet: Image.Image, picture: Image.Image, origin: tuple[int, int]) -> None:
     picture = picture.convert("RGBA")
     scale = min(CELL / picture.width, CELL / picture.height)
-    fitted = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))),
-                            Image.Resampling.LANCZOS)
+    fitted = picture.resize(
+        (max(1, round(picture.width * scale)), max(1, round(picture.height * scale))), Image.Resampling.LANCZOS
+    )
     checker = Image.new("RGB", fitted.size, (225, 225, 225))
     checker.paste(fitted, mask=fitted.getchannel("A"))
     sheet.paste(checker, (origin[0] + (CELL - fitted.width) // 2, origin[1] + (CELL - fitted.height) // 2))

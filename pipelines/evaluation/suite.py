@@ -60,15 +60,23 @@ def evaluate(engine: Engine, cases: list[Case], out_dir: Path, similarity=None) 
         output = engine.swap(job)
         seconds = time.perf_counter() - start
         output.save(out_dir / f"{case.name}.png")
-        row = {"case": case.name, "engine": engine.name, "seconds": round(seconds, 3),
-               "measures": measure(case, job, output)}
+        row = {
+            "case": case.name,
+            "engine": engine.name,
+            "seconds": round(seconds, 3),
+            "measures": measure(case, job, output),
+        }
         if similarity is not None:
             row["object_similarity"] = round(similarity(_reference(case, job), _crop(output, job)), 4)
         row["passed"] = all(entry["passed"] for entry in row["measures"].values())
         rows.append(row)
         outputs.append(output)
-    report = {"engine": engine.name, "cases": rows, "passed": all(row["passed"] for row in rows),
-              "thresholds": {name: f"{op} {limit}" for name, (op, limit) in metrics.THRESHOLDS.items()}}
+    report = {
+        "engine": engine.name,
+        "cases": rows,
+        "passed": all(row["passed"] for row in rows),
+        "thresholds": {name: f"{op} {limit}" for name, (op, limit) in metrics.THRESHOLDS.items()},
+    }
     if similarity is None:
         report["object_similarity"] = "skipped: no CLIP image encoder installed (segswap weights download sd15)"
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pipelines import InvalidInput, SegswapError
 from server.cli.bench import add_bench_command
 from server.cli.common import CliError, flag
+from server.cli.eval import add_eval_command
 from server.cli.keys import add_keys_commands
 from server.cli.serve import add_serve_command
 from server.cli.swap import add_swap_command
@@ -47,4 +48,5 @@ def build_parser() -> argparse.ArgumentParser:
     add_weights_commands(commands.add_parser("weights", help="list, download, verify or make model sets"))
     add_keys_commands(commands.add_parser("keys", help="add, list, revoke API keys; set credit balances"))
     add_bench_command(commands)
+    add_eval_command(commands)
     return parser

@@ -35,9 +35,9 @@ def add_swap_command(subparsers) -> None:
         if name in IMAGE_FIELDS or name == "base64":
             continue
         kind = {int: int, float: float}.get(field.annotation, str)
-        choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
+        choices = f"; one of {', '.join(get_args(field.annotation))}" if get_origin(field.annotation) is Literal else ""
         parser.add_argument(
-            flag(name), dest=name, type=kind, choices=choices, help=f"{field.description} (default {field.default})"
+            flag(name), dest=name, type=kind, help=f"{field.description} (default {field.default}{choices})"
         )
     parser.add_argument("--base64", action="store_true", help="write the image as base64 text instead of bytes")
     parser.add_argument("-o", "--output", type=Path, required=True, help="where to write the result")

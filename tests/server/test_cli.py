@@ -104,3 +104,12 @@ def test_state_defaults_to_the_data_directory(monkeypatch, tmp_path):
     settings = Settings()
     assert settings.jobs_dir == tmp_path / "jobs" and settings.credits_db == tmp_path / "credits.sqlite3"
     assert settings.weights_dir == tmp_path / "weights" and settings.default_keys_file == tmp_path / "keys.toml"
+
+
+def test_eval_command_writes_report_and_sheet_and_passes_on_composite(tmp_path, capsys):
+    import json
+
+    assert main(["eval", "--engine", "composite", "--out", str(tmp_path)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["passed"] and summary["engine"] == "composite"
+    assert (tmp_path / "report.json").is_file() and (tmp_path / "sheet.png").is_file()
