@@ -603,7 +603,7 @@ def memory(ours, probe: Probe) -> dict:
 
 
 def processed_size(engine, job: SwapJob) -> tuple[int, int]:
-    from pipelines.engines.diffusion.engine import context_box, processing_size
+    from pipelines.engines.diffusion.geometry import context_box, processing_size
 
     main = job.main_image
     grown = grow_mask(normalize_mask(job.mask_image, main.size), job.growmask)

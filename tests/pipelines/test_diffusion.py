@@ -7,13 +7,14 @@ from PIL import Image
 pytest.importorskip("diffusers")
 
 from pipelines import SwapJob, WeightsError, load_engine  # noqa: E402
-from pipelines.engines.diffusion.engine import (  # noqa: E402
+from pipelines.engines.diffusion.conditioning import (  # noqa: E402
     STYLE_BLOCKS,
-    DiffusionEngine,
-    context_box,
-    processing_size,
+    STYLE_SCALE,
+    SUBJECT_SCALE,
     set_ip_adapter_strengths,
 )
+from pipelines.engines.diffusion.engine import DiffusionEngine  # noqa: E402
+from pipelines.engines.diffusion.geometry import context_box, processing_size  # noqa: E402
 from pipelines.imageops import grow_mask, normalize_mask  # noqa: E402
 from pipelines.models.model_sets import ModelSet, require_model_set  # noqa: E402
 from tests.pipelines.jobs import SIZE, diffusion_job  # noqa: E402
@@ -57,17 +58,20 @@ def test_per_block_scales_follow_the_strengths(engine):
     scales = {name: p.scale for name, p in engine.pipe.unet.attn_processors.items() if hasattr(p, "to_k_ip")}
     assert scales, "no IP-Adapter processor was installed"
     in_style = {n: s for n, s in scales.items() if n.startswith(style + ".")}
-    assert in_style and all(s == [0.75] for s in in_style.values())
-    assert all(s == [0.25] for n, s in scales.items() if n not in in_style)
+    assert in_style and all(s == [STYLE_SCALE * 0.75] for s in in_style.values())
+    assert all(s == [SUBJECT_SCALE * 0.25] for n, s in scales.items() if n not in in_style)
+    if engine.model_set.arch == "sd15":  # InstantStyle's SD1.5 style block: every transformer of up_blocks.1
+        attentions = {n.split(".")[3] for n in in_style}
+        assert len(attentions) == len(engine.pipe.unet.up_blocks[1].attentions) > 1
 
 
 def test_style_only_and_plain_ip_adapter_settings(engine):
     unet = engine.pipe.unet
     style = STYLE_BLOCKS[engine.model_set.arch]
     scales = set_ip_adapter_strengths(unet, style, subject=0.0, fashion=1.0)
-    assert {v for n, v in scales.items() if n.startswith(style + ".")} == {1.0}
+    assert {v for n, v in scales.items() if n.startswith(style + ".")} == {STYLE_SCALE}
     assert {v for n, v in scales.items() if not n.startswith(style + ".")} == {0.0}
-    assert set(set_ip_adapter_strengths(unet, style, 1.0, 1.0).values()) == {1.0}
+    assert set(set_ip_adapter_strengths(unet, style, 1.0, 1.0).values()) == {STYLE_SCALE, SUBJECT_SCALE}
 
 
 def test_progress_reports_every_step(engine):

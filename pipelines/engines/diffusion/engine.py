@@ -1,26 +1,29 @@
 """The diffusion engine: one swap, told top to bottom.
 
-1. Grow the mask (disk dilation) and take a box around it with some context.
-2. Scale that crop to the model's native resolution (aspect kept, sides multiple of 8).
-3. Tile the object image; it conditions the UNet through IP-Adapter. The style block
-   gets `fashion_strength` as its IP-Adapter scale, every other IP-Adapter layer gets
-   `subject_strength` (InstantStyle).
-4. Inpaint the crop with a diffusers inpainting pipeline, seeded.
-5. Scale the result back and paste it inside the grown mask with a feathered edge:
-   every pixel outside the grown mask is the input's own.
+1. Place the object (or the tiled pattern) as pixels: the placement stage the composite engine is made of
+   (pipelines/placement). The grown mask is the only region that may change.
+2. Take a crop around the grown mask with some context, at the model's native area (aspect kept, sides
+   multiples of 8); the pipeline's mask is the grown mask widened by two latent cells, so that the model
+   repaints whole latent cells along the edge; the paste mask stays the grown mask.
+3. Steer the model: IP-Adapter sees the cut-out (or two tiles of the pattern) padded to a square, confined to
+   the repainted region by an IP-Adapter mask; the style block gets 2 x fashion_strength, every other
+   IP-Adapter layer 0.8 x subject_strength (InstantStyle).
+4. Denoise the placed crop from strength 1 - 0.6 x subject_strength (SDEdit-style), exactly `steps` steps,
+   seeded; below 20 steps with DPM++ 2M Karras (schedule.py).
+5. Match the result's colour to the original in the ring the model repainted outside the grown mask, scale it
+   back and paste it inside the grown mask with a feathered edge: every pixel outside is the input's own.
 
-The fast path (pipelines/engines/diffusion/options.py, each piece a setting and measured on and off by `segswap bench
---ablate`): SDPA attention processors, fused q/k/v in self-attention, channels-last UNet/VAE, regional
-`torch.compile` of the UNet's transformer blocks, and an LRU of IP-Adapter image embeddings and prompt
-embeddings handed to the pipeline as `ip_adapter_image_embeds` / `prompt_embeds` (same tensors the
-pipeline would compute itself, so a cached swap gives the same bytes as an uncached one).
+The fast path (options.py, each piece a setting and measured on and off by `segswap bench --ablate`): SDPA
+attention processors, fused q/k/v in self-attention, channels-last UNet/VAE, regional `torch.compile` of the
+UNet's transformer blocks, and an LRU of IP-Adapter image embeddings and prompt embeddings handed to the
+pipeline as `ip_adapter_image_embeds` / `prompt_embeds` (the tensors the pipeline would compute itself, so a
+cached swap gives the same bytes as an uncached one).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -31,25 +34,26 @@ from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 from transformers.utils import logging as transformers_logging
 
+from pipelines.engines.diffusion.conditioning import (
+    STYLE_BLOCKS,
+    ip_adapter_masks,
+    reference_image,
+    set_ip_adapter_strengths,
+)
 from pipelines.engines.diffusion.embedding_cache import EmbeddingCache, image_digest
 from pipelines.engines.diffusion.fast_path import apply_fast_path, is_compile_error, uncompile_unet_blocks
+from pipelines.engines.diffusion.geometry import context_box, crop_mask, dilate, processing_size
 from pipelines.engines.diffusion.options import DiffusionOptions
+from pipelines.engines.diffusion.schedule import LOW_STEPS, denoising_strength, low_step_scheduler, schedule_length
 from pipelines.errors import WeightsError
-from pipelines.imageops import Box, feathered_paste, grow_mask, mask_box, normalize_mask, tile_object
+from pipelines.imageops import feathered_paste
 from pipelines.interface import ProgressFn
 from pipelines.job import SwapJob
 from pipelines.models.model_sets import ModelSet
+from pipelines.placement import place
+from pipelines.placement.colour import match_to
 
-# InstantStyle's style block: the second attention of the first up block that has
-# cross-attention. SDXL: named by the InstantStyle paper. SD1.5: its first up block has
-# no attention, so the equivalent (lowest-resolution cross-attention up block, second
-# transformer) is up_blocks.1.attentions.1, the block InstantStyle's SD1.5 examples use.
-STYLE_BLOCKS = {"sdxl": "up_blocks.0.attentions.1", "sd15": "up_blocks.1.attentions.1"}
-CONTEXT_SHARE = 0.25  # context kept around the grown mask, as a share of its box's longer side
-MIN_CONTEXT = 16
-MAX_ASPECT = 2.0  # boxes more elongated than this take more context on their short side
-OBJECT_MAX_SIDE = 1024  # the image encoder sees 224 px anyway; this bounds tiling cost
-OBJECT_BACKGROUND = (255, 255, 255)
+LATENT_MARGIN = 16  # processing pixels the pipeline's mask reaches past the grown mask: two latent cells
 
 log = logging.getLogger("segswap.diffusion")
 
@@ -66,6 +70,8 @@ class DiffusionEngine:
         self.name = f"diffusion/{model_set.arch}"
         self.native_side = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
         self.style_block = STYLE_BLOCKS[model_set.arch]
+        self.default_scheduler = self.pipe.scheduler
+        self.low_step_scheduler = low_step_scheduler(self.pipe.scheduler)
         self.embeddings = EmbeddingCache(self.options.embed_cache_size)
         # Seconds of the last swap by stage: mask_ops_s (mask, crop, tiling, paste: image work),
         # embeds_s (prompt and image embeddings, cached or not), model_s (the diffusers call).
@@ -74,34 +80,55 @@ class DiffusionEngine:
     def swap(self, job: SwapJob, progress: ProgressFn | None = None) -> Image.Image:
         start = time.perf_counter()
         main = job.main_image.convert("RGB")
-        grown = grow_mask(normalize_mask(job.mask_image, main.size), job.growmask)
-        box = context_box(grown, main.size)
+        placement = place(job)
+        box = context_box(placement.grown, main.size)
         size = processing_size(box, self.native_side)
-
-        crop = main.crop(box).resize(size, Image.Resampling.LANCZOS)
-        crop_mask = Image.fromarray(grown[box[1] : box[3], box[0] : box[2]]).resize(size, Image.Resampling.NEAREST)
+        init = placement.image.crop(box).resize(size, Image.Resampling.LANCZOS)
+        grown = crop_mask(placement.grown, box, size)
+        repainted = dilate(grown, LATENT_MARGIN)
+        strength = denoising_strength(job.subject_strength)
         set_ip_adapter_strengths(self.pipe.unet, self.style_block, job.subject_strength, job.fashion_strength)
+        self._use_scheduler(job.steps)
         self._set_vae_tiling(size)
         prepared = time.perf_counter()
-        conditioning, tiling_s = self._conditioning(job)
+        conditioning = self._conditioning(job, reference_image(placement, job.horizontal_repeat, job.vertical_repeat))
         embedded = time.perf_counter()
+        arguments = dict(
+            conditioning,
+            image=init,
+            mask_image=Image.fromarray(repainted.astype(np.uint8) * 255, "L"),
+            width=size[0],
+            height=size[1],
+            strength=strength,
+            num_inference_steps=schedule_length(job.steps, strength),
+            guidance_scale=job.guidance_scale,
+            cross_attention_kwargs={"ip_adapter_masks": ip_adapter_masks(repainted, size)},
+            callback_on_step_end=_step_callback(progress, job.steps),
+        )
+        generated = self._generate(arguments, job.seed)
+        generated_at = time.perf_counter()
 
+        original = np.asarray(main.crop(box).resize(size, Image.Resampling.LANCZOS), dtype=np.float32)
+        matched = match_to(np.asarray(generated, dtype=np.float32), original, repainted & ~grown)
+        patch = Image.fromarray(np.rint(matched).astype(np.uint8), "RGB").resize(
+            (box[2] - box[0], box[3] - box[1]), Image.Resampling.LANCZOS
+        )
+        result = feathered_paste(main, patch, box, placement.grown, feather=max(1, job.growmask))
+        end = time.perf_counter()
+        self.last_timings = {
+            "mask_ops_s": (prepared - start) + (end - generated_at),
+            "embeds_s": embedded - prepared,
+            "model_s": generated_at - embedded,
+        }
+        return result
+
+    def _generate(self, arguments: dict, seed: int) -> Image.Image:
         def generate() -> Image.Image:
-            return self.pipe(
-                **conditioning,
-                image=crop,
-                mask_image=crop_mask,
-                width=size[0],
-                height=size[1],
-                num_inference_steps=job.steps,
-                strength=1.0,  # SDXL's default 0.9999 would run one step fewer than asked
-                guidance_scale=job.guidance_scale,
-                generator=torch.Generator("cpu").manual_seed(job.seed),
-                callback_on_step_end=_step_callback(progress, job.steps),
-            ).images[0]
+            generator = torch.Generator("cpu").manual_seed(seed)
+            return self.pipe(**arguments, generator=generator).images[0]
 
         try:
-            generated = generate()
+            return generate()
         except Exception as exc:
             if not (self.options.compile and is_compile_error(exc)):
                 raise
@@ -109,60 +136,31 @@ class DiffusionEngine:
             log.warning("torch.compile failed (%s); the UNet runs eagerly from now on", _first_line(exc))
             uncompile_unet_blocks(self.pipe.unet)
             self.options = dataclasses.replace(self.options, compile=False)
-            generated = generate()
-        generated_at = time.perf_counter()
+            return generate()
 
-        patch = generated.resize((box[2] - box[0], box[3] - box[1]), Image.Resampling.LANCZOS)
-        result = feathered_paste(main, patch, box, grown, feather=max(1, job.growmask))
-        end = time.perf_counter()
-        self.last_timings = {
-            "mask_ops_s": (prepared - start) + tiling_s + (end - generated_at),
-            "embeds_s": (embedded - prepared) - tiling_s,
-            "model_s": generated_at - embedded,
-        }
-        return result
+    def _use_scheduler(self, steps: int) -> None:
+        self.pipe.scheduler = self.low_step_scheduler if steps < LOW_STEPS else self.default_scheduler
 
-    def _conditioning(self, job: SwapJob) -> tuple[dict, float]:
+    def _conditioning(self, job: SwapJob, reference: Image.Image) -> dict:
         """The pipeline's prompt and IP-Adapter arguments: raw (no cache) or embeddings from the LRU.
-
-        Also returns the seconds spent tiling the object image (image work, not model work).
 
         Embeddings are always computed as for classifier-free guidance ([negative, positive]); a job
         without guidance gets the positive half, exactly what the pipeline would compute itself.
         """
         if not self.embeddings.enabled:
-            tiling_start = time.perf_counter()
-            image = conditioning_image(job.object_image, job.horizontal_repeat, job.vertical_repeat)
-            arguments = {
-                "prompt": job.prompt,
-                "negative_prompt": job.negative_prompt or None,
-                "ip_adapter_image": image,
-            }
-            return arguments, time.perf_counter() - tiling_start
+            return {"prompt": job.prompt, "negative_prompt": job.negative_prompt or None, "ip_adapter_image": reference}
         guided = job.guidance_scale > 1 and self.pipe.unet.config.time_cond_proj_dim is None
-        tiling_s = 0.0
 
         def encode_image() -> list[torch.Tensor]:
-            nonlocal tiling_s
-            tiling_start = time.perf_counter()
-            image = conditioning_image(job.object_image, job.horizontal_repeat, job.vertical_repeat)
-            tiling_s = time.perf_counter() - tiling_start
-            return self.pipe.prepare_ip_adapter_image_embeds(image, None, self.pipe._execution_device, 1, True)
+            return self.pipe.prepare_ip_adapter_image_embeds(reference, None, self.pipe._execution_device, 1, True)
 
-        image_key = (
-            "image",
-            self.model_set.arch,
-            self.model_set.variant,
-            image_digest(job.object_image),
-            job.horizontal_repeat,
-            job.vertical_repeat,
-        )
+        image_key = ("image", self.model_set.arch, self.model_set.variant, image_digest(reference))
         image_embeds = self.embeddings.get(image_key, encode_image)
         prompt_key = ("prompt", job.prompt, job.negative_prompt)
         prompt = self.embeddings.get(prompt_key, lambda: self._encode_prompt(job.prompt, job.negative_prompt))
         arguments = dict(prompt)
         arguments["ip_adapter_image_embeds"] = [e if guided else e.chunk(2)[1] for e in image_embeds]
-        return arguments, tiling_s
+        return arguments
 
     @torch.no_grad()
     def _encode_prompt(self, prompt: str, negative_prompt: str) -> dict[str, torch.Tensor]:
@@ -267,56 +265,6 @@ def only_fp16_variant(base: Path) -> bool:
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def set_ip_adapter_strengths(unet, style_block: str, subject: float, fashion: float) -> dict[str, float]:
-    """Per-layer IP-Adapter scales: `fashion` on the style block, `subject` everywhere else.
-
-    Returns the scale set on each IP-Adapter attention processor, by processor name.
-    """
-    scales: dict[str, float] = {}
-    for name, processor in unet.attn_processors.items():
-        if not hasattr(processor, "to_k_ip"):
-            continue
-        value = fashion if name.startswith(style_block + ".") else subject
-        processor.scale = [value] * len(processor.scale)
-        scales[name] = value
-    return scales
-
-
-def context_box(grown: np.ndarray, size: tuple[int, int]) -> Box:
-    """A box around the grown mask with context, widened on its short side if it is too elongated."""
-    left, top, right, bottom = mask_box(grown)
-    margin = max(MIN_CONTEXT, round(CONTEXT_SHARE * max(right - left, bottom - top)))
-    left, top, right, bottom = left - margin, top - margin, right + margin, bottom + margin
-    width, height = right - left, bottom - top
-    if width > MAX_ASPECT * height:
-        extra = math.ceil(width / MAX_ASPECT - height) // 2 + 1
-        top, bottom = top - extra, bottom + extra
-    elif height > MAX_ASPECT * width:
-        extra = math.ceil(height / MAX_ASPECT - width) // 2 + 1
-        left, right = left - extra, right + extra
-    return max(0, left), max(0, top), min(size[0], right), min(size[1], bottom)
-
-
-def processing_size(box: Box, native_side: int) -> tuple[int, int]:
-    """Width and height with the area of native_side^2, the box's aspect, sides multiples of 8.
-
-    The long side is capped at twice the native side for boxes that stayed elongated
-    against the image border.
-    """
-    width, height = box[2] - box[0], box[3] - box[1]
-    scale = native_side / math.sqrt(width * height)
-    scale = min(scale, 2 * native_side / max(width, height))
-    return max(8, round(width * scale / 8) * 8), max(8, round(height * scale / 8) * 8)
-
-
-def conditioning_image(obj: Image.Image, horizontal: int, vertical: int) -> Image.Image:
-    """The IP-Adapter image: the object tiled, transparent parts on white."""
-    tiled = tile_object(obj.convert("RGBA"), horizontal, vertical, max_side=OBJECT_MAX_SIDE)
-    background = Image.new("RGB", tiled.size, OBJECT_BACKGROUND)
-    background.paste(tiled, mask=tiled.getchannel("A"))
-    return background
 
 
 def _step_callback(progress: ProgressFn | None, total: int):

@@ -1,0 +1,55 @@
+"""Where the model works: a crop around the grown mask at the model's native area, and the masks at that size."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from pipelines.imageops import Box, mask_box
+
+CONTEXT_SHARE = 0.25  # context kept around the grown mask, as a share of its box's longer side
+MIN_CONTEXT = 16
+MAX_ASPECT = 2.0  # boxes more elongated than this take more context on their short side
+
+
+def context_box(grown: np.ndarray, size: tuple[int, int]) -> Box:
+    """A box around the grown mask with context, widened on its short side if it is too elongated."""
+    left, top, right, bottom = mask_box(grown)
+    margin = max(MIN_CONTEXT, round(CONTEXT_SHARE * max(right - left, bottom - top)))
+    left, top, right, bottom = left - margin, top - margin, right + margin, bottom + margin
+    width, height = right - left, bottom - top
+    if width > MAX_ASPECT * height:
+        extra = math.ceil(width / MAX_ASPECT - height) // 2 + 1
+        top, bottom = top - extra, bottom + extra
+    elif height > MAX_ASPECT * width:
+        extra = math.ceil(height / MAX_ASPECT - width) // 2 + 1
+        left, right = left - extra, right + extra
+    return max(0, left), max(0, top), min(size[0], right), min(size[1], bottom)
+
+
+def processing_size(box: Box, native_side: int) -> tuple[int, int]:
+    """Width and height with the area of native_side^2, the box's aspect, sides multiples of 8.
+
+    The long side is capped at twice the native side for boxes that stayed elongated
+    against the image border.
+    """
+    width, height = box[2] - box[0], box[3] - box[1]
+    scale = native_side / math.sqrt(width * height)
+    scale = min(scale, 2 * native_side / max(width, height))
+    return max(8, round(width * scale / 8) * 8), max(8, round(height * scale / 8) * 8)
+
+
+def crop_mask(mask: np.ndarray, box: Box, size: tuple[int, int]) -> np.ndarray:
+    """The mask inside `box`, scaled to `size` (nearest: no grey edge)."""
+    left, top, right, bottom = box
+    crop = Image.fromarray(mask[top:bottom, left:right])
+    return np.asarray(crop.resize(size, Image.Resampling.NEAREST), dtype=bool)
+
+
+def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Grown by a disk of `radius` pixels."""
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)

@@ -1,0 +1,120 @@
+"""What the diffusion engine hands the pipeline, on tiny weights: the placed pixels, the strength, the step
+count, the mask widened to whole latent cells, the reference image and its IP-Adapter mask.
+Tiny random weights cannot show quality; these check the mechanics the quality rests on."""
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+pytest.importorskip("diffusers")
+
+from pipelines.engines.diffusion.conditioning import PATTERN_TILES, pad_to_square, reference_image  # noqa: E402
+from pipelines.engines.diffusion.engine import LATENT_MARGIN, DiffusionEngine  # noqa: E402
+from pipelines.engines.diffusion.geometry import context_box, crop_mask, dilate, processing_size  # noqa: E402
+from pipelines.engines.diffusion.schedule import denoising_strength, schedule_length  # noqa: E402
+from pipelines.models.model_sets import ModelSet  # noqa: E402
+from pipelines.placement import place  # noqa: E402
+from pipelines.placement.colour import match_to  # noqa: E402
+from tests.pipelines.jobs import diffusion_job  # noqa: E402
+from tests.pipelines.recording import RecordingPipeline  # noqa: E402
+
+
+@pytest.fixture(scope="module", params=["sd15", "sdxl"])
+def engine(request, tiny_weights):
+    engine = DiffusionEngine(ModelSet(request.param, tiny_weights / request.param, "plus"))
+    engine.pipe = RecordingPipeline(engine.pipe)
+    return engine
+
+
+def last_call(engine) -> dict:
+    return engine.pipe.calls[-1]
+
+
+def tall_object() -> Image.Image:
+    obj = Image.new("RGBA", (20, 100), (0, 0, 0, 0))
+    ImageDraw.Draw(obj).rectangle((0, 0, 19, 99), fill=(230, 20, 20, 255))
+    return obj
+
+
+def test_the_pipeline_starts_from_the_placed_pixels(engine):
+    job = diffusion_job(object_image=tall_object(), steps=10)
+    engine.swap(job)
+    placement = place(job)
+    box = context_box(placement.grown, job.main_image.size)
+    size = processing_size(box, engine.native_side)
+    expected = placement.image.crop(box).resize(size, Image.Resampling.LANCZOS)
+    assert last_call(engine)["image"].tobytes() == expected.tobytes()
+    assert (last_call(engine)["width"], last_call(engine)["height"]) == size
+
+
+@pytest.mark.parametrize(("steps", "subject"), [(10, 1.0), (13, 0.5), (11, 0.0), (24, 0.8)])
+def test_exactly_the_asked_steps_run_at_the_subject_strength(engine, steps, subject):
+    seen = []
+    engine.swap(diffusion_job(steps=steps, subject_strength=subject), progress=lambda done, total: seen.append(done))
+    call = last_call(engine)
+    assert call["strength"] == pytest.approx(1 - 0.6 * subject)
+    assert seen == list(range(1, steps + 1))  # one callback per denoising step actually run
+    low = type(call["scheduler"]).__name__ == "DPMSolverMultistepScheduler"
+    assert low == (steps < 20) and (not low or call["scheduler"].config.use_karras_sigmas)
+
+
+def test_the_pipeline_mask_covers_whole_latent_cells_beyond_the_grown_mask(engine):
+    job = diffusion_job(steps=10)
+    engine.swap(job)
+    call = last_call(engine)
+    size = (call["width"], call["height"])
+    placement = place(job)
+    grown = crop_mask(placement.grown, context_box(placement.grown, job.main_image.size), size)
+    pipeline_mask = np.asarray(call["mask_image"].convert("L")) > 127
+    assert np.array_equal(pipeline_mask, dilate(grown, LATENT_MARGIN))
+    assert pipeline_mask[dilate(grown, 8)].all()  # at least one latent cell (8 px) all round
+    ip_mask = call["cross_attention_kwargs"]["ip_adapter_masks"][0]
+    assert tuple(ip_mask.shape) == (1, 1, size[1], size[0])
+    assert np.array_equal(ip_mask[0, 0].numpy() > 0.5, pipeline_mask)
+
+
+def test_the_encoder_sees_the_whole_object_padded_to_a_square():
+    job = diffusion_job(object_image=tall_object())
+    reference = reference_image(place(job), job.horizontal_repeat, job.vertical_repeat)
+    assert reference.width == reference.height
+    red = np.asarray(reference)[..., 0] > 200
+    rows = np.flatnonzero(red.any(axis=1))
+    assert rows[0] == 0 and rows[-1] == reference.height - 1  # top to bottom: the centre crop cuts nothing
+
+
+def test_a_pattern_reaches_the_encoder_as_at_most_two_by_two_tiles():
+    tile = Image.new("RGB", (30, 20), (20, 60, 200))
+    job = diffusion_job(object_image=tile, horizontal_repeat=10, vertical_repeat=2)
+    reference = reference_image(place(job), 10, 2)
+    assert reference.size == pad_to_square(Image.new("RGB", (30 * PATTERN_TILES, 20 * 2))).size
+
+
+def test_cached_and_uncached_conditioning_use_the_same_reference(tiny_weights):
+    from pipelines.engines.diffusion.options import DiffusionOptions
+
+    model_set = ModelSet("sd15", tiny_weights / "sd15", "plain")
+    uncached = DiffusionEngine(model_set, DiffusionOptions(embed_cache_size=0))
+    uncached.pipe = RecordingPipeline(uncached.pipe)
+    job = diffusion_job(object_image=tall_object(), steps=10)
+    uncached.swap(job)
+    expected = reference_image(place(job), 1, 1)
+    assert uncached.pipe.calls[-1]["ip_adapter_image"].tobytes() == expected.tobytes()
+
+
+def test_schedule_length_runs_exactly_the_asked_steps():
+    for steps in range(10, 101):
+        for subject in np.linspace(0, 1, 21):
+            strength = denoising_strength(float(subject))
+            length = schedule_length(steps, strength)
+            assert min(int(length * strength), length) == steps, (steps, strength, length)
+
+
+def test_colour_matching_removes_a_cast_measured_in_the_ring():
+    rng = np.random.default_rng(0)
+    original = rng.uniform(60, 200, (40, 40, 3)).astype(np.float32)
+    generated = original * 0.9 + np.array([30, -10, 5], np.float32)  # a colour cast over everything
+    ring = np.zeros((40, 40), bool)
+    ring[:5] = True
+    matched = match_to(generated, original, ring)
+    assert np.abs(matched - original).mean() < 1.0
+    assert np.array_equal(match_to(generated, original, np.zeros((40, 40), bool)), generated)
