@@ -19,6 +19,7 @@ from diffusers.models.attention_processor import (
 )
 
 from pipelines import SwapJob
+from pipelines.engines.diffusion.conditioning import STYLE_SCALE, SUBJECT_SCALE
 from pipelines.engines.diffusion.embedding_cache import EmbeddingCache, image_digest
 from pipelines.engines.diffusion.engine import DiffusionEngine
 from pipelines.engines.diffusion.options import DiffusionOptions
@@ -109,7 +110,7 @@ def test_sdpa_off_uses_the_classic_processors_with_the_same_adapter(tiny_weights
     assert {type(p) for p in classic.pipe.unet.attn_processors.values()} == {AttnProcessor, IPAdapterAttnProcessor}
     assert {type(p) for p in classic.pipe.vae.attn_processors.values()} == {AttnProcessor}
     classic.swap(job(subject_strength=0.25, fashion_strength=0.75))
-    assert {tuple(p.scale) for p in ip_processors(classic).values()} == {(0.25,), (0.75,)}
+    assert {tuple(p.scale) for p in ip_processors(classic).values()} == {(SUBJECT_SCALE * 0.25,), (STYLE_SCALE * 0.75,)}
     a, b = np.asarray(sdpa.swap(job()), dtype=int), np.asarray(classic.swap(job()), dtype=int)
     assert np.abs(a - b).max() <= 2
 
