@@ -15,19 +15,33 @@ from pipelines.errors import InvalidInput
 Box = tuple[int, int, int, int]
 
 MASK_THRESHOLD = 128
+ASPECT_TOLERANCE = 0.01
 
 
 def normalize_mask(mask: Image.Image, size: tuple[int, int], threshold: int = MASK_THRESHOLD) -> np.ndarray:
     """Any-mode mask image -> boolean array at `size` (width, height); True = replace.
 
     An alpha channel that is not fully opaque carries the mask (opaque = replace);
-    otherwise the luminance does (white = replace). Resizing is nearest-neighbour
-    so that no grey edge appears and the threshold means the same at every size.
+    otherwise the luminance does (white = replace). A mask of another size with the same aspect
+    ratio is scaled, nearest-neighbour so that no grey edge appears and the threshold means the
+    same at every size; any other size is an InvalidInput naming both sizes.
     """
     gray = _mask_channel(mask)
     if gray.size != size:
+        _require_same_aspect(gray.size, size)
         gray = gray.resize(size, Image.Resampling.NEAREST)
     return np.asarray(gray) >= threshold
+
+
+def _require_same_aspect(mask_size: tuple[int, int], size: tuple[int, int]) -> None:
+    """A mask of another size is scaled only when its aspect ratio is the main image's (within 1 %)."""
+    scale_x, scale_y = size[0] / mask_size[0], size[1] / mask_size[1]
+    if abs(scale_x - scale_y) > ASPECT_TOLERANCE * max(scale_x, scale_y):
+        raise InvalidInput(
+            f"the mask is {mask_size[0]}x{mask_size[1]} and the main image {size[0]}x{size[1]}: "
+            "the mask must have the main image's size or its aspect ratio",
+            "mask_image",
+        )
 
 
 def _mask_channel(mask: Image.Image) -> Image.Image:

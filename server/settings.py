@@ -73,6 +73,13 @@ class Settings(BaseSettings):
         "replicas (which must also share jobs_dir); empty: SQLite files (one server)",
     )
     job_retention_s: float = Field(7 * 24 * 3600, gt=0, description="how long v2 jobs and results are kept")
+    delete_on_fetch: bool = Field(False, description="delete a v2 job's files once its output has been fetched")
+    max_stored_jobs_per_key: int = Field(1000, ge=1, description="v2 jobs one key may keep stored; beyond, 429")
+    max_stored_bytes_per_key: int = Field(
+        2 * 1024**3, ge=1, description="bytes of v2 inputs and results one key may keep stored; beyond, 429"
+    )
+    header_timeout_s: float = Field(10.0, gt=0, description="time a client has to send a request's headers")
+    body_timeout_s: float = Field(60.0, gt=0, description="time a client has to send a request's body")
     job_timeout_s: float = Field(3600.0, gt=0, description="how long a dispatched v2 job may wait for a worker")
     max_pending_jobs: int = Field(10_000, ge=1, description="v2 jobs queued or running; beyond it, submits get 429")
     public_base_url: str | None = Field(None, description="base of the URLs v2 answers with, behind a proxy")

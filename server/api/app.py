@@ -44,7 +44,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         devices = settings.devices or visible_devices()
         starting = asyncio.create_task(asyncio.to_thread(start_workers, work, lifecycle, factory, devices))
-        jobs = JobRunner(open_job_store(settings), work, lifecycle, settings, metrics)
+        jobs = JobRunner(open_job_store(settings), work, lifecycle, settings, metrics, app.state.credits)
         app.state.jobs = jobs
         background = [asyncio.create_task(jobs.run()), asyncio.create_task(jobs.purge_forever())]
         try:

@@ -5,22 +5,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from pipelines import SegswapError, SwapJob, build_job
-from server.access.credits import CreditLedger
-from server.access.keys import Caller
+from server.api import metering
 from server.api.body import read_swap_body
 from server.api.contract import SwapResponse
 from server.api.deps import CallerDep, LifecycleDep, MetricsDep, SettingsDep, WorkDep
 from server.api.errors import service_error_from_engine
 from server.api.openapi_docs import swap_request_body, swap_responses
-from server.errors import NotAcceptable, TimedOut
-from server.inputs.encode import MEDIA_TYPES, encode_image
+from server.errors import TimedOut
+from server.inputs.encode import MEDIA_TYPES, check_encodable, encode_image
 from server.inputs.resolve import resolve_images
 from server.serving.admission import queue_full_error, refuse_if_unavailable
 from server.serving.metrics import Metrics
@@ -50,44 +47,29 @@ async def seg_swap(
     timings = request.state.log
     start = time.perf_counter()
     parsed = await read_swap_body(request, settings.max_body_bytes)
+    body = parsed.request
     images = await resolve_images(parsed.image_sources(), settings)
-    job = build_job(parsed.request.model_dump(), images)
+    check_encodable(images["main_image"].size, body.image_format)
+    job = build_job(body.model_dump(), images)
+    del images
     timings["inputs_s"] = _observe(metrics, "inputs", start)
 
-    async with paid(request, caller, settings.credit_cost):
+    charged = await metering.reserve(request, caller, settings.credit_cost)
+    try:
         outcome = await run_job(request, work, job, deadline, settings.request_timeout_s)
+        start = time.perf_counter()
+        data = await asyncio.to_thread(encode_image, outcome.image, body.image_format, body.image_quality)
+    except BaseException:
+        await metering.refund(request, caller, charged)
+        raise
+    timings["encode_s"] = _observe(metrics, "encode", start)
     metrics.queue_wait_seconds.observe(outcome.queue_s)
     metrics.stage_seconds.labels("engine").observe(outcome.engine_s)
     metrics.images.labels(outcome.engine).inc()
     timings.update(
         queue_s=round(outcome.queue_s, 4), engine_s=round(outcome.engine_s, 4), engine=outcome.engine, seed=job.seed
     )
-
-    body = parsed.request
-    start = time.perf_counter()
-    data = await asyncio.to_thread(encode_image, outcome.image, body.image_format, body.image_quality)
-    timings["encode_s"] = _observe(metrics, "encode", start)
     return swap_response(data, body, job.seed, outcome)
-
-
-@asynccontextmanager
-async def paid(request: Request, caller: Caller, cost: int) -> AsyncIterator[None]:
-    """Reserve the image's cost for keys with a balance (406 if it is not covered); refund it on failure."""
-    ledger: CreditLedger | None = request.app.state.credits
-    balance = None if ledger is None or not cost else await asyncio.to_thread(ledger.balance, caller.key_id)
-    if balance is None:
-        yield
-        return
-    left = await asyncio.to_thread(ledger.reserve, caller.key_id, cost)
-    if left is None:
-        request.state.remaining_credits = balance
-        raise NotAcceptable(f"insufficient credits: this key has {balance}, an image costs {cost}")
-    request.state.remaining_credits = left
-    try:
-        yield
-    except BaseException:
-        request.state.remaining_credits = await asyncio.to_thread(ledger.refund, caller.key_id, cost)
-        raise
 
 
 async def run_job(request: Request, work: WorkQueue, job: SwapJob, deadline: float, timeout_s: float) -> Outcome:
@@ -97,15 +79,19 @@ async def run_job(request: Request, work: WorkQueue, job: SwapJob, deadline: flo
     except QueueFull as full:
         raise queue_full_error(full) from None
     watcher = asyncio.create_task(_drop_on_disconnect(request, work, ticket))
+    failure: Exception | None = None
     try:
         return await asyncio.wait_for(asyncio.shield(ticket.future), timeout=max(0.0, deadline - time.monotonic()))
     except (TimeoutError, Dropped):
         work.cancel(ticket, "deadline passed")
-        raise TimedOut(f"the request did not finish within {timeout_s:g} s") from None
+        failure = TimedOut(f"the request did not finish within {timeout_s:g} s")
     except SegswapError as exc:
-        raise service_error_from_engine(exc) from None
+        failure = service_error_from_engine(exc)
+        exc.__traceback__ = None  # it would point back at this frame, which holds the job: a cycle (see work_queue)
     finally:
         watcher.cancel()
+        del ticket  # its future holds the engine's exception
+    raise failure
 
 
 async def _drop_on_disconnect(request: Request, work: WorkQueue, ticket: Ticket) -> None:

@@ -10,16 +10,20 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
+from starlette.background import BackgroundTask
 
 from pipelines import IMAGE_FIELDS, resolve_seed
 from server.access.keys import Caller
+from server.api import metering
 from server.api.body import ParsedBody, read_swap_body
 from server.api.contract import AsyncSwapRequest, ErrorResponse, JobResult, JobStatus, SubmitResponse
 from server.api.deps import CallerDep, JobsDep, LifecycleDep, SettingsDep
 from server.api.openapi_docs import swap_request_body
 from server.errors import Conflict, NotFound, TooManyRequests
+from server.inputs.decode import decode_inputs
+from server.inputs.encode import check_encodable
 from server.inputs.fetch import check_url
-from server.inputs.resolve import resolve_images
+from server.inputs.resolve import fetch_inputs
 from server.inputs.ssrf import AllowList
 from server.jobs.dispatcher import media_type, status_body
 from server.jobs.store import DuplicateSubmit, JobRecord, JobStore
@@ -59,21 +63,30 @@ async def submit(
         existing = await asyncio.to_thread(jobs.store.find_idempotent, caller.key_id, idempotency_key)
         if existing is not None:
             return _replay(request, existing, fingerprint, settings)
-    images = await resolve_images(parsed.image_sources(), settings)
-    params = _params(body, caller)
+    inputs = await fetch_inputs(parsed.image_sources(), settings)
+    images = await asyncio.to_thread(decode_inputs, inputs, settings.max_image_pixels)  # refused now, not later
+    check_encodable(images["main_image"].size, body.image_format)
+    del images
+    await _check_storage(jobs.store, caller, sum(len(data) for data in inputs.values()), settings)
+    charged = await metering.reserve(request, caller, settings.credit_cost)
+    params = _params(body, caller, charged)
     try:
         record = await asyncio.to_thread(
             jobs.store.create,
             caller.key_id,
             params,
-            images,
+            inputs,
             settings.job_retention_s,
             idempotency_key,
             fingerprint,
             body.webhook_url,
         )
     except DuplicateSubmit as duplicate:  # a concurrent submit with the same key won the race
+        await metering.refund(request, caller, charged)
         return _replay(request, duplicate.existing, fingerprint, settings)
+    except BaseException:
+        await metering.refund(request, caller, charged)
+        raise
     request.state.log["job_id"] = record.id
     jobs.wake()
     return JSONResponse(_submitted(request, record, settings).model_dump(), status_code=200)
@@ -107,6 +120,8 @@ async def job_result(
         if record.params.get("base64"):
             data = await asyncio.to_thread(jobs.store.result_path(record).read_bytes)
             result["image"] = base64.b64encode(data).decode("ascii")
+            if settings.delete_on_fetch:
+                await asyncio.to_thread(jobs.store.forget, record.id)
     return JSONResponse(result, status_code=422 if record.status == "FAILED" else 200)
 
 
@@ -116,11 +131,12 @@ async def job_result(
     response_class=Response,
     responses={**ERRORS, 200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
 )
-async def job_output(request_id: str, caller: CallerDep, jobs: JobsDep) -> Response:
+async def job_output(request_id: str, caller: CallerDep, jobs: JobsDep, settings: SettingsDep) -> Response:
     record = await _owned(jobs.store, request_id, caller)
     if record.status != "COMPLETED":
         raise NotFound(f"request {request_id} has no output (status {record.status})")
-    return FileResponse(jobs.store.result_path(record), media_type=media_type(record))
+    forget = BackgroundTask(jobs.store.forget, record.id) if settings.delete_on_fetch else None
+    return FileResponse(jobs.store.result_path(record), media_type=media_type(record), background=forget)
 
 
 @router.delete(
@@ -141,11 +157,29 @@ async def _owned(store: JobStore, request_id: str, caller: Caller) -> JobRecord:
     return record
 
 
-def _params(body: AsyncSwapRequest, caller: Caller) -> dict:
+def _params(body: AsyncSwapRequest, caller: Caller, charged: int) -> dict:
     params = body.model_dump(exclude={*IMAGE_FIELDS, "webhook_url"})
     params["seed"] = resolve_seed(body.seed)
     params["_webhook_secret"] = caller.key_sha256
+    params["_charged"] = charged  # refunded if the job fails, is cancelled or expires unrun
     return params
+
+
+async def _check_storage(store: JobStore, caller: Caller, incoming: int, settings: Settings) -> None:
+    """429 when this key already keeps as many jobs, or as many bytes, as a key may."""
+    jobs, stored = await asyncio.to_thread(store.usage, caller.key_id)
+    if jobs >= settings.max_stored_jobs_per_key:
+        raise TooManyRequests(
+            f"this key already has {jobs} stored jobs, the most a key may keep; fetch or cancel some, or wait for "
+            f"them to expire ({settings.job_retention_s:g} s after submission)",
+            {"Retry-After": "60"},
+        )
+    if stored + incoming > settings.max_stored_bytes_per_key:
+        raise TooManyRequests(
+            f"this key's stored jobs take {stored} bytes and this one {incoming} more, over the "
+            f"{settings.max_stored_bytes_per_key} a key may keep; wait for older jobs to expire",
+            {"Retry-After": "60"},
+        )
 
 
 def _fingerprint(parsed: ParsedBody) -> str:

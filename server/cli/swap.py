@@ -15,8 +15,8 @@ from pydantic import ValidationError
 from pipelines import IMAGE_FIELDS, build_job
 from server.api.contract import SwapRequest, describe_validation_error
 from server.cli.common import CliError, add_engine_flags, flag, settings_from
-from server.inputs.decode import decode_image, is_url
-from server.inputs.encode import encode_image
+from server.inputs.decode import decode_inputs, is_url
+from server.inputs.encode import check_encodable, encode_image
 from server.inputs.fetch import fetch_url
 from server.serving.workers import load_configured_engine
 from server.settings import Settings
@@ -48,10 +48,11 @@ def add_swap_command(subparsers) -> None:
 def run_swap(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     request = _validated_request(args)
-    images = {
-        name: decode_image(_read_source(getattr(args, name), name, settings), name, settings.max_image_pixels)
-        for name in IMAGE_FIELDS
-    }
+    if not args.output.parent.is_dir():
+        raise CliError(f"-o: no such folder: {args.output.parent}")
+    data = {name: _read_source(getattr(args, name), name, settings) for name in IMAGE_FIELDS}
+    images = decode_inputs(data, settings.max_image_pixels)
+    check_encodable(images["main_image"].size, request.image_format)
     job = build_job(request.model_dump(), images)
 
     engine = load_configured_engine(settings)

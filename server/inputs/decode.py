@@ -6,7 +6,6 @@ import base64
 import binascii
 import io
 import re
-import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -14,6 +13,11 @@ from pipelines.imageops import high_depth_to_l, is_high_depth
 from server.errors import BadRequest, ServiceError, TooLarge
 
 ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP"}
+ORIENTATION = 0x0112  # the EXIF tag
+ROTATING = {5, 6, 7, 8}  # EXIF orientations that turn the picture a quarter (its width and height swap)
+# One pixel limit, the configured one (max_image_pixels, checked on the header before decoding): Pillow's
+# own bomb check (a warning at 89.5 MP, an error at twice that) would refuse images the operator allowed.
+Image.MAX_IMAGE_PIXELS = None
 DATA_URI = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,", re.IGNORECASE)
 
 
@@ -41,17 +45,16 @@ def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
     if not data:
         raise BadRequest(f"field '{field}': the image is empty")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            _check_header(image, field, max_pixels)
-            image.load()
-            return _normalise_mode(ImageOps.exif_transpose(image))
+        image = Image.open(io.BytesIO(data))
+        _check_header(image, field, max_pixels)
+        image.load()
+        orientation = image.getexif().get(ORIENTATION, 1)
+        upright = _normalise_mode(ImageOps.exif_transpose(image))
+        upright.info["orientation"] = orientation  # what was turned, for a mask drawn on the unturned pixels
+        return upright
     except ServiceError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise TooLarge(f"field '{field}': the image has more than {max_pixels} pixels") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         raise BadRequest(f"field '{field}': the data is not a readable PNG, JPEG or WEBP image") from None
 
 
@@ -74,3 +77,25 @@ def _normalise_mode(image: Image.Image) -> Image.Image:
     if image.mode == "PA":
         return image.convert("RGBA")
     return image.convert("RGB")  # CMYK, YCbCr, LAB, 1
+
+
+def decode_inputs(data: dict[str, bytes], max_pixels: int) -> dict[str, Image.Image]:
+    """The three images of a request, decoded; a mask drawn on an EXIF-turned main image's stored pixels is
+    turned the same way (see align_mask)."""
+    images = {field: decode_image(value, field, max_pixels) for field, value in data.items()}
+    images["mask_image"] = align_mask(images["main_image"], images["mask_image"])
+    return images
+
+
+def align_mask(main: Image.Image, mask: Image.Image) -> Image.Image:
+    """A mask the size of the main image as stored, before its EXIF quarter turn, gets the same turn.
+
+    Any other size is left to the engine: the same aspect ratio is scaled, anything else is refused.
+    """
+    orientation = main.info.get("orientation", 1)
+    stored_size = (main.height, main.width)
+    if mask.size == main.size or orientation not in ROTATING or mask.size != stored_size:
+        return mask
+    turned = mask.copy()
+    turned.getexif()[ORIENTATION] = orientation
+    return ImageOps.exif_transpose(turned)

@@ -6,10 +6,13 @@ import io
 
 from PIL import Image
 
+from server.errors import BadRequest
+
 # zlib level 1: a 1024x1024 PNG encodes several times faster than at Pillow's
 # default of 6 for a file only slightly larger; PNG stays lossless either way.
 PNG_COMPRESS_LEVEL = 1
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+MAX_SIDE = {"webp": 16383, "jpeg": 65500}  # what the formats can hold; PNG has no practical limit
 
 
 def encode_image(image: Image.Image, image_format: str, quality: int) -> bytes:
@@ -23,3 +26,13 @@ def encode_image(image: Image.Image, image_format: str, quality: int) -> bytes:
     else:
         raise ValueError(f"unknown image format {image_format!r}")
     return buffer.getvalue()
+
+
+def check_encodable(size: tuple[int, int], image_format: str) -> None:
+    """Refuse, before any work, an output the format cannot hold (the output has the main image's size)."""
+    limit = MAX_SIDE.get(image_format)
+    if limit is not None and max(size) > limit:
+        raise BadRequest(
+            f"field 'image_format': {image_format} images can be at most {limit} pixels a side and the main image "
+            f"is {size[0]}x{size[1]}; ask for png"
+        )

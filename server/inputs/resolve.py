@@ -1,4 +1,4 @@
-"""Resolving a request's images: fetch or decode each one, concurrently, off the event loop."""
+"""Resolving a request's images: each field's bytes fetched or decoded from base64, concurrently."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from PIL import Image
 
-from server.inputs.decode import decode_base64_field, decode_image, is_url
+from server.inputs.decode import decode_base64_field, decode_inputs, is_url
 from server.inputs.fetch import fetch_url
 from server.settings import Settings
 
@@ -25,12 +25,17 @@ async def image_bytes(value: str, field: str, settings: Settings) -> bytes:
     return decode_base64_field(value, field)
 
 
+async def fetch_inputs(sources: Mapping[str, str | bytes], settings: Settings) -> dict[str, bytes]:
+    """Each field's bytes from its source: uploaded bytes as they are, a URL fetched, base64 decoded."""
+
+    async def load(field: str, source: str | bytes) -> bytes:
+        return source if isinstance(source, bytes) else await image_bytes(source, field, settings)
+
+    data = await asyncio.gather(*(load(field, source) for field, source in sources.items()))
+    return dict(zip(sources, data, strict=True))
+
+
 async def resolve_images(sources: Mapping[str, str | bytes], settings: Settings) -> dict[str, Image.Image]:
-    """Each field's image from its source: uploaded bytes, a URL or base64 text."""
-
-    async def load(field: str, source: str | bytes) -> Image.Image:
-        data = source if isinstance(source, bytes) else await image_bytes(source, field, settings)
-        return await asyncio.to_thread(decode_image, data, field, settings.max_image_pixels)
-
-    images = await asyncio.gather(*(load(field, source) for field, source in sources.items()))
-    return dict(zip(sources, images, strict=True))
+    """Each field's image, fetched and decoded (off the event loop)."""
+    data = await fetch_inputs(sources, settings)
+    return await asyncio.to_thread(decode_inputs, data, settings.max_image_pixels)

@@ -19,8 +19,10 @@ import json
 import logging
 import time
 
-from pipelines import SegswapError, build_job
+from pipelines import SegswapError, SwapJob, build_job
+from server.access.credits import CreditLedger
 from server.errors import ServiceError
+from server.inputs.decode import decode_inputs
 from server.inputs.encode import MEDIA_TYPES, encode_image
 from server.inputs.fetch import post_pinned
 from server.jobs.store import JobRecord, JobStore
@@ -35,8 +37,17 @@ WEBHOOK_DELAYS_S = (1, 2, 4, 8, 16)  # waits between attempts: 6 attempts over a
 
 
 class JobRunner:
-    def __init__(self, store: JobStore, work: WorkQueue, lifecycle: Lifecycle, settings: Settings, metrics: Metrics):
+    def __init__(
+        self,
+        store: JobStore,
+        work: WorkQueue,
+        lifecycle: Lifecycle,
+        settings: Settings,
+        metrics: Metrics,
+        ledger: CreditLedger | None = None,
+    ):
         self.store, self.work, self.lifecycle, self.settings, self.metrics = store, work, lifecycle, settings, metrics
+        self.ledger = ledger  # where a failed, cancelled or unrun job's charge goes back
         self.tickets: dict[str, Ticket | None] = {}  # dispatched jobs (None: inputs still loading)
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
@@ -52,7 +63,11 @@ class JobRunner:
                     requeued, failed = await asyncio.to_thread(self.store.recover)
                     next_recovery = time.monotonic() + RECOVER_EVERY_S
                     if requeued or failed:
-                        log.info("job store recovered: %d interrupted job(s) queued again, %d failed", requeued, failed)
+                        log.info(
+                            "job store recovered: %d interrupted job(s) queued again, %d failed", requeued, len(failed)
+                        )
+                    for job_id in failed:
+                        await self._settled_as_failed(job_id)
                 if self.lifecycle.ready and not self.lifecycle.draining:
                     await self._dispatch()
             except Exception:  # the database is out of reach for a while: keep trying, do not stop dispatching
@@ -67,11 +82,14 @@ class JobRunner:
         while True:
             try:
                 purged = await asyncio.to_thread(self.store.purge_expired)
+                for record in purged:
+                    if record.status == "QUEUED":  # expired before it ran
+                        await asyncio.to_thread(self._refund, record)
             except Exception:
                 log.exception("job store unavailable; purging later")
-                purged = 0
+                purged = []
             if purged:
-                log.info("purged %d expired job(s)", purged)
+                log.info("purged %d expired job(s)", len(purged))
             await asyncio.sleep(every_s)
 
     async def _dispatch(self) -> None:
@@ -92,7 +110,29 @@ class JobRunner:
         ticket = self.tickets.get(job_id)
         if ticket is not None and not self.work.cancel(ticket, "cancelled by the client"):
             return False
-        return self.store.cancel(job_id)
+        if not self.store.cancel(job_id):
+            return False
+        self._refund(self.store.get(job_id))
+        return True
+
+    async def fail(self, job_id: str, reason: str) -> bool:
+        """Fail a job that has not ended, refund its charge; True if this call failed it."""
+        if not await asyncio.to_thread(self.store.fail, job_id, reason):
+            return False
+        await asyncio.to_thread(self._refund, await asyncio.to_thread(self.store.get, job_id))
+        return True
+
+    async def _settled_as_failed(self, job_id: str) -> None:
+        """A job failed elsewhere (restart recovery): its refund and its webhook."""
+        record = await asyncio.to_thread(self.store.get, job_id)
+        await asyncio.to_thread(self._refund, record)
+        if record and record.webhook_url:
+            self._spawn(self.deliver_webhook(record))
+
+    def _refund(self, record: JobRecord | None) -> None:
+        charged = record.params.get("_charged", 0) if record else 0
+        if charged and self.ledger is not None:
+            self.ledger.refund(record.key_id, charged)
 
     async def _execute(self, record: JobRecord) -> None:
         try:
@@ -108,14 +148,13 @@ class JobRunner:
 
     async def _run_once(self, record: JobRecord) -> bool:
         """Run the job on this server; True if this call completed or failed it."""
-        try:
-            images = await asyncio.to_thread(self.store.load_inputs, record.id)
-        except OSError as exc:  # the job's files are gone or unreadable: fail it rather than retry forever
-            log.error("job %s: stored inputs unreadable: %s", record.id, exc)
-            await asyncio.to_thread(self.store.fail, record.id, "the job's stored inputs could not be read")
-            return True
         params = record.params
-        job = build_job(params, images)
+        try:
+            job = await asyncio.to_thread(self._load_job, record)
+        except Exception as exc:  # gone, unreadable or undecodable: fail it rather than retry it forever
+            log.error("job %s: stored inputs unusable: %s", record.id, exc)
+            await self.fail(record.id, "the job's stored inputs could not be read")
+            return True
         deadline = time.monotonic() + self.settings.job_timeout_s
         try:
             ticket = self.work.submit(job, deadline, on_start=lambda: self.store.mark_started(record.id))
@@ -127,23 +166,32 @@ class JobRunner:
         except Dropped as dropped:
             if not dropped.expired:
                 return False  # cancelled
-            await asyncio.to_thread(
-                self.store.fail, record.id, f"the job did not run within {self.settings.job_timeout_s:g} s"
-            )
+            await self.fail(record.id, f"the job did not run within {self.settings.job_timeout_s:g} s")
             return True
         except SegswapError as exc:
-            await asyncio.to_thread(self.store.fail, record.id, str(exc))
+            exc.__traceback__ = None  # it would hold this frame, and the job's images, in a cycle
+            await self.fail(record.id, str(exc))
             return True
         except Exception:
             log.exception("job %s failed", record.id)
-            await asyncio.to_thread(self.store.fail, record.id, "internal error while running the job")
+            await self.fail(record.id, "internal error while running the job")
             return True
+        finally:
+            del ticket, job  # the future holds the engine's exception, if any
         self.metrics.queue_wait_seconds.observe(outcome.queue_s)
         self.metrics.stage_seconds.labels("engine").observe(outcome.engine_s)
         self.metrics.images.labels(outcome.engine).inc()
-        data = await asyncio.to_thread(encode_image, outcome.image, params["image_format"], params["image_quality"])
-        await asyncio.to_thread(self.store.complete, record.id, data, params["image_format"], outcome.engine_s)
+        try:
+            data = await asyncio.to_thread(encode_image, outcome.image, params["image_format"], params["image_quality"])
+            await asyncio.to_thread(self.store.complete, record.id, data, params["image_format"], outcome.engine_s)
+        except Exception as exc:
+            log.exception("job %s: the result could not be written", record.id)
+            await self.fail(record.id, f"the result could not be written as {params['image_format']}: {exc}")
         return True
+
+    def _load_job(self, record: JobRecord) -> SwapJob:
+        inputs = self.store.load_inputs(record.id)
+        return build_job(record.params, decode_inputs(inputs, self.settings.max_image_pixels))
 
     async def deliver_webhook(self, record: JobRecord) -> bool:
         """POST the status body to the job's webhook, signed, retried with backoff; never blocks a worker."""
@@ -160,8 +208,8 @@ class JobRunner:
                 status = await post_pinned(
                     record.webhook_url, "webhook_url", body, headers, timeout_s=10.0, allow=self.settings.fetch_allow
                 )
-            except ServiceError as exc:
-                log.warning("webhook for job %s, attempt %d: %s", record.id, attempt + 1, exc.message)
+            except Exception as exc:  # refused, timed out, unreachable: all retried like a 5xx
+                log.warning("webhook for job %s, attempt %d: %s", record.id, attempt + 1, _describe(exc))
                 continue
             if 200 <= status < 300:
                 return True
@@ -178,3 +226,7 @@ def status_body(record: JobRecord) -> dict:
 
 def media_type(record: JobRecord) -> str:
     return MEDIA_TYPES[record.params["image_format"]]
+
+
+def _describe(exc: Exception) -> str:
+    return exc.message if isinstance(exc, ServiceError) else f"{type(exc).__name__}: {exc}"

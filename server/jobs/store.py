@@ -1,7 +1,8 @@
 """The durable store of asynchronous (v2) jobs: rows in SQLite (WAL) or PostgreSQL, plus a folder of files.
 
-A job's inputs are stored already fetched and decoded (so a URL that changes later cannot
-change a queued job), its result next to them. Statuses: QUEUED -> PROCESSING -> COMPLETED |
+A job's inputs are stored already fetched, as the bytes that were received (so a URL that changes
+later cannot change a queued job; decoded images would take ten times the space), its result next
+to them; `stored_bytes` counts both, for the per-key caps. Statuses: QUEUED -> PROCESSING -> COMPLETED |
 FAILED, or QUEUED -> CANCELLED. `attempts` counts starts: after a crash a job found PROCESSING
 is queued again once, and failed if it was already retried.
 
@@ -12,7 +13,7 @@ dispatch it, and the unique (key_id, idempotency_key) constraint settles concurr
 
 Files: always in `jobs_dir`, which replicas must share (one volume: NFS, EFS, a ReadWriteMany
 claim, or a host folder when they run on one host). Not bytea in PostgreSQL, because inputs
-are decoded images stored as PNG (tens of MB for a large photo), kept for days: in the
+are images (megabytes each), kept for days: in the
 database they would swell its WAL, backups and vacuum work, and every fetch of a result would
 cross the database instead of being sent from a file (FileResponse). A file is written before
 the row that names it (inputs before the INSERT; a result to a temporary name, renamed, then
@@ -36,8 +37,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
 from server.db import open_database
 
 SCHEMA = """
@@ -58,6 +57,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     inference_time {float},
     expires_at {float} NOT NULL,
     owner TEXT,
+    stored_bytes BIGINT NOT NULL DEFAULT 0,
     UNIQUE (key_id, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
@@ -122,12 +122,16 @@ class JobStore:
         self.shared = self.db.dialect == "postgres"
         if self.shared:
             self.db.script(SCHEMA.format(float=self.db.float_type) + ";" + REPLICAS_SCHEMA)
+            self.db.execute("ALTER TABLE jobs ADD COLUMN IF NOT EXISTS stored_bytes BIGINT NOT NULL DEFAULT 0")
             self._renew()
         else:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.script(SCHEMA.format(float=self.db.float_type))
-            if "owner" not in {row["name"] for row in self.db.execute("PRAGMA table_info(jobs)")}:
+            columns = {row["name"] for row in self.db.execute("PRAGMA table_info(jobs)")}
+            if "owner" not in columns:
                 self.db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")  # a store made before replicas
+            if "stored_bytes" not in columns:  # a store made before the per-key caps
+                self.db.execute("ALTER TABLE jobs ADD COLUMN stored_bytes BIGINT NOT NULL DEFAULT 0")
 
     def _db(self):
         return self.db
@@ -151,7 +155,7 @@ class JobStore:
         self,
         key_id: str,
         params: dict,
-        images: dict[str, Image.Image],
+        inputs: dict[str, bytes],
         retention_s: float,
         idempotency_key: str | None = None,
         body_hash: str | None = None,
@@ -161,15 +165,25 @@ class JobStore:
         job_id = uuid.uuid4().hex
         folder = self.job_dir(job_id)
         folder.mkdir(parents=True)
-        for name, image in images.items():
-            image.save(folder / f"{name}.png", compress_level=1)
+        for name, data in inputs.items():
+            (folder / name).write_bytes(data)
+        stored = sum(len(data) for data in inputs.values())
         now = time.time()
         try:
             self._db().execute(
                 "INSERT INTO jobs (id, key_id, status, params, idempotency_key, body_hash, webhook_url, created_at, "
-                "expires_at)"
-                " VALUES (?, ?, 'QUEUED', ?, ?, ?, ?, ?, ?)",
-                (job_id, key_id, json.dumps(params), idempotency_key, body_hash, webhook_url, now, now + retention_s),
+                "expires_at, stored_bytes) VALUES (?, ?, 'QUEUED', ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    key_id,
+                    json.dumps(params),
+                    idempotency_key,
+                    body_hash,
+                    webhook_url,
+                    now,
+                    now + retention_s,
+                    stored,
+                ),
             )
         except self.db.unique_violation:
             shutil.rmtree(folder, ignore_errors=True)
@@ -191,16 +205,19 @@ class JobStore:
         path.with_suffix(".tmp").write_bytes(result)
         path.with_suffix(".tmp").replace(path)
         self._db().execute(
-            "UPDATE jobs SET status = 'COMPLETED', result_file = ?, finished_at = ?, inference_time = ? WHERE id = ?",
-            (name, time.time(), inference_time, job_id),
+            "UPDATE jobs SET status = 'COMPLETED', result_file = ?, finished_at = ?, inference_time = ?, "
+            "stored_bytes = stored_bytes + ? WHERE id = ?",
+            (name, time.time(), inference_time, len(result), job_id),
         )
 
-    def fail(self, job_id: str, error: str) -> None:
-        self._db().execute(
+    def fail(self, job_id: str, error: str) -> bool:
+        """QUEUED or PROCESSING -> FAILED; False if the job had already ended (nothing to refund twice)."""
+        cursor = self._db().execute(
             "UPDATE jobs SET status = 'FAILED', error = ?, finished_at = ? "
             "WHERE id = ? AND status IN ('QUEUED', 'PROCESSING')",
             (error, time.time(), job_id),
         )
+        return cursor.rowcount == 1
 
     def cancel(self, job_id: str) -> bool:
         cursor = self._db().execute(
@@ -209,15 +226,15 @@ class JobStore:
         )
         return cursor.rowcount == 1
 
-    def recover(self) -> tuple[int, int]:
-        """After a restart: jobs caught PROCESSING go back to QUEUED once, or fail. Returns (requeued, failed).
+    def recover(self) -> tuple[int, list[str]]:
+        """After a restart: jobs caught PROCESSING go back to QUEUED once, or fail. Returns (requeued, failed ids).
 
         Only jobs whose owner is gone (see the module docstring); safe to call at any time, and
         with PostgreSQL it must be called every few seconds: it also renews this replica's lease.
         """
         gone = self._gone_owners()
         if gone is None:
-            return 0, 0
+            return 0, []
         clause, params = gone
         db = self._db()
         requeued = db.execute(
@@ -228,10 +245,10 @@ class JobStore:
         failed = db.execute(
             "UPDATE jobs SET status = 'FAILED', error = 'the job was interrupted twice by a server restart', "
             "finished_at = ?"
-            f" WHERE status = 'PROCESSING' AND {clause}",
+            f" WHERE status = 'PROCESSING' AND {clause} RETURNING id",
             (time.time(), *params),
-        ).rowcount
-        return requeued, failed
+        ).fetchall()
+        return requeued, [row["id"] for row in failed]
 
     def _gone_owners(self) -> tuple[str, tuple] | None:
         """A condition on `owner` true for the jobs of gone owners, or None while this replica cannot judge yet."""
@@ -256,13 +273,27 @@ class JobStore:
         self._last_renewal = renewed
         return row["seen_at"]
 
-    def purge_expired(self) -> int:
+    def purge_expired(self) -> list[JobRecord]:
+        """Delete the jobs past their retention; returns them (those still QUEUED never ran)."""
         now = time.time()
-        expired = [row["id"] for row in self._db().execute("SELECT id FROM jobs WHERE expires_at < ?", (now,))]
-        for job_id in expired:
-            shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
-            self._db().execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-        return len(expired)
+        expired = [_record(row) for row in self._db().execute("SELECT * FROM jobs WHERE expires_at < ?", (now,))]
+        for record in expired:
+            self.forget(record.id)
+        return expired
+
+    def forget(self, job_id: str) -> None:
+        """Delete a job's files and row (retention over, or its output fetched under delete-on-fetch)."""
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+        self._db().execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def usage(self, key_id: str) -> tuple[int, int]:
+        """A key's stored jobs and bytes."""
+        row = (
+            self._db()
+            .execute("SELECT COUNT(*) AS n, COALESCE(SUM(stored_bytes), 0) AS b FROM jobs WHERE key_id = ?", (key_id,))
+            .fetchone()
+        )
+        return int(row["n"]), int(row["b"])
 
     # -- reading ----------------------------------------------------------------------
 
@@ -293,12 +324,9 @@ class JobStore:
             .fetchone()["n"]
         )
 
-    def load_inputs(self, job_id: str) -> dict[str, Image.Image]:
-        images = {}
-        for name in INPUTS:
-            with Image.open(self.job_dir(job_id) / f"{name}.png") as image:
-                images[name] = image.copy()
-        return images
+    def load_inputs(self, job_id: str) -> dict[str, bytes]:
+        """The inputs as they were received."""
+        return {name: (self.job_dir(job_id) / name).read_bytes() for name in INPUTS}
 
     def result_path(self, record: JobRecord) -> Path | None:
         return self.job_dir(record.id) / record.result_file if record.result_file else None
@@ -307,6 +335,7 @@ class JobStore:
 def _record(row: dict) -> JobRecord:
     values = dict(row)
     values.pop("owner", None)
+    values.pop("stored_bytes", None)
     values["params"] = json.loads(values["params"])
     return JobRecord(**values)
 

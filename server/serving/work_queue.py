@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from pipelines import Engine, SwapJob
+from pipelines import Engine, SegswapError, SwapJob
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,11 @@ class WorkQueue:
             image = engine.swap(ticket.job)
             outcome = Outcome(image, engine.name, started - ticket.enqueued_at, time.monotonic() - started)
         except Exception as exc:  # handed to the waiting request, which maps it to a status
-            error = exc
+            if not isinstance(exc, SegswapError | Dropped):
+                log.exception("the %s engine failed on a job", engine.name)
+            # Its traceback's frames hold the job (and its images) in a cycle with this frame, freed only by a
+            # full garbage collection: a burst of failing requests would hold gigabytes. Logged above; cut.
+            error = exc.with_traceback(None)
         with ticket.lock:
             ticket.state = "done"
         with self._count_lock:

@@ -14,17 +14,17 @@ from server.access.credits import CreditLedger
 from server.api.app import create_app
 from server.jobs.store import DuplicateSubmit, JobStore
 from server.settings import Settings
-from tests.conftest import wait_ready
+from tests.conftest import png_bytes, wait_ready
 from tests.server.engines import GatedEngine
 
 KEY = "key-one"
-IMAGES = {name: Image.new("RGB", (8, 8)) for name in ("main_image", "mask_image", "object_image")}
+IMAGES = {name: png_bytes(Image.new("RGB", (8, 8))) for name in ("main_image", "mask_image", "object_image")}
 
 
-def recover_eventually(store: JobStore, timeout_s: float = 10.0) -> tuple[int, int]:
+def recover_eventually(store: JobStore, timeout_s: float = 10.0) -> tuple[int, list[str]]:
     """store.recover() until it takes something back (at once with SQLite; after a lease with PostgreSQL)."""
     end = time.monotonic() + timeout_s
-    while (outcome := store.recover()) == (0, 0):
+    while (outcome := store.recover()) == (0, []):
         assert time.monotonic() < end, "nothing recovered"
         time.sleep(0.05)
     return outcome
@@ -41,18 +41,18 @@ def test_restart_requeues_an_interrupted_job_once_then_fails_it(tmp_path, databa
         first = restart()
         once, twice = (first.create("k", {"n": n}, IMAGES, 3600) for n in (1, 2))
         assert first.mark_started(once.id) and first.mark_started(twice.id)
-        assert first.recover() == (0, 0)  # its own running jobs are not taken back
+        assert first.recover() == (0, [])  # its own running jobs are not taken back
         second = restart()
-        assert recover_eventually(second) == (2, 0)
+        assert recover_eventually(second) == (2, [])
         assert {second.get(i).status for i in (once.id, twice.id)} == {"QUEUED"}
         assert second.get(once.id).started_at is None and second.count_pending() == 2
         assert second.mark_started(twice.id)
         third = restart()
-        assert recover_eventually(third) == (0, 1)
+        assert recover_eventually(third) == (0, [twice.id])
         failed = third.get(twice.id)
         assert failed.status == "FAILED" and failed.attempts == 2 and "interrupted twice" in failed.error
         assert third.get(once.id).status == "QUEUED" and [r.id for r in third.queued(set(), 5)] == [once.id]
-        assert third.load_inputs(once.id)["main_image"].size == (8, 8)
+        assert third.load_inputs(once.id)["main_image"] == IMAGES["main_image"]
     finally:
         for store in stores:
             store.close()
@@ -82,11 +82,11 @@ def test_a_live_replica_keeps_its_jobs_and_a_silent_one_loses_them(tmp_path, pg_
         assert alive.mark_started(job.id)
         end = time.monotonic() + 1.2  # three leases: the judge may judge, and must spare a replica that renews
         while time.monotonic() < end:
-            assert alive.recover() == (0, 0) and judge.recover() == (0, 0)
+            assert alive.recover() == (0, []) and judge.recover() == (0, [])
             time.sleep(0.05)
         assert judge.get(job.id).status == "PROCESSING"
         started = time.monotonic()
-        assert recover_eventually(judge) == (1, 0)  # `alive` fell silent (a crash: no close)
+        assert recover_eventually(judge) == (1, [])  # `alive` fell silent (a crash: no close)
         assert time.monotonic() - started >= 0.3
         assert judge.mark_started(job.id) and judge.get(job.id).attempts == 2
     finally:

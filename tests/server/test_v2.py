@@ -98,7 +98,7 @@ def test_unknown_other_key_and_expired_ids_are_404(tmp_path, body, database_url)
         assert client.get(f"/v2/requests/{request_id}/output", headers={"x-api-key": OTHER}).status_code == 404
         time.sleep(1.1)
         assert client.get(f"/v2/requests/{request_id}/status").status_code == 404
-        assert client.app.state.jobs.store.purge_expired() == 1
+        assert [record.id for record in client.app.state.jobs.store.purge_expired()] == [request_id]
         assert not (tmp_path / "jobs" / "jobs" / request_id).exists()
 
 
