@@ -35,6 +35,10 @@ class NotAcceptable(ServiceError):
     """Insufficient credits, or a body of another content type (the hosted API's 406)."""
 
 
+class RequestTimeout(ServiceError):
+    """The client took too long to send its request's body."""
+
+
 class Conflict(ServiceError):
     """The request clashes with the state of a job (cancel a running job, reuse an idempotency key)."""
 

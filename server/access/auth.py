@@ -31,7 +31,7 @@ def authenticate(presented: Presented, settings: Settings, key_file: KeyFile | N
         _allow_only_loopback(presented)
         return ANONYMOUS
     if not presented.key:
-        raise Unauthorized("missing API key: send it in the x-api-key header")
+        raise Unauthorized("missing API key: send it in the x-api-key header (or Authorization: Bearer <key>)")
     caller = identify(presented.key, settings.api_keys, key_file)
     if not caller.allows(presented.path):
         raise Forbidden(f"this API key is not allowed to use {presented.path}")

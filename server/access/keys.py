@@ -21,6 +21,7 @@ from pathlib import Path
 
 import tomli_w
 
+from server.access import permissions
 from server.errors import Unauthorized
 
 
@@ -44,7 +45,7 @@ class Caller:
     key_sha256: str = ""  # signs this caller's webhooks: the caller can compute it from its own key
 
     def allows(self, path: str) -> bool:
-        return not self.endpoints or path in self.endpoints
+        return permissions.allows(self.endpoints, path)
 
 
 def digest(key: str) -> str:
@@ -121,7 +122,8 @@ def identify(given: str, env_keys: list[str], key_file: KeyFile | None) -> Calle
 
 
 def add_key(path: Path, key_id: str, rate_per_minute: int | None, endpoints: tuple[str, ...]) -> str:
-    """Create a key, store its hash, return the key (shown once)."""
+    """Create a key, store its hash, return the key (shown once). Endpoints are family names or their paths."""
+    endpoints = tuple(dict.fromkeys(permissions.normalise(endpoint) for endpoint in endpoints))
     records = read_key_file(path)
     if key_id in records:
         raise ValueError(f"a key with id '{key_id}' exists already")

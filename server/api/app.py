@@ -14,6 +14,7 @@ from server.access.credits import open_ledger
 from server.access.keys import KeyFile
 from server.access.ratelimit import RateLimiter
 from server.api.access_log import AccessMiddleware
+from server.api.docs import mount_docs
 from server.api.errors import install_error_handlers
 from server.api.health import router as router_health
 from server.api.playground import mount_playground
@@ -61,6 +62,8 @@ def create_app(
         version=__version__,
         description="Self-hosted SegSwap v0.1: swap an object or pattern into the masked region of a photo.",
         lifespan=lifespan,
+        docs_url=None,  # served from the package by server/api/docs.py
+        redoc_url=None,
     )
     app.state.settings, app.state.work, app.state.lifecycle, app.state.metrics = settings, work, lifecycle, metrics
     app.state.key_file = KeyFile(settings.keys_file) if settings.keys_file else None
@@ -72,5 +75,6 @@ def create_app(
     app.include_router(router_health)
     app.include_router(router_v2)
     mount_playground(app)
+    mount_docs(app)
     app.add_middleware(AccessMiddleware, metrics=metrics)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 
@@ -12,7 +13,7 @@ from starlette.formparsers import MultiPartException
 
 from pipelines import IMAGE_FIELDS
 from server.api.contract import SwapRequest, describe_validation_error
-from server.errors import BadRequest, NotAcceptable, TooLarge
+from server.errors import BadRequest, NotAcceptable, RequestTimeout, TooLarge
 
 UPLOADED = "(uploaded file)"
 
@@ -28,11 +29,19 @@ class ParsedBody:
         return {name: self.uploads.get(name, getattr(self.request, name)) for name in IMAGE_FIELDS}
 
 
-async def read_swap_body(request: Request, max_bytes: int, model: type[SwapRequest] = SwapRequest) -> ParsedBody:
+async def read_swap_body(
+    request: Request, max_bytes: int, timeout_s: float, model: type[SwapRequest] = SwapRequest
+) -> ParsedBody:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in ("application/json", "multipart/form-data"):
         raise NotAcceptable("send the body as application/json or multipart/form-data")
-    body = await _read_capped(request, max_bytes)
+    try:
+        async with asyncio.timeout(timeout_s):
+            body = await _read_capped(request, max_bytes)
+    except TimeoutError:  # a slow client: answered, then disconnected
+        raise RequestTimeout(
+            f"the request body did not arrive within {timeout_s:g} s", {"Connection": "close"}
+        ) from None
     if content_type == "application/json":
         return ParsedBody(_validate(model, _parse_json(body), strict=True))
     return await _parse_multipart(request, body, max_bytes, model)
@@ -56,6 +65,8 @@ def _parse_json(body: bytes) -> dict:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"the body is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise BadRequest("the JSON body is nested too deeply; the request fields are flat") from None
     if not isinstance(data, dict):
         raise BadRequest("the JSON body must be an object with the request fields")
     return data
@@ -72,6 +83,8 @@ async def _parse_multipart(request: Request, body: bytes, max_bytes: int, model:
     data: dict[str, str] = {}
     uploads: dict[str, bytes] = {}
     for name, value in form.multi_items():
+        if name in data:
+            raise BadRequest(f"field '{name}': sent twice (as a file and a value, or two values); send it once")
         if isinstance(value, UploadFile):
             if name not in IMAGE_FIELDS:
                 raise BadRequest(f"field '{name}': only image fields can be uploaded files")

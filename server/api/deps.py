@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from server.access.auth import QUERY_KEY_NAMES, Presented, authenticate
 from server.access.keys import Caller
@@ -35,11 +36,20 @@ def get_jobs(request: Request) -> JobRunner:
     return request.app.state.jobs
 
 
-def require_api_key(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> Caller:
+API_KEY = APIKeyHeader(name="x-api-key", auto_error=False, description="the API key (segswap keys add)")
+BEARER = HTTPBearer(auto_error=False, description="the API key as a bearer token, as many clients send it")
+
+
+def require_api_key(
+    request: Request,
+    settings: Annotated[Settings, Depends(get_settings)],
+    header_key: Annotated[str | None, Security(API_KEY)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
+) -> Caller:
     state = request.app.state
     server = request.scope.get("server")
     presented = Presented(
-        key=request.headers.get("x-api-key"),
+        key=header_key or (bearer.credentials if bearer else None),
         path=request.url.path,
         server_host=str(server[0]) if server else None,
         key_in_query=any(name in request.query_params for name in QUERY_KEY_NAMES),

@@ -93,4 +93,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
-        return error_response(500, "internal error; the request id in x-request-id is in the server log")
+        # Starlette answers this one from outside the access middleware, which would add the request id.
+        request_id = request.scope.get("state", {}).get("request_id")
+        headers = {"x-request-id": request_id} if request_id else None
+        return error_response(500, "internal error; the request id in x-request-id is in the server log", headers)

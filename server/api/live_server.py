@@ -11,6 +11,8 @@ from contextlib import contextmanager
 import httpx
 import uvicorn
 
+from server.serving.header_deadline import header_deadline_protocol
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -22,7 +24,15 @@ def free_port() -> int:
 def live_server(app, wait_ready: bool = True) -> Iterator[str]:
     """Serve `app` on a free loopback port; yields its base URL (after readiness unless told not to)."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        http=header_deadline_protocol(app.state.settings.header_timeout_s),
+    )
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"

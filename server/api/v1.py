@@ -46,7 +46,7 @@ async def seg_swap(
     refuse_if_unavailable(lifecycle, work)
     timings = request.state.log
     start = time.perf_counter()
-    parsed = await read_swap_body(request, settings.max_body_bytes)
+    parsed = await read_swap_body(request, settings.max_body_bytes, settings.body_timeout_s)
     body = parsed.request
     images = await resolve_images(parsed.image_sources(), settings)
     check_encodable(images["main_image"].size, body.image_format)

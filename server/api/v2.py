@@ -54,7 +54,7 @@ async def submit(
         raise TooManyRequests(
             f"too many jobs pending ({settings.max_pending_jobs}); retry later", {"Retry-After": "30"}
         )
-    parsed = await read_swap_body(request, settings.max_body_bytes, AsyncSwapRequest)
+    parsed = await read_swap_body(request, settings.max_body_bytes, settings.body_timeout_s, AsyncSwapRequest)
     body: AsyncSwapRequest = parsed.request  # type: ignore[assignment]
     if body.webhook_url:
         await check_url(body.webhook_url, "webhook_url", AllowList(settings.fetch_allow))

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from server.access.credits import CreditLedger, open_ledger
 from server.access.keys import add_key, read_key_file, revoke_key
+from server.access.permissions import FAMILY_HELP
+from server.cli.common import CliError
 from server.settings import Settings
 
 
@@ -19,9 +21,12 @@ def add_keys_commands(parser: argparse.ArgumentParser) -> None:
     add = commands.add_parser("add", help="create a key; prints it once")
     add.add_argument("id", help="a name for the key (shown in logs and metrics)")
     add.add_argument("--rate", type=int, help="requests per minute allowed (default: unlimited)")
-    add.add_argument("--credits", type=int, help="starting credit balance (default: not metered)")
+    add.add_argument("--credits", type=balance, help="starting credit balance (default: not metered)")
     add.add_argument(
-        "--endpoint", action="append", default=[], help="allowed path, e.g. /v1/seg-swap (repeatable; default: all)"
+        "--endpoint",
+        action="append",
+        default=[],
+        help=f"endpoint family the key may use, repeatable (default: all). Families: {FAMILY_HELP}",
     )
     add.set_defaults(handler=run_add)
     commands.add_parser("list", help="list keys (ids, limits, balances; never the keys)").set_defaults(handler=run_list)
@@ -30,7 +35,7 @@ def add_keys_commands(parser: argparse.ArgumentParser) -> None:
     revoke.set_defaults(handler=run_revoke)
     credit = commands.add_parser("credit", help="set a key's credit balance")
     credit.add_argument("id")
-    credit.add_argument("balance", type=int)
+    credit.add_argument("balance", type=balance, help="the new balance, 0 or more")
     credit.set_defaults(handler=run_credit)
 
 
@@ -48,7 +53,7 @@ def run_add(args: argparse.Namespace) -> int:
     try:
         secret = add_key(path, args.id, args.rate, tuple(args.endpoint))
     except ValueError as exc:
-        raise SystemExit(f"segswap: error: {exc}") from None
+        raise CliError(str(exc)) from None
     if args.credits is not None:
         _ledger().set_balance(args.id, args.credits)
     print(secret)
@@ -74,13 +79,25 @@ def run_revoke(args: argparse.Namespace) -> int:
     try:
         revoke_key(_keys_file(args), args.id)
     except ValueError as exc:
-        raise SystemExit(f"segswap: error: {exc}") from None
+        raise CliError(str(exc)) from None
     print(f"key '{args.id}' revoked", file=sys.stderr)
     return 0
 
 
 def run_credit(args: argparse.Namespace) -> int:
     if args.id not in read_key_file(_keys_file(args)):
-        raise SystemExit(f"segswap: error: no key with id '{args.id}'")
+        raise CliError(f"no key with id '{args.id}'")
     _ledger().set_balance(args.id, args.balance)
+    print(f"key '{args.id}' now has {args.balance} credits", file=sys.stderr)
     return 0
+
+
+def balance(text: str) -> int:
+    """A credit balance: a whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a balance cannot be negative: {value}")
+    return value

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -26,18 +27,33 @@ from server.errors import ServiceError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse's own usage errors are already one line on stderr
+        return int(exit_.code or 0)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
     except InvalidInput as exc:
-        print(f"segswap: error: {exc.describe(flag(exc.field) if exc.field else None)}", file=sys.stderr)
-        return 2
+        return _error(exc.describe(flag(exc.field) if exc.field else None))
     except (CliError, ServiceError, SegswapError) as exc:
-        print(f"segswap: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(str(exc))
+    except ModuleNotFoundError as exc:
+        return _error(
+            f"this command needs {exc.name}, which comes with the diffusion install: "
+            "scripts/install.sh --diffusion (or pip install 'segswap[diffusion]')"
+        )
+    except BrokenPipeError:  # the reader went away (`segswap keys list | head`): nothing more to say to it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _error("the output was closed before everything was written")
     except KeyboardInterrupt:
         return 130
+
+
+def _error(message: str) -> int:
+    print(f"segswap: error: {message}", file=sys.stderr)
+    return 2
 
 
 def build_parser() -> argparse.ArgumentParser:

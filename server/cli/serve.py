@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 
 from pipelines import require_model_set
-from server.cli.common import add_engine_flags, settings_from
+from server.cli.common import CliError, add_engine_flags, settings_from
 
 log = logging.getLogger("segswap")
 
@@ -23,10 +24,12 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from server.api.app import create_app
+    from server.serving.header_deadline import header_deadline_protocol
     from server.serving.lifecycle import DrainingServer
     from server.serving.logs import configure_json_logging
 
     settings = settings_from(args, host=args.host, port=args.port)
+    _check_port_free(settings.host, settings.port)
     configure_json_logging(settings.log_level)
     if not settings.auth_required:
         log.warning(
@@ -42,6 +45,18 @@ def run_serve(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=settings.drain_grace_s,
+        http=header_deadline_protocol(settings.header_timeout_s),
     )
     DrainingServer(config, app.state.lifecycle, app.state.work, settings.drain_grace_s).run()
     return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail before loading anything when the address is taken (uvicorn would say so only after start-up)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as exc:
+            raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None

@@ -157,9 +157,10 @@ async def check_url(url: str, field: str, allow: AllowList, what: str = "the URL
         if host_allowed or allow.allows_address(ip):
             continue
         reason = non_public_reason(ip)
-        if reason:
-            verb = "points to" if literal is not None else "resolves to"
-            raise refuse(f"{verb} a non-public address ({ip}: {reason}); image URLs must be public")
+        if reason and literal is not None:  # the caller wrote the address: naming it tells them nothing new
+            raise refuse(f"points to a non-public address ({ip}: {reason}); image URLs must be public")
+        if reason:  # what an internal name resolves to is not the caller's to learn
+            raise refuse("resolves to a non-public address; image URLs must be public")
     if port not in OPEN_PORTS and not (host_allowed or all(allow.allows_address(ip) for ip in addresses)):
         raise refuse(f"uses port {port}; image URLs may use ports 80 and 443 only (or a host in the fetch allow-list)")
     return Target(url=parsed, host=host, addresses=addresses, literal=literal is not None)

@@ -10,7 +10,7 @@ from functools import partial
 
 from PIL import Image, ImageDraw
 
-from pipelines import Engine, SegswapError, SwapJob, load_engine
+from pipelines import Engine, EngineUnavailable, SegswapError, SwapJob, WeightsError, load_engine
 from server.serving.lifecycle import Lifecycle
 from server.serving.work_queue import WorkQueue
 from server.settings import Settings
@@ -71,8 +71,9 @@ def start_workers(work: WorkQueue, lifecycle: Lifecycle, factory: EngineFactory,
                 log.info("ready: %d worker(s) on %s", len(devices), ", ".join(devices))
 
     def failed(exc: Exception) -> None:
-        lifecycle.failure = str(exc) if isinstance(exc, SegswapError | OSError | RuntimeError) else repr(exc)
-        log.error("engine failed to load: %s", lifecycle.failure)
+        detail = str(exc) if isinstance(exc, SegswapError | OSError | RuntimeError) else repr(exc)
+        log.error("engine failed to load: %s", detail)
+        lifecycle.failure = public_reason(exc)
 
     for device, name in zip(devices, names, strict=True):
         work.start_worker(partial(prepare, device), name, partial(ready, name), failed)
@@ -83,3 +84,12 @@ def warm_up(engine: Engine) -> None:
     mask = Image.new("L", (64, 64), 0)
     ImageDraw.Draw(mask).rectangle((16, 16, 47, 47), fill=255)
     engine.swap(SwapJob(Image.new("RGB", (64, 64), (128, 128, 128)), mask, Image.new("RGB", (16, 16)), steps=2, seed=0))
+
+
+def public_reason(exc: Exception) -> str:
+    """Why the engine is down, in words a caller can act on: no paths, no library messages (those are logged)."""
+    if isinstance(exc, WeightsError):
+        return "the model weights could not be loaded (a file is missing or corrupt); the server log names it"
+    if isinstance(exc, EngineUnavailable):
+        return "the engine cannot run on this server (a library or device is missing); the server log says which"
+    return "the engine could not be started; the server log says why"

@@ -16,7 +16,7 @@ from tests.server.conftest import KEY
 @pytest.mark.parametrize(
     "given,expected",
     [
-        ("", "missing API key: send it in the x-api-key header"),
+        ("", "missing API key: send it in the x-api-key header (or Authorization: Bearer <key>)"),
         ("wrong", "invalid API key"),
         (KEY[:-1], "invalid API key"),
     ],
