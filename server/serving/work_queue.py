@@ -215,6 +215,7 @@ class WorkQueue:
             elif verdict == "expired":
                 ticket.settle(exception=Dropped("deadline passed in the queue", expired=True))
                 self._on_drop()
+            del ticket  # waiting for the next one must not keep this job's images alive
 
     def _start(self, ticket: Ticket) -> str:
         """queued -> running ("run"), or -> dropped past its deadline ("expired"); "cancelled" if already dropped."""

@@ -1,0 +1,267 @@
+"""Hardening, round 2: each finding of the adversarial pass, as the behaviour that fixes it."""
+
+from __future__ import annotations
+
+import gc
+import io
+import json
+import socket
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from pipelines import CompositeEngine, InvalidInput, WeightsError
+from server.access.credits import open_ledger
+from server.api.app import create_app
+from server.api.live_server import free_port, live_server
+from server.cli.main import main
+from server.settings import Settings
+from tests.conftest import b64, png_bytes, rect_mask, wait_ready
+from tests.server.test_v2 import WebhookReceiver, wait_for
+
+KEY = "hardening-key-0123"
+
+
+class FailingEngine:
+    """Fails every job after holding its images, as an engine that hits bad input deep inside would."""
+
+    name = "failing"
+
+    def __init__(self, error: Exception | None = None):
+        self.error = error or InvalidInput("the engine could not use this object", "object_image")
+
+    def swap(self, job, progress=None):
+        if job.steps == 2:  # the server's warm-up swap
+            return job.main_image
+        kept = [np.asarray(job.main_image), np.asarray(job.object_image)]  # live in this frame when it raises
+        assert kept
+        raise self.error
+
+
+class HugeOutputEngine:
+    """Returns an image wider than WEBP can hold, whatever the input (a failure only the encoder sees)."""
+
+    name = "huge"
+
+    def swap(self, job, progress=None):
+        return Image.new("RGB", (17000, 2))
+
+
+def keyed_settings(tmp_path, capsys, monkeypatch, **overrides) -> tuple[Settings, dict[str, str]]:
+    keys_file, ledger = tmp_path / "keys.toml", tmp_path / "credits.sqlite3"
+    monkeypatch.setenv("SEGSWAP_CREDITS_DB", str(ledger))
+    secrets = {}
+    for key_id, extra in [("broke", ["--credits", "0"]), ("one", ["--credits", "1"]), ("jobs", ["--endpoint", "jobs"]),
+                          ("legacy", ["--endpoint", "/v2/seg-swap"])]:
+        assert main(["keys", "--keys-file", str(keys_file), "add", key_id, *extra]) == 0
+        secrets[key_id] = capsys.readouterr().out.strip()
+    settings = Settings(keys_file=keys_file, credits_db=ledger, jobs_dir=tmp_path / "jobs", **overrides)
+    return settings, secrets
+
+
+def balance(settings: Settings, key_id: str) -> int | None:
+    ledger = open_ledger(settings)
+    try:
+        return ledger.balance(key_id)
+    finally:
+        ledger.close()
+
+
+# 1. metering -------------------------------------------------------------------------------------------------------
+
+
+def test_v2_jobs_are_charged_at_submit_and_refunded_when_they_fail(tmp_path, capsys, monkeypatch, body):
+    settings, secrets = keyed_settings(tmp_path, capsys, monkeypatch)
+    with TestClient(create_app(settings, FailingEngine())) as client:
+        wait_ready(client)
+        broke = client.post("/v2/seg-swap", json=body, headers={"x-api-key": secrets["broke"]})
+        assert broke.status_code == 406 and "insufficient credits" in broke.json()["error"]
+        submitted = client.post("/v2/seg-swap", json=body, headers={"x-api-key": secrets["one"]})
+        assert submitted.status_code == 200 and submitted.headers["x-remaining-credits"] == "0"
+        assert balance(settings, "one") == 0
+        client.headers["x-api-key"] = secrets["one"]
+        assert wait_for(client, submitted.json()["request_id"])["status"] == "FAILED"
+        end = time.monotonic() + 5
+        while balance(settings, "one") != 1:
+            assert time.monotonic() < end, "the failed job's charge was not refunded"
+            time.sleep(0.02)
+
+
+def test_a_cancelled_or_expired_unrun_job_is_refunded(tmp_path, capsys, monkeypatch, body):
+    from tests.server.engines import GatedEngine
+
+    engine = GatedEngine()
+    engine.gate.clear()
+    settings, secrets = keyed_settings(tmp_path, capsys, monkeypatch)
+    with TestClient(create_app(settings, engine), headers={"x-api-key": secrets["one"]}) as client:
+        engine.gate.set()
+        wait_ready(client)
+        engine.gate.clear()  # the worker is held on the first job; the second waits in the store
+        first = client.post("/v2/seg-swap", json=body).json()["request_id"]
+        assert engine.started.wait(5)
+        ledger = open_ledger(settings)
+        ledger.set_balance("one", 1)
+        second = client.post("/v2/seg-swap", json=body).json()["request_id"]
+        assert balance(settings, "one") == 0
+        assert client.delete(f"/v2/requests/{second}").json()["status"] == "CANCELLED"
+        assert balance(settings, "one") == 1
+        third = client.post("/v2/seg-swap", json=body).json()["request_id"]
+        store = client.app.state.jobs.store
+        store.db.execute("UPDATE jobs SET expires_at = 0 WHERE id = ?", (third,))
+        expired = [record for record in store.purge_expired() if record.id == third]
+        for record in expired:
+            client.app.state.jobs._refund(record)
+        assert expired and balance(settings, "one") == 1
+        engine.gate.set()
+        wait_for(client, first)
+        ledger.close()
+
+
+# 2. permissions by endpoint family ---------------------------------------------------------------------------------
+
+
+def test_a_key_for_the_jobs_family_can_submit_poll_fetch_and_cancel_but_not_swap(tmp_path, capsys, monkeypatch, body):
+    settings, secrets = keyed_settings(tmp_path, capsys, monkeypatch)
+    with TestClient(create_app(settings, CompositeEngine())) as client:
+        wait_ready(client)
+        for key in (secrets["jobs"], secrets["legacy"]):  # a family name, or a path written by an older version
+            client.headers["x-api-key"] = key
+            request_id = client.post("/v2/seg-swap", json=body).json()["request_id"]
+            assert wait_for(client, request_id)["status"] == "COMPLETED"
+            assert client.get(f"/v2/requests/{request_id}").status_code == 200
+            assert client.get(f"/v2/requests/{request_id}/output").status_code == 200
+            assert client.delete(f"/v2/requests/{request_id}").status_code == 409  # reached the route: not 403
+            assert client.post("/v1/seg-swap", json=body).status_code == 403
+
+
+def test_keys_add_help_lists_the_families_and_refuses_unknown_endpoints(tmp_path, capsys):
+    assert main(["keys", "add", "--help"]) == 0
+    assert "swap: /v1/seg-swap" in capsys.readouterr().out.replace("\n", " ")
+    assert main(["keys", "--keys-file", str(tmp_path / "k.toml"), "add", "x", "--endpoint", "/v3/nothing"]) == 2
+    assert "unknown endpoint" in capsys.readouterr().err
+
+
+# 3. webhooks ---------------------------------------------------------------------------------------------------------
+
+
+def test_a_refused_webhook_connection_is_retried_like_a_5xx(tmp_path, body, caplog):
+    port = free_port()  # nothing listens here: every attempt is refused
+    settings = Settings(api_keys=[KEY], jobs_dir=tmp_path / "jobs", fetch_allow=["127.0.0.1"], webhook_backoff_scale=0)
+    with TestClient(create_app(settings, CompositeEngine()), headers={"x-api-key": KEY}) as client:
+        wait_ready(client)
+        request_id = client.post("/v2/seg-swap", json=body).json()["request_id"]
+        wait_for(client, request_id)
+        runner = client.app.state.jobs
+        record = runner.store.get(request_id)
+        record = type(record)(**{**record.__dict__, "webhook_url": f"http://127.0.0.1:{port}/hook"})
+        assert client.portal.call(runner.deliver_webhook, record) is False
+    attempts = [r for r in caplog.records if "webhook for job" in r.getMessage()]
+    assert len(attempts) == 6 and all("ConnectError" in r.getMessage() for r in attempts)
+
+
+def test_a_job_failed_by_restart_recovery_is_announced_and_refunded(tmp_path, capsys, monkeypatch, body):
+    from server.jobs.store import JobStore
+
+    receiver = WebhookReceiver(fail_first=0)
+    settings, secrets = keyed_settings(tmp_path, capsys, monkeypatch, fetch_allow=["127.0.0.1"])
+    store = JobStore(settings.jobs_dir)
+    inputs = {name: png_bytes(Image.new("RGB", (8, 8))) for name in ("main_image", "mask_image", "object_image")}
+    params = {"seed": 1, "image_format": "png", "image_quality": 95, "_webhook_secret": "s", "_charged": 1}
+    record = store.create("one", params, inputs, 3600, webhook_url=receiver.url)
+    store.db.execute("UPDATE jobs SET status = 'PROCESSING', attempts = 2, owner = 'gone' WHERE id = ?", (record.id,))
+    store.close()
+    open_ledger(settings).set_balance("one", 0)
+    with TestClient(create_app(settings, CompositeEngine())) as client:
+        wait_ready(client)
+        end = time.monotonic() + 10
+        while not receiver.calls or balance(settings, "one") != 1:
+            assert time.monotonic() < end, (receiver.calls, balance(settings, "one"))
+            time.sleep(0.02)
+    receiver.server.shutdown()
+    payload = json.loads(receiver.calls[0][1])
+    assert payload["request_id"] == record.id and payload["status"] == "FAILED"
+
+
+# 4. outputs the format cannot hold -----------------------------------------------------------------------------------
+
+
+def test_an_output_too_wide_for_its_format_is_refused_before_any_work(tmp_path, body):
+    wide = {**body, "main_image": b64(Image.new("RGB", (16384, 2))), "mask_image": b64(rect_mask((16384, 2), (0, 0, 9, 1)))}
+    settings = Settings(api_keys=[KEY], jobs_dir=tmp_path / "jobs")
+    with TestClient(create_app(settings, CompositeEngine()), headers={"x-api-key": KEY}) as client:
+        wait_ready(client)
+        for path in ("/v1/seg-swap", "/v2/seg-swap"):
+            answer = client.post(path, json={**wide, "image_format": "webp"})
+            assert answer.status_code == 400, answer.text
+            assert "image_format" in answer.json()["error"] and "16383" in answer.json()["error"]
+        assert client.post("/v1/seg-swap", json={**wide, "image_format": "png"}).status_code == 200
+
+
+def test_a_result_that_cannot_be_written_refunds_and_fails_the_job_with_its_reason(tmp_path, capsys, monkeypatch, body):
+    settings, secrets = keyed_settings(tmp_path, capsys, monkeypatch)
+    app = create_app(settings, HugeOutputEngine())
+    with TestClient(app, headers={"x-api-key": secrets["one"]}, raise_server_exceptions=False) as client:
+        wait_ready(client)
+        v1 = client.post("/v1/seg-swap", json={**body, "image_format": "webp"})
+        assert v1.status_code == 500 and v1.headers["x-remaining-credits"] == "1"
+        request_id = client.post("/v2/seg-swap", json={**body, "image_format": "webp"}).json()["request_id"]
+        failed = wait_for(client, request_id)
+        assert failed["status"] == "FAILED" and "could not be written as webp" in failed["error"]
+        end = time.monotonic() + 5
+        while balance(settings, "one") != 1:
+            assert time.monotonic() < end
+            time.sleep(0.02)
+
+
+# 5. memory held by failed requests -----------------------------------------------------------------------------------
+
+
+def test_failing_requests_release_their_images_without_a_garbage_collection(tmp_path, body):
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 256, (1500, 1500, 3), dtype=np.uint8))
+    heavy = {**body, "main_image": b64(big), "mask_image": b64(rect_mask(big.size, (100, 100, 400, 400)))}
+    data = json.dumps(heavy).encode()  # encoded once: the client's own copies are not what is measured
+    settings = Settings(api_keys=[KEY], jobs_dir=tmp_path / "jobs", max_body_bytes=50_000_000)
+    with TestClient(create_app(settings, FailingEngine()), headers={"x-api-key": KEY}) as client:
+
+        def post():
+            return client.post("/v1/seg-swap", content=data, headers={"content-type": "application/json"})
+
+        wait_ready(client)
+        assert post().status_code == 400  # warm: first-use allocations
+        gc.collect()
+        gc.disable()
+        try:
+            tracemalloc.start()
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(6):
+                assert post().status_code == 400
+            held = tracemalloc.get_traced_memory()[0] - before
+            tracemalloc.stop()
+        finally:
+            gc.enable()
+    one_image = 1500 * 1500 * 3
+    assert held < one_image, f"{held / 1e6:.1f} MB still held after 6 failing requests"
+
+
+# 6. public answers name no server paths ------------------------------------------------------------------------------
+
+
+def test_a_broken_model_set_is_reported_without_paths(tmp_path, body):
+    def broken(device):
+        raise WeightsError(f"cannot load model set {tmp_path}/sd15: {tmp_path}/sd15/unet/model.safetensors truncated")
+
+    settings = Settings(api_keys=[KEY], jobs_dir=tmp_path / "jobs")
+    with TestClient(create_app(settings, engine_factory=broken), headers={"x-api-key": KEY}) as client:
+        end = time.monotonic() + 10
+        while "failed" not in (ready := client.get("/health/ready").json()).get("error", ""):
+            assert time.monotonic() < end, ready
+            time.sleep(0.02)
+        swap = client.post("/v1/seg-swap", json=body)
+    for answer in (ready["error"], swap.json()["error"]):
+        assert str(tmp_path) not in answer and "/" not in answer.replace("/health", "")
+        assert "weights" in answer and "server log" in answer
+    assert swap.status_code == 503
