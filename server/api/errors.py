@@ -18,6 +18,7 @@ from server.errors import (
     InternalError,
     NotAcceptable,
     NotFound,
+    RequestTimeout,
     ServiceError,
     TimedOut,
     TooLarge,
@@ -35,6 +36,7 @@ STATUS: dict[type[ServiceError], int] = {
     Forbidden: 403,
     NotFound: 404,
     NotAcceptable: 406,
+    RequestTimeout: 408,
     Conflict: 409,
     TooLarge: 413,
     TooManyRequests: 429,
@@ -94,6 +96,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
         # Starlette answers this one from outside the access middleware, which would add the request id.
-        request_id = request.scope.get("state", {}).get("request_id")
-        headers = {"x-request-id": request_id} if request_id else None
+        state = request.scope.get("state", {})
+        headers = {"x-request-id": state["request_id"]} if state.get("request_id") else {}
+        if state.get("remaining_credits") is not None:
+            headers["x-remaining-credits"] = str(state["remaining_credits"])
         return error_response(500, "internal error; the request id in x-request-id is in the server log", headers)

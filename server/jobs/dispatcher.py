@@ -80,17 +80,22 @@ class JobRunner:
 
     async def purge_forever(self, every_s: float = 600.0) -> None:
         while True:
-            try:
-                purged = await asyncio.to_thread(self.store.purge_expired)
-                for record in purged:
-                    if record.status == "QUEUED":  # expired before it ran
-                        await asyncio.to_thread(self._refund, record)
-            except Exception:
-                log.exception("job store unavailable; purging later")
-                purged = []
-            if purged:
-                log.info("purged %d expired job(s)", len(purged))
+            await self.purge_once()
             await asyncio.sleep(every_s)
+
+    async def purge_once(self) -> int:
+        """Delete the jobs past their retention; a job that expired before it ran gets its charge back."""
+        try:
+            purged = await asyncio.to_thread(self.store.purge_expired)
+            for record in purged:
+                if record.status == "QUEUED":
+                    await asyncio.to_thread(self._refund, record)
+        except Exception:
+            log.exception("job store unavailable; purging later")
+            return 0
+        if purged:
+            log.info("purged %d expired job(s)", len(purged))
+        return len(purged)
 
     async def _dispatch(self) -> None:
         room = self.work.workers + 1 - len(self.tickets)

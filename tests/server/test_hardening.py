@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gc
 import io
 import json
@@ -55,8 +56,12 @@ def keyed_settings(tmp_path, capsys, monkeypatch, **overrides) -> tuple[Settings
     keys_file, ledger = tmp_path / "keys.toml", tmp_path / "credits.sqlite3"
     monkeypatch.setenv("SEGSWAP_CREDITS_DB", str(ledger))
     secrets = {}
-    for key_id, extra in [("broke", ["--credits", "0"]), ("one", ["--credits", "1"]), ("jobs", ["--endpoint", "jobs"]),
-                          ("legacy", ["--endpoint", "/v2/seg-swap"])]:
+    for key_id, extra in [
+        ("broke", ["--credits", "0"]),
+        ("one", ["--credits", "1"]),
+        ("jobs", ["--endpoint", "jobs"]),
+        ("legacy", ["--endpoint", "/v2/seg-swap"]),
+    ]:
         assert main(["keys", "--keys-file", str(keys_file), "add", key_id, *extra]) == 0
         secrets[key_id] = capsys.readouterr().out.strip()
     settings = Settings(keys_file=keys_file, credits_db=ledger, jobs_dir=tmp_path / "jobs", **overrides)
@@ -110,12 +115,10 @@ def test_a_cancelled_or_expired_unrun_job_is_refunded(tmp_path, capsys, monkeypa
         assert client.delete(f"/v2/requests/{second}").json()["status"] == "CANCELLED"
         assert balance(settings, "one") == 1
         third = client.post("/v2/seg-swap", json=body).json()["request_id"]
-        store = client.app.state.jobs.store
-        store.db.execute("UPDATE jobs SET expires_at = 0 WHERE id = ?", (third,))
-        expired = [record for record in store.purge_expired() if record.id == third]
-        for record in expired:
-            client.app.state.jobs._refund(record)
-        assert expired and balance(settings, "one") == 1
+        runner = client.app.state.jobs
+        runner.store.db.execute("UPDATE jobs SET expires_at = 0 WHERE id = ?", (third,))
+        assert client.portal.call(runner.purge_once) == 1
+        assert balance(settings, "one") == 1
         engine.gate.set()
         wait_for(client, first)
         ledger.close()
@@ -190,7 +193,11 @@ def test_a_job_failed_by_restart_recovery_is_announced_and_refunded(tmp_path, ca
 
 
 def test_an_output_too_wide_for_its_format_is_refused_before_any_work(tmp_path, body):
-    wide = {**body, "main_image": b64(Image.new("RGB", (16384, 2))), "mask_image": b64(rect_mask((16384, 2), (0, 0, 9, 1)))}
+    wide = {
+        **body,
+        "main_image": b64(Image.new("RGB", (16384, 2))),
+        "mask_image": b64(rect_mask((16384, 2), (0, 0, 9, 1))),
+    }
     settings = Settings(api_keys=[KEY], jobs_dir=tmp_path / "jobs")
     with TestClient(create_app(settings, CompositeEngine()), headers={"x-api-key": KEY}) as client:
         wait_ready(client)
@@ -265,3 +272,244 @@ def test_a_broken_model_set_is_reported_without_paths(tmp_path, body):
         assert str(tmp_path) not in answer and "/" not in answer.replace("/health", "")
         assert "weights" in answer and "server log" in answer
     assert swap.status_code == 503
+
+
+# 7, 8, 16. bodies that used to answer 500, and the request id on a 500 ---------------------------------------------
+
+
+@pytest.fixture()
+def client(tmp_path):
+    settings = Settings(api_keys=[KEY], jobs_dir=tmp_path / "jobs")
+    with TestClient(create_app(settings, CompositeEngine()), headers={"x-api-key": KEY}) as test_client:
+        wait_ready(test_client)
+        yield test_client
+
+
+def test_deeply_nested_json_is_a_400(client):
+    deep = "[" * 5000 + "]" * 5000
+    answer = client.post(
+        "/v1/seg-swap", content=b'{"prompt": ' + deep.encode() + b"}", headers={"content-type": "application/json"}
+    )
+    assert answer.status_code == 400 and "nested too deeply" in answer.json()["error"]
+
+
+def test_a_field_sent_as_a_file_and_a_value_is_a_400_naming_it(client, scene, mask, obj):
+    files = [
+        ("main_image", ("a.png", png_bytes(scene), "image/png")),
+        ("mask_image", ("m.png", png_bytes(mask))),
+        ("object_image", ("o.png", png_bytes(obj))),
+    ]
+    answer = client.post("/v1/seg-swap", files=files, data={"main_image": b64(scene)})
+    assert answer.status_code == 400 and "field 'main_image'" in answer.json()["error"]
+    assert "twice" in answer.json()["error"]
+
+
+def test_an_unexpected_500_carries_the_request_id_its_body_points_to(tmp_path, body):
+    settings = Settings(api_keys=[KEY], jobs_dir=tmp_path / "jobs")
+    app = create_app(settings, FailingEngine(RuntimeError("a bug")))
+    with TestClient(app, headers={"x-api-key": KEY}, raise_server_exceptions=False) as test_client:
+        wait_ready(test_client)
+        answer = test_client.post("/v1/seg-swap", json=body, headers={"x-request-id": "trace-me-42"})
+    assert answer.status_code == 500 and answer.headers["x-request-id"] == "trace-me-42"
+    assert "x-request-id" in answer.json()["error"] and "a bug" not in answer.text
+
+
+# 9. slow clients -------------------------------------------------------------------------------------------------
+
+
+def test_slow_headers_are_disconnected_and_a_slow_body_gets_408(tmp_path):
+    settings = Settings(api_keys=[KEY], jobs_dir=tmp_path / "jobs", header_timeout_s=0.5, body_timeout_s=0.5)
+    with live_server(create_app(settings, CompositeEngine())) as url:
+        port = int(url.rsplit(":", 1)[1])
+        slow_headers = socket.create_connection(("127.0.0.1", port))
+        slow_headers.sendall(b"POST /v1/seg-swap HTTP/1.1\r\nHost: x\r\n")  # and then nothing more
+        slow_headers.settimeout(5)
+        start = time.monotonic()
+        assert slow_headers.recv(1024) == b""  # closed by the server
+        assert time.monotonic() - start < 3
+        slow_body = socket.create_connection(("127.0.0.1", port))
+        slow_body.sendall(
+            b"POST /v1/seg-swap HTTP/1.1\r\nHost: x\r\nx-api-key: "
+            + KEY.encode()
+            + b'\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{"prompt"'
+        )
+        slow_body.settimeout(5)
+        answer = b""
+        while chunk := slow_body.recv(4096):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 0.5 s" in answer
+        slow_headers.close()
+        slow_body.close()
+
+
+# 10. one pixel limit -----------------------------------------------------------------------------------------------
+
+
+def test_the_configured_pixel_limit_is_the_only_one():
+    from server.inputs.decode import decode_image
+
+    large = png_bytes(Image.new("L", (9500, 9500)))  # 90.25 MP: above Pillow's own bomb warning (89.5 MP)
+    assert decode_image(large, "main_image", 100_000_000).size == (9500, 9500)
+    from server.errors import TooLarge
+
+    with pytest.raises(TooLarge, match="more than 90000000 pixels"):
+        decode_image(large, "main_image", 90_000_000)
+
+
+# 11. /docs offline, under a CSP ------------------------------------------------------------------------------------
+
+
+def test_docs_are_served_from_the_package_under_a_csp(client):
+    page = client.get("/docs")
+    assert page.status_code == 200 and "script-src 'self'" in page.headers["content-security-policy"]
+    assert "http" not in page.text.replace("http-equiv", "")  # nothing from elsewhere
+    for asset in (
+        "/docs/assets/swagger-ui-5.35.0/swagger-ui-bundle.js",
+        "/docs/assets/init.js",
+        "/docs/assets/swagger-ui-5.35.0/swagger-ui.css",
+    ):
+        assert client.get(asset).status_code == 200, asset
+    schema = client.get("/openapi.json").json()
+    assert {"APIKeyHeader", "HTTPBearer"} <= set(schema["components"]["securitySchemes"])
+
+
+# 13. disk: inputs kept as received, per-key caps, delete on fetch ---------------------------------------------------
+
+
+def test_v2_keeps_inputs_as_received_and_caps_each_key(tmp_path, body):
+    settings = Settings(api_keys=[KEY], jobs_dir=tmp_path / "jobs", max_stored_jobs_per_key=2, delete_on_fetch=True)
+    with TestClient(create_app(settings, CompositeEngine()), headers={"x-api-key": KEY}) as test_client:
+        wait_ready(test_client)
+        first = test_client.post("/v2/seg-swap", json=body).json()["request_id"]
+        folder = tmp_path / "jobs" / "jobs" / first
+        assert (folder / "main_image").read_bytes() == base64.b64decode(body["main_image"])
+        wait_for(test_client, first)
+        second = test_client.post("/v2/seg-swap", json=body).json()["request_id"]
+        capped = test_client.post("/v2/seg-swap", json=body)
+        assert capped.status_code == 429 and "stored jobs" in capped.json()["error"]
+        assert test_client.get(f"/v2/requests/{first}/output").status_code == 200
+        end = time.monotonic() + 5
+        while folder.exists():  # deleted once fetched
+            assert time.monotonic() < end
+            time.sleep(0.02)
+        assert test_client.get(f"/v2/requests/{first}/status").status_code == 404
+        wait_for(test_client, second)
+        assert test_client.post("/v2/seg-swap", json=body).status_code == 200  # room again
+
+
+def test_the_byte_cap_per_key(tmp_path, body):
+    settings = Settings(api_keys=[KEY], jobs_dir=tmp_path / "jobs", max_stored_bytes_per_key=1024)
+    with TestClient(create_app(settings, CompositeEngine()), headers={"x-api-key": KEY}) as test_client:
+        wait_ready(test_client)
+        answer = test_client.post("/v2/seg-swap", json=body)
+        assert answer.status_code == 429 and "bytes" in answer.json()["error"]
+
+
+# 14. a stored input that does not decode fails its job ----------------------------------------------------------------
+
+
+def test_an_undecodable_stored_input_fails_the_job_once(tmp_path, body, caplog):
+    from server.jobs.store import JobStore
+
+    settings = Settings(api_keys=[KEY], jobs_dir=tmp_path / "jobs")
+    store = JobStore(settings.jobs_dir)
+    params = {"seed": 1, "image_format": "png", "image_quality": 95, "_webhook_secret": "s"}
+    inputs = {"main_image": b"not an image", "mask_image": b"", "object_image": b""}
+    record = store.create("env-key", params, inputs, 3600)
+    store.close()
+    with TestClient(create_app(settings, CompositeEngine())) as test_client:
+        wait_ready(test_client)
+        end = time.monotonic() + 5
+        while test_client.app.state.jobs.store.get(record.id).status != "FAILED":
+            assert time.monotonic() < end
+            time.sleep(0.02)
+        time.sleep(0.3)
+    assert sum("stored inputs unusable" in r.getMessage() for r in caplog.records) == 1
+
+
+# 15. masks of another size ---------------------------------------------------------------------------------------
+
+
+def test_a_mask_of_another_aspect_is_a_400_naming_both_sizes(client, body):
+    answer = client.post("/v1/seg-swap", json={**body, "mask_image": b64(rect_mask((80, 80), (10, 10, 40, 40)))})
+    assert answer.status_code == 400
+    assert "80x80" in answer.json()["error"] and "96x64" in answer.json()["error"]
+    scaled = client.post("/v1/seg-swap", json={**body, "mask_image": b64(rect_mask((48, 32), (15, 10, 30, 22)))})
+    assert scaled.status_code == 200
+
+
+def test_a_mask_drawn_on_an_exif_turned_photo_is_turned_with_it(client, body):
+    stored = Image.new("RGB", (64, 96), (90, 90, 90))  # as stored; EXIF 6: shown turned, 96 x 64
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    stored.save(buffer, "JPEG", exif=exif.tobytes())
+    mask = rect_mask((64, 96), (0, 0, 63, 20))  # drawn on the stored pixels: their top band
+    answer = client.post(
+        "/v1/seg-swap",
+        json={
+            **body,
+            "main_image": base64.b64encode(buffer.getvalue()).decode(),
+            "mask_image": b64(mask),
+            "growmask": 0,
+            "mode": "pattern",
+            "horizontal_repeat": 2,
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    out = np.asarray(Image.open(io.BytesIO(answer.content)).convert("RGB"), dtype=int)
+    assert out.shape[:2] == (64, 96)
+    changed = np.abs(out - 90).sum(axis=2) > 30
+    assert changed[:, -21:].mean() > 0.9 and changed[:, :60].mean() < 0.02  # orientation 6: the top band -> right
+
+
+# 17. the CLI answers in one line -------------------------------------------------------------------------------------
+
+
+def test_cli_mistakes_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    import sys
+
+    keys = str(tmp_path / "k.toml")
+    assert main(["keys", "--keys-file", keys, "add", "a"]) == 0
+    capsys.readouterr()
+    assert main(["keys", "--keys-file", keys, "credit", "a", "-5"]) == 2
+    assert main(["keys", "--keys-file", keys, "credit", "a", "7"]) == 0
+    assert "now has 7 credits" in capsys.readouterr().err
+    missing = ["swap", "--main", "a.png", "--mask", "b.png", "--object", "c.png", "-o", str(tmp_path / "no" / "x.png")]
+    assert main(missing) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def fileno(self):
+            return sys.__stdout__.fileno()
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    monkeypatch.setattr("os.dup2", lambda *args: None)
+    assert main(["keys", "--keys-file", keys, "list"]) == 2
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "pipelines.models.tiny", None)  # as if torch and diffusers were not installed
+    assert main(["weights", "make-tiny", "--out", str(tmp_path / "t")]) == 2
+    assert "diffusion install" in capsys.readouterr().err
+
+
+def test_serve_on_a_port_in_use_says_so_before_loading_anything(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--engine", "composite", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "worker(s)" not in err
+
+
+# 18. the key as a bearer token ---------------------------------------------------------------------------------------
+
+
+def test_the_key_may_come_as_a_bearer_token(client, body):
+    headers = {"x-api-key": "", "authorization": f"Bearer {KEY}"}
+    assert client.post("/v1/seg-swap", json=body, headers=headers).status_code == 200
+    wrong = client.post("/v1/seg-swap", json=body, headers={"x-api-key": "", "authorization": "Bearer nope"})
+    assert wrong.status_code == 401
