@@ -35,8 +35,14 @@ if [ -n "$extras" ]; then
 fi
 "$python" -m pip install --quiet -e ".${extras}"
 if [ "${1:-}" = "--test" ]; then
-  scripts/install_browser.sh || echo "Chromium not installed: the browser tests will be skipped" >&2
-  scripts/install_postgres.sh || echo "PostgreSQL not installed: the shared-store tests will be skipped" >&2
+  if ! scripts/install_browser.sh; then
+    [ "${SEGSWAP_REQUIRE_BROWSER:-}" = 1 ] && { echo "Chromium could not be installed" >&2; exit 1; }
+    echo "Chromium not installed: the browser tests will be skipped" >&2
+  fi
+  if ! scripts/install_postgres.sh; then
+    [ "${SEGSWAP_REQUIRE_POSTGRES:-}" = 1 ] && { echo "PostgreSQL could not be installed" >&2; exit 1; }
+    echo "PostgreSQL not installed: the shared-store tests will be skipped" >&2
+  fi
 fi
 "$python" examples/make_examples.py >/dev/null
 echo "segswap installed in ${venv}${extras:+ with ${extras}}"

@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
-from scipy import ndimage
 
 from pipelines import CompositeEngine
 from server.api.app import create_app
@@ -27,10 +26,16 @@ from server.api.live_server import live_server
 from server.api.playground import mount_playground
 from server.settings import Settings
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+REQUIRED = os.environ.get("SEGSWAP_REQUIRE_BROWSER") == "1"  # CI: the browser tests run or the run fails
 CHROMIUM = Path(os.environ.get("SEGSWAP_CHROMIUM", "/usr/bin/chromium"))
-if not CHROMIUM.exists():
-    pytest.skip(f"no Chromium at {CHROMIUM} (scripts/install_browser.sh installs it)", allow_module_level=True)
+if REQUIRED:
+    import playwright.sync_api as sync_api
+
+    assert CHROMIUM.exists(), f"SEGSWAP_REQUIRE_BROWSER=1 but there is no Chromium at {CHROMIUM}"
+else:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (scripts/install_browser.sh installs it)", allow_module_level=True)
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -184,7 +189,7 @@ def test_paint_run_and_get_the_result(session, tmp_path):
     changed = np.abs(result - np.asarray(main).astype(int)).sum(axis=2) > 0
     painted = mask > 127
     assert changed[painted].mean() > 0.5  # the composite engine fits the tiles inside the mask box
-    assert not changed[ndimage.distance_transform_edt(~painted) > 2].any()
+    assert not changed[~painted].any()  # growmask 0: not one pixel outside the painted mask
     assert changed[MAIN_SIZE[1] // 2, int(0.35 * MAIN_SIZE[0]) : int(0.55 * MAIN_SIZE[0])].all()  # along the stroke
     assert not changed[: MAIN_SIZE[1] // 4, : MAIN_SIZE[0] // 4].any()  # far from it
 

@@ -30,6 +30,20 @@ async def burst(url: str, body: dict, seeds: range, timeout: float = 30) -> list
         return await asyncio.gather(*(client.post(f"{url}/v1/seg-swap", json=request_body(body, s)) for s in seeds))
 
 
+def wait_for_metric(url: str, name: str, value: float, timeout_s: float = 10.0) -> str:
+    """Poll /metrics until `name` reads `value`; the metrics text then."""
+    end = time.monotonic() + timeout_s
+    while metric(text := httpx.get(f"{url}/metrics").text, name) != value:
+        assert time.monotonic() < end, f"{name} never reached {value}"
+        time.sleep(0.02)
+    return text
+
+
+async def running(engine) -> None:
+    """Until the engine has started the job just sent (the worker is then held at the gate)."""
+    assert await asyncio.to_thread(engine.started.wait, 10)
+
+
 def metric(text: str, name: str, **labels: str) -> float:
     label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
     pattern = re.escape(name) + (r"\{" + re.escape(label_text) + r"\}" if labels else "") + r" ([0-9.e+-]+)"
@@ -57,18 +71,18 @@ def test_deadline_in_the_queue_is_504_and_the_job_never_runs(body):
     app = create_app(settings(request_timeout_s=0.6), engine)
     with live_server(app) as url:
         engine.gate.clear()
+        engine.started.clear()  # set by the warm-up swap
 
         async def scenario():
             async with httpx.AsyncClient(timeout=10, headers=KEY) as client:
                 first = asyncio.create_task(client.post(f"{url}/v1/seg-swap", json=request_body(body, 1)))
-                await asyncio.sleep(0.2)  # the worker is now stuck on job 1
+                await running(engine)  # the worker is now stuck on job 1
                 second = await client.post(f"{url}/v1/seg-swap", json=request_body(body, 2))
                 engine.gate.set()
                 return await first, second
 
         first, second = asyncio.run(scenario())
-        time.sleep(0.2)
-        text = httpx.get(f"{url}/metrics").text
+        text = wait_for_metric(url, "segswap_dropped_jobs_total", 1)
     assert second.status_code == 504 and "did not finish within 0.6 s" in second.json()["error"]
     assert first.status_code == 504  # it ran, but past its own deadline
     assert 1 in engine.ran and 2 not in engine.ran
@@ -80,19 +94,19 @@ def test_client_that_disconnects_while_queued_has_its_job_dropped(body):
     app = create_app(settings(), engine)
     with live_server(app) as url:
         engine.gate.clear()
+        engine.started.clear()  # set by the warm-up swap
 
         async def scenario():
             async with httpx.AsyncClient(timeout=10, headers=KEY) as client:
                 first = asyncio.create_task(client.post(f"{url}/v1/seg-swap", json=request_body(body, 1)))
-                await asyncio.sleep(0.2)
+                await running(engine)
                 with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
                     await client.post(f"{url}/v1/seg-swap", json=request_body(body, 2), timeout=0.4)
-                await asyncio.sleep(0.5)  # the server notices within its poll interval
+                await asyncio.to_thread(wait_for_metric, url, "segswap_dropped_jobs_total", 1)  # the server noticed
                 engine.gate.set()
                 return await first
 
         first = asyncio.run(scenario())
-        time.sleep(0.2)
         text = httpx.get(f"{url}/metrics").text
     assert first.status_code == 200
     assert 2 not in engine.ran

@@ -153,7 +153,18 @@ def test_replicas_starting_together_create_the_schema_once(tmp_path, pg_url):
         return JobStore(tmp_path / "jobs", pg_url), CreditLedger(tmp_path / "c.sqlite3", pg_url)
 
     with ThreadPoolExecutor(4) as pool:
-        opened = list(pool.map(open_store, range(4)))
-    for store, ledger in opened:
-        store.close()
-        ledger.close()
+        opened = list(pool.map(open_store, range(4)))  # none raised (a duplicate CREATE would)
+    try:
+        first_store, first_ledger = opened[0]
+        job = first_store.create("k", {}, IMAGES, 3600)
+        first_ledger.set_balance("k", 3)
+        for store, ledger in opened[1:]:  # one schema: every replica sees the same rows
+            assert store.get(job.id).id == job.id and ledger.balance("k") == 3
+        tables = first_store.db.execute(
+            "SELECT COUNT(*) AS n FROM pg_tables WHERE tablename IN ('jobs', 'replicas', 'credits')"
+        ).fetchone()["n"]
+        assert tables == 3
+    finally:
+        for store, ledger in opened:
+            store.close()
+            ledger.close()

@@ -35,10 +35,11 @@ def test_sigterm_drains_queued_and_running_work_then_exits_zero(body):
                 inflight = [
                     asyncio.create_task(client.post(f"{url}/v1/seg-swap", json={**body, "seed": s})) for s in (1, 2, 3)
                 ]
-                await asyncio.sleep(0.2)  # one running, two queued
+                while "segswap_queue_depth 2.0" not in (await client.get(f"{url}/metrics")).text:
+                    await asyncio.sleep(0.01)  # until one runs and two wait
                 os.kill(process.pid, signal.SIGTERM)
-                await asyncio.sleep(0.1)
-                ready = await client.get(f"{url}/health/ready")
+                while (ready := await client.get(f"{url}/health/ready")).status_code == 200:
+                    await asyncio.sleep(0.01)  # until the signal is handled
                 refused = await client.post(f"{url}/v1/seg-swap", json=body)
                 return ready, refused, await asyncio.gather(*inflight)
 
