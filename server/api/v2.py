@@ -170,8 +170,8 @@ async def _check_storage(store: JobStore, caller: Caller, incoming: int, setting
     jobs, stored = await asyncio.to_thread(store.usage, caller.key_id)
     if jobs >= settings.max_stored_jobs_per_key:
         raise TooManyRequests(
-            f"this key already has {jobs} stored jobs, the most a key may keep; fetch or cancel some, or wait for "
-            f"them to expire ({settings.job_retention_s:g} s after submission)",
+            f"this key already has {jobs} stored jobs, the most a key may keep; each is deleted "
+            f"{settings.job_retention_s:g} s after submission",
             {"Retry-After": "60"},
         )
     if stored + incoming > settings.max_stored_bytes_per_key:

@@ -188,10 +188,15 @@ class JobRunner:
         self.metrics.images.labels(outcome.engine).inc()
         try:
             data = await asyncio.to_thread(encode_image, outcome.image, params["image_format"], params["image_quality"])
-            await asyncio.to_thread(self.store.complete, record.id, data, params["image_format"], outcome.engine_s)
-        except Exception as exc:
-            log.exception("job %s: the result could not be written", record.id)
+        except Exception as exc:  # the format's own limit or error, in the encoder's words (no paths in them)
+            log.exception("job %s: the result could not be encoded", record.id)
             await self.fail(record.id, f"the result could not be written as {params['image_format']}: {exc}")
+            return True
+        try:
+            await asyncio.to_thread(self.store.complete, record.id, data, params["image_format"], outcome.engine_s)
+        except Exception:  # a full or failing disk: the detail (and its paths) is for the log
+            log.exception("job %s: the result could not be stored", record.id)
+            await self.fail(record.id, "the result could not be stored; the server log says why")
         return True
 
     def _load_job(self, record: JobRecord) -> SwapJob:
