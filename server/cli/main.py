@@ -16,12 +16,14 @@ import sys
 from collections.abc import Sequence
 
 from pipelines import InvalidInput, SegswapError
+from server.cli.batch import add_batch_command
 from server.cli.bench import add_bench_command
 from server.cli.common import CliError, flag
 from server.cli.eval import add_eval_command
 from server.cli.keys import add_keys_commands
 from server.cli.serve import add_serve_command
 from server.cli.swap import add_swap_command
+from server.cli.sweep import add_sweep_command
 from server.cli.weights import add_weights_commands
 from server.errors import ServiceError
 
@@ -61,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     add_serve_command(commands)
     add_swap_command(commands)
+    add_batch_command(commands)
+    add_sweep_command(commands)
     add_weights_commands(commands.add_parser("weights", help="list, download, verify or make model sets"))
     add_keys_commands(commands.add_parser("keys", help="add, list, revoke API keys; set credit balances"))
     add_bench_command(commands)

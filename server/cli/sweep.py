@@ -1,0 +1,100 @@
+"""`segswap sweep`: one scene, every combination of the listed values, a labelled contact sheet and index.html."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Literal, get_args, get_origin
+
+from pydantic import ValidationError
+
+from pipelines import IMAGE_FIELDS
+from server.api.contract import SwapRequest, describe_validation_error
+from server.cli.common import CliError, add_engine_flags, flag, settings_from
+
+TEXT_FIELDS = {"prompt", "negative_prompt"}  # may contain commas: repeat the flag to list several
+NOT_SWEPT = {*IMAGE_FIELDS, "base64"}
+
+
+class Ordered(argparse.Action):
+    """Appends the flag's values and remembers the order fields first appeared in (rows, then columns)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        listed = [values] if self.dest in TEXT_FIELDS else [v.strip() for v in values.split(",") if v.strip()]
+        getattr(namespace, self.dest).extend(listed)
+        order = namespace.__dict__.setdefault("_order", [])
+        if self.dest not in order:
+            order.append(self.dest)
+
+
+def add_sweep_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sweep",
+        help="run a grid of parameter values on one scene; write a contact sheet and index.html",
+        description="Every contract field may take several values (comma-separated, or the flag repeated; prompts "
+        "by repeating the flag). The first two fields with several values are the sheet's rows and columns.",
+    )
+    fields = SwapRequest.model_fields
+    for name in IMAGE_FIELDS:
+        parser.add_argument(flag(name), dest=name, required=True, help=f"{fields[name].description.split(':')[0]}")
+    for name, info in fields.items():
+        if name not in NOT_SWEPT:
+            parser.add_argument(flag(name), dest=name, action=Ordered, default=[], help=f"{info.description}")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the images, the sheets and index.html")
+    add_engine_flags(parser)
+    parser.set_defaults(handler=run_sweep_command)
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    from server.cli.swap import _read_source
+    from server.experiments.sweep import combinations, run_sweep, write_index, write_sheets
+    from server.inputs.decode import decode_inputs
+    from server.serving.workers import load_configured_engine
+
+    fixed, varied = _grid(args)
+    settings = settings_from(args)
+    for combination in combinations(varied):  # every cell valid before the first one runs
+        _validated({**fixed, **combination})
+    data = {name: _read_source(getattr(args, name), name, settings) for name in IMAGE_FIELDS}
+    images = decode_inputs(data, settings.max_image_pixels)
+    sources = {name: getattr(args, name) for name in IMAGE_FIELDS}
+    engine = load_configured_engine(settings)
+    results = run_sweep(
+        engine, fixed, varied, images, sources, args.out, progress=lambda name: print(f"wrote {name}", file=sys.stderr)
+    )
+    sheets = write_sheets(results, varied, args.out)
+    index = write_index(results, sheets, args.out)
+    print(f"{len(results)} images, {len(sheets)} sheet(s), {index}", file=sys.stderr)
+    return 0
+
+
+def _grid(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list]]]:
+    fields = SwapRequest.model_fields
+    fixed, varied = {}, []
+    for name in getattr(args, "_order", []):
+        values = [_typed(name, value, fields[name].annotation) for value in getattr(args, name)]
+        if len(values) == 1:
+            fixed[name] = values[0]
+        else:
+            varied.append((name, list(dict.fromkeys(values))))
+    return fixed, varied
+
+
+def _typed(name: str, value: str, annotation) -> object:
+    kind = {int: int, float: float, bool: lambda v: v.lower() in ("1", "true", "yes")}.get(annotation)
+    if get_origin(annotation) is Literal:
+        if value not in get_args(annotation):
+            raise CliError(f"{flag(name)}: {value!r} is not one of {', '.join(get_args(annotation))}")
+        return value
+    try:
+        return kind(value) if kind else value
+    except ValueError:
+        raise CliError(f"{flag(name)}: {value!r} is not a {annotation.__name__}") from None
+
+
+def _validated(values: dict) -> None:
+    try:
+        SwapRequest.model_validate({**values, **{name: "x" for name in IMAGE_FIELDS}})
+    except ValidationError as exc:
+        raise CliError(describe_validation_error(exc, flag)) from None
