@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import sys
 import time
@@ -15,11 +14,10 @@ from pydantic import ValidationError
 from pipelines import IMAGE_FIELDS, build_job
 from server.api.contract import SwapRequest, describe_validation_error
 from server.cli.common import CliError, add_engine_flags, flag, settings_from
-from server.inputs.decode import decode_inputs, is_url
+from server.inputs.decode import decode_inputs
 from server.inputs.encode import check_encodable, encode_image
-from server.inputs.fetch import fetch_url
+from server.inputs.resolve import read_source
 from server.serving.workers import load_configured_engine
-from server.settings import Settings
 
 FORMAT_BY_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 
@@ -50,7 +48,7 @@ def run_swap(args: argparse.Namespace) -> int:
     request = _validated_request(args)
     if not args.output.parent.is_dir():
         raise CliError(f"-o: no such folder: {args.output.parent}")
-    data = {name: _read_source(getattr(args, name), name, settings) for name in IMAGE_FIELDS}
+    data = {name: read_source(getattr(args, name), name, settings) for name in IMAGE_FIELDS}
     images = decode_inputs(data, settings.max_image_pixels)
     check_encodable(images["main_image"].size, request.image_format)
     job = build_job(request.model_dump(), images)
@@ -79,23 +77,6 @@ def _validated_request(args: argparse.Namespace) -> SwapRequest:
         return SwapRequest.model_validate(values)
     except ValidationError as exc:
         raise CliError(describe_validation_error(exc, flag)) from None
-
-
-def _read_source(source: str, field: str, settings: Settings) -> bytes:
-    if is_url(source):
-        return asyncio.run(
-            fetch_url(
-                source,
-                field,
-                max_bytes=settings.fetch_max_bytes,
-                timeout_s=settings.fetch_timeout_s,
-                allow=settings.fetch_allow,
-            )
-        )
-    path = Path(source)
-    if not path.is_file():
-        raise CliError(f"{flag(field)}: no such file: {source}")
-    return path.read_bytes()
 
 
 class ProgressBar:

@@ -47,16 +47,16 @@ def add_sweep_command(subparsers) -> None:
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
-    from server.cli.swap import _read_source
     from server.experiments.sweep import combinations, run_sweep, write_index, write_sheets
     from server.inputs.decode import decode_inputs
+    from server.inputs.resolve import read_source
     from server.serving.workers import load_configured_engine
 
     fixed, varied = _grid(args)
     settings = settings_from(args)
     for combination in combinations(varied):  # every cell valid before the first one runs
         _validated({**fixed, **combination})
-    data = {name: _read_source(getattr(args, name), name, settings) for name in IMAGE_FIELDS}
+    data = {name: read_source(getattr(args, name), name, settings) for name in IMAGE_FIELDS}
     images = decode_inputs(data, settings.max_image_pixels)
     sources = {name: getattr(args, name) for name in IMAGE_FIELDS}
     engine = load_configured_engine(settings)

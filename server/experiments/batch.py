@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import deque
@@ -14,9 +13,9 @@ from pipelines import Engine, InvalidInput, SegswapError, SwapJob, build_job
 from server.errors import ServiceError
 from server.experiments.jobs_file import Entry
 from server.experiments.outputs import is_complete, write_output
-from server.inputs.decode import decode_inputs, is_url
+from server.inputs.decode import decode_inputs
 from server.inputs.encode import check_encodable, encode_image
-from server.inputs.fetch import fetch_url
+from server.inputs.resolve import read_source
 from server.settings import Settings
 
 log = logging.getLogger("segswap.batch")
@@ -93,23 +92,6 @@ def prepare(entry: Entry, settings: Settings) -> SwapJob:
     images = decode_inputs(data, settings.max_image_pixels)
     check_encodable(images["main_image"].size, entry.request.image_format)
     return build_job(entry.request.model_dump(), images)
-
-
-def read_source(source: str, field_name: str, settings: Settings) -> bytes:
-    if is_url(source):
-        return asyncio.run(
-            fetch_url(
-                source,
-                field_name,
-                max_bytes=settings.fetch_max_bytes,
-                timeout_s=settings.fetch_timeout_s,
-                allow=settings.fetch_allow,
-            )
-        )
-    path = Path(source)
-    if not path.is_file():
-        raise InvalidInput(f"no such file: {source}", field_name)
-    return path.read_bytes()
 
 
 def _run_one(entry: Entry, job: SwapJob, engine: Engine, out_dir: Path) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from pathlib import Path
 
 from PIL import Image
 
+from pipelines import InvalidInput
 from server.inputs.decode import decode_base64_field, decode_inputs, is_url
 from server.inputs.fetch import fetch_url
 from server.settings import Settings
@@ -23,6 +25,16 @@ async def image_bytes(value: str, field: str, settings: Settings) -> bytes:
             allow=settings.fetch_allow,
         )
     return decode_base64_field(value, field)
+
+
+def read_source(source: str, field: str, settings: Settings) -> bytes:
+    """Offline use (CLI, batches): a URL fetched (SSRF-safe), else a file's bytes."""
+    if is_url(source):
+        return asyncio.run(image_bytes(source, field, settings))
+    path = Path(source)
+    if not path.is_file():
+        raise InvalidInput(f"no such file: {source}", field)
+    return path.read_bytes()
 
 
 async def fetch_inputs(sources: Mapping[str, str | bytes], settings: Settings) -> dict[str, bytes]:
