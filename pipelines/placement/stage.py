@@ -44,7 +44,7 @@ def place(job: SwapJob) -> Placement:
     if mode == "pattern":
         reference = job.object_image.convert("RGB")
         placed = place_pattern(
-            scene, grown, box, reference, job.horizontal_repeat, job.vertical_repeat, job.fashion_strength
+            scene, mask, grown, box, reference, job.horizontal_repeat, job.vertical_repeat, job.fashion_strength
         )
     else:
         reference = cut_out(job.object_image)

@@ -156,3 +156,16 @@ def test_an_unknown_mode_is_a_clear_input_error():
     with pytest.raises(InvalidInput) as info:
         garment_job(mode="sideways")
     assert info.value.field == "mode"
+
+
+def test_the_pattern_keeps_its_own_mean_colour_under_heavy_shading():
+    from pipelines.evaluation import metrics
+
+    ys, xs = np.mgrid[0:90, 0:120].astype(np.float32)
+    glossy = 40 + 200 * (np.sin(xs / 6.0) > 0.6) + 10 * np.cos(ys / 5.0)  # mostly dark, with bright highlights
+    scene = np.clip(np.stack([glossy, glossy * 0.3, glossy * 0.3], axis=-1), 0, 255).astype(np.uint8)
+    job = garment_job(main_image=Image.fromarray(scene))
+    out, original = np.asarray(place(job).image), np.asarray(job.main_image)
+    mask = normalize_mask(job.mask_image, job.main_image.size)
+    assert metrics.pattern_colour_carried(out, original, mask, np.asarray(job.object_image)) > 0.95
+    assert metrics.shading_kept(out, original, mask) > 0.6
