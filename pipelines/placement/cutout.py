@@ -12,7 +12,7 @@ from scipy import ndimage
 
 BORDER_SHARE = 0.03  # the strip along the border that shows the backdrop, as a share of the short side
 PLAIN_SHARE = 0.9  # a backdrop is plain when this share of the border strip sits close to a smooth colour field
-GRABCUT_SIDE = 320  # GrabCut runs at this long side; the matte is scaled back up
+GRABCUT_SIDE = 224  # GrabCut runs at this long side (its cost grows with the pixels); the matte is scaled up
 GRABCUT_INSET = 0.04  # the centred rectangle GrabCut starts from leaves this share of each side out
 MIN_PART = 0.02  # foreground parts smaller than this share of the largest one are specks
 DEFRINGE_SIGMA = 2.0  # how far an edge pixel looks for the object's own colour
