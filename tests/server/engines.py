@@ -27,8 +27,20 @@ class GatedEngine:
         self.started = threading.Event()
         self._work = np.ones((256, 256))
         self._lock = threading.Lock()
+        self.active = 0  # swaps running now, and the most that ever ran at once
+        self.most_at_once = 0
 
     def swap(self, job: SwapJob, progress=None) -> Image.Image:
+        with self._lock:
+            self.active += 1
+            self.most_at_once = max(self.most_at_once, self.active)
+        try:
+            return self._swap(job)
+        finally:
+            with self._lock:
+                self.active -= 1
+
+    def _swap(self, job: SwapJob) -> Image.Image:
         self.started.set()
         self.gate.wait(30)
         end = time.monotonic() + self.delay
