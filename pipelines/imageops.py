@@ -15,6 +15,7 @@ from pipelines.errors import InvalidInput
 Box = tuple[int, int, int, int]
 
 MASK_THRESHOLD = 128
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # Rec. 601 luma weights of R, G, B
 ASPECT_TOLERANCE = 0.01
 
 

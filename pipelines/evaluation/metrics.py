@@ -19,7 +19,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-LUMA = np.array([0.299, 0.587, 0.114])
+from pipelines.imageops import LUMA
+
 CHANGED = 30  # sum of |dRGB| above which a pixel counts as visibly changed
 SHADING_SIGMA = 6.0
 COLOUR_BIN = 8

@@ -23,7 +23,7 @@ def contact_sheet(cases, outputs: list[Image.Image], rows: list[dict]) -> Image.
         _label(draw, font, (GAP, top), case.name, row)
         pictures = [case.main, _mask_overlay(case.main, case.mask), case.object, output]
         for column, picture in enumerate(pictures):
-            _paste_fitted(sheet, picture, (GAP + column * (CELL + GAP), top + LABEL))
+            paste_fitted(sheet, picture, (GAP + column * (CELL + GAP), top + LABEL))
     return sheet
 
 
@@ -51,12 +51,13 @@ def _mask_overlay(main: Image.Image, mask: Image.Image) -> Image.Image:
     return Image.fromarray(pixels.astype(np.uint8), "RGB")
 
 
-def _paste_fitted(sheet: Image.Image, picture: Image.Image, origin: tuple[int, int]) -> None:
+def paste_fitted(sheet: Image.Image, picture: Image.Image, origin: tuple[int, int], cell: int = CELL) -> None:
+    """`picture` scaled to fit a cell x cell square at `origin`, centred; transparency shown on light grey."""
     picture = picture.convert("RGBA")
-    scale = min(CELL / picture.width, CELL / picture.height)
+    scale = min(cell / picture.width, cell / picture.height)
     fitted = picture.resize(
         (max(1, round(picture.width * scale)), max(1, round(picture.height * scale))), Image.Resampling.LANCZOS
     )
     checker = Image.new("RGB", fitted.size, (225, 225, 225))
     checker.paste(fitted, mask=fitted.getchannel("A"))
-    sheet.paste(checker, (origin[0] + (CELL - fitted.width) // 2, origin[1] + (CELL - fitted.height) // 2))
+    sheet.paste(checker, (origin[0] + (cell - fitted.width) // 2, origin[1] + (cell - fitted.height) // 2))

@@ -14,22 +14,35 @@ def harmonise(
 ) -> np.ndarray:
     """Pull `obj`'s colours (float RGB) towards the statistics of `target` pixels (N x 3).
 
-    Per-channel mean/std transfer weighted by `weight` (the object's alpha), applied with (1 - fashion_strength):
-    at 1 the object keeps its own colour and texture (only `light_match` of the mean gap is closed), at 0 it takes
-    the target's colour statistics.
+    Per-channel mean/std transfer, the object's statistics weighted by `weight` (its alpha); see `transfer`.
     """
     w = weight.reshape(-1)
     pixels = obj.reshape(-1, 3)
     total = w.sum()
     if total <= 0 or len(target) == 0:
         return obj
-    obj_mean = (pixels * w[:, None]).sum(axis=0) / total
-    obj_std = np.sqrt((((pixels - obj_mean) ** 2) * w[:, None]).sum(axis=0) / total) + 1e-3
+    mean = (pixels * w[:, None]).sum(axis=0) / total
+    std = np.sqrt((((pixels - mean) ** 2) * w[:, None]).sum(axis=0) / total)
+    return transfer(obj, mean, std, target, fashion_strength, light_match)
+
+
+def transfer(
+    pixels: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    target: np.ndarray,
+    fashion_strength: float,
+    light_match: float = 0.0,
+) -> np.ndarray:
+    """Colours of mean `mean` and spread `std` moved toward `target`'s, with weight (1 - fashion_strength).
+
+    At fashion_strength 1 the colours are kept (but for `light_match` of the gap between the means); at 0 they
+    take the target's mean and spread per channel.
+    """
     target_mean, target_std = target.mean(axis=0), target.std(axis=0) + 1e-3
-    transferred = (obj - obj_mean) * (target_std / obj_std) + target_mean
-    light_matched = obj + light_match * (target_mean - obj_mean)
-    pull = 1.0 - fashion_strength
-    return np.clip(light_matched + pull * (transferred - light_matched), 0.0, 255.0)
+    transferred = (pixels - mean) * (target_std / (std + 1e-3)) + target_mean
+    light_matched = pixels + light_match * (target_mean - mean)
+    return np.clip(light_matched + (1.0 - fashion_strength) * (transferred - light_matched), 0.0, 255.0)
 
 
 def match_to(image: np.ndarray, reference: np.ndarray, where: np.ndarray, max_gain: float = 1.25) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 
 from pipelines.imageops import Box
 
-WORK_SIDE = 192  # the inpainting runs with the region's long side at this many pixels
+WORK_SIDE = 192  # the fill is computed with the region's long side at this many pixels
 RING = 12  # pixels around the mask whose grain strength the fill takes
 DETAIL_SIGMA = 1.5  # grain = the image minus its blur at this sigma
 

@@ -12,12 +12,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from pipelines.imageops import Box
+from pipelines.imageops import LUMA, Box
+from pipelines.placement.colour import transfer
 
 # A shading factor is kept within this range: below it, the deepest creases turn black; above it, highlights
 # would burn out. Inside it, brighter inclusions (a badge, a collar inside the mask) stay brighter, as light would.
 SHADE_RANGE = (0.2, 2.5)
-LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def place_pattern(
@@ -51,17 +51,12 @@ def place_pattern(
 def _harmoniser(tile: np.ndarray, target: np.ndarray, fashion_strength: float):
     """The colour transfer fashion_strength asks for, fitted on one tile, to apply to the tile and the tiling."""
     reference = tile.reshape(-1, 3)
-    mean, std = reference.mean(axis=0), reference.std(axis=0) + 1e-3
+    mean, std = reference.mean(axis=0), reference.std(axis=0)
 
     def colour(pixels: np.ndarray) -> np.ndarray:
-        return harmonise_with(pixels, mean, std, target, fashion_strength)
+        return transfer(pixels, mean, std, target, fashion_strength)
 
     return colour
-
-
-def harmonise_with(pixels, mean, std, target, fashion_strength):
-    transferred = (pixels - mean) * ((target.std(axis=0) + 1e-3) / std) + target.mean(axis=0)
-    return np.clip(pixels + (1.0 - fashion_strength) * (transferred - pixels), 0.0, 255.0)
 
 
 def scaled_tile(pattern: Image.Image, size: tuple[int, int], horizontal: int, vertical: int) -> np.ndarray:

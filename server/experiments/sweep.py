@@ -15,6 +15,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from pipelines import Engine, build_job
+from pipelines.evaluation.sheet import paste_fitted
 from server.experiments.outputs import write_output
 from server.inputs.encode import encode_image
 
@@ -109,16 +110,8 @@ def _sheet(results, rows_field, rows, cols_field, cols, title) -> Image.Image:
                 and (not cols_field or x.combination.get(cols_field) == col)
             ]
             if match:
-                _paste_fitted(sheet, Image.open(match[0].path), (MARGIN + c * (CELL + 8), top))
+                paste_fitted(sheet, Image.open(match[0].path), (MARGIN + c * (CELL + 8), top), CELL)
     return sheet
-
-
-def _paste_fitted(sheet: Image.Image, picture: Image.Image, origin: tuple[int, int]) -> None:
-    scale = min(CELL / picture.width, CELL / picture.height)
-    fitted = picture.convert("RGB").resize(
-        (max(1, round(picture.width * scale)), max(1, round(picture.height * scale))), Image.Resampling.LANCZOS
-    )
-    sheet.paste(fitted, (origin[0] + (CELL - fitted.width) // 2, origin[1] + (CELL - fitted.height) // 2))
 
 
 def write_index(results: list[Result], sheets: list[Path], out_dir: Path) -> Path:
