@@ -16,6 +16,13 @@ import pytest
 from PIL import Image, ImageDraw
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
+# anyio is a pytest plugin, so pytest rewrites its modules (ast.parse) when they are first imported, and anyio
+# imports some lazily: FileResponse's first use imports its file module. Several server threads doing that at
+# once hit Python 3.11's thread-unsafe AST validation ("AST constructor recursion depth mismatch") and the
+# response dies half-sent. Import it here, once, before any test starts a server.
+import anyio  # noqa: E402
+
+anyio.open_file  # noqa: B018
 # Keys, job stores, ledgers and weights of apps built by tests: never the user's data directory, never the checkout.
 os.environ["SEGSWAP_DATA_DIR"] = tempfile.mkdtemp(prefix="segswap-tests-")
 os.environ.pop("SEGSWAP_WEIGHTS_DIR", None)
