@@ -42,15 +42,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CliError, ServiceError, SegswapError) as exc:
         return _error(str(exc))
     except ModuleNotFoundError as exc:
-        return _error(
-            f"this command needs {exc.name}, which comes with the diffusion install: "
-            "scripts/install.sh --diffusion (or pip install 'segswap[diffusion]')"
-        )
+        return _error(_missing_module(exc.name or "a module"))
     except BrokenPipeError:  # the reader went away (`segswap keys list | head`): nothing more to say to it
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return _error("the output was closed before everything was written")
     except KeyboardInterrupt:
         return 130
+
+
+# What `scripts/install.sh --diffusion` adds (the tiny model sets import them at module level).
+DIFFUSION_MODULES = {"torch", "diffusers", "transformers", "accelerate", "safetensors", "pipelines.models.tiny"}
+
+
+def _missing_module(name: str) -> str:
+    if name in DIFFUSION_MODULES or name.split(".")[0] in DIFFUSION_MODULES:
+        return (
+            f"this command needs {name}, which comes with the diffusion install: "
+            "scripts/install.sh --diffusion (or pip install 'segswap[diffusion]')"
+        )
+    return f"the package {name} is missing from this installation; reinstall it with scripts/install.sh"
 
 
 def _error(message: str) -> int:
