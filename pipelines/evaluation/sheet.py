@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from pipelines.imageops import normalize_mask
+
 CELL = 256  # each picture is fitted in a CELL x CELL square
 LABEL = 64  # height of the text band above each row
 GAP = 8
@@ -43,8 +45,6 @@ def _label(draw: ImageDraw.ImageDraw, font, origin: tuple[int, int], name: str, 
 
 
 def _mask_overlay(main: Image.Image, mask: Image.Image) -> Image.Image:
-    from pipelines.imageops import normalize_mask
-
     selected = normalize_mask(mask, main.size)
     pixels = np.asarray(main.convert("RGB"), dtype=np.float32)
     pixels[selected] = 0.45 * pixels[selected] + 0.55 * np.array([40, 220, 90], np.float32)

@@ -13,16 +13,14 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from server.api.playground import page_headers
+
 STATIC_DIR = Path(__file__).resolve().parent / "static" / "docs"
-PAGE_HEADERS = {
-    # Swagger UI sets inline styles on its elements; scripts stay same-origin files only.
-    "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self' data:; connect-src 'self'; script-src 'self'; "
-        "style-src 'self' 'unsafe-inline'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
+# Swagger UI sets inline styles on its elements; scripts stay same-origin files only.
+PAGE_HEADERS = page_headers(
+    "default-src 'self'; img-src 'self' data:; connect-src 'self'; script-src 'self'; "
+    "style-src 'self' 'unsafe-inline'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
 
 router = APIRouter(include_in_schema=False)
 

@@ -16,17 +16,23 @@ STATIC_DIR = Path(__file__).resolve().parent / "static" / "playground"
 ASSETS_PATH = "/playground"
 MOUNT_NAME = "playground"
 
+
+def page_headers(csp: str) -> dict[str, str]:
+    """Headers of a page served from the package: its CSP, no MIME sniffing, no referrer, always revalidated."""
+    return {
+        "Content-Security-Policy": csp,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-cache",
+    }
+
+
 # Everything the page loads comes from this origin; the CSP makes a stray CDN link fail loudly
 # and keeps the API key field from being framed by another site.
-PAGE_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self' data: blob:; connect-src 'self'; script-src 'self'; "
-        "style-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-cache",
-}
+PAGE_HEADERS = page_headers(
+    "default-src 'self'; img-src 'self' data: blob:; connect-src 'self'; script-src 'self'; "
+    "style-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 router = APIRouter(include_in_schema=False)
 

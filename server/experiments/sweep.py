@@ -15,11 +15,10 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from pipelines import Engine, build_job
-from pipelines.evaluation.sheet import paste_fitted
+from pipelines.evaluation.sheet import CELL, paste_fitted
 from server.experiments.outputs import write_output
 from server.inputs.encode import encode_image
 
-CELL = 256
 LABEL = 28
 MARGIN = 150  # room for the row labels
 
@@ -110,7 +109,7 @@ def _sheet(results, rows_field, rows, cols_field, cols, title) -> Image.Image:
                 and (not cols_field or x.combination.get(cols_field) == col)
             ]
             if match:
-                paste_fitted(sheet, Image.open(match[0].path), (MARGIN + c * (CELL + 8), top), CELL)
+                paste_fitted(sheet, Image.open(match[0].path), (MARGIN + c * (CELL + 8), top))
     return sheet
 
 
