@@ -119,7 +119,7 @@ def tiny_weights(tmp_path_factory) -> Path:
     from pipelines.models.tiny import make_tiny
 
     out = tmp_path_factory.mktemp("weights")
-    make_tiny(out)
+    make_tiny(out, sets=("sdxl", "sd15"))
     return out
 
 

@@ -1,10 +1,10 @@
 """Where the parts of a model set live on disk, and whether a set is complete.
 
-A model set is one folder (`<weights_dir>/sdxl`, `<weights_dir>/sd15`) laid out as a real
-download lays it out (see pipelines/models/manifest.toml):
+A model set is one folder (`<weights_dir>/<set name>`: sdxl, sd15, flux2-klein, flux2-klein-base) laid
+out as a real download lays it out (see pipelines/models/manifest.toml):
 
-    base/         a diffusers inpainting pipeline folder (model_index.json, unet/, vae/, ...)
-    ip_adapter/   the h94/IP-Adapter repository layout, original checkpoint format
+    base/         a diffusers pipeline folder (model_index.json, unet/ or transformer/, vae/, ...)
+    ip_adapter/   SD sets: the h94/IP-Adapter repository layout, original checkpoint format
 
 or, for a model shared as one file (see pipelines/models/single_file.py):
 
@@ -14,16 +14,21 @@ or, for a model shared as one file (see pipelines/models/single_file.py):
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pipelines.errors import WeightsError
 
-Arch = Literal["sdxl", "sd15"]
+Arch = Literal["sdxl", "sd15", "flux2"]
 Variant = Literal["plus", "plain"]
 
-ARCHS: tuple[Arch, ...] = ("sdxl", "sd15")  # in order of preference for `auto`
+ARCHS: tuple[Arch, ...] = ("sdxl", "sd15", "flux2")
+# The model sets by name, with their arch, in `auto`'s order of preference: FLUX.2 [klein] 4B distilled
+# (the reference image in attention keeps identity and patterns best, 4 steps), SDXL + IP-Adapter, the
+# undistilled klein base (same fidelity at 10x the model evaluations), SD1.5 + IP-Adapter (lightest).
+SETS: dict[str, Arch] = {"flux2-klein": "flux2", "sdxl": "sdxl", "flux2-klein-base": "flux2", "sd15": "sd15"}
 IMAGE_ENCODER = "models/image_encoder"
 ADAPTERS: dict[tuple[Arch, Variant], str] = {
     ("sdxl", "plain"): "sdxl_models/ip-adapter_sdxl_vit-h.safetensors",
@@ -34,6 +39,12 @@ ADAPTERS: dict[tuple[Arch, Variant], str] = {
 BASE_COMPONENTS: dict[Arch, tuple[str, ...]] = {
     "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
     "sd15": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+    "flux2": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
+}
+WEIGHTED_COMPONENTS: dict[Arch, tuple[str, ...]] = {
+    "sdxl": ("unet", "vae"),
+    "sd15": ("unet", "vae"),
+    "flux2": ("transformer", "vae", "text_encoder"),
 }
 CHECKPOINT = "base.safetensors"
 # What base/ must hold next to a single-file checkpoint: the configs and tokenizers, no weights.
@@ -55,6 +66,25 @@ class ModelSet:
     arch: Arch
     folder: Path
     variant: Variant = "plus"
+
+    @property
+    def name(self) -> str:
+        """The set's name: its arch for SD sets; for FLUX.2 [klein] whether base/ is the step-distilled model."""
+        if self.arch != "flux2":
+            return self.arch
+        return "flux2-klein" if self.distilled else "flux2-klein-base"
+
+    @property
+    def distilled(self) -> bool:
+        """A step-distilled model (FLUX.2 [klein] 4B): model_index.json says `is_distilled`."""
+        try:
+            return bool(json.loads((self.base / "model_index.json").read_text(encoding="utf-8")).get("is_distilled"))
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    @property
+    def uses_ip_adapter(self) -> bool:
+        return self.arch != "flux2"
 
     @property
     def base(self) -> Path:
@@ -101,11 +131,12 @@ class ModelSet:
             needed += [self.base / CONFIG_FILES[part] for part in BASE_COMPONENTS[self.arch]]
         else:
             needed += [self.base / part for part in BASE_COMPONENTS[self.arch]]
-        needed += [self.adapter_file, self.image_encoder / "config.json"]
+        if self.uses_ip_adapter:
+            needed += [self.adapter_file, self.image_encoder / "config.json"]
         missing = [path for path in needed if not path.exists()]
-        if self.image_encoder.is_dir() and not _has_weights(self.image_encoder):
+        if self.uses_ip_adapter and self.image_encoder.is_dir() and not _has_weights(self.image_encoder):
             missing.append(self.image_encoder / "model.safetensors")
-        for part in () if single_file else ("unet", "vae"):
+        for part in () if single_file else WEIGHTED_COMPONENTS[self.arch]:
             if (self.base / part).is_dir() and not _has_weights(self.base / part):
                 missing.append(self.base / part / "diffusion_pytorch_model.safetensors")
         return [str(path.relative_to(self.folder)) for path in missing]
@@ -120,24 +151,24 @@ def model_set_at(folder: Path, variant: Variant = "plus") -> ModelSet:
     return ModelSet(_arch_of(Path(folder) / "base", None), Path(folder), variant)
 
 
-def find_model_set(weights_dir: Path, arch: Arch | None = None, variant: Variant = "plus") -> ModelSet | None:
-    """The first complete set under `weights_dir` (sdxl before sd15), or None.
+def find_model_set(weights_dir: Path, name: str | None = None, variant: Variant = "plus") -> ModelSet | None:
+    """The set `name` under `weights_dir` if complete; with no name, the first complete one in SETS' order; or None.
 
-    `weights_dir` may also be a set folder itself (one holding base/ and ip_adapter/).
+    `weights_dir` may also be a set folder itself (one holding base/).
     """
-    for candidate in _candidates(Path(weights_dir), arch, variant):
+    for candidate in _candidates(Path(weights_dir), name, variant):
         if not candidate.missing():
             return candidate
     return None
 
 
-def require_model_set(weights_dir: Path, arch: Arch | None = None, variant: Variant = "plus") -> ModelSet:
+def require_model_set(weights_dir: Path, name: str | None = None, variant: Variant = "plus") -> ModelSet:
     """Like find_model_set, but a missing or incomplete set is a WeightsError saying what is missing."""
-    found = find_model_set(weights_dir, arch, variant)
+    found = find_model_set(weights_dir, name, variant)
     if found is not None:
         return found
-    incomplete = [c for c in _candidates(Path(weights_dir), arch, variant) if c.folder.is_dir()]
-    how = "get one with `segswap weights download sdxl` (or sd15) and point --weights / SEGSWAP_WEIGHTS_DIR at it"
+    incomplete = [c for c in _candidates(Path(weights_dir), name, variant) if c.folder.is_dir()]
+    how = f"get one with `segswap weights download {name or 'sdxl'}` and point --weights / SEGSWAP_WEIGHTS_DIR at it"
     if not incomplete:
         raise WeightsError(f"no model set in {weights_dir}: {how}")
     first = incomplete[0]
@@ -149,14 +180,18 @@ def require_model_set(weights_dir: Path, arch: Arch | None = None, variant: Vari
     )
 
 
-def _candidates(weights_dir: Path, arch: Arch | None, variant: Variant) -> list[ModelSet]:
-    archs = [arch] if arch else list(ARCHS)
+def _candidates(weights_dir: Path, name: str | None, variant: Variant) -> list[ModelSet]:
+    if name is not None and name not in SETS:
+        raise WeightsError(f"unknown model set {name!r}; known: {', '.join(SETS)}")
     if (weights_dir / "base").is_dir():
-        return [ModelSet(_arch_of(weights_dir / "base", arch), weights_dir, variant)]
-    return [ModelSet(a, weights_dir / a, variant) for a in archs]
+        return [ModelSet(_arch_of(weights_dir / "base", SETS.get(name)), weights_dir, variant)]
+    names = [name] if name else list(SETS)
+    return [ModelSet(SETS[n], weights_dir / n, variant) for n in names]
 
 
 def _arch_of(base: Path, arch: Arch | None) -> Arch:
     if arch:
         return arch
+    if (base / "transformer").exists():
+        return "flux2"
     return "sdxl" if (base / "text_encoder_2").exists() else "sd15"

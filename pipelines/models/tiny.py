@@ -1,6 +1,7 @@
 """Tiny random-weight model sets in the exact layout of the real downloads.
 
-The engine runs SD1.5 / SDXL inpainting with IP-Adapter (plain and Plus), but
+The engine runs SD1.5 / SDXL inpainting with IP-Adapter (plain and Plus) and FLUX.2 [klein]
+(tiny_flux2.py), but
 no weights can be downloaded here, and the real ones are gigabytes anyway.
 `make_tiny` builds the same architectures at toy size, with random weights,
 and writes them the way the real repositories ship them:
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import zlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,8 +44,10 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from pipelines.models.model_sets import ARCHS, ModelSet, model_set_at
+from pipelines.models.model_sets import SETS, ModelSet, model_set_at
 from pipelines.models.single_file import export_single_file, strip_base_weights
+from pipelines.models.tiny_flux2 import write_tiny_flux2
+from pipelines.models.tiny_parts import byte_chars, seed_component
 
 MAX_TOKENS = 77
 SAMPLE_SIZE = 8  # latent side; with the 8x VAE the default image is 64x64
@@ -63,28 +65,36 @@ RESAMPLER_TOKENS = 16
 PLAIN_TOKENS = 4
 
 
-def make_tiny(out_dir: Path, *, seed: int = 0, archs: tuple[str, ...] = ARCHS, single_file: bool = False) -> list[Path]:
-    """Write tiny random-weight model sets, one folder per arch, laid out as a real download; returns the folders.
+def make_tiny(
+    out_dir: Path, *, seed: int = 0, sets: tuple[str, ...] = tuple(SETS), single_file: bool = False
+) -> list[Path]:
+    """Write tiny random-weight model sets, one folder per set name, laid out as a real download; returns the folders.
 
-    An existing `<out_dir>/<arch>` folder is replaced, so the same seed always
-    leaves the same files. With `single_file`, each set's base is written as a
-    single-file checkpoint in the original key format (`base.safetensors`, like a
-    model shared on a model site) next to a config-only `base/`: same weights.
+    An existing `<out_dir>/<set>` folder is replaced, so the same seed always leaves the same files. With
+    `single_file`, each SD set's base is written as a single-file checkpoint in the original key format
+    (`base.safetensors`, like a model shared on a model site) next to a config-only `base/`: same weights.
     """
-    unknown = set(archs) - set(ARCHS)
+    unknown = set(sets) - set(SETS)
     if unknown:
-        raise ValueError(f"unknown arch(s) {sorted(unknown)}; known: {ARCHS}")
-    sets = []
-    for arch in archs:
-        model_set = ModelSet(arch, Path(out_dir) / arch)
-        if model_set.folder.exists():
-            shutil.rmtree(model_set.folder)
-        unet = _write_base(arch, model_set.base, seed)
-        _write_ip_adapter(model_set, unet, seed)
-        if single_file:
-            to_single_file(model_set.folder)
-        sets.append(model_set.folder)
-    return sets
+        raise ValueError(f"unknown model set(s) {sorted(unknown)}; known: {', '.join(SETS)}")
+    folders = []
+    for name in sets:
+        folder = Path(out_dir) / name
+        if SETS[name] == "flux2":
+            write_tiny_flux2(folder, distilled=name == "flux2-klein", seed=seed)
+        else:
+            _write_sd_set(ModelSet(SETS[name], folder), seed, single_file)
+        folders.append(folder)
+    return folders
+
+
+def _write_sd_set(model_set: ModelSet, seed: int, single_file: bool) -> None:
+    if model_set.folder.exists():
+        shutil.rmtree(model_set.folder)
+    unet = _write_base(model_set.arch, model_set.base, seed)
+    _write_ip_adapter(model_set, unet, seed)
+    if single_file:
+        to_single_file(model_set.folder)
 
 
 def to_single_file(set_dir: Path) -> Path:
@@ -102,24 +112,9 @@ def to_single_file(set_dir: Path) -> Path:
 # ---------------------------------------------------------------- helpers
 
 
-def _seed(seed: int, component: str) -> None:
-    """Seed torch for one component: deterministic, and distinct per component."""
-    torch.manual_seed(seed + zlib.crc32(component.encode()))
-
-
-def _byte_chars() -> list[str]:
-    """The 256 printable stand-ins CLIP (like GPT-2) uses for raw bytes, in vocabulary order.
-
-    Printable bytes stand for themselves; the other 68 map to chr(256 + n).
-    """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    others = 256 - len(printable)
-    return [chr(b) for b in printable] + [chr(256 + n) for n in range(others)]
-
-
 def _clip_vocab() -> dict[str, int]:
     """A byte-level CLIP vocabulary with no merges: every byte, alone and word-final."""
-    chars = _byte_chars()
+    chars = byte_chars()
     tokens = [*chars, *(c + "</w>" for c in chars), "<|startoftext|>", "<|endoftext|>"]
     return {token: i for i, token in enumerate(tokens)}
 
@@ -175,7 +170,7 @@ def _sd15_unet(seed: int) -> UNet2DConditionModel:
     layers_per_block=2 gives up blocks 3 attentions, so the style block
     `up_blocks.1.attentions.1` exists as in the real UNet.
     """
-    _seed(seed, "unet")
+    seed_component(seed, "unet")
     return UNet2DConditionModel(
         sample_size=SAMPLE_SIZE,
         in_channels=9,  # 4 noisy latents + 1 mask + 4 masked-image latents
@@ -195,7 +190,7 @@ def _sdxl_unet(seed: int) -> UNet2DConditionModel:
     Gives InstantStyle's blocks: style `up_blocks.0.attentions.1`, layout
     `down_blocks.2.attentions.1`.
     """
-    _seed(seed, "unet")
+    seed_component(seed, "unet")
     return UNet2DConditionModel(
         sample_size=SAMPLE_SIZE,
         in_channels=9,
@@ -219,7 +214,7 @@ def _vae(seed: int, **config) -> AutoencoderKL:
 
     Narrow at full resolution, where nearly all of its cost is.
     """
-    _seed(seed, "vae")
+    seed_component(seed, "vae")
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -277,7 +272,7 @@ def _text_encoder(seed: int, name: str, hidden: int, projection_dim: int | None 
         eos_token_id=2,
         pad_token_id=1,
     )
-    _seed(seed, name)
+    seed_component(seed, name)
     model_cls = CLIPTextModel if projection_dim is None else CLIPTextModelWithProjection
     return model_cls(config)
 
@@ -408,7 +403,7 @@ def _write_ip_adapter(model_set: ModelSet, unet: UNet2DConditionModel, seed: int
         "plus": lambda: _Resampler(RESAMPLER_DIM, VISION_HIDDEN, cross_dim),
     }
     for variant, make_proj in variants.items():
-        _seed(seed, f"{model_set.arch}-ip-adapter-{variant}")
+        seed_component(seed, f"{model_set.arch}-ip-adapter-{variant}")
         checkpoint = _ip_checkpoint(make_proj(), _ip_attn_modules(unet))
         path = replace(model_set, variant=variant).adapter_file
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -428,7 +423,7 @@ def _write_image_encoder(folder: Path, seed: int) -> None:
         patch_size=4,
         hidden_act="gelu",
     )
-    _seed(seed, "image_encoder")
+    seed_component(seed, "image_encoder")
     CLIPVisionModelWithProjection(config).save_pretrained(folder)
 
 

@@ -31,7 +31,7 @@ from pipelines.errors import WeightsError
 DEFAULT_MANIFEST = Path(__file__).resolve().parent / "manifest.toml"  # package data
 DEFAULT_ENDPOINT = "https://huggingface.co"
 LOCK_NAME = ".segswap-lock.json"
-ARCHES = ("sdxl", "sd15")
+ARCHES = ("sdxl", "sd15", "flux2")
 SCHEMA = 1
 CHUNK = 1 << 20
 
@@ -70,6 +70,7 @@ class ManifestSet:
     name: str
     description: str
     arch: str
+    license: str
     files: tuple[FileSpec, ...]
 
     @property
@@ -98,6 +99,7 @@ class SetSummary:
     name: str
     arch: str
     description: str
+    license: str
     total_bytes: int
     file_count: int
 
@@ -117,7 +119,10 @@ def load_manifest(path: Path | str | None = None) -> Manifest:
 
 
 def list_sets(manifest: Manifest) -> list[SetSummary]:
-    return [SetSummary(s.name, s.arch, s.description, s.total_bytes, len(s.files)) for s in manifest.sets.values()]
+    return [
+        SetSummary(entry.name, entry.arch, entry.description, entry.license, entry.total_bytes, len(entry.files))
+        for entry in manifest.sets.values()
+    ]
 
 
 def _read_toml(path: Path) -> dict:
@@ -134,15 +139,18 @@ def _parse_set(where: str, name: str, raw: object) -> ManifestSet:
     if not isinstance(raw, dict):
         raise WeightsError(f"{where} must be a table")
     description, arch, raw_files = raw.get("description"), raw.get("arch"), raw.get("files")
+    license_ = raw.get("license")
     if not isinstance(description, str) or not description:
         raise WeightsError(f"{where} needs a description string")
+    if not isinstance(license_, str) or not license_:
+        raise WeightsError(f"{where} needs a license string (the licences of its weights)")
     if arch not in ARCHES:
         raise WeightsError(f"{where} has arch {arch!r}; expected one of {', '.join(ARCHES)}")
     if not isinstance(raw_files, list) or not raw_files:
         raise WeightsError(f"{where} lists no files ([[sets.{name}.files]])")
     files = tuple(_parse_file(f"{where} file {i}", item) for i, item in enumerate(raw_files, 1))
     _reject_duplicate_dests(where, files)
-    return ManifestSet(name=name, description=description, arch=arch, files=files)
+    return ManifestSet(name=name, description=description, arch=arch, license=license_, files=files)
 
 
 def _parse_file(where: str, raw: object) -> FileSpec:

@@ -131,7 +131,8 @@ def run(args: argparse.Namespace) -> dict:
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per fetched image otherwise
 
-    from pipelines.engines.diffusion.engine import DiffusionEngine, pick_device
+    from pipelines.engines.diffusion.engine import DiffusionEngine
+    from pipelines.engines.diffusion.runtime import pick_device
     from server.settings import Settings
 
     device, dtype = pick_device(args.device, args.dtype)
@@ -151,7 +152,7 @@ def run(args: argparse.Namespace) -> dict:
 
             work = args.work_dir or Path(temporary := tempfile.mkdtemp(prefix="segswap-bench-"))
             _log(f"writing tiny {args.arch} set in {work}")
-            model_set = ModelSet(args.arch, make_tiny(work, archs=(args.arch,))[0], args.ip_adapter)
+            model_set = ModelSet(args.arch, make_tiny(work, sets=(args.arch,))[0], args.ip_adapter)
         else:
             from server.benchmark.full_models import make_full
 
@@ -334,7 +335,8 @@ class DiffusersBaseline:
     def __init__(self, model_set: ModelSet, device, dtype):
         from diffusers import AutoPipelineForInpainting
 
-        from pipelines.engines.diffusion.engine import only_fp16_variant, quiet_libraries
+        from pipelines.engines.diffusion.engine import only_fp16_variant
+        from pipelines.engines.diffusion.runtime import quiet_libraries
 
         if model_set.checkpoint is not None:
             raise ValueError(f"{model_set.folder} is a single-file set; the baseline needs a diffusers-format base/")

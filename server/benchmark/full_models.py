@@ -88,7 +88,7 @@ def make_full(
     """
     from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
 
-    from pipelines.engines.diffusion.engine import quiet_libraries
+    from pipelines.engines.diffusion.runtime import quiet_libraries
     from pipelines.models import tiny
 
     model_set = ModelSet(arch, Path(out_dir) / arch, variant)

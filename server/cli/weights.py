@@ -26,7 +26,9 @@ def add_weights_commands(parser: argparse.ArgumentParser) -> None:
         )
         command.set_defaults(handler=handler)
     tiny = commands.add_parser("make-tiny", help="write tiny random-weight model sets (for tests and trials)")
-    tiny.add_argument("--out", type=Path, required=True, help="folder to write sd15/ and sdxl/ into")
+    tiny.add_argument(
+        "--out", type=Path, required=True, help="folder to write every set into (sdxl/, sd15/, ...)"
+    )
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--single-file", action="store_true", help="base as one base.safetensors (original key format)")
     tiny.set_defaults(handler=run_make_tiny)
@@ -34,7 +36,9 @@ def add_weights_commands(parser: argparse.ArgumentParser) -> None:
 
 def run_list(args: argparse.Namespace) -> int:
     for row in weights.list_sets(weights.load_manifest()):
-        print(f"{row.name:8} {row.arch:5} {row.total_bytes / 1e9:6.1f} GB  {row.file_count:3} files  {row.description}")
+        size = f"{row.total_bytes / 1e9:6.1f} GB"
+        print(f"{row.name:16} {row.arch:5} {size}  {row.file_count:3} files  {row.description}")
+        print(f"{'':16} licence: {row.license}")
     return 0
 
 

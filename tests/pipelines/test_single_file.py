@@ -154,7 +154,7 @@ def test_checkpoint_of_the_other_arch_is_a_weights_error(broken_set, single_file
 
 
 def test_make_tiny_single_file_layout(tmp_path):
-    (folder,) = make_tiny(tmp_path, archs=("sd15",), single_file=True)
+    (folder,) = make_tiny(tmp_path, sets=("sd15",), single_file=True)
     assert (folder / "base.safetensors").is_file()
     assert not list((folder / "base").rglob("*.safetensors"))
     assert ModelSet("sd15", folder).missing() == []

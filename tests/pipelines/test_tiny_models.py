@@ -3,6 +3,7 @@
 Run from the repository root: `python -m pytest tests/pipelines/test_tiny_models.py`.
 """
 
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local; never reach for the hub
@@ -62,6 +63,24 @@ EXPECTED_FILES = {
         ]
     ),
 }
+FLUX2_FILES = sorted(
+    f"base/{f}"
+    for f in [
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "text_encoder/config.json",
+        "text_encoder/generation_config.json",
+        "text_encoder/model.safetensors",
+        "tokenizer/chat_template.jinja",
+        "tokenizer/tokenizer.json",
+        "tokenizer/tokenizer_config.json",
+        "transformer/config.json",
+        "transformer/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+    ]
+)
+EXPECTED_FILES["flux2-klein"] = EXPECTED_FILES["flux2-klein-base"] = FLUX2_FILES
 PIPELINE_CLASS = {"sd15": StableDiffusionInpaintPipeline, "sdxl": StableDiffusionXLInpaintPipeline}
 # InstantStyle's style block for each arch, as a per-block scale.
 STYLE_SCALE = {
@@ -75,7 +94,7 @@ STYLE_BLOCK = {"sd15": "up_blocks.1.attentions.1", "sdxl": "up_blocks.0.attentio
 def tiny_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     sets = make_tiny(root)
-    assert sorted(sets) == [root / "sd15", root / "sdxl"]
+    assert sorted(sets) == [root / name for name in ("flux2-klein", "flux2-klein-base", "sd15", "sdxl")]
     return root
 
 
@@ -97,7 +116,7 @@ def _inputs():
     return image, mask, reference
 
 
-@pytest.mark.parametrize("arch", ["sd15", "sdxl"])
+@pytest.mark.parametrize("arch", ["sd15", "sdxl", "flux2-klein", "flux2-klein-base"])
 def test_layout_is_exactly_the_real_one(tiny_root, arch):
     assert _files(tiny_root / arch) == EXPECTED_FILES[arch]
 
@@ -193,11 +212,41 @@ def test_same_seed_gives_the_same_bytes(tiny_root, tmp_path):
 
 
 def test_another_seed_gives_other_weights(tiny_root, tmp_path):
-    (other,) = make_tiny(tmp_path, seed=1, archs=("sd15",))
+    (other,) = make_tiny(tmp_path, seed=1, sets=("sd15",))
     weights = "base/unet/diffusion_pytorch_model.safetensors"
     assert (other / weights).read_bytes() != (tiny_root / "sd15" / weights).read_bytes()
 
 
 def test_unknown_arch_is_refused(tmp_path):
     with pytest.raises(ValueError, match="sd3"):
-        make_tiny(tmp_path, archs=("sd3",))
+        make_tiny(tmp_path, sets=("sd3",))
+
+
+@pytest.mark.parametrize("name", ["flux2-klein", "flux2-klein-base"])
+def test_flux2_sets_load_as_the_real_repositories_do(tiny_root, name):
+    """The real repos' model_index names the text-to-image Flux2KleinPipeline; the inpainting pipeline loads
+    the same folder. Only the distilled one says `is_distilled` (so only the base model runs guidance)."""
+    from diffusers import Flux2KleinInpaintPipeline
+
+    base = tiny_root / name / "base"
+    index = json.loads((base / "model_index.json").read_text())
+    assert index["_class_name"] == "Flux2KleinPipeline"
+    assert index["is_distilled"] is (name == "flux2-klein")
+    pipe = Flux2KleinInpaintPipeline.from_pretrained(base, local_files_only=True)
+    assert pipe.vae_scale_factor * 2 == 16, "the model works in 16-pixel cells, as the real one"
+    assert pipe.transformer.config.joint_attention_dim == 3 * pipe.text_encoder.config.hidden_size
+    chat = pipe.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "a cup"}], tokenize=False, add_generation_prompt=True, enable_thinking=False
+    )
+    assert chat == "<|im_start|>user\na cup<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    image, mask, reference = _inputs()
+    out = pipe(
+        prompt="a cup",
+        image=image,
+        mask_image=mask,
+        image_reference=reference,
+        strength=0.7,
+        num_inference_steps=3,
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]
+    assert out.size == (64, 64)

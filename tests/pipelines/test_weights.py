@@ -142,7 +142,7 @@ def entry(path: str, data: bytes | None, **overrides) -> dict:
 
 
 def write_manifest(tmp_path: Path, files: list[dict], arch: str = "sd15") -> Path:
-    lines = ["schema = 1", "", "[sets.demo]", 'description = "test set"', f'arch = "{arch}"']
+    lines = ["schema = 1", "", "[sets.demo]", 'description = "test set"', f'arch = "{arch}"', 'license = "mit"']
     for item in files:
         lines += ["", "[[sets.demo.files]]"]
         lines += [f"{key} = {json.dumps(value)}" for key, value in item.items()]
@@ -432,7 +432,7 @@ def test_unknown_set_name_lists_known_sets(manifest, weights):
 
 def test_list_sets_rows(manifest):
     [row] = list_sets(manifest)
-    assert (row.name, row.arch, row.description) == ("demo", "sd15", "test set")
+    assert (row.name, row.arch, row.description, row.license) == ("demo", "sd15", "test set", "mit")
     assert (row.total_bytes, row.file_count) == (len(BIG) + len(SMALL), 2)
 
 
@@ -492,3 +492,23 @@ def test_default_weights_dir_is_in_the_data_directory_not_the_checkout(monkeypat
     assert resolve_weights_dir() == tmp_path / "weights"
     monkeypatch.setenv("SEGSWAP_WEIGHTS_DIR", str(tmp_path / "elsewhere"))
     assert resolve_weights_dir() == tmp_path / "elsewhere"
+
+
+@pytest.mark.parametrize("name", ["flux2-klein", "flux2-klein-base"])
+def test_shipped_flux2_sets_download_into_a_complete_set(tmp_path, name):
+    """Every file the manifest names, laid where it says, is a set the engine accepts, under its own name."""
+    from pipelines.models.model_sets import find_model_set
+
+    model_set = load_manifest().get(name)
+    assert model_set.arch == "flux2" and model_set.license == "apache-2.0"
+    for spec in model_set.files:
+        target = tmp_path / name / spec.dest
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"{}")
+        assert re.fullmatch(r"[0-9a-f]{40}", spec.revision), spec.dest
+    (tmp_path / name / "base" / "model_index.json").write_text(json.dumps({"is_distilled": name == "flux2-klein"}))
+    found = find_model_set(tmp_path, name)
+    assert found is not None and found.name == name
+    weights_files = [spec for spec in model_set.files if spec.dest.endswith(".safetensors")]
+    assert {spec.dest.split("/")[1] for spec in weights_files} == {"transformer", "vae", "text_encoder"}
+    assert all(spec.size > 0 and spec.sha256 for spec in weights_files), "every weight file is pinned"

@@ -30,9 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
-from diffusers.utils import logging as diffusers_logging
 from PIL import Image
-from transformers.utils import logging as transformers_logging
 
 from pipelines.engines.diffusion.conditioning import (
     STYLE_BLOCKS,
@@ -42,16 +40,16 @@ from pipelines.engines.diffusion.conditioning import (
 )
 from pipelines.engines.diffusion.embedding_cache import EmbeddingCache, image_digest
 from pipelines.engines.diffusion.fast_path import apply_fast_path, is_compile_error, uncompile_unet_blocks
-from pipelines.engines.diffusion.geometry import context_box, crop_mask, dilate, processing_size
+from pipelines.engines.diffusion.geometry import dilate
 from pipelines.engines.diffusion.options import DiffusionOptions
+from pipelines.engines.diffusion.runtime import first_line, pick_device, quiet_libraries, step_callback
 from pipelines.engines.diffusion.schedule import LOW_STEPS, denoising_strength, low_step_scheduler, schedule_length
+from pipelines.engines.diffusion.stitch import crop_around, stitch
 from pipelines.errors import WeightsError
-from pipelines.imageops import feathered_paste
 from pipelines.interface import ProgressFn
 from pipelines.job import SwapJob
 from pipelines.models.model_sets import ModelSet
 from pipelines.placement import place
-from pipelines.placement.colour import match_to
 
 LATENT_MARGIN = 16  # processing pixels the pipeline's mask reaches past the grown mask: two latent cells
 
@@ -81,39 +79,29 @@ class DiffusionEngine:
         start = time.perf_counter()
         main = job.main_image.convert("RGB")
         placement = place(job)
-        box = context_box(placement.grown, main.size)
-        size = processing_size(box, self.native_side)
-        init = placement.image.crop(box).resize(size, Image.Resampling.LANCZOS)
-        grown = crop_mask(placement.grown, box, size)
-        repainted = dilate(grown, LATENT_MARGIN)
+        crop = crop_around(placement, self.native_side, 8, lambda grown: dilate(grown, LATENT_MARGIN))
         strength = denoising_strength(job.subject_strength)
         set_ip_adapter_strengths(self.pipe.unet, self.style_block, job.subject_strength, job.fashion_strength)
         self._use_scheduler(job.steps)
-        self._set_vae_tiling(size)
+        self._set_vae_tiling(crop.size)
         prepared = time.perf_counter()
         conditioning = self._conditioning(job, reference_image(placement, job.horizontal_repeat, job.vertical_repeat))
         embedded = time.perf_counter()
         arguments = dict(
             conditioning,
-            image=init,
-            mask_image=Image.fromarray(repainted.astype(np.uint8) * 255, "L"),
-            width=size[0],
-            height=size[1],
+            image=crop.init,
+            mask_image=Image.fromarray(crop.repainted.astype(np.uint8) * 255, "L"),
+            width=crop.size[0],
+            height=crop.size[1],
             strength=strength,
             num_inference_steps=schedule_length(job.steps, strength),
             guidance_scale=job.guidance_scale,
-            cross_attention_kwargs={"ip_adapter_masks": ip_adapter_masks(repainted, size)},
-            callback_on_step_end=_step_callback(progress, job.steps),
+            cross_attention_kwargs={"ip_adapter_masks": ip_adapter_masks(crop.repainted, crop.size)},
+            callback_on_step_end=step_callback(progress, job.steps),
         )
         generated = self._generate(arguments, job.seed)
         generated_at = time.perf_counter()
-
-        original = np.asarray(main.crop(box).resize(size, Image.Resampling.LANCZOS), dtype=np.float32)
-        matched = match_to(np.asarray(generated, dtype=np.float32), original, repainted & ~grown)
-        patch = Image.fromarray(np.rint(matched).astype(np.uint8), "RGB").resize(
-            (box[2] - box[0], box[3] - box[1]), Image.Resampling.LANCZOS
-        )
-        result = feathered_paste(main, patch, box, placement.grown, feather=max(1, job.growmask))
+        result = stitch(main, np.asarray(generated, dtype=np.float32), crop, placement, job.growmask)
         end = time.perf_counter()
         self.last_timings = {
             "mask_ops_s": (prepared - start) + (end - generated_at),
@@ -133,7 +121,7 @@ class DiffusionEngine:
             if not (self.options.compile and is_compile_error(exc)):
                 raise
             # Compilation is an optimisation: a compiler failure on some machine must not take the engine down.
-            log.warning("torch.compile failed (%s); the UNet runs eagerly from now on", _first_line(exc))
+            log.warning("torch.compile failed (%s); the UNet runs eagerly from now on", first_line(exc))
             uncompile_unet_blocks(self.pipe.unet)
             self.options = dataclasses.replace(self.options, compile=False)
             return generate()
@@ -190,28 +178,6 @@ class DiffusionEngine:
             self.pipe.vae.disable_tiling()
 
 
-def pick_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
-    """CUDA in bf16 (fp16 where bf16 is missing), Apple MPS in fp16, else CPU in fp32."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    chosen = torch.device(device)
-    if dtype == "auto":
-        if chosen.type == "cuda":
-            return chosen, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return chosen, torch.float16 if chosen.type == "mps" else torch.float32
-    dtypes = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-    }
-    if dtype not in dtypes:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(dtypes)}")
-    return chosen, dtypes[dtype]
-
-
 def load_pipeline(model_set: ModelSet, device: torch.device, dtype: torch.dtype, options: DiffusionOptions):
     """The diffusers pipeline with its IP-Adapter, from local files only; any failure is a WeightsError.
 
@@ -238,7 +204,7 @@ def load_pipeline(model_set: ModelSet, device: torch.device, dtype: torch.dtype,
             pipe = pipeline_class.from_pretrained(model_set.base, **kwargs)
         pipe.load_ip_adapter(**model_set.ip_adapter_kwargs(), local_files_only=True)
     except Exception as exc:  # diffusers/transformers/safetensors raise many types for bad files
-        raise WeightsError(f"cannot load model set {model_set.folder}: {_first_line(exc)}") from exc
+        raise WeightsError(f"cannot load model set {model_set.folder}: {first_line(exc)}") from exc
     pipe.set_progress_bar_config(disable=True)
     offload = options.cpu_offload and device.type == "cuda"
     if offload:
@@ -249,28 +215,6 @@ def load_pipeline(model_set: ModelSet, device: torch.device, dtype: torch.dtype,
     return pipe
 
 
-def quiet_libraries() -> None:
-    """Loading bars and advice meant for notebooks would flood a server's log on every start."""
-    diffusers_logging.disable_progress_bar()
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
-
-
 def only_fp16_variant(base: Path) -> bool:
     unet = base / "unet"
     return any(unet.glob("*.fp16.safetensors")) and not (unet / "diffusion_pytorch_model.safetensors").exists()
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def _step_callback(progress: ProgressFn | None, total: int):
-    def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
-        if progress is not None:
-            progress(step + 1, total)
-        return callback_kwargs
-
-    return on_step_end

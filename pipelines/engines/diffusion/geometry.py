@@ -30,8 +30,9 @@ def context_box(grown: np.ndarray, size: tuple[int, int]) -> Box:
     return max(0, left), max(0, top), min(size[0], right), min(size[1], bottom)
 
 
-def processing_size(box: Box, native_side: int) -> tuple[int, int]:
-    """Width and height with the area of native_side^2, the box's aspect, sides multiples of 8.
+def processing_size(box: Box, native_side: int, multiple: int = 8) -> tuple[int, int]:
+    """Width and height with the area of native_side^2, the box's aspect, sides multiples of `multiple`
+    (a latent cell: 8 pixels for SD, 16 for FLUX.2's 2x2-packed latents).
 
     The long side is capped at twice the native side for boxes that stayed elongated
     against the image border.
@@ -39,7 +40,9 @@ def processing_size(box: Box, native_side: int) -> tuple[int, int]:
     width, height = box[2] - box[0], box[3] - box[1]
     scale = native_side / math.sqrt(width * height)
     scale = min(scale, 2 * native_side / max(width, height))
-    return max(8, round(width * scale / 8) * 8), max(8, round(height * scale / 8) * 8)
+    return max(multiple, round(width * scale / multiple) * multiple), max(
+        multiple, round(height * scale / multiple) * multiple
+    )
 
 
 def crop_mask(mask: np.ndarray, box: Box, size: tuple[int, int]) -> np.ndarray:
@@ -53,3 +56,14 @@ def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     """Grown by a disk of `radius` pixels."""
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
     return cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
+
+
+def whole_cells(mask: np.ndarray, cell: int) -> np.ndarray:
+    """Every `cell` x `cell` block (from the top-left) that `mask` touches, filled: a mask the model's latent
+    grid holds exactly, with no half-covered cell along its edge."""
+    height, width = mask.shape
+    rows, cols = -(-height // cell), -(-width // cell)
+    padded = np.zeros((rows * cell, cols * cell), dtype=bool)
+    padded[:height, :width] = mask
+    touched = padded.reshape(rows, cell, cols, cell).any(axis=(1, 3))
+    return np.repeat(np.repeat(touched, cell, axis=0), cell, axis=1)[:height, :width]

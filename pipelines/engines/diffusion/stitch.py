@@ -1,0 +1,61 @@
+"""Crop and stitch, shared by the diffusion engines: the model works on a crop around the grown mask at its
+native area, and only the grown mask of its result goes back into the scene."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from pipelines.engines.diffusion.geometry import context_box, crop_mask, processing_size
+from pipelines.imageops import Box, feathered_paste
+from pipelines.placement import Placement
+from pipelines.placement.colour import match_to
+
+
+@dataclass(frozen=True)
+class Crop:
+    """Where the model works: a box of the scene, its processing size, and what it sees at that size."""
+
+    box: Box
+    size: tuple[int, int]
+    init: Image.Image  # the placed scene inside the box, at the processing size
+    grown: np.ndarray  # the grown mask at the processing size: what is pasted back
+    repainted: np.ndarray  # the pipeline's mask: the grown mask widened to whole latent cells or more
+
+    def scene(self, image: Image.Image) -> np.ndarray:
+        """A full-size image cut to the box and scaled to the processing size (float RGB)."""
+        return np.asarray(image.crop(self.box).resize(self.size, Image.Resampling.LANCZOS), dtype=np.float32)
+
+    def weights(self, values: np.ndarray) -> np.ndarray:
+        """A full-size float map (0..1) cut to the box and scaled to the processing size."""
+        left, top, right, bottom = self.box
+        part = Image.fromarray(np.ascontiguousarray(values[top:bottom, left:right], dtype=np.float32), "F")
+        return np.asarray(part.resize(self.size, Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def crop_around(
+    placement: Placement, native_side: int, multiple: int, repaint: Callable[[np.ndarray], np.ndarray]
+) -> Crop:
+    """The crop for a placement; `repaint` turns the grown mask (at processing size) into the pipeline's mask."""
+    box = context_box(placement.grown, placement.image.size)
+    size = processing_size(box, native_side, multiple)
+    init = placement.image.crop(box).resize(size, Image.Resampling.LANCZOS)
+    grown = crop_mask(placement.grown, box, size)
+    return Crop(box, size, init, grown, repaint(grown))
+
+
+def stitch(main: Image.Image, generated: np.ndarray, crop: Crop, placement: Placement, growmask: int) -> Image.Image:
+    """Paste the model's result back inside the grown mask, feathered; every pixel outside is `main`'s own.
+
+    Its colour is first matched to the scene's in the ring the model repainted outside the grown mask, so
+    that a drift in the model's colours does not show as a seam.
+    """
+    original = crop.scene(main)
+    matched = match_to(generated, original, crop.repainted & ~crop.grown)
+    patch = Image.fromarray(np.clip(np.rint(matched), 0, 255).astype(np.uint8), "RGB").resize(
+        (crop.box[2] - crop.box[0], crop.box[3] - crop.box[1]), Image.Resampling.LANCZOS
+    )
+    return feathered_paste(main, patch, crop.box, placement.grown, feather=max(1, growmask))
