@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipelines import paths
 from pipelines.engines.diffusion.options import VAE_TILING_ABOVE_PIXELS, DiffusionOptions
+from pipelines.models.model_sets import SETS
 
 
 class Settings(BaseSettings):
@@ -26,7 +27,10 @@ class Settings(BaseSettings):
     weights_dir: Path = Field(
         default_factory=paths.weights_dir, description="model sets (default: weights/ in data_dir)"
     )
-    model_set: Literal["sdxl", "sd15"] | None = Field(None, description="model set to load; default: sdxl, else sd15")
+    model_set: str | None = Field(
+        None,
+        description=f"model set to load ({', '.join(SETS)}); default: the first complete one in that order",
+    )
     ip_adapter: Literal["plus", "plain"] = "plus"
     device: str = Field("auto", description="torch device: auto, cuda, cuda:1, mps, cpu")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
@@ -90,6 +94,13 @@ class Settings(BaseSettings):
         default_factory=list,
         description="devices to run workers on, one worker each (e.g. cuda:0,cuda:1); default: every GPU, else one CPU",
     )
+
+    @field_validator("model_set")
+    @classmethod
+    def _known_model_set(cls, value: str | None) -> str | None:
+        if value is not None and value not in SETS:
+            raise ValueError(f"unknown model set {value!r}; known: {', '.join(SETS)}")
+        return value
 
     @field_validator("api_keys", "fetch_allow", "devices", mode="before")
     @classmethod

@@ -123,6 +123,17 @@ def tiny_weights(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_flux2_weights(tmp_path_factory) -> Path:
+    """Tiny random-weight FLUX.2 [klein] sets, distilled and base, in the layout of the real repositories."""
+    pytest.importorskip("diffusers")
+    from pipelines.models.tiny import make_tiny
+
+    out = tmp_path_factory.mktemp("flux2-weights")
+    make_tiny(out, sets=("flux2-klein", "flux2-klein-base"))
+    return out
+
+
 def wait_ready(client, timeout_s: float = 60.0) -> None:
     """Block until the app's engines are loaded and warm (they start in the background)."""
     import time

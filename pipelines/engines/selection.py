@@ -12,7 +12,7 @@ from pipelines.engines.composite import CompositeEngine
 from pipelines.engines.diffusion.options import DiffusionOptions
 from pipelines.errors import EngineUnavailable
 from pipelines.interface import Engine
-from pipelines.models.model_sets import Arch, ModelSet, Variant, find_model_set, require_model_set
+from pipelines.models.model_sets import ModelSet, Variant, find_model_set, require_model_set
 
 EngineKind = Literal["auto", "composite", "diffusion"]
 
@@ -27,21 +27,23 @@ def load_engine(
     kind: EngineKind = "auto",
     weights_dir: Path | None = None,
     *,
-    arch: Arch | None = None,
+    model_set: str | None = None,
     variant: Variant = "plus",
     options: DiffusionOptions | None = None,
 ) -> EngineChoice:
     """Build the engine asked for. `auto`: diffusion when a complete model set is found, else composite.
 
-    `diffusion` with no usable model set raises WeightsError (what is missing, how to get it).
+    `model_set` names the set to load (sdxl, sd15, flux2-klein, flux2-klein-base); without one, the first
+    complete set in model_sets.SETS' order. `diffusion` with no usable model set raises WeightsError (what is
+    missing, how to get it).
     """
     if kind == "composite":
         return EngineChoice(CompositeEngine(), "composite engine asked for")
     if kind == "diffusion":
-        model_set = require_model_set(_weights_dir(weights_dir), arch, variant)
-        return EngineChoice(_diffusion(model_set, options), f"diffusion engine asked for, model set {model_set.folder}")
-    model_set = find_model_set(_weights_dir(weights_dir), arch, variant)
-    if model_set is None:
+        found = require_model_set(_weights_dir(weights_dir), model_set, variant)
+        return EngineChoice(_diffusion(found, options), f"diffusion engine asked for, model set {found.folder}")
+    found = find_model_set(_weights_dir(weights_dir), model_set, variant)
+    if found is None:
         return EngineChoice(
             CompositeEngine(), f"no complete model set in {_weights_dir(weights_dir)}, using the composite engine"
         )
@@ -49,7 +51,7 @@ def load_engine(
         return EngineChoice(
             CompositeEngine(), "model set found but diffusers is not installed (pip install 'segswap[diffusion]')"
         )
-    return EngineChoice(_diffusion(model_set, options), f"complete model set found in {model_set.folder}")
+    return EngineChoice(_diffusion(found, options), f"complete model set found in {found.folder}")
 
 
 def _weights_dir(weights_dir: Path | None) -> Path:
@@ -65,6 +67,11 @@ def _diffusion(model_set: ModelSet, options: DiffusionOptions) -> Engine:
         raise EngineUnavailable(
             "the diffusion engine needs torch, diffusers and transformers: pip install 'segswap[diffusion]'"
         )
-    from pipelines.engines.diffusion.engine import DiffusionEngine  # torch is imported only when the model is used
+    # torch is imported only when a model is used
+    if model_set.arch == "flux2":
+        from pipelines.engines.diffusion.flux2 import Flux2Engine
+
+        return Flux2Engine(model_set, options)
+    from pipelines.engines.diffusion.engine import DiffusionEngine
 
     return DiffusionEngine(model_set, options)

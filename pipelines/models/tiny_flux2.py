@@ -25,6 +25,7 @@ TEXT_LAYERS = 28  # the pipeline stacks hidden states 9, 18 and 27
 TEXT_LAYERS_READ = 3
 LATENT_CHANNELS = 4  # real: 32
 MAX_TOKENS = 512
+NATIVE_SIDE = 64  # the VAE's sample size, which the engine takes as its working side (real: 1024)
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 # Qwen3's template, reduced to what the pipeline sends: user turns, the assistant header, and the empty
 # thinking block that `enable_thinking=False` adds.
@@ -74,6 +75,7 @@ def write_tiny_flux2(folder: Path, *, distilled: bool, seed: int) -> ModelSet:
         layers_per_block=1,
         latent_channels=LATENT_CHANNELS,
         norm_num_groups=8,
+        sample_size=NATIVE_SIDE,
     )
     pipe = Flux2KleinPipeline(
         scheduler=_scheduler(),

@@ -24,8 +24,9 @@ SHADOW_DARKEN = 0.45  # how much the contact shadow darkens the ground at its ce
 
 def place_object(
     scene: np.ndarray, grown: np.ndarray, box: Box, cutout: Image.Image, fashion_strength: float, seed: int
-) -> np.ndarray:
-    """The scene (float RGB) with the mask's old content removed and `cutout` (RGBA) placed in it."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """The scene (float RGB) with the mask's old content removed and `cutout` (RGBA) placed in it, and the
+    object's alpha over the mask's box."""
     left, top, right, bottom = box
     filled = remove_content(scene, grown, box, seed)
     region_mask = grown[top:bottom, left:right]
@@ -35,7 +36,7 @@ def place_object(
     region = region * (1.0 - SHADOW_DARKEN * contact_shadow(alpha) * (1.0 - alpha))[..., None]
     out = filled.copy()
     out[top:bottom, left:right] = region + alpha[..., None] * (layer - region)
-    return out
+    return out, alpha
 
 
 def fit_into(cutout: Image.Image, region_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -24,6 +24,7 @@ class Placement:
     box: Box  # the grown mask's box
     mode: str  # "object" or "pattern"
     reference: Image.Image  # the cut-out (RGBA) or one tile of the pattern (RGB)
+    coverage: np.ndarray  # 0..1 at the scene's size: where the object's (or pattern's) own pixels were put
 
 
 def resolve_mode(job: SwapJob) -> str:
@@ -41,16 +42,19 @@ def place(job: SwapJob) -> Placement:
     box = mask_box(grown)
     scene = np.asarray(main, dtype=np.float32)
     mode = resolve_mode(job)
+    left, top, right, bottom = box
     if mode == "pattern":
         reference = job.object_image.convert("RGB")
         placed = place_pattern(
             scene, mask, grown, box, reference, job.horizontal_repeat, job.vertical_repeat, job.fashion_strength
         )
+        coverage = mask.astype(np.float32)
     else:
         reference = cut_out(job.object_image)
-        placed = place_object(scene, grown, box, reference, job.fashion_strength, job.seed)
+        placed, alpha = place_object(scene, grown, box, reference, job.fashion_strength, job.seed)
+        coverage = np.zeros(mask.shape, np.float32)
+        coverage[top:bottom, left:right] = alpha * grown[top:bottom, left:right]
     placed = scene + job.subject_strength * (placed - scene)
-    left, top, right, bottom = box
     patch = Image.fromarray(np.clip(np.rint(placed[top:bottom, left:right]), 0, 255).astype(np.uint8), "RGB")
     image = feathered_paste(main, patch, box, grown, feather=max(1, job.growmask))
-    return Placement(image, mask, grown, box, mode, reference)
+    return Placement(image, mask, grown, box, mode, reference, coverage)

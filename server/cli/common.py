@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from pipelines import IMAGE_FIELDS
+from pipelines.models.model_sets import SETS
 from server.settings import Settings
 
 
@@ -22,7 +23,9 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="folder holding model sets (default: SEGSWAP_WEIGHTS_DIR, else weights/ in the data directory)",
     )
-    parser.add_argument("--model-set", choices=["sdxl", "sd15"], help="model set to load (default: sdxl, else sd15)")
+    parser.add_argument(
+        "--model-set", choices=list(SETS), help="model set to load (default: the first complete one in this order)"
+    )
     parser.add_argument("--ip-adapter", choices=["plus", "plain"], help="IP-Adapter variant (default: plus)")
     parser.add_argument("--device", help="torch device: auto, cuda, cuda:1, mps, cpu (default: auto)")
     parser.add_argument(

@@ -26,9 +26,7 @@ def add_weights_commands(parser: argparse.ArgumentParser) -> None:
         )
         command.set_defaults(handler=handler)
     tiny = commands.add_parser("make-tiny", help="write tiny random-weight model sets (for tests and trials)")
-    tiny.add_argument(
-        "--out", type=Path, required=True, help="folder to write every set into (sdxl/, sd15/, ...)"
-    )
+    tiny.add_argument("--out", type=Path, required=True, help="folder to write every set into (sdxl/, sd15/, ...)")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--single-file", action="store_true", help="base as one base.safetensors (original key format)")
     tiny.set_defaults(handler=run_make_tiny)

@@ -33,7 +33,7 @@ def load_configured_engine(settings: Settings, device: str | None = None) -> Eng
     choice = load_engine(
         settings.engine,
         settings.weights_dir,
-        arch=settings.model_set,
+        model_set=settings.model_set,
         variant=settings.ip_adapter,
         options=settings.diffusion_options(device),
     )

@@ -31,6 +31,28 @@ def test_auto_mode_serves_seg_swap_through_the_diffusion_engine(diffusion_client
     assert again.content == response.content
 
 
+@pytest.mark.parametrize("engine", ["auto", "diffusion"])
+def test_flux2_klein_serves_seg_swap(tiny_flux2_weights, body, scene, mask, engine):
+    """auto picks the distilled klein set first; `--engine diffusion --model-set flux2-klein` names it."""
+    import numpy as np
+
+    from pipelines.imageops import grow_mask, normalize_mask
+
+    model_set = None if engine == "auto" else "flux2-klein"
+    settings = Settings(api_keys=["k"], weights_dir=tiny_flux2_weights, engine=engine, model_set=model_set)
+    with TestClient(create_app(settings), headers={"x-api-key": "k"}) as client:
+        wait_ready(client)
+        first = client.post("/v1/seg-swap", json=body)
+        again = client.post("/v1/seg-swap", json=body)
+    assert first.status_code == 200, first.text
+    assert first.headers["x-segswap-engine"] == "diffusion/flux2-klein"
+    assert again.content == first.content
+    out = np.asarray(Image.open(io.BytesIO(first.content)).convert("RGB"))
+    outside = ~grow_mask(normalize_mask(mask, scene.size), 5)
+    assert out.shape[:2] == (scene.height, scene.width)
+    assert np.array_equal(out[outside], np.asarray(scene)[outside])
+
+
 def test_cli_swap_with_tiny_sdxl(tiny_weights, tmp_path, body, capsys):
     from tests.server.test_cli import swap_args
 
@@ -53,8 +75,10 @@ def test_serve_with_diffusion_and_no_weights_refuses_to_start(tmp_path, capsys):
 
 def test_weights_make_tiny_and_verify_commands(tmp_path, capsys):
     assert main(["weights", "make-tiny", "--out", str(tmp_path)]) == 0
-    assert (tmp_path / "sdxl/base/model_index.json").is_file()
+    for name in ("sdxl", "sd15", "flux2-klein", "flux2-klein-base"):
+        assert (tmp_path / name / "base/model_index.json").is_file()
     assert main(["weights", "list"]) == 0
-    assert "sdxl" in capsys.readouterr().out
+    listing = capsys.readouterr().out
+    assert "flux2-klein " in listing and "licence: apache-2.0" in listing
     assert main(["weights", "verify", "sd15", "--weights", str(tmp_path / "nothing")]) == 1
     assert "NOT usable" in capsys.readouterr().err

@@ -1,0 +1,168 @@
+"""The FLUX.2 [klein] engine: one swap, told top to bottom.
+
+1. Place the object (or the tiled pattern) as pixels: the same placement stage as the other engines. The grown
+   mask is the only region that may change.
+2. Take a crop around the grown mask with some context at the model's native area (1024^2, aspect kept, sides
+   multiples of 16); the pipeline's mask is the grown mask widened by half a cell and then to whole 16-pixel
+   latent cells (FLUX.2 packs 2x2 latents of the 8x VAE), so no cell is half repainted; the paste mask stays
+   the grown mask.
+3. Steer the model: `image_reference` is the object's cut-out on white (one tile for patterns), at most
+   REFERENCE_AREA pixels, padded to whole cells; the model reads it in attention next to the scene.
+4. Denoise the placed crop from strength 1 - 0.6 x subject_strength (schedule.py), seeded. The base model runs
+   exactly `steps` steps with classifier-free guidance at guidance_scale against the negative prompt. The
+   step-distilled model runs DISTILLED_STEPS steps whatever `steps` says (its card recommends 4; more steps
+   do not improve a step-distilled model) and no guidance (it was distilled without it); progress reports
+   those steps.
+5. fashion_strength: the object's own fine detail and colour put back over its coverage (object_look.py).
+6. Match the colour in the repainted ring, paste inside the grown mask, feathered: every pixel outside is the
+   input's own (stitch.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+from diffusers import Flux2KleinInpaintPipeline
+from PIL import Image
+
+from pipelines.engines.diffusion.embedding_cache import EmbeddingCache
+from pipelines.engines.diffusion.geometry import dilate, whole_cells
+from pipelines.engines.diffusion.object_look import keep_own_look
+from pipelines.engines.diffusion.options import DiffusionOptions
+from pipelines.engines.diffusion.runtime import first_line, pick_device, quiet_libraries, step_callback
+from pipelines.engines.diffusion.schedule import denoising_strength, flow_schedule_length
+from pipelines.engines.diffusion.stitch import Crop, crop_around, stitch
+from pipelines.errors import WeightsError
+from pipelines.imageops import tile_object
+from pipelines.interface import ProgressFn
+from pipelines.job import SwapJob
+from pipelines.models.model_sets import ModelSet
+from pipelines.placement import Placement, place
+
+DISTILLED_STEPS = 4
+REFERENCE_AREA = 768 * 768  # reference tokens cost attention like scene tokens: 2304 of them at most
+BACKGROUND = (255, 255, 255)
+
+log = logging.getLogger("segswap.diffusion")
+
+
+class Flux2Engine:
+    """FLUX.2 [klein] inpainting with the object as a reference image. Load once, call `swap` many times."""
+
+    def __init__(self, model_set: ModelSet, options: DiffusionOptions | None = None):
+        options = options or DiffusionOptions()
+        self.model_set = model_set
+        self.device, self.dtype = pick_device(options.device, options.dtype)
+        self.options = options.resolved(self.device.type)
+        self.pipe = load_flux2_pipeline(model_set, self.device, self.dtype, self.options)
+        self.name = f"diffusion/{model_set.name}"
+        self.distilled = bool(self.pipe.config.is_distilled)
+        self.cell = self.pipe.vae_scale_factor * 2
+        # The pipeline's own default side (1024), or the VAE's configured sample size where that is smaller.
+        pipeline_side = self.pipe.default_sample_size * self.pipe.vae_scale_factor
+        self.native_side = min(pipeline_side, self.pipe.vae.config.sample_size)
+        self.embeddings = EmbeddingCache(self.options.embed_cache_size)
+        self.last_timings: dict[str, float] = {}
+
+    def steps_for(self, job: SwapJob) -> int:
+        """The denoising steps that run: the job's on the base model, DISTILLED_STEPS on the distilled one."""
+        return DISTILLED_STEPS if self.distilled else job.steps
+
+    def swap(self, job: SwapJob, progress: ProgressFn | None = None) -> Image.Image:
+        start = time.perf_counter()
+        main = job.main_image.convert("RGB")
+        placement = place(job)
+        crop = crop_around(placement, self.native_side, self.cell, self._repainted)
+        strength = denoising_strength(job.subject_strength)
+        steps = self.steps_for(job)
+        prepared = time.perf_counter()
+        prompts = self._prompt_embeddings(job)
+        embedded = time.perf_counter()
+        arguments = dict(
+            prompts,
+            image=crop.init,
+            mask_image=Image.fromarray(crop.repainted.astype(np.uint8) * 255, "L"),
+            image_reference=reference_image(placement, self.cell),
+            strength=strength,
+            num_inference_steps=flow_schedule_length(steps, strength),
+            guidance_scale=job.guidance_scale,
+            callback_on_step_end=step_callback(progress, steps),
+        )
+        generator = torch.Generator("cpu").manual_seed(job.seed)
+        generated = self.pipe(**arguments, generator=generator).images[0]
+        generated_at = time.perf_counter()
+        drawn = self._own_look(np.asarray(generated, dtype=np.float32), crop, placement, job)
+        result = stitch(main, drawn, crop, placement, job.growmask)
+        end = time.perf_counter()
+        self.last_timings = {
+            "mask_ops_s": (prepared - start) + (end - generated_at),
+            "embeds_s": embedded - prepared,
+            "model_s": generated_at - embedded,
+        }
+        return result
+
+    def _repainted(self, grown: np.ndarray) -> np.ndarray:
+        return whole_cells(dilate(grown, self.cell // 2), self.cell)
+
+    def _own_look(self, generated: np.ndarray, crop: Crop, placement: Placement, job: SwapJob) -> np.ndarray:
+        coverage = crop.weights(placement.coverage) * crop.grown
+        amount = job.fashion_strength * job.subject_strength
+        return keep_own_look(generated, np.asarray(crop.init, dtype=np.float32), coverage, amount)
+
+    def _prompt_embeddings(self, job: SwapJob) -> dict[str, torch.Tensor]:
+        """prompt_embeds (and, for guidance on the base model, the negative prompt's): the tensors the pipeline
+        computes itself, from the LRU when seen before. The pipeline alone would guide against "" always."""
+        arguments = {"prompt_embeds": self._encode(job.prompt)}
+        if not self.distilled and job.guidance_scale > 1:
+            arguments["negative_prompt_embeds"] = self._encode(job.negative_prompt)
+        return arguments
+
+    def _encode(self, prompt: str) -> torch.Tensor:
+        def encode() -> torch.Tensor:
+            embeds, _ = self.pipe.encode_prompt(prompt=prompt, device=self.pipe._execution_device)
+            return embeds
+
+        if not self.embeddings.enabled:
+            with torch.no_grad():
+                return encode()
+        return self.embeddings.get(("flux2-prompt", prompt), encode)
+
+
+def reference_image(placement: Placement, cell: int) -> Image.Image:
+    """The object as the model reads it: the cut-out on white (or one tile of the pattern), at most
+    REFERENCE_AREA pixels, padded (never cropped) to whole latent cells."""
+    reference = placement.reference
+    if placement.mode == "pattern":
+        reference = tile_object(reference, 1, 1)
+    rgba = reference.convert("RGBA")
+    scale = min(1.0, (REFERENCE_AREA / (rgba.width * rgba.height)) ** 0.5)
+    if scale < 1.0:
+        size = (max(1, round(rgba.width * scale)), max(1, round(rgba.height * scale)))
+        rgba = rgba.resize(size, Image.Resampling.LANCZOS)
+    width, height = (-(-side // cell) * cell for side in rgba.size)
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    canvas.paste(rgba, ((width - rgba.width) // 2, (height - rgba.height) // 2), rgba.getchannel("A"))
+    return canvas
+
+
+def load_flux2_pipeline(model_set: ModelSet, device: torch.device, dtype: torch.dtype, options: DiffusionOptions):
+    """The diffusers FLUX.2 [klein] inpainting pipeline, from local files only; any failure is a WeightsError."""
+    missing = model_set.missing()
+    if missing:
+        raise WeightsError(f"model set {model_set.folder} is incomplete, missing {', '.join(missing[:4])}")
+    quiet_libraries()
+    try:
+        pipe = Flux2KleinInpaintPipeline.from_pretrained(
+            model_set.base, dtype=dtype, local_files_only=True, use_safetensors=True
+        )
+    except Exception as exc:  # diffusers/transformers/safetensors raise many types for bad files
+        raise WeightsError(f"cannot load model set {model_set.folder}: {first_line(exc)}") from exc
+    pipe.set_progress_bar_config(disable=True)
+    if options.cpu_offload and device.type == "cuda":
+        pipe.enable_model_cpu_offload(device=device)
+    elif device.type != "cpu":
+        pipe.to(device)
+    return pipe

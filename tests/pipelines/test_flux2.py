@@ -1,0 +1,142 @@
+"""The FLUX.2 [klein] engine, end to end on tiny random-weight sets loaded like the real repositories."""
+
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("diffusers")
+
+from pipelines import WeightsError, load_engine  # noqa: E402
+from pipelines.engines.diffusion.flux2 import DISTILLED_STEPS, REFERENCE_AREA, Flux2Engine, reference_image  # noqa: E402
+from pipelines.engines.diffusion.geometry import whole_cells  # noqa: E402
+from pipelines.engines.diffusion.object_look import keep_own_look  # noqa: E402
+from pipelines.engines.diffusion.options import DiffusionOptions  # noqa: E402
+from pipelines.imageops import grow_mask, normalize_mask  # noqa: E402
+from pipelines.models.model_sets import model_set_at  # noqa: E402
+from pipelines.placement import place  # noqa: E402
+from tests.pipelines.jobs import SIZE, diffusion_job  # noqa: E402
+
+RED = Image.new("RGB", (24, 24), (220, 20, 20))
+BLUE = Image.new("RGB", (24, 24), (20, 20, 220))
+
+
+@pytest.fixture(scope="module", params=["flux2-klein", "flux2-klein-base"])
+def engine(request, tiny_flux2_weights) -> Flux2Engine:
+    return Flux2Engine(model_set_at(tiny_flux2_weights / request.param))
+
+
+def test_named_for_its_set(engine):
+    assert engine.name == f"diffusion/{engine.model_set.folder.name}"
+    assert engine.distilled is (engine.model_set.folder.name == "flux2-klein")
+
+
+def test_same_seed_same_bytes_other_seed_differs(engine):
+    first = engine.swap(diffusion_job())
+    assert first.tobytes() == engine.swap(diffusion_job()).tobytes()
+    assert first.tobytes() != engine.swap(diffusion_job(seed=12)).tobytes()
+
+
+def test_odd_size_comes_back_exact_and_outside_grown_mask_identical(engine):
+    job = diffusion_job()
+    out = engine.swap(job)
+    assert out.size == SIZE and out.mode == "RGB"
+    grown = grow_mask(normalize_mask(job.mask_image, SIZE), job.growmask)
+    assert np.array_equal(np.asarray(out)[~grown], np.asarray(job.main_image)[~grown])
+    assert not np.array_equal(np.asarray(out)[grown], np.asarray(job.main_image)[grown])
+
+
+def test_the_reference_image_reaches_the_model(engine):
+    """At subject_strength 0 nothing is placed and the model repaints fully: only the reference carries
+    the object, so another object must give another image."""
+    red = engine.swap(diffusion_job(object_image=RED, subject_strength=0.0))
+    blue = engine.swap(diffusion_job(object_image=BLUE, subject_strength=0.0))
+    assert red.tobytes() != blue.tobytes()
+
+
+def test_steps_run_as_documented(engine):
+    seen: list[tuple[int, int]] = []
+    engine.swap(diffusion_job(steps=10), progress=lambda done, total: seen.append((done, total)))
+    expected = DISTILLED_STEPS if engine.distilled else 10
+    assert seen == [(step, expected) for step in range(1, expected + 1)]
+
+
+def test_negative_prompt_counts_only_where_guidance_runs(engine):
+    plain = engine.swap(diffusion_job(guidance_scale=4.0))
+    negative = engine.swap(diffusion_job(guidance_scale=4.0, negative_prompt="blurry, dark"))
+    assert (plain.tobytes() == negative.tobytes()) is engine.distilled
+
+
+def test_cached_and_uncached_prompt_embeddings_give_the_same_bytes(engine, tiny_flux2_weights):
+    uncached = Flux2Engine(engine.model_set, DiffusionOptions(embed_cache_size=0))
+    assert uncached.swap(diffusion_job()).tobytes() == engine.swap(diffusion_job()).tobytes()
+    assert len(engine.embeddings) > 0 and len(uncached.embeddings) == 0
+
+
+def test_fashion_strength_keeps_the_objects_own_detail(engine):
+    """fashion 1 puts the placed object's fine detail back over its coverage; fashion 0 leaves the model's."""
+    stripes = np.zeros((40, 40, 3), np.uint8)
+    stripes[:, ::4] = (240, 240, 240)
+    stripes[:, 1::4] = (240, 240, 240)
+    job = diffusion_job(object_image=Image.fromarray(stripes), growmask=0)
+    placed = np.asarray(place(job).image, dtype=np.float32)
+    inside = normalize_mask(job.mask_image, SIZE)
+    errors = {}
+    for fashion in (0.0, 1.0):
+        out = np.asarray(engine.swap(diffusion_job(**{**vars(job), "fashion_strength": fashion})), dtype=np.float32)
+        errors[fashion] = np.abs(out - placed)[inside].mean()
+    assert errors[1.0] < errors[0.0]
+
+
+def test_keep_own_look_takes_the_detail_and_colour_over_the_coverage():
+    rng = np.random.default_rng(0)
+    placed = np.clip(rng.normal(128, 40, (64, 64, 3)), 0, 255).astype(np.float32)
+    generated = np.full((64, 64, 3), 90.0, np.float32)
+    coverage = np.zeros((64, 64), np.float32)
+    coverage[16:48, 16:48] = 1.0
+    assert np.array_equal(keep_own_look(generated, placed, coverage, 0.0), generated)
+    kept = keep_own_look(generated, placed, coverage, 1.0)
+    assert np.array_equal(kept[coverage == 0], generated[coverage == 0])
+    core = (slice(20, 44), slice(20, 44))
+    assert np.corrcoef(kept[core].ravel(), placed[core].ravel())[0, 1] > 0.9
+    assert abs(kept[core].mean() - placed[core].mean()) < 0.1 * placed[core].mean()
+
+
+def test_reference_is_padded_to_whole_cells_and_capped():
+    job = diffusion_job(object_image=Image.new("RGB", (1500, 900), (10, 200, 10)))
+    reference = reference_image(place(job), 16)
+    assert reference.width % 16 == 0 and reference.height % 16 == 0
+    assert reference.width * reference.height <= REFERENCE_AREA * 1.1
+    small = reference_image(place(diffusion_job(object_image=Image.new("RGB", (37, 21), (10, 200, 10)))), 16)
+    assert small.size == (48, 32), "padded up, never cropped"
+
+
+def test_whole_cells_fill_every_touched_cell():
+    mask = np.zeros((40, 50), bool)
+    mask[17, 33] = True
+    cells = whole_cells(mask, 16)
+    assert cells[16:32, 32:48].all() and cells.sum() == 16 * 16
+
+
+def test_auto_prefers_flux2_klein_and_an_operator_set_wins(tiny_flux2_weights, tiny_weights, tmp_path):
+    for folder in (tiny_weights / "sdxl", tiny_weights / "sd15", *tiny_flux2_weights.iterdir()):
+        (tmp_path / folder.name).symlink_to(folder)
+    assert load_engine("auto", tmp_path).engine.name == "diffusion/flux2-klein"
+    assert load_engine("auto", tmp_path, model_set="sdxl").engine.name == "diffusion/sdxl"
+    assert load_engine("auto", tmp_path, model_set="flux2-klein-base").engine.name == "diffusion/flux2-klein-base"
+
+
+def test_missing_file_is_a_clear_weights_error(tiny_flux2_weights, tmp_path):
+    shutil.copytree(tiny_flux2_weights / "flux2-klein", tmp_path / "flux2-klein")
+    (tmp_path / "flux2-klein/base/transformer/diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(WeightsError, match="missing base/transformer/diffusion_pytorch_model.safetensors"):
+        load_engine("diffusion", tmp_path, model_set="flux2-klein")
+    assert load_engine("auto", tmp_path).engine.name == "composite"
+
+
+def test_corrupt_weights_file_is_a_clear_weights_error(tiny_flux2_weights, tmp_path):
+    shutil.copytree(tiny_flux2_weights / "flux2-klein", tmp_path / "flux2-klein")
+    (tmp_path / "flux2-klein/base/text_encoder/model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(WeightsError, match="cannot load model set"):
+        load_engine("diffusion", tmp_path, model_set="flux2-klein")
