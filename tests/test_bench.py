@@ -105,3 +105,33 @@ def test_full_size_configs_have_the_real_parameter_counts():
     with torch.device("meta"):
         unet = build_component("sdxl", "unet")
     assert unet.config.in_channels == 9 and unet.config.cross_attention_dim == 2048
+
+
+def test_bench_runs_flux2_klein_against_its_plain_pipeline(tmp_path):
+    """The distilled klein set: both pipelines run its 4 steps; only the pieces that apply are ablated."""
+    out = tmp_path / "flux2.json"
+    args = ["bench", "--tiny", "--arch", "flux2-klein", "--steps", "10", "--repeats", "1", "--crop-main", "0"]
+    assert main([*args, "--ablate", "--device", "cpu", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["arch"] == "flux2-klein" and report["steps"] == 4 and report["ip_adapter"] is None
+    assert "Flux2KleinInpaintPipeline" in report["bench"]
+    assert positive(report["ours"]["s_per_image_median"]) and positive(report["baseline"]["s_per_image_median"])
+    assert [row["piece"] for row in report["ablation"]] == ["embed_cache", "dtype"]
+    memory = report["memory"]
+    assert set(memory["components_bytes"]) == {"transformer", "vae", "text_encoder"}
+    assert memory["set_weight_files_bytes"] >= memory["weights_total_bytes"] > 0
+    assert main(["bench", "--tiny", "--arch", "flux2-klein", "--ablate", "fuse_qkv", "--device", "cpu"]) == 2
+
+
+def test_flux2_configs_match_the_real_files_in_the_manifest():
+    """The real klein-4B weights are bf16: each file is two bytes per parameter plus a safetensors header."""
+    from pipelines.models.weights import load_manifest
+    from server.benchmark.full_models import PARAMETER_COUNTS
+
+    files = load_manifest().get("flux2-klein").files
+    for part in ("transformer", "vae", "text_encoder"):
+        size = sum(
+            spec.size for spec in files if spec.dest.startswith(f"base/{part}/") and spec.dest.endswith(".safetensors")
+        )
+        header = size - 2 * PARAMETER_COUNTS[("flux2", part)]
+        assert 0 < header < 64 * 1024, (part, header)

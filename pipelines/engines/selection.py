@@ -41,7 +41,7 @@ def load_engine(
         return EngineChoice(CompositeEngine(), "composite engine asked for")
     if kind == "diffusion":
         found = require_model_set(_weights_dir(weights_dir), model_set, variant)
-        return EngineChoice(_diffusion(found, options), f"diffusion engine asked for, model set {found.folder}")
+        return EngineChoice(diffusion_engine(found, options), f"diffusion engine asked for, model set {found.folder}")
     found = find_model_set(_weights_dir(weights_dir), model_set, variant)
     if found is None:
         return EngineChoice(
@@ -51,7 +51,7 @@ def load_engine(
         return EngineChoice(
             CompositeEngine(), "model set found but diffusers is not installed (pip install 'segswap[diffusion]')"
         )
-    return EngineChoice(_diffusion(found, options), f"complete model set found in {found.folder}")
+    return EngineChoice(diffusion_engine(found, options), f"complete model set found in {found.folder}")
 
 
 def _weights_dir(weights_dir: Path | None) -> Path:
@@ -62,7 +62,8 @@ def _diffusers_installed() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("torch", "diffusers", "transformers"))
 
 
-def _diffusion(model_set: ModelSet, options: DiffusionOptions) -> Engine:
+def diffusion_engine(model_set: ModelSet, options: DiffusionOptions | None = None) -> Engine:
+    """The diffusion engine for a model set's arch (FLUX.2 [klein] or SD with IP-Adapter)."""
     if not _diffusers_installed():
         raise EngineUnavailable(
             "the diffusion engine needs torch, diffusers and transformers: pip install 'segswap[diffusion]'"

@@ -41,7 +41,7 @@ def write_tiny_flux2(folder: Path, *, distilled: bool, seed: int) -> ModelSet:
     model_set = ModelSet("flux2", Path(folder))
     if model_set.folder.exists():
         shutil.rmtree(model_set.folder)
-    tokenizer = _tokenizer(byte_chars())
+    tokenizer = qwen_tokenizer(byte_chars())
     seed_component(seed, "flux2-text_encoder")
     text_encoder = Qwen3ForCausalLM(
         Qwen3Config(
@@ -78,7 +78,7 @@ def write_tiny_flux2(folder: Path, *, distilled: bool, seed: int) -> ModelSet:
         sample_size=NATIVE_SIDE,
     )
     pipe = Flux2KleinPipeline(
-        scheduler=_scheduler(),
+        scheduler=flow_scheduler(),
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
@@ -89,7 +89,7 @@ def write_tiny_flux2(folder: Path, *, distilled: bool, seed: int) -> ModelSet:
     return model_set
 
 
-def _scheduler() -> FlowMatchEulerDiscreteScheduler:
+def flow_scheduler() -> FlowMatchEulerDiscreteScheduler:
     """The flow-matching Euler scheduler with the resolution-dependent shift the FLUX.2 repositories configure."""
     return FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000,
@@ -103,7 +103,7 @@ def _scheduler() -> FlowMatchEulerDiscreteScheduler:
     )
 
 
-def _tokenizer(byte_chars: list[str]) -> Qwen2TokenizerFast:
+def qwen_tokenizer(byte_chars: list[str]) -> Qwen2TokenizerFast:
     vocab = {char: index for index, char in enumerate(byte_chars)}
     for token in SPECIAL_TOKENS:
         vocab[token] = len(vocab)

@@ -1,6 +1,6 @@
 """`segswap bench`: the diffusion engine against plain diffusers, same inputs, same process, alternating.
 
-    segswap bench [--arch sdxl|sd15] [--tiny|--full] [--size PX] [--steps N] [--repeats N]
+    segswap bench [--arch sdxl|sd15|flux2-klein|flux2-klein-base] [--tiny|--full] [--size PX] [--steps N] [--repeats N]
                   [--ablate [PIECE,...]] [--crop-main PX --crop-mask PX] [--out FILE]
 
 Models: with --full (the default on CUDA) the full-size inpainting architectures with random weights,
@@ -11,9 +11,11 @@ pipelines/models/tiny.py, so CI runs the very same code; with --weights DIR a mo
 What it measures, printed as one JSON object:
   ours / baseline   seconds per image (median, p90), images/s, peak memory. `ours` is DiffusionEngine
                     with the fast path the SEGSWAP_* settings give (see pipelines/engines/diffusion/options.py);
-                    `baseline` is diffusers as its documentation shows it: AutoPipelineForInpainting,
+                    `baseline` is diffusers as its documentation shows it: for SD, AutoPipelineForInpainting,
                     load_ip_adapter, set_ip_adapter_scale, pipe(prompt, image, mask_image,
-                    ip_adapter_image) on the whole image. Same scene (size x size, a centred ellipse mask
+                    ip_adapter_image); for FLUX.2 [klein], Flux2KleinInpaintPipeline(prompt, image,
+                    mask_image, image_reference); both on the whole image. The distilled klein set runs its
+                    4 steps in both, whatever --steps says. Same scene (size x size, a centred ellipse mask
                     half its side), object image, prompt, steps, guidance and seed. Warm-up first, then
                     the two alternate (ABBA) so drift hits both alike. The same object and prompt repeat,
                     as in catalogue work: after the first image ours takes its embeddings from its cache.
@@ -26,7 +28,8 @@ What it measures, printed as one JSON object:
   crop_and_stitch   a small mask in a large image (--crop-main, --crop-mask): ours processes a crop at
                     the model's native size, the baseline the whole image.
   ablation          (--ablate) each fast-path piece flipped from its default, alternating with the default.
-  memory            bytes of each model component in ours (what a low-memory setting has to hold).
+  memory            bytes of each model component in ours (what a low-memory setting has to hold), and of the
+                    set's weight files on disk (what the GPU holds in the files' dtype).
 Peak memory: on CUDA, that pipeline's own weights plus the peak torch.cuda.max_memory_allocated rose
 during its calls (both pipelines are resident in one process); on CPU, the process's peak RSS for both.
 """
@@ -57,11 +60,12 @@ from PIL import Image, ImageDraw
 from pipelines import SwapJob
 from pipelines.engines.diffusion.options import DiffusionOptions
 from pipelines.imageops import grow_mask, normalize_mask
-from pipelines.models.model_sets import ModelSet, require_model_set
+from pipelines.models.model_sets import SETS, ModelSet, model_set_at, require_model_set
 
 PROMPT = "a red summer dress with a small floral pattern"
 NEGATIVE_PROMPT = "blurry, low quality"
 PIECES = ("sdpa", "fuse_qkv", "channels_last", "compile", "embed_cache", "dtype")
+FLUX2_PIECES = ("embed_cache", "dtype")  # the others are UNet and IP-Adapter pieces
 # Practical dense bf16 peak of an H100/H200 SXM (the DESIGN's reference: 427 TFLOP in about 0.54 s).
 PRACTICAL_PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0}
 TINY_DEFAULT_STEPS = 4
@@ -69,7 +73,7 @@ FULL_DEFAULT_STEPS = 30
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", choices=["sdxl", "sd15"], default="sdxl", help="model architecture (default sdxl)")
+    parser.add_argument("--arch", choices=list(SETS), default="sdxl", help="model set to bench (default sdxl)")
     models = parser.add_mutually_exclusive_group()
     models.add_argument(
         "--tiny",
@@ -131,17 +135,20 @@ def run(args: argparse.Namespace) -> dict:
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per fetched image otherwise
 
-    from pipelines.engines.diffusion.engine import DiffusionEngine
     from pipelines.engines.diffusion.runtime import pick_device
+    from pipelines.engines.selection import diffusion_engine
     from server.settings import Settings
 
     device, dtype = pick_device(args.device, args.dtype)
     models = args.models or ("weights" if args.weights else "full" if device.type == "cuda" else "tiny")
     steps = args.steps or (TINY_DEFAULT_STEPS if models == "tiny" else FULL_DEFAULT_STEPS)
+    known = FLUX2_PIECES if SETS[args.arch] == "flux2" else PIECES
     pieces = [piece.strip() for piece in (args.ablate or "").split(",") if piece.strip()]
-    unknown = sorted(set(pieces) - set(PIECES))
+    if args.ablate == ",".join(PIECES):  # a bare --ablate: every piece that applies to this set
+        pieces = list(known)
+    unknown = [piece for piece in pieces if piece not in known]
     if unknown:
-        raise ValueError(f"--ablate: unknown piece(s) {', '.join(unknown)}; known: {', '.join(PIECES)}")
+        raise ValueError(f"--ablate: unknown piece(s) {', '.join(unknown)} for {args.arch}; known: {', '.join(known)}")
     temporary = None
     try:
         if models == "weights" or args.weights:
@@ -152,18 +159,18 @@ def run(args: argparse.Namespace) -> dict:
 
             work = args.work_dir or Path(temporary := tempfile.mkdtemp(prefix="segswap-bench-"))
             _log(f"writing tiny {args.arch} set in {work}")
-            model_set = ModelSet(args.arch, make_tiny(work, sets=(args.arch,))[0], args.ip_adapter)
+            model_set = model_set_at(make_tiny(work, sets=(args.arch,))[0], args.ip_adapter)
         else:
             from server.benchmark.full_models import make_full
 
             work = args.work_dir or Path.home() / ".cache" / "segswap" / "bench"
             _log(f"writing (or reusing) full-size {args.arch} set with random weights in {work}")
-            model_set = ModelSet(args.arch, make_full(work, args.arch, args.ip_adapter, dtype), args.ip_adapter)
+            model_set = model_set_at(make_full(work, args.arch, args.ip_adapter, dtype), args.ip_adapter)
         settings = Settings(
             host="127.0.0.1"
         )  # the fast path as SEGSWAP_* configures it; only its engine options are read
         options = dataclasses.replace(settings.diffusion_options(str(device)), dtype=str(dtype).removeprefix("torch."))
-        return _bench(args, model_set, models, steps, pieces, options, DiffusionEngine, torch)
+        return _bench(args, model_set, models, steps, pieces, options, diffusion_engine, torch)
     finally:
         if temporary:
             shutil.rmtree(temporary, ignore_errors=True)
@@ -179,14 +186,16 @@ def _bench(
     engine_class,
     torch,
 ) -> dict:
-    _log(f"loading ours ({model_set.arch}, {model_set.variant})")
+    _log(f"loading ours ({model_set.name})")
     ours = engine_class(model_set, options)
     device, dtype = ours.device, ours.dtype
     _log("loading the plain diffusers baseline")
-    baseline = DiffusersBaseline(model_set, device, dtype)
+    baseline = (Flux2Baseline if model_set.arch == "flux2" else DiffusersBaseline)(model_set, device, dtype)
     size = args.size or ours.native_side
     inputs = sample_inputs(size)
     job = inputs.job(PROMPT, NEGATIVE_PROMPT, steps, args.seed, args.guidance_scale)
+    steps = ours.steps_for(job)
+    job = dataclasses.replace(job, steps=steps)  # the baseline runs what ours runs
 
     ours_probe, base_probe = Probe(device), Probe(device)
     stage_samples: list[dict[str, float]] = []
@@ -206,13 +215,13 @@ def _bench(
         ours_s, base_s = alternate(ours_served, lambda: base_probe.time(lambda: baseline(job))[0], args.repeats)
 
     report: dict = {
-        "bench": "segswap diffusion engine vs plain diffusers (AutoPipelineForInpainting + IP-Adapter)",
+        "bench": f"segswap diffusion engine vs plain diffusers ({type(baseline.pipe).__name__}, whole image)",
         "device": _device_name(device, torch),
         "torch": torch.__version__,
         "diffusers": _version("diffusers"),
         "models": models,
-        "arch": model_set.arch,
-        "ip_adapter": model_set.variant,
+        "arch": model_set.name,
+        "ip_adapter": model_set.variant if model_set.uses_ip_adapter else None,
         "dtype": str(dtype).removeprefix("torch."),
         "size": [size, size],
         "processed_size": list(processed_size(ours, job)),
@@ -236,7 +245,7 @@ def _bench(
     report["compute"] = compute(
         baseline, ours, job, report["ours"]["s_per_image_median"], args.peak_tflops, device, torch
     )
-    report["memory"] = memory(ours, ours_probe)
+    report["memory"] = memory(ours, ours_probe) | {"set_weight_files_bytes": weight_files_bytes(model_set)}
 
     if args.crop_main:
         report["crop_and_stitch"] = crop_row(ours, baseline, args, steps, device)
@@ -365,6 +374,36 @@ class DiffusersBaseline:
             ip_adapter_image=job.object_image.convert("RGB"),
             height=height,
             width=width,
+            num_inference_steps=job.steps,
+            strength=1.0,  # as ours: every step runs
+            guidance_scale=job.guidance_scale,
+            generator=torch.Generator("cpu").manual_seed(job.seed),
+        ).images[0]
+
+
+class Flux2Baseline:
+    """Plain diffusers, as its documentation shows FLUX.2 [klein] inpainting with a reference image: the whole
+    image, the object as `image_reference`, no crop."""
+
+    def __init__(self, model_set: ModelSet, device, dtype):
+        from diffusers import Flux2KleinInpaintPipeline
+
+        from pipelines.engines.diffusion.runtime import quiet_libraries
+
+        quiet_libraries()
+        pipe = Flux2KleinInpaintPipeline.from_pretrained(str(model_set.base), dtype=dtype, local_files_only=True)
+        pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe
+
+    def __call__(self, job: SwapJob) -> Image.Image:
+        import torch
+
+        return self.pipe(
+            prompt=job.prompt,
+            image=job.main_image,
+            mask_image=job.mask_image,
+            image_reference=job.object_image.convert("RGB"),
             num_inference_steps=job.steps,
             strength=1.0,  # as ours: every step runs
             guidance_scale=job.guidance_scale,
@@ -574,7 +613,7 @@ def compute(
     return {
         "tflop_per_image": _sig(tflop),
         "counted_at": [width, height],
-        "note": "aten FLOPs of the UNet loop, VAE and encoders"
+        "note": "aten FLOPs of the denoising loop, VAE and encoders"
         + ("; SDPA on CPU is not counted" if device.type == "cpu" else ""),
         "achieved_tflops": _sig(tflop / ours_median) if ours_median > 0 else None,
         "peak_tflops": peak_tflops,
@@ -609,11 +648,21 @@ def processed_size(engine, job: SwapJob) -> tuple[int, int]:
 
     main = job.main_image
     grown = grow_mask(normalize_mask(job.mask_image, main.size), job.growmask)
-    return processing_size(context_box(grown, main.size), engine.native_side)
+    return processing_size(context_box(grown, main.size), engine.native_side, engine.cell)
+
+
+def weight_files_bytes(model_set: ModelSet) -> int:
+    """Bytes of the set's weight files: what the GPU holds for it, in the files' dtype."""
+    return sum(path.stat().st_size for path in model_set.folder.rglob("*.safetensors"))
 
 
 def fast_path(engine) -> dict:
     options = engine.options
+    if not hasattr(engine.pipe, "unet"):
+        return {
+            "embed_cache_size": options.embed_cache_size,
+            "note": "the UNet pieces (sdpa processors, fused qkv, channels-last, compile) do not apply to FLUX.2",
+        }
     fused = any(type(p).__name__ == "FusedAttnProcessor2_0" for p in engine.pipe.unet.attn_processors.values())
     return {
         "sdpa": options.sdpa,

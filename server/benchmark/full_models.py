@@ -1,4 +1,4 @@
-"""Full-size SDXL / SD1.5 inpainting model sets with random weights, from the configs in server/benchmark/configs/.
+"""Full-size SDXL, SD1.5 and FLUX.2 [klein] model sets with random weights, from server/benchmark/configs/.
 
 Same architectures, parameter counts and FLOPs as the real downloads (the configs are the real ones:
 UNet with 9 input channels, VAE, CLIP text encoders, the ViT-H image encoder, IP-Adapter shapes), written
@@ -8,7 +8,10 @@ tiny sets use (their ids fit the 49408-entry embedding; the prompt is padded to 
 
 Parameter counts (checked by tests/test_bench.py on the meta device):
 SDXL inpainting UNet 2,567,478,084; VAE 83,653,863; CLIP-L text 123,060,480; bigG text 694,659,840;
-SD1.5 inpainting UNet 859,535,364; ViT-H image encoder 632,076,800.
+SD1.5 inpainting UNet 859,535,364; ViT-H image encoder 632,076,800; FLUX.2 [klein] 4B transformer
+3,875,544,576, its VAE 84,046,115 and Qwen3-4B text encoder 4,022,468,096 (each the bf16 file size in the
+shipped manifest, less the safetensors header, over two bytes: the configs are the real ones). The FLUX.2
+sets use the tiny sets' byte-level Qwen tokenizer.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.models.model_sets import ModelSet
+from pipelines.models.model_sets import SETS, ModelSet
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 PARAMETER_COUNTS = {
@@ -32,6 +35,9 @@ PARAMETER_COUNTS = {
     ("sd15", "vae"): 83_653_863,
     ("sd15", "text_encoder"): 123_060_480,
     ("ip_adapter", "image_encoder"): 632_076_800,
+    ("flux2", "transformer"): 3_875_544_576,
+    ("flux2", "vae"): 84_046_115,
+    ("flux2", "text_encoder"): 4_022_468_096,
 }
 MARKER = ".bench-full-set"
 
@@ -53,6 +59,8 @@ def build_component(arch: str, part: str):
         CLIPVisionModelWithProjection,
     )
 
+    if arch == "flux2":
+        return _flux2_component(part)
     if part == "unet":
         return UNet2DConditionModel.from_config(config(f"{arch}/unet.json"))
     if part == "vae":
@@ -66,8 +74,21 @@ def build_component(arch: str, part: str):
     raise ValueError(f"unknown part {part!r}")
 
 
-def _fingerprint(arch: str, variant: str, dtype: torch.dtype) -> str:
-    digest = hashlib.sha256(f"{arch}:{variant}:{dtype}".encode())
+def _flux2_component(part: str):
+    from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    if part == "transformer":
+        return Flux2Transformer2DModel.from_config(config("flux2/transformer.json"))
+    if part == "vae":
+        return AutoencoderKLFlux2.from_config(config("flux2/vae.json"))
+    if part == "text_encoder":
+        return Qwen3ForCausalLM(Qwen3Config(**config("flux2/text_encoder.json")))
+    raise ValueError(f"unknown part {part!r}")
+
+
+def _fingerprint(name: str, variant: str, dtype: torch.dtype) -> str:
+    digest = hashlib.sha256(f"{name}:{variant}:{dtype}".encode())
     for path in sorted(CONFIGS.rglob("*.json")):
         digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -75,25 +96,23 @@ def _fingerprint(arch: str, variant: str, dtype: torch.dtype) -> str:
 
 def make_full(
     out_dir: Path,
-    arch: str,
+    name: str,
     variant: str = "plus",
     dtype: torch.dtype = torch.bfloat16,
     device: str | None = None,
     seed: int = 0,
 ) -> Path:
-    """Write (or reuse) the full-size set `<out_dir>/<arch>` with random weights; returns the set folder.
+    """Write (or reuse) the full-size set `<out_dir>/<name>` with random weights; returns the set folder.
 
-    Built on `device` (default: CUDA when there is one: initialising 2.6 B parameters on a CPU takes
-    minutes) and saved in `dtype`. A set written earlier from the same configs is reused.
+    `name` is a model set name (sdxl, sd15, flux2-klein, flux2-klein-base). Built on `device` (default: CUDA
+    when there is one: initialising billions of parameters on a CPU takes minutes) and saved in `dtype`. A set
+    written earlier from the same configs is reused.
     """
-    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
-
     from pipelines.engines.diffusion.runtime import quiet_libraries
-    from pipelines.models import tiny
 
-    model_set = ModelSet(arch, Path(out_dir) / arch, variant)
-    set_dir = model_set.folder
-    fingerprint = _fingerprint(arch, variant, dtype)
+    arch = SETS[name]
+    set_dir = Path(out_dir) / name
+    fingerprint = _fingerprint(name, variant, dtype)
     marker = set_dir / MARKER
     if marker.is_file() and marker.read_text().strip() == fingerprint:
         return set_dir
@@ -103,17 +122,54 @@ def make_full(
     torch.manual_seed(seed)
     quiet_libraries()
 
-    def part(name: str):
-        """Initialised on `device` directly in `dtype` (fast, half the memory), then kept on the CPU for saving."""
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            with torch.device(device):
-                model = build_component(arch, name).to(dtype).eval()
-        finally:
-            torch.set_default_dtype(previous)
-        return model.to("cpu")
+    def part(part_name: str):
+        return _built(arch, part_name, dtype, device)
 
+    if arch == "flux2":
+        _write_flux2(ModelSet(arch, set_dir), part, distilled=name == "flux2-klein")
+    else:
+        _write_sd(ModelSet(arch, set_dir, variant), part, dtype, device)
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    marker.write_text(fingerprint + "\n")
+    return set_dir
+
+
+def _built(arch: str, name: str, dtype: torch.dtype, device: str):
+    """One component initialised on `device` directly in `dtype` (fast, half the memory), then moved to the CPU."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = build_component(arch, name).to(dtype).eval()
+    finally:
+        torch.set_default_dtype(previous)
+    return model.to("cpu")
+
+
+def _write_flux2(model_set: ModelSet, part, distilled: bool) -> None:
+    from diffusers import Flux2KleinPipeline
+
+    from pipelines.models.tiny_flux2 import flow_scheduler, qwen_tokenizer
+    from pipelines.models.tiny_parts import byte_chars
+
+    pipe = Flux2KleinPipeline(
+        scheduler=flow_scheduler(),
+        vae=part("vae"),
+        text_encoder=part("text_encoder"),
+        tokenizer=qwen_tokenizer(byte_chars()),
+        transformer=part("transformer"),
+        is_distilled=distilled,
+    )
+    pipe.save_pretrained(model_set.base, safe_serialization=True)
+
+
+def _write_sd(model_set: ModelSet, part, dtype: torch.dtype, device: str) -> None:
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
+
+    from pipelines.models import tiny
+
+    arch = model_set.arch
     unet = part("unet")
     common = dict(
         vae=part("vae"),
@@ -145,11 +201,6 @@ def make_full(
     del unet
     encoder = part("image_encoder")
     encoder.save_pretrained(model_set.image_encoder)
-    del encoder
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-    marker.write_text(fingerprint + "\n")
-    return set_dir
 
 
 def _scheduler(arch: str):

@@ -67,6 +67,7 @@ class DiffusionEngine:
         self.pipe = load_pipeline(model_set, self.device, self.dtype, self.options)
         self.name = f"diffusion/{model_set.arch}"
         self.native_side = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+        self.cell = self.pipe.vae_scale_factor  # one latent: crops are whole latents
         self.style_block = STYLE_BLOCKS[model_set.arch]
         self.default_scheduler = self.pipe.scheduler
         self.low_step_scheduler = low_step_scheduler(self.pipe.scheduler)
@@ -75,11 +76,15 @@ class DiffusionEngine:
         # embeds_s (prompt and image embeddings, cached or not), model_s (the diffusers call).
         self.last_timings: dict[str, float] = {}
 
+    def steps_for(self, job: SwapJob) -> int:
+        """The denoising steps that run: exactly the job's."""
+        return job.steps
+
     def swap(self, job: SwapJob, progress: ProgressFn | None = None) -> Image.Image:
         start = time.perf_counter()
         main = job.main_image.convert("RGB")
         placement = place(job)
-        crop = crop_around(placement, self.native_side, 8, lambda grown: dilate(grown, LATENT_MARGIN))
+        crop = crop_around(placement, self.native_side, self.cell, lambda grown: dilate(grown, LATENT_MARGIN))
         strength = denoising_strength(job.subject_strength)
         set_ip_adapter_strengths(self.pipe.unet, self.style_block, job.subject_strength, job.fashion_strength)
         self._use_scheduler(job.steps)
