@@ -4,7 +4,7 @@ segswap serve [--host H] [--port P] [--engine auto|composite|diffusion] [--weigh
 segswap swap --main A --mask B --object C [contract fields as flags] -o OUT
 segswap weights list | download SET | verify SET | make-tiny --out DIR
 segswap keys add ID [--rate N] [--credits N] [--endpoint PATH] | list | revoke ID | credit ID N
-segswap bench [--tiny] [--arch sdxl|sd15] ...
+segswap bench [--tiny] [--arch sdxl|sd15|flux2-klein|flux2-klein-base] ...
 """
 
 from __future__ import annotations
