@@ -9,8 +9,14 @@ from PIL import Image
 pytest.importorskip("diffusers")
 
 from pipelines import WeightsError, load_engine  # noqa: E402
-from pipelines.engines.diffusion.flux2 import DISTILLED_STEPS, REFERENCE_AREA, Flux2Engine, reference_image  # noqa: E402
-from pipelines.engines.diffusion.geometry import whole_cells  # noqa: E402
+from pipelines.engines.diffusion.flux2 import (  # noqa: E402
+    DISTILLED_STEPS,
+    PIPELINE_MAX_AREA,
+    REFERENCE_AREA,
+    Flux2Engine,
+    reference_image,
+)
+from pipelines.engines.diffusion.geometry import processing_size, whole_cells  # noqa: E402
 from pipelines.engines.diffusion.object_look import keep_own_look  # noqa: E402
 from pipelines.engines.diffusion.options import DiffusionOptions  # noqa: E402
 from pipelines.imageops import grow_mask, normalize_mask  # noqa: E402
@@ -112,6 +118,16 @@ def test_reference_is_padded_to_whole_cells_and_capped():
     assert small.size == (48, 32), "padded up, never cropped"
 
 
+@pytest.mark.parametrize("width", [517, 1000, 1333, 2998])
+@pytest.mark.parametrize("height", [333, 1000, 1999])
+def test_crops_stay_within_what_the_pipeline_takes_unshrunk(width, height):
+    """Flux2KleinInpaintPipeline shrinks images above 1024^2; a crop rounded past it would come back smaller."""
+    size = processing_size((0, 0, width, height), 1024, 16, PIPELINE_MAX_AREA)
+    assert size[0] * size[1] <= PIPELINE_MAX_AREA and size[0] % 16 == 0 and size[1] % 16 == 0
+    nearest = processing_size((0, 0, width, height), 1024, 16)
+    assert all(0 <= near - side <= 16 for near, side in zip(nearest, size, strict=True)), "at most a cell less"
+
+
 def test_whole_cells_fill_every_touched_cell():
     mask = np.zeros((40, 50), bool)
     mask[17, 33] = True
@@ -140,3 +156,19 @@ def test_corrupt_weights_file_is_a_clear_weights_error(tiny_flux2_weights, tmp_p
     (tmp_path / "flux2-klein/base/text_encoder/model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(WeightsError, match="cannot load model set"):
         load_engine("diffusion", tmp_path, model_set="flux2-klein")
+
+
+def test_a_crop_at_the_real_native_side_comes_back_whole(tiny_flux2_weights):
+    """At 1024^2 (the real models' side) this box would round to 1504 x 704, past the pipeline's 1 MP, and come
+    back shrunk from it."""
+    engine = Flux2Engine(model_set_at(tiny_flux2_weights / "flux2-klein"))
+    engine.native_side = 1024
+    size = (1501, 700)
+    job = diffusion_job(
+        main_image=Image.new("RGB", size, (90, 120, 150)),
+        mask_image=Image.fromarray(np.pad(np.full((500, 1000), 255, np.uint8), ((100, 100), (250, 251)))),
+    )
+    out = engine.swap(job)
+    assert out.size == size
+    grown = grow_mask(normalize_mask(job.mask_image, size), job.growmask)
+    assert np.array_equal(np.asarray(out)[~grown], np.asarray(job.main_image)[~grown])

@@ -43,6 +43,7 @@ from pipelines.models.model_sets import ModelSet
 from pipelines.placement import Placement, place
 
 DISTILLED_STEPS = 4
+PIPELINE_MAX_AREA = 1024 * 1024  # Flux2KleinInpaintPipeline shrinks a larger image: crops must stay within it
 REFERENCE_AREA = 768 * 768  # reference tokens cost attention like scene tokens: 2304 of them at most
 BACKGROUND = (255, 255, 255)
 
@@ -75,7 +76,7 @@ class Flux2Engine:
         start = time.perf_counter()
         main = job.main_image.convert("RGB")
         placement = place(job)
-        crop = crop_around(placement, self.native_side, self.cell, self._repainted)
+        crop = crop_around(placement, self.native_side, self.cell, self._repainted, PIPELINE_MAX_AREA)
         strength = denoising_strength(job.subject_strength)
         steps = self.steps_for(job)
         prepared = time.perf_counter()

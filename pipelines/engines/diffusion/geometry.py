@@ -30,19 +30,21 @@ def context_box(grown: np.ndarray, size: tuple[int, int]) -> Box:
     return max(0, left), max(0, top), min(size[0], right), min(size[1], bottom)
 
 
-def processing_size(box: Box, native_side: int, multiple: int = 8) -> tuple[int, int]:
+def processing_size(box: Box, native_side: int, multiple: int = 8, max_area: int | None = None) -> tuple[int, int]:
     """Width and height with the area of native_side^2, the box's aspect, sides multiples of `multiple`
     (a latent cell: 8 pixels for SD, 16 for FLUX.2's 2x2-packed latents).
 
-    The long side is capped at twice the native side for boxes that stayed elongated
-    against the image border.
+    The long side is capped at twice the native side for boxes that stayed elongated against the image
+    border. With `max_area` (a pipeline that shrinks anything larger), the sides are rounded down instead
+    of to the nearest cell whenever rounding would pass it.
     """
     width, height = box[2] - box[0], box[3] - box[1]
     scale = native_side / math.sqrt(width * height)
     scale = min(scale, 2 * native_side / max(width, height))
-    return max(multiple, round(width * scale / multiple) * multiple), max(
-        multiple, round(height * scale / multiple) * multiple
-    )
+    sides = [max(multiple, round(side * scale / multiple) * multiple) for side in (width, height)]
+    if max_area is not None and sides[0] * sides[1] > max_area:
+        sides = [max(multiple, math.floor(side * scale / multiple) * multiple) for side in (width, height)]
+    return sides[0], sides[1]
 
 
 def crop_mask(mask: np.ndarray, box: Box, size: tuple[int, int]) -> np.ndarray:

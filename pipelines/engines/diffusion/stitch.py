@@ -37,11 +37,15 @@ class Crop:
 
 
 def crop_around(
-    placement: Placement, native_side: int, multiple: int, repaint: Callable[[np.ndarray], np.ndarray]
+    placement: Placement,
+    native_side: int,
+    multiple: int,
+    repaint: Callable[[np.ndarray], np.ndarray],
+    max_area: int | None = None,
 ) -> Crop:
     """The crop for a placement; `repaint` turns the grown mask (at processing size) into the pipeline's mask."""
     box = context_box(placement.grown, placement.image.size)
-    size = processing_size(box, native_side, multiple)
+    size = processing_size(box, native_side, multiple, max_area)
     init = placement.image.crop(box).resize(size, Image.Resampling.LANCZOS)
     grown = crop_mask(placement.grown, box, size)
     return Crop(box, size, init, grown, repaint(grown))
