@@ -65,7 +65,7 @@ class DiffusionEngine:
         self.device, self.dtype = pick_device(options.device, options.dtype)
         self.options = options.resolved(self.device.type)
         self.pipe = load_pipeline(model_set, self.device, self.dtype, self.options)
-        self.name = f"diffusion/{model_set.arch}"
+        self.name = f"diffusion/{model_set.name}"
         self.native_side = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
         self.cell = self.pipe.vae_scale_factor  # one latent: crops are whole latents
         self.style_block = STYLE_BLOCKS[model_set.arch]

@@ -30,6 +30,9 @@ class DiffusionOptions:
         content hash, repeats and adapter) and prompt embeddings (keyed by prompt, negative prompt);
         0 turns the cache off. Cached and uncached swaps give identical bytes.
     vae_tiling: always decode in tiles; vae_tiling_above_pixels: tile only above this processed area.
+
+    The FLUX.2 [klein] engine reads device, dtype, cpu_offload and embed_cache_size (prompt embeddings);
+    the other pieces are the UNet's and IP-Adapter's.
     """
 
     device: str = "auto"
