@@ -11,14 +11,16 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipelines.models.model_sets import find_model_set
+from pipelines.errors import WeightsError
+from pipelines.models.model_sets import SETS, ModelSet, find_model_set
 
 Similarity = Callable[[Image.Image, Image.Image], float]
 
 
 def clip_similarity(weights_dir: Path) -> Similarity | None:
-    """A similarity function on the first complete model set's image encoder, or None when there is none."""
-    model_set = find_model_set(weights_dir)
+    """A similarity function on the first complete SD set's image encoder, or None when there is none
+    (FLUX.2 sets have no CLIP image encoder)."""
+    model_set = _set_with_image_encoder(Path(weights_dir))
     if model_set is None:
         return None
     import torch
@@ -36,6 +38,19 @@ def clip_similarity(weights_dir: Path) -> Similarity | None:
         return float((embeds[0] * embeds[1]).sum())
 
     return similarity
+
+
+def _set_with_image_encoder(weights_dir: Path) -> ModelSet | None:
+    for name, arch in SETS.items():
+        if arch == "flux2":
+            continue
+        try:
+            found = find_model_set(weights_dir, name)
+        except WeightsError:  # weights_dir is a set folder of another kind
+            return None
+        if found is not None:
+            return found
+    return None
 
 
 def _on_white_square(image: Image.Image) -> Image.Image:

@@ -97,9 +97,9 @@ class ModelSet:
 
     @property
     def checkpoint(self) -> Path | None:
-        """The single-file base checkpoint when the set has one; base/ then holds only configs."""
+        """The single-file base checkpoint when the set has one (SD sets only); base/ then holds only configs."""
         path = self.checkpoint_file
-        return path if path.is_file() else None
+        return path if self.uses_ip_adapter and path.is_file() else None
 
     @property
     def ip_adapter_dir(self) -> Path:
@@ -148,7 +148,7 @@ def _has_weights(folder: Path) -> bool:
 
 def model_set_at(folder: Path, variant: Variant = "plus") -> ModelSet:
     """The set laid out in `folder`, its arch read from what base/ holds."""
-    return ModelSet(_arch_of(Path(folder) / "base", None), Path(folder), variant)
+    return ModelSet(_arch_of(Path(folder) / "base"), Path(folder), variant)
 
 
 def find_model_set(weights_dir: Path, name: str | None = None, variant: Variant = "plus") -> ModelSet | None:
@@ -181,17 +181,27 @@ def require_model_set(weights_dir: Path, name: str | None = None, variant: Varia
 
 
 def _candidates(weights_dir: Path, name: str | None, variant: Variant) -> list[ModelSet]:
+    """The folders to look at: `weights_dir` itself when it is a set folder (one holding base/), else
+    `<weights_dir>/<name>` for the named set or for every set in SETS' order."""
     if name is not None and name not in SETS:
         raise WeightsError(f"unknown model set {name!r}; known: {', '.join(SETS)}")
     if (weights_dir / "base").is_dir():
-        return [ModelSet(_arch_of(weights_dir / "base", SETS.get(name)), weights_dir, variant)]
+        found = ModelSet(_arch_of(weights_dir / "base"), weights_dir, variant)
+        if name is not None and found.name != name:
+            raise WeightsError(f"{weights_dir} holds the model set {found.name}, not {name}")
+        return [found]
     names = [name] if name else list(SETS)
     return [ModelSet(SETS[n], weights_dir / n, variant) for n in names]
 
 
-def _arch_of(base: Path, arch: Arch | None) -> Arch:
-    if arch:
-        return arch
-    if (base / "transformer").exists():
+def _arch_of(base: Path) -> Arch:
+    """What a base/ folder holds: the pipeline class model_index.json names, else its parts' folders."""
+    try:
+        pipeline = str(json.loads((base / "model_index.json").read_text(encoding="utf-8")).get("_class_name", ""))
+    except (OSError, ValueError, AttributeError):
+        pipeline = ""
+    if "Flux2" in pipeline or (base / "transformer").exists():
         return "flux2"
-    return "sdxl" if (base / "text_encoder_2").exists() else "sd15"
+    if "XL" in pipeline or (base / "text_encoder_2").exists():
+        return "sdxl"
+    return "sd15"

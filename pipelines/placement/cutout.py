@@ -16,6 +16,7 @@ GRABCUT_SIDE = 224  # GrabCut runs at this long side (its cost grows with the pi
 GRABCUT_INSET = 0.04  # the centred rectangle GrabCut starts from leaves this share of each side out
 MIN_PART = 0.02  # foreground parts smaller than this share of the largest one are specks
 DEFRINGE_SIGMA = 2.0  # how far an edge pixel looks for the object's own colour
+MIN_MATTE_SIDE = 16  # an image narrower than this has no backdrop to tell apart: the whole of it is the object
 SHADOW_SLOPE = 0.035  # a cast shadow's brightness changes by less than this share of the backdrop's per pixel
 
 
@@ -25,6 +26,8 @@ def cut_out(image: Image.Image) -> Image.Image:
     alpha = np.asarray(rgba.getchannel("A"))
     if alpha.min() < 250:  # the caller cut it out already
         return _trim(rgba)
+    if min(rgba.size) < MIN_MATTE_SIDE:
+        return rgba
     rgb = np.asarray(rgba.convert("RGB"), dtype=np.float32)
     matte = backdrop_matte(rgb)
     if matte is None:
@@ -90,7 +93,12 @@ def grabcut_matte(rgb: np.ndarray) -> np.ndarray:
     labels = np.zeros((sh, sw), np.uint8)
     background, foreground = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.setRNGSeed(0)
-    cv2.grabCut(np.ascontiguousarray(small[..., ::-1]), labels, rect, background, foreground, 5, cv2.GC_INIT_WITH_RECT)
+    try:
+        cv2.grabCut(
+            np.ascontiguousarray(small[..., ::-1]), labels, rect, background, foreground, 5, cv2.GC_INIT_WITH_RECT
+        )
+    except cv2.error:  # too few pixels on one side of the rectangle to model a colour: keep the whole image
+        return np.ones((height, width), np.float32)
     chosen = _without_specks(np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD)))
     if not chosen.any():  # GrabCut found nothing to separate: the whole image is the object
         return np.ones((height, width), np.float32)

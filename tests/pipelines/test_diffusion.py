@@ -17,6 +17,7 @@ from pipelines.engines.diffusion.engine import DiffusionEngine  # noqa: E402
 from pipelines.engines.diffusion.geometry import context_box, processing_size  # noqa: E402
 from pipelines.imageops import grow_mask, normalize_mask  # noqa: E402
 from pipelines.models.model_sets import ModelSet, require_model_set  # noqa: E402
+from tests.conftest import rect_mask  # noqa: E402
 from tests.pipelines.jobs import SIZE, diffusion_job  # noqa: E402
 
 COMBOS = [("sd15", "plain"), ("sd15", "plus"), ("sdxl", "plain"), ("sdxl", "plus")]
@@ -123,3 +124,21 @@ def test_corrupt_weights_file_is_a_clear_weights_error(tiny_weights, tmp_path):
 def test_diffusion_without_weights_says_how_to_get_them(tmp_path):
     with pytest.raises(WeightsError, match="segswap weights download"):
         load_engine("diffusion", tmp_path)
+
+
+def test_a_strip_along_the_edge_is_swapped_without_ip_adapter_masks(engine):
+    """A 3000 x 30 scene masked end to end gives a crop a few latents high, where diffusers' IP-Adapter mask
+    downsampling divides by zero: the reference then acts on the whole crop (was a ZeroDivisionError)."""
+    native = engine.native_side
+    engine.native_side = 512
+    try:
+        size = (3000, 30)
+        job = diffusion_job(
+            main_image=Image.new("RGB", size, (90, 120, 150)), mask_image=rect_mask(size, (10, 5, 2990, 25))
+        )
+        out = engine.swap(job)
+    finally:
+        engine.native_side = native
+    assert out.size == size
+    grown = grow_mask(normalize_mask(job.mask_image, size), job.growmask)
+    assert np.array_equal(np.asarray(out)[~grown], np.asarray(job.main_image)[~grown])

@@ -86,3 +86,16 @@ def test_object_similarity_runs_on_an_installed_image_encoder(tiny_weights):
     assert similarity(image, image) == pytest.approx(1.0, abs=1e-4)
     assert -1.0 <= similarity(image, Image.new("RGB", (30, 30), (10, 10, 240))) <= 1.0
     assert clip_similarity(tiny_weights / "nothing-here") is None
+
+
+def test_object_similarity_skips_flux2_sets_which_have_no_image_encoder(tiny_weights, tiny_flux2_weights, tmp_path):
+    from PIL import Image
+
+    from pipelines.evaluation.similarity import clip_similarity
+
+    assert clip_similarity(tiny_flux2_weights) is None
+    assert clip_similarity(tiny_flux2_weights / "flux2-klein") is None
+    for folder in (*tiny_flux2_weights.iterdir(), tiny_weights / "sd15"):
+        (tmp_path / folder.name).symlink_to(folder)
+    image = Image.new("RGB", (30, 30), (200, 30, 30))
+    assert clip_similarity(tmp_path)(image, image) == pytest.approx(1.0, abs=1e-4)

@@ -172,3 +172,24 @@ def test_a_crop_at_the_real_native_side_comes_back_whole(tiny_flux2_weights):
     assert out.size == size
     grown = grow_mask(normalize_mask(job.mask_image, size), job.growmask)
     assert np.array_equal(np.asarray(out)[~grown], np.asarray(job.main_image)[~grown])
+
+
+def test_a_set_folder_given_directly_must_be_the_named_set(tiny_flux2_weights):
+    with pytest.raises(WeightsError, match="holds the model set flux2-klein-base, not flux2-klein"):
+        load_engine("diffusion", tiny_flux2_weights / "flux2-klein-base", model_set="flux2-klein")
+    assert load_engine("diffusion", tiny_flux2_weights / "flux2-klein").engine.name == "diffusion/flux2-klein"
+
+
+def test_an_interrupted_download_is_named_as_the_flux2_set_it_is(tiny_flux2_weights, tmp_path):
+    """The text encoder shards come before the transformer in the manifest: a download stopped there still has
+    a model_index.json naming FLUX.2, and the error must say what FLUX.2 lacks, not what SD1.5 would need."""
+    shutil.copytree(tiny_flux2_weights / "flux2-klein", tmp_path / "partial")
+    shutil.rmtree(tmp_path / "partial/base/transformer")
+    with pytest.raises(WeightsError, match="missing base/transformer"):
+        load_engine("diffusion", tmp_path / "partial")
+
+
+def test_a_stray_single_file_checkpoint_does_not_confuse_a_flux2_set(tiny_flux2_weights, tmp_path):
+    shutil.copytree(tiny_flux2_weights / "flux2-klein", tmp_path / "flux2-klein")
+    (tmp_path / "flux2-klein/base.safetensors").write_bytes(b"stray")
+    assert load_engine("auto", tmp_path).engine.name == "diffusion/flux2-klein"

@@ -169,3 +169,16 @@ def test_the_pattern_keeps_its_own_mean_colour_under_heavy_shading():
     mask = normalize_mask(job.mask_image, job.main_image.size)
     assert metrics.pattern_colour_carried(out, original, mask, np.asarray(job.object_image)) > 0.95
     assert metrics.shading_kept(out, original, mask) > 0.6
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 3), (20000, 2), (2, 3000)])
+def test_objects_too_thin_to_cut_out_are_used_whole(size):
+    """No backdrop can be told apart in a few pixels: the whole image is the object (was a numpy or OpenCV error)."""
+    cut = cut_out(Image.new("RGB", size, (200, 10, 10)))
+    assert cut.size == size and np.asarray(cut.getchannel("A")).min() == 255
+    job = SwapJob(
+        main_image=noise_image((200, 150), seed=2),
+        mask_image=rect_mask((200, 150), (60, 40, 140, 120)),
+        object_image=Image.new("RGB", size, (200, 10, 10)),
+    )
+    assert place(job).image.size == (200, 150)

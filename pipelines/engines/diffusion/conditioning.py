@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from PIL import Image
 
@@ -53,9 +55,20 @@ def set_ip_adapter_strengths(unet, style_block: str, subject: float, fashion: fl
     return scales
 
 
-def ip_adapter_masks(mask: np.ndarray, size: tuple[int, int]) -> list:
-    """The reference confined to the region being repainted: diffusers' IPAdapterMaskProcessor, one adapter."""
+DEEPEST_STRIDE = 64  # pixels per token at the UNets' deepest attention (SD1.5's mid block: latent / 8)
+
+
+def ip_adapter_masks(mask: np.ndarray, size: tuple[int, int]) -> list | None:
+    """The reference confined to the region being repainted: diffusers' IPAdapterMaskProcessor, one adapter.
+
+    None where diffusers cannot downsample the mask: it divides by zero when a layer has fewer tokens than
+    the crop's width/height ratio (a strip along an image's edge). The reference then acts on the whole
+    crop, of which only the grown mask is kept anyway.
+    """
     from diffusers.image_processor import IPAdapterMaskProcessor
 
+    width, height = size
+    if math.ceil(width / DEEPEST_STRIDE) * math.ceil(height / DEEPEST_STRIDE) < width / height:
+        return None
     picture = Image.fromarray((mask * 255).astype(np.uint8), "L")
     return [IPAdapterMaskProcessor().preprocess([picture], height=size[1], width=size[0])]

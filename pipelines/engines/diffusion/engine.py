@@ -101,7 +101,7 @@ class DiffusionEngine:
             strength=strength,
             num_inference_steps=schedule_length(job.steps, strength),
             guidance_scale=job.guidance_scale,
-            cross_attention_kwargs={"ip_adapter_masks": ip_adapter_masks(crop.repainted, crop.size)},
+            cross_attention_kwargs=_mask_kwargs(ip_adapter_masks(crop.repainted, crop.size)),
             callback_on_step_end=step_callback(progress, job.steps),
         )
         generated = self._generate(arguments, job.seed)
@@ -223,3 +223,7 @@ def load_pipeline(model_set: ModelSet, device: torch.device, dtype: torch.dtype,
 def only_fp16_variant(base: Path) -> bool:
     unet = base / "unet"
     return any(unet.glob("*.fp16.safetensors")) and not (unet / "diffusion_pytorch_model.safetensors").exists()
+
+
+def _mask_kwargs(masks: list | None) -> dict | None:
+    return {"ip_adapter_masks": masks} if masks is not None else None
