@@ -31,7 +31,14 @@ THRESHOLDS: dict[str, tuple[str, float]] = {
     "pattern_colour_carried": (">=", 0.8),
     "backdrop_leak": ("<=", 0.10),
     "outside_changed": ("==", 0),
+    "box_iou": (">=", 0.85),
 }
+
+
+def iou(selected: np.ndarray, truth: np.ndarray) -> float:
+    """Intersection over union of two boolean masks (1 when both are empty)."""
+    union = np.logical_or(selected, truth).sum()
+    return float(np.logical_and(selected, truth).sum() / union) if union else 1.0
 
 
 def pattern_coverage(out: np.ndarray, original: np.ndarray, mask: np.ndarray) -> float:

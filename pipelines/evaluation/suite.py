@@ -11,14 +11,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipelines.evaluation import metrics
+from pipelines.evaluation import SUITE_DIR, metrics
+from pipelines.evaluation.selection import SelectionCase, evaluate_selections
 from pipelines.evaluation.sheet import contact_sheet
 from pipelines.imageops import grow_mask, normalize_mask
 from pipelines.interface import Engine
 from pipelines.job import build_job
+from pipelines.masks import Segmenter
 from pipelines.placement import cut_out, resolve_mode
 
-SUITE_DIR = Path(__file__).resolve().parent / "suite"
 FILE_KEYS = ("name", "main", "mask", "object", "checks")
 
 
@@ -47,10 +48,18 @@ def load_suite(folder: Path = SUITE_DIR) -> list[Case]:
     ]
 
 
-def evaluate(engine: Engine, cases: list[Case], out_dir: Path, similarity=None) -> dict:
+def evaluate(
+    engine: Engine,
+    cases: list[Case],
+    out_dir: Path,
+    similarity=None,
+    segmenter: Segmenter | None = None,
+    selections: list[SelectionCase] = (),
+) -> dict:
     """Run every case, write `<case>.png`, `report.json` and `sheet.png` into `out_dir`; return the report.
 
-    `similarity(reference, crop) -> float`, when given, adds the object similarity of each case.
+    `similarity(reference, crop) -> float`, when given, adds the object similarity of each case; `segmenter`
+    runs the selection cases (box IoU against true outlines, `select-<case>.png`).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, outputs = [], []
@@ -71,10 +80,12 @@ def evaluate(engine: Engine, cases: list[Case], out_dir: Path, similarity=None) 
         row["passed"] = all(entry["passed"] for entry in row["measures"].values())
         rows.append(row)
         outputs.append(output)
+    selected = evaluate_selections(segmenter, list(selections), out_dir) if segmenter is not None else []
     report = {
         "engine": engine.name,
         "cases": rows,
-        "passed": all(row["passed"] for row in rows),
+        "selection": selected,
+        "passed": all(row["passed"] for row in rows) and all(row["box_iou"]["passed"] for row in selected),
         "thresholds": {name: f"{op} {limit}" for name, (op, limit) in metrics.THRESHOLDS.items()},
     }
     if similarity is None:

@@ -25,11 +25,20 @@ def add_eval_command(subparsers) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from pipelines.evaluation.selection import load_selections
     from pipelines.evaluation.suite import evaluate, load_suite
+    from pipelines.masks import load_segmenter
 
     settings = settings_from(args)
     engine = load_configured_engine(settings)
-    report = evaluate(engine, load_suite(), args.out, similarity=_similarity(settings.weights_dir))
+    report = evaluate(
+        engine,
+        load_suite(),
+        args.out,
+        similarity=_similarity(settings.weights_dir),
+        segmenter=load_segmenter(settings.weights_dir),
+        selections=load_selections(),
+    )
     print(json.dumps(_summary(report), indent=2))
     print(f"wrote {args.out / 'report.json'} and {args.out / 'sheet.png'}", file=sys.stderr)
     return 0 if report["passed"] else 1
@@ -51,4 +60,7 @@ def _summary(report: dict) -> dict:
         | ({"object_similarity": row["object_similarity"]} if "object_similarity" in row else {})
         for row in report["cases"]
     }
-    return {"engine": report["engine"], "passed": report["passed"], "cases": cases}
+    selection = {
+        row["case"]: {"box_iou": row["box_iou"]["value"], "by": row["segmenter"]} for row in report["selection"]
+    }
+    return {"engine": report["engine"], "passed": report["passed"], "cases": cases, "selection": selection}
