@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     )
     ip_adapter: Literal["plus", "plain"] = "plus"
     device: str = Field("auto", description="torch device: auto, cuda, cuda:1, mps, cpu")
+    segmenter: Literal["auto", "grabcut", "sam2"] = Field(
+        "auto",
+        description="selection by box, points or words: SAM 2 (with OWLv2 for words) when its sets are in "
+        "weights_dir, else GrabCut (auto); or force one",
+    )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     cpu_offload: bool = Field(False, description="keep models in CPU memory, move each to the GPU when used")
     vae_tiling: bool = Field(False, description="decode in tiles (less GPU memory for large crops)")

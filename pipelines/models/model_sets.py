@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from pipelines.errors import WeightsError
+from pipelines.masks.model_files import DETECTOR, SAM2
 
 Arch = Literal["sdxl", "sd15", "flux2"]
 Variant = Literal["plus", "plain"]
@@ -29,6 +30,8 @@ ARCHS: tuple[Arch, ...] = ("sdxl", "sd15", "flux2")
 # (the reference image in attention keeps identity and patterns best, 4 steps), SDXL + IP-Adapter, the
 # undistilled klein base (same fidelity at 10x the model evaluations), SD1.5 + IP-Adapter (lightest).
 SETS: dict[str, Arch] = {"flux2-klein": "flux2", "sdxl": "sdxl", "flux2-klein-base": "flux2", "sd15": "sd15"}
+# The selection models' sets (pipelines/masks): each named for its arch, laid out as its Hub repository.
+MASK_SETS: tuple[str, ...] = (SAM2, DETECTOR)
 IMAGE_ENCODER = "models/image_encoder"
 ADAPTERS: dict[tuple[Arch, Variant], str] = {
     ("sdxl", "plain"): "sdxl_models/ip-adapter_sdxl_vit-h.safetensors",

@@ -19,7 +19,6 @@ hand (byte-level CLIP vocabulary, no merges), nothing touches the hub.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -44,10 +43,11 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from pipelines.models.model_sets import SETS, ModelSet, model_set_at
+from pipelines.models.model_sets import MASK_SETS, SETS, ModelSet, model_set_at
 from pipelines.models.single_file import export_single_file, strip_base_weights
 from pipelines.models.tiny_flux2 import write_tiny_flux2
-from pipelines.models.tiny_parts import byte_chars, seed_component
+from pipelines.models.tiny_masks import write_tiny_owlv2, write_tiny_sam2
+from pipelines.models.tiny_parts import clip_vocab, seed_component, write_clip_tokenizer
 
 MAX_TOKENS = 77
 SAMPLE_SIZE = 8  # latent side; with the 8x VAE the default image is 64x64
@@ -66,7 +66,7 @@ PLAIN_TOKENS = 4
 
 
 def make_tiny(
-    out_dir: Path, *, seed: int = 0, sets: tuple[str, ...] = tuple(SETS), single_file: bool = False
+    out_dir: Path, *, seed: int = 0, sets: tuple[str, ...] = (*SETS, *MASK_SETS), single_file: bool = False
 ) -> list[Path]:
     """Write tiny random-weight model sets, one folder per set name, laid out as a real download; returns the folders.
 
@@ -74,13 +74,17 @@ def make_tiny(
     `single_file`, each SD set's base is written as a single-file checkpoint in the original key format
     (`base.safetensors`, like a model shared on a model site) next to a config-only `base/`: same weights.
     """
-    unknown = set(sets) - set(SETS)
+    known = (*SETS, *MASK_SETS)
+    unknown = set(sets) - set(known)
     if unknown:
-        raise ValueError(f"unknown model set(s) {sorted(unknown)}; known: {', '.join(SETS)}")
+        raise ValueError(f"unknown model set(s) {sorted(unknown)}; known: {', '.join(known)}")
+    writers = {"sam2": write_tiny_sam2, "owlv2": write_tiny_owlv2}
     folders = []
     for name in sets:
         folder = Path(out_dir) / name
-        if SETS[name] == "flux2":
+        if name in writers:
+            writers[name](folder, seed)
+        elif SETS[name] == "flux2":
             write_tiny_flux2(folder, distilled=name == "flux2-klein", seed=seed)
         else:
             _write_sd_set(ModelSet(SETS[name], folder), seed, single_file)
@@ -110,13 +114,6 @@ def to_single_file(set_dir: Path) -> Path:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _clip_vocab() -> dict[str, int]:
-    """A byte-level CLIP vocabulary with no merges: every byte, alone and word-final."""
-    chars = byte_chars()
-    tokens = [*chars, *(c + "</w>" for c in chars), "<|startoftext|>", "<|endoftext|>"]
-    return {token: i for i, token in enumerate(tokens)}
 
 
 # ---------------------------------------------------------------- base pipeline
@@ -258,7 +255,7 @@ def _sdxl_scheduler() -> EulerDiscreteScheduler:
 def _text_encoder(seed: int, name: str, hidden: int, projection_dim: int | None = None):
     """CLIPTextModel, or CLIPTextModelWithProjection when projection_dim is given."""
     config = CLIPTextConfig(
-        vocab_size=len(_clip_vocab()),
+        vocab_size=len(clip_vocab()),
         hidden_size=hidden,
         intermediate_size=37,
         num_hidden_layers=2,
@@ -278,40 +275,14 @@ def _text_encoder(seed: int, name: str, hidden: int, projection_dim: int | None 
 
 
 def _tokenizer(pad_token: str) -> CLIPTokenizer:
-    return CLIPTokenizer(vocab=_clip_vocab(), merges=[], model_max_length=MAX_TOKENS, pad_token=pad_token)
+    return CLIPTokenizer(vocab=clip_vocab(), merges=[], model_max_length=MAX_TOKENS, pad_token=pad_token)
 
 
 def _write_tokenizer(folder: Path, pad_token: str) -> None:
-    """Write the tokenizer files the real repos ship: vocab.json, merges.txt and two configs.
-
-    transformers 5 saves tokenizers as a single tokenizer.json; the real repos
-    have no such file, and transformers converts vocab.json/merges.txt on load.
-    Replacing what save_pretrained wrote keeps the tiny set on that same path.
-    """
+    """Replace what save_pretrained wrote (transformers 5: one tokenizer.json) with the files the real repos
+    ship (vocab.json, merges.txt, two configs): transformers converts those on load, as for real weights."""
     shutil.rmtree(folder)
-    folder.mkdir()
-    _dump_json(folder / "vocab.json", _clip_vocab())
-    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    special = {
-        "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>",
-        "pad_token": pad_token,
-        "unk_token": "<|endoftext|>",
-    }
-    _dump_json(folder / "special_tokens_map.json", special)
-    config = {
-        "add_prefix_space": False,
-        "do_lower_case": True,
-        "errors": "replace",
-        "model_max_length": MAX_TOKENS,
-        "tokenizer_class": "CLIPTokenizer",
-        **special,
-    }
-    _dump_json(folder / "tokenizer_config.json", config)
-
-
-def _dump_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_clip_tokenizer(folder, pad_token, MAX_TOKENS)
 
 
 # ---------------------------------------------------------------- IP-Adapter, original format

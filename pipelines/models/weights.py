@@ -27,7 +27,7 @@ import httpx
 
 from pipelines import paths
 from pipelines.errors import WeightsError
-from pipelines.models.model_sets import ARCHS
+from pipelines.models.model_sets import ARCHS, MASK_SETS
 
 DEFAULT_MANIFEST = Path(__file__).resolve().parent / "manifest.toml"  # package data
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -144,8 +144,8 @@ def _parse_set(where: str, name: str, raw: object) -> ManifestSet:
         raise WeightsError(f"{where} needs a description string")
     if not isinstance(license_, str) or not license_:
         raise WeightsError(f"{where} needs a license string (the licences of its weights)")
-    if arch not in ARCHS:
-        raise WeightsError(f"{where} has arch {arch!r}; expected one of {', '.join(ARCHS)}")
+    if arch not in ARCHS + MASK_SETS:
+        raise WeightsError(f"{where} has arch {arch!r}; expected one of {', '.join(ARCHS + MASK_SETS)}")
     if not isinstance(raw_files, list) or not raw_files:
         raise WeightsError(f"{where} lists no files ([[sets.{name}.files]])")
     files = tuple(_parse_file(f"{where} file {i}", item) for i, item in enumerate(raw_files, 1))

@@ -17,6 +17,7 @@ from server.api.access_log import AccessMiddleware
 from server.api.docs import mount_docs
 from server.api.errors import install_error_handlers
 from server.api.health import router as router_health
+from server.api.masks import router as router_masks
 from server.api.playground import mount_playground
 from server.api.v1 import router as router_v1
 from server.api.v2 import router as router_v2
@@ -24,6 +25,7 @@ from server.jobs.dispatcher import JobRunner
 from server.jobs.store import open_job_store
 from server.serving.lifecycle import Lifecycle
 from server.serving.metrics import Metrics
+from server.serving.selection import SelectionService
 from server.serving.work_queue import WorkQueue
 from server.serving.workers import EngineFactory, load_configured_engine, same_engine, start_workers, visible_devices
 from server.settings import Settings
@@ -69,9 +71,11 @@ def create_app(
     app.state.key_file = KeyFile(settings.keys_file) if settings.keys_file else None
     app.state.credits = open_ledger(settings) if settings.keys_file else None
     app.state.limiter = RateLimiter()
+    app.state.selection = SelectionService(settings)
     metrics.watch_queue(lambda: work.depth, lambda: work.in_flight)
     install_error_handlers(app)
     app.include_router(router_v1)
+    app.include_router(router_masks)
     app.include_router(router_health)
     app.include_router(router_v2)
     mount_playground(app)

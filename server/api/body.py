@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 
 from fastapi import Request
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
@@ -20,17 +20,18 @@ UPLOADED = "(uploaded file)"
 
 @dataclass
 class ParsedBody:
-    request: SwapRequest
+    request: BaseModel  # the route's contract: SwapRequest, AsyncSwapRequest, MaskRequest
     uploads: dict[str, bytes] = field(default_factory=dict)
     """Image fields sent as multipart files; their value in `request` is a placeholder."""
 
     def image_sources(self) -> dict[str, str | bytes]:
-        """Each image field as sent: an uploaded file's bytes, else the URL or base64 text."""
-        return {name: self.uploads.get(name, getattr(self.request, name)) for name in IMAGE_FIELDS}
+        """Each image field sent: an uploaded file's bytes, else the URL or base64 text."""
+        sent = [name for name in IMAGE_FIELDS if getattr(self.request, name, None) is not None]
+        return {name: self.uploads.get(name, getattr(self.request, name)) for name in sent}
 
 
 async def read_swap_body(
-    request: Request, max_bytes: int, timeout_s: float, model: type[SwapRequest] = SwapRequest
+    request: Request, max_bytes: int, timeout_s: float, model: type[BaseModel] = SwapRequest
 ) -> ParsedBody:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in ("application/json", "multipart/form-data"):
@@ -72,7 +73,7 @@ def _parse_json(body: bytes) -> dict:
     return data
 
 
-async def _parse_multipart(request: Request, body: bytes, max_bytes: int, model: type[SwapRequest]) -> ParsedBody:
+async def _parse_multipart(request: Request, body: bytes, max_bytes: int, model: type[BaseModel]) -> ParsedBody:
     async def replay() -> dict:
         return {"type": "http.request", "body": body, "more_body": False}
 
@@ -95,7 +96,7 @@ async def _parse_multipart(request: Request, body: bytes, max_bytes: int, model:
     return ParsedBody(_validate(model, data, strict=False), uploads)
 
 
-def _validate(model: type[SwapRequest], data: dict, *, strict: bool) -> SwapRequest:
+def _validate(model: type[BaseModel], data: dict, *, strict: bool) -> BaseModel:
     try:
         return model.model_validate(data, strict=strict)
     except ValidationError as exc:

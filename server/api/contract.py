@@ -6,26 +6,79 @@ Field names, defaults and ranges are those of the hosted SegSwap v0.1 API;
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.job import MAX_SEED
+from pipelines.masks import Selector
+from pipelines.masks.selector import MAX_POINTS, MAX_TEXT
 
 IMAGE_DESCRIPTION = "an http(s) URL, raw base64, or a data:image/...;base64, URI (PNG, JPEG or WEBP)"
 
 
-class SwapRequest(BaseModel):
+class Selection(BaseModel):
+    """The region given by where it is instead of a painted mask (extension fields): one of box, points, text."""
+
+    box: list[float] | None = Field(
+        None,
+        min_length=4,
+        max_length=4,
+        description="Extension: select by a box [x0, y0, x1, y1] in main-image pixels (x1, y1 exclusive).",
+    )
+    points: list[list[float]] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_POINTS,
+        description="Extension: select by points [[x, y, label], ...] in main-image pixels; label 1 = inside the "
+        "object, 0 = outside.",
+    )
+    text: str | None = Field(
+        None,
+        max_length=MAX_TEXT,
+        description='Extension: select by words ("the sofa"); needs the sam2 and owlv2 model sets.',
+    )
+
+    @field_validator("box", "points", mode="before")
+    @classmethod
+    def _json_text(cls, value: object) -> object:
+        """A multipart form sends arrays as text: `[10, 20, 300, 400]`."""
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError("must be a JSON array") from None
+        return value
+
+    def exactly_one(self, *names: str):
+        """This request, if exactly one of the fields `names` was sent; else a ValueError saying which were."""
+        given = [name for name in names if getattr(self, name) is not None]
+        if len(given) != 1:
+            got = f" (got {', '.join(given)})" if given else ""
+            raise ValueError(f"give the region as exactly one of {', '.join(names)}{got}")
+        return self
+
+    def selector(self) -> Selector | None:
+        """The selection, or None when the request sent none."""
+        if self.box is None and self.points is None and self.text is None:
+            return None
+        return Selector.build(self.box, self.points, self.text)
+
+
+class SwapRequest(Selection):
     """Body of POST /v1/seg-swap."""
 
     model_config = ConfigDict(extra="forbid")
 
     main_image: str = Field(min_length=1, description=f"The scene: {IMAGE_DESCRIPTION}.")
-    mask_image: str = Field(
+    mask_image: str | None = Field(
+        None,
         min_length=1,
         description=f"The region to replace, white (or opaque alpha) on black: {IMAGE_DESCRIPTION}. "
-        "Resized to the main image (nearest-neighbour) when sizes differ.",
+        "Resized to the main image (nearest-neighbour) when sizes differ. Required unless the region is selected "
+        "by `box`, `points` or `text` instead.",
     )
     object_image: str = Field(min_length=1, description=f"The object or pattern to put there: {IMAGE_DESCRIPTION}.")
     prompt: str = Field("", max_length=4000, description="Text describing the scene or the object.")
@@ -68,6 +121,32 @@ class SwapRequest(BaseModel):
     image_format: Literal["png", "jpeg", "webp"] = Field("png", description="Output image format.")
     image_quality: int = Field(95, ge=10, le=100, description="Output quality for jpeg and webp.")
     base64: bool = Field(False, description="false: the raw image bytes; true: JSON with the image as base64.")
+
+    @model_validator(mode="after")
+    def _one_region(self) -> SwapRequest:
+        return self.exactly_one("mask_image", "box", "points", "text")
+
+
+class MaskRequest(Selection):
+    """Body of POST /v1/seg-mask."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    main_image: str = Field(min_length=1, description=f"The image to select in: {IMAGE_DESCRIPTION}.")
+    base64: bool = Field(False, description="false: the mask as PNG bytes; true: JSON with the mask as base64.")
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> MaskRequest:
+        return self.exactly_one("box", "points", "text")
+
+
+class MaskResponse(BaseModel):
+    """Body of a 200 answer from /v1/seg-mask when the request asked for `base64: true`."""
+
+    mask: str = Field(description="The mask as a base64 PNG, the main image's size: white = selected.")
+    segmenter: str = Field(description="What made it: grabcut, sam2, sam2+owlv2.")
+    selected_share: float = Field(description="Share of the image's pixels selected.")
+    selection_time: float = Field(description="Seconds spent selecting.")
 
 
 class AsyncSwapRequest(SwapRequest):
@@ -128,6 +207,8 @@ def json_field_label(name: str) -> str:
 def describe_validation_error(exc: ValidationError, label: Callable[[str], str] = json_field_label) -> str:
     """The first problem of a pydantic error, as one sentence that names the field and the rule."""
     err = exc.errors(include_url=False)[0]
+    if not err["loc"] and err["type"] == "value_error":  # a rule across fields: its own sentence
+        return str(err["ctx"]["error"])
     field = label(".".join(str(part) for part in err["loc"]) or "body")
     if err["type"] == "extra_forbidden":
         return f"unknown {field}"

@@ -1,4 +1,4 @@
-"""What the OpenAPI schema says about /v1/seg-swap that FastAPI cannot infer.
+"""What the OpenAPI schema says about /v1/seg-swap and /v1/seg-mask that FastAPI cannot infer.
 
 The route reads its body itself (JSON or multipart, with the contract's own error
 messages), so the request body and the image responses are described here.
@@ -6,15 +6,19 @@ messages), so the request body and the image responses are described here.
 
 from __future__ import annotations
 
+from pydantic import BaseModel
+
 from pipelines import IMAGE_FIELDS
-from server.api.contract import ErrorResponse, SwapRequest, SwapResponse
+from server.api.contract import ErrorResponse, MaskResponse, SwapRequest, SwapResponse
 from server.inputs.encode import MEDIA_TYPES
 
 
-def _multipart_schema(model: type[SwapRequest]) -> dict:
+def _multipart_schema(model: type[BaseModel]) -> dict:
     schema = model.model_json_schema()
-    schema["title"] = "SwapRequestForm"
+    schema["title"] = model.__name__.removesuffix("Request") + "RequestForm"
     for name in IMAGE_FIELDS:
+        if name not in schema["properties"]:
+            continue
         text = schema["properties"][name]
         # Plain string: an uploaded file part is a string too in OpenAPI 3.1, and `format: binary`
         # inside anyOf trips schema-driven clients and fuzzers.
@@ -23,10 +27,15 @@ def _multipart_schema(model: type[SwapRequest]) -> dict:
             "type": "string",
             "minLength": 1,
         }
+    for name in ("box", "points"):  # a form sends arrays as JSON text
+        schema["properties"][name] = {
+            "description": schema["properties"][name]["description"] + " In multipart bodies: as JSON text.",
+            "type": "string",
+        }
     return schema
 
 
-def swap_request_body(model: type[SwapRequest] = SwapRequest) -> dict:
+def swap_request_body(model: type[BaseModel] = SwapRequest) -> dict:
     return {
         "requestBody": {
             "required": True,
@@ -72,4 +81,26 @@ def swap_responses() -> dict:
     }
     for status, text in ERRORS.items():
         responses[status] = {"description": text, "model": ErrorResponse}
+    return responses
+
+
+def mask_responses() -> dict:
+    responses: dict = {
+        200: {
+            "description": "The mask as PNG (white = selected, the main image's size), or JSON with it as base64 "
+            "when `base64` is true.",
+            "model": MaskResponse,
+            "headers": {
+                "x-request-id": SWAP_HEADERS["x-request-id"],
+                "x-segswap-segmenter": {
+                    "description": "What selected: grabcut, sam2, sam2+owlv2.",
+                    "schema": {"type": "string"},
+                },
+            },
+            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    }
+    for status, text in ERRORS.items():
+        if status not in (429, 504):
+            responses[status] = {"description": text, "model": ErrorResponse}
     return responses

@@ -49,6 +49,11 @@ async def seg_swap(
     parsed = await read_swap_body(request, settings.max_body_bytes, settings.body_timeout_s)
     body = parsed.request
     images = await resolve_images(parsed.image_sources(), settings)
+    selector = body.selector()
+    if selector is not None:  # the region given by a box, points or words instead of a mask
+        selected = await request.app.state.selection.select(images["main_image"], selector)
+        images["mask_image"] = selected.mask
+        timings["selection_s"] = round(selected.seconds, 4)
     check_encodable(images["main_image"].size, body.image_format)
     job = build_job(body.model_dump(), images)
     del images

@@ -80,10 +80,11 @@ def _normalise_mode(image: Image.Image) -> Image.Image:
 
 
 def decode_inputs(data: dict[str, bytes], max_pixels: int) -> dict[str, Image.Image]:
-    """The three images of a request, decoded; a mask drawn on an EXIF-turned main image's stored pixels is
-    turned the same way (see align_mask)."""
+    """A request's images, decoded; a mask drawn on an EXIF-turned main image's stored pixels is turned the
+    same way (see align_mask). A request that selects its region by box, points or words sends no mask."""
     images = {field: decode_image(value, field, max_pixels) for field, value in data.items()}
-    images["mask_image"] = align_mask(images["main_image"], images["mask_image"])
+    if "mask_image" in images:
+        images["mask_image"] = align_mask(images["main_image"], images["mask_image"])
     return images
 
 

@@ -22,6 +22,12 @@ def refuse_if_unavailable(lifecycle: Lifecycle, work: WorkQueue, check_queue: bo
         raise queue_full_error(full) from None
 
 
+def refuse_if_draining(lifecycle: Lifecycle) -> None:
+    """For work that needs no engine (selection): refused only while the server shuts down."""
+    if lifecycle.draining:
+        raise Unavailable("the server is shutting down", {"Retry-After": "5"})
+
+
 def queue_full_error(full: QueueFull) -> TooManyRequests:
     reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + full.retry_after_s))
     headers = {"Retry-After": str(full.retry_after_s), "x-rate-limit-reset-at-utc": reset}
