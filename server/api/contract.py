@@ -43,14 +43,19 @@ class Selection(BaseModel):
 
     @field_validator("box", "points", mode="before")
     @classmethod
-    def _json_text(cls, value: object) -> object:
-        """A multipart form sends arrays as text: `[10, 20, 300, 400]`."""
-        if isinstance(value, str):
-            try:
-                return json.loads(value)
-            except json.JSONDecodeError:
-                raise ValueError("must be a JSON array") from None
-        return value
+    def _from_text(cls, value: object, info) -> object:
+        """Arrays sent as text (a multipart form, a command line): JSON (`[10, 20, 300, 400]`), or plain
+        numbers (`10,20,300,400`; points as `x,y,label;x,y,label`)."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if not text.startswith("["):
+            rows = [f"[{row}]" for row in text.split(";")] if info.field_name == "points" else [text]
+            text = "[" + ",".join(rows) + "]"
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            raise ValueError("must be a JSON array, or numbers separated by commas") from None
 
     def exactly_one(self, *names: str):
         """This request, if exactly one of the fields `names` was sent; else a ValueError saying which were."""

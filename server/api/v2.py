@@ -21,7 +21,7 @@ from server.api.deps import CallerDep, JobsDep, LifecycleDep, SettingsDep
 from server.api.openapi_docs import swap_request_body
 from server.errors import Conflict, NotFound, TooManyRequests
 from server.inputs.decode import decode_inputs
-from server.inputs.encode import check_encodable
+from server.inputs.encode import check_encodable, encode_image
 from server.inputs.fetch import check_url
 from server.inputs.resolve import fetch_inputs
 from server.inputs.ssrf import AllowList
@@ -66,6 +66,10 @@ async def submit(
     inputs = await fetch_inputs(parsed.image_sources(), settings)
     images = await asyncio.to_thread(decode_inputs, inputs, settings.max_image_pixels)  # refused now, not later
     check_encodable(images["main_image"].size, body.image_format)
+    selector = body.selector()
+    if selector is not None:  # selected now, stored as the job's mask: the job runs as if it had been painted
+        selected = await request.app.state.selection.select(images["main_image"], selector)
+        inputs["mask_image"] = await asyncio.to_thread(encode_image, selected.mask, "png", 95)
     del images
     await _check_storage(jobs.store, caller, sum(len(data) for data in inputs.values()), settings)
     charged = await metering.reserve(request, caller, settings.credit_cost)

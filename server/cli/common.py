@@ -27,6 +27,9 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
         "--model-set", choices=list(SETS), help="model set to load (default: the first complete one in this order)"
     )
     parser.add_argument("--ip-adapter", choices=["plus", "plain"], help="IP-Adapter variant (default: plus)")
+    parser.add_argument(
+        "--segmenter", choices=["auto", "grabcut", "sam2"], help="selection by box, points or words (default: auto)"
+    )
     parser.add_argument("--device", help="torch device: auto, cuda, cuda:1, mps, cpu (default: auto)")
     parser.add_argument(
         "--dtype", choices=["auto", "float32", "float16", "bfloat16"], help="model dtype (default: auto)"
@@ -40,6 +43,7 @@ def settings_from(args: argparse.Namespace, **extra: object) -> Settings:
         "weights_dir": args.weights,
         "model_set": args.model_set,
         "ip_adapter": args.ip_adapter,
+        "segmenter": args.segmenter,
         "device": args.device,
         "dtype": args.dtype,
         **extra,

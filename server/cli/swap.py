@@ -12,6 +12,7 @@ from typing import Literal, get_args, get_origin
 from pydantic import ValidationError
 
 from pipelines import IMAGE_FIELDS, build_job
+from pipelines.masks import load_segmenter, select_mask
 from server.api.contract import SwapRequest, describe_validation_error
 from server.cli.common import CliError, add_engine_flags, flag, settings_from
 from server.inputs.decode import decode_inputs
@@ -26,8 +27,10 @@ def add_swap_command(subparsers) -> None:
     parser = subparsers.add_parser("swap", help="run one swap offline and write the image")
     fields = SwapRequest.model_fields
     for name in IMAGE_FIELDS:
+        what = fields[name].description.split(":")[0]
+        optional = " (or select it with --box, --points or --text)" if name == "mask_image" else ""
         parser.add_argument(
-            flag(name), dest=name, required=True, help=f"{fields[name].description.split(':')[0]}: a path or URL"
+            flag(name), dest=name, required=name != "mask_image", help=f"{what}: a path or URL{optional}"
         )
     for name, field in fields.items():
         if name in IMAGE_FIELDS or name == "base64":
@@ -48,9 +51,16 @@ def run_swap(args: argparse.Namespace) -> int:
     request = _validated_request(args)
     if not args.output.parent.is_dir():
         raise CliError(f"-o: no such folder: {args.output.parent}")
-    data = {name: read_source(getattr(args, name), name, settings) for name in IMAGE_FIELDS}
-    images = decode_inputs(data, settings.max_image_pixels)
+    sent = [name for name in IMAGE_FIELDS if getattr(args, name) is not None]
+    images = decode_inputs(
+        {name: read_source(getattr(args, name), name, settings) for name in sent}, settings.max_image_pixels
+    )
     check_encodable(images["main_image"].size, request.image_format)
+    selector = request.selector()
+    if selector is not None:
+        segmenter = load_segmenter(settings.weights_dir, settings.segmenter, settings.device)
+        images["mask_image"] = select_mask(images["main_image"], selector, segmenter)
+        print(f"selected the region by {selector.kind} ({segmenter.name})", file=sys.stderr)
     job = build_job(request.model_dump(), images)
 
     engine = load_configured_engine(settings)
