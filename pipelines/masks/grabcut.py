@@ -163,5 +163,9 @@ def _keep_selected(mask: np.ndarray, selector: Selector, crop: Box) -> np.ndarra
     hole_parts, hole_count = ndimage.label(holes)
     if hole_count:
         small = ndimage.sum(holes, hole_parts, range(1, hole_count + 1)) < HOLE_SHARE * chosen.sum()
-        chosen |= np.isin(hole_parts, np.flatnonzero(small) + 1)
+        fill = set(np.flatnonzero(small) + 1)
+        for x, y, label in selector.points or ():
+            if label == 0:  # a hole the caller made on purpose stays open
+                fill.discard(hole_parts[y - crop[1], x - crop[0]])
+        chosen |= np.isin(hole_parts, list(fill))
     return chosen

@@ -7,13 +7,17 @@ import pytest
 
 from pipelines import CompositeEngine
 from pipelines.evaluation import metrics
+from pipelines.evaluation.selection import load_selections
 from pipelines.evaluation.suite import evaluate, load_suite
+from pipelines.masks import GrabCutSegmenter
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
-    return evaluate(CompositeEngine(), load_suite(), out), out
+    return evaluate(
+        CompositeEngine(), load_suite(), out, segmenter=GrabCutSegmenter(), selections=load_selections()
+    ), out
 
 
 def test_the_composite_engine_meets_every_threshold_on_the_suite(report):
@@ -21,7 +25,23 @@ def test_the_composite_engine_meets_every_threshold_on_the_suite(report):
     failures = {row["case"]: row["measures"] for row in result["cases"] if not row["passed"]}
     assert result["passed"], failures
     checked = {name for row in result["cases"] for name in row["measures"]}
+    checked |= {"box_iou"} if result["selection"] else set()
     assert checked == set(metrics.THRESHOLDS)  # every measure is exercised by some case
+
+
+def test_eval_measures_box_selection_against_true_outlines(report):
+    result, out = report
+    rows = {row["case"]: row for row in result["selection"]}
+    assert set(rows) == {case.name for case in load_selections()} and len(rows) >= 4
+    assert all(row["segmenter"] == "grabcut" and row["box_iou"]["passed"] for row in rows.values()), rows
+    assert all((out / f"select-{name}.png").is_file() for name in rows)
+
+
+def test_iou_means_what_it_says():
+    a = np.zeros((10, 10), bool)
+    b = np.zeros((10, 10), bool)
+    a[:, :5], b[:, 2:6] = True, True
+    assert metrics.iou(a, b) == pytest.approx(30 / 60) and metrics.iou(a, a) == 1.0
 
 
 def test_eval_writes_the_report_the_sheet_and_each_output(report):

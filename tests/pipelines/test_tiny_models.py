@@ -81,6 +81,11 @@ FLUX2_FILES = sorted(
     ]
 )
 EXPECTED_FILES["flux2-klein"] = EXPECTED_FILES["flux2-klein-base"] = FLUX2_FILES
+EXPECTED_FILES["sam2"] = ["config.json", "model.safetensors", "preprocessor_config.json"]
+EXPECTED_FILES["owlv2"] = sorted(
+    ["config.json", "model.safetensors", "preprocessor_config.json", "merges.txt", "vocab.json"]
+    + ["special_tokens_map.json", "tokenizer_config.json"]
+)
 PIPELINE_CLASS = {"sd15": StableDiffusionInpaintPipeline, "sdxl": StableDiffusionXLInpaintPipeline}
 # InstantStyle's style block for each arch, as a per-block scale.
 STYLE_SCALE = {
@@ -94,7 +99,8 @@ STYLE_BLOCK = {"sd15": "up_blocks.1.attentions.1", "sdxl": "up_blocks.0.attentio
 def tiny_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     sets = make_tiny(root)
-    assert sorted(sets) == [root / name for name in ("flux2-klein", "flux2-klein-base", "sd15", "sdxl")]
+    names = ("flux2-klein", "flux2-klein-base", "owlv2", "sam2", "sd15", "sdxl")
+    assert sorted(sets) == [root / name for name in names]
     return root
 
 
@@ -116,7 +122,7 @@ def _inputs():
     return image, mask, reference
 
 
-@pytest.mark.parametrize("arch", ["sd15", "sdxl", "flux2-klein", "flux2-klein-base"])
+@pytest.mark.parametrize("arch", ["sd15", "sdxl", "flux2-klein", "flux2-klein-base", "sam2", "owlv2"])
 def test_layout_is_exactly_the_real_one(tiny_root, arch):
     assert _files(tiny_root / arch) == EXPECTED_FILES[arch]
 

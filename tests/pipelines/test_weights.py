@@ -512,3 +512,17 @@ def test_shipped_flux2_sets_download_into_a_complete_set(tmp_path, name):
     weights_files = [spec for spec in model_set.files if spec.dest.endswith(".safetensors")]
     assert {spec.dest.split("/")[1] for spec in weights_files} == {"transformer", "vae", "text_encoder"}
     assert all(spec.size > 0 and spec.sha256 for spec in weights_files), "every weight file is pinned"
+
+
+@pytest.mark.parametrize("name", ["sam2", "owlv2"])
+def test_shipped_selection_sets_download_into_what_the_segmenter_loads(tmp_path, name):
+    from pipelines.masks import model_files
+
+    model_set = load_manifest().get(name)
+    assert model_set.arch == name and model_set.license == "apache-2.0"
+    assert model_files.installed(tmp_path, name) is None
+    for spec in model_set.files:
+        assert re.fullmatch(r"[0-9a-f]{40}", spec.revision) and spec.size > 0 and spec.sha256, spec.dest
+        (tmp_path / name / spec.dest).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name / spec.dest).write_bytes(b"{}")
+    assert model_files.installed(tmp_path, name) == tmp_path / name

@@ -153,3 +153,26 @@ def test_parallel_requests_never_overspend(keyed, body):
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [200] * 3 + [406] * 7
     assert balance(settings, "metered") == 0
+
+
+def test_selection_is_charged_like_a_swap_and_follows_the_swap_family(keyed):
+    """/v1/seg-mask costs what a swap costs, nothing when the request is refused, and belongs to the `swap`
+    endpoint family (a key limited to v2 may not call it)."""
+    from PIL import Image, ImageDraw
+
+    from tests.conftest import b64
+
+    settings, secrets = keyed
+    scene = Image.new("RGB", (96, 64), (40, 120, 60))
+    ImageDraw.Draw(scene).ellipse((30, 15, 65, 50), fill=(230, 40, 40))
+    body = {"main_image": b64(scene), "box": [25, 10, 70, 55]}
+    with client_for(settings) as client:
+        wait_ready(client)
+        outside = client.post(
+            "/v1/seg-mask", json={**body, "box": [0, 0, 500, 50]}, headers={"x-api-key": secrets["metered"]}
+        )
+        assert outside.status_code == 400 and balance(settings, "metered") == 2
+        first = client.post("/v1/seg-mask", json=body, headers={"x-api-key": secrets["metered"]})
+        assert first.status_code == 200 and first.headers["x-remaining-credits"] == "1"
+        other = client.post("/v1/seg-mask", json=body, headers={"x-api-key": secrets["other"]})
+        assert other.status_code == 403
