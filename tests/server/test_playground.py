@@ -51,7 +51,7 @@ SCREENSHOT = REPO / "test-output" / "playground.png"
 KEY = "playground-key-0123456789"
 MAIN_SIZE = (1200, 800)  # larger than its place on the page: painting must map display to natural pixels
 OBJECT_SIZE = (60, 40)
-PAGE_PATHS = {"/", "/playground/app.js", "/playground/style.css", "/v1/seg-swap"}
+PAGE_PATHS = {"/", "/playground/app.js", "/playground/style.css", "/v1/seg-swap", "/v1/seg-mask"}
 expect = sync_api.expect
 
 
@@ -373,4 +373,52 @@ def test_paste_drop_and_the_mask_tools(session, tmp_path):
     alpha.save(tmp_path / "alpha_mask.png")
     page.set_input_files("#mask-file", str(tmp_path / "alpha_mask.png"))
     page.wait_for_function(f"() => ({PAINTED_PIXELS})() === {100 * 50}")
+    assert session.problems == []
+
+
+def test_select_a_box_see_the_mask_refine_it_and_run(session, tmp_path):
+    """The select tool: a box dragged around an object comes back as its mask (POST /v1/seg-mask, GrabCut on
+    this server), shown over the image; the brush then adds to it, and Run swaps inside it."""
+    page = session.page
+    width, height = MAIN_SIZE
+    main = Image.new("RGB", MAIN_SIZE, (70, 110, 160))
+    ImageDraw.Draw(main).ellipse((420, 260, 780, 560), fill=(235, 60, 40))
+    truth = np.asarray(Image.new("L", MAIN_SIZE, 0)).copy()
+    truth_image = Image.fromarray(truth)
+    ImageDraw.Draw(truth_image).ellipse((420, 260, 780, 560), fill=255)
+    truth = np.asarray(truth_image) > 127
+    main.save(tmp_path / "main.png")
+    Image.new("RGB", OBJECT_SIZE, (20, 200, 90)).save(tmp_path / "object.png")
+    page.fill("#api-key", KEY)
+    load_inputs(page, tmp_path / "main.png", tmp_path / "object.png")
+    page.check("input[name=tool][value=select]")
+
+    box = page.locator("#mask-canvas").bounding_box()
+    corner = (box["x"] + 400 / width * box["width"], box["y"] + 240 / height * box["height"])
+    page.mouse.move(*corner)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 800 / width * box["width"], box["y"] + 580 / height * box["height"], steps=8)
+    expect(page.locator("#select-box")).to_be_visible()
+    page.mouse.up()
+    expect(page.locator("#status")).to_contain_text("Selected by grabcut", timeout=30_000)
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.locator("#main-panel").screenshot(path=str(SCREENSHOT.with_name("playground-select.png")))
+
+    selected = np.asarray(Image.open(io.BytesIO(download(page, "#save-mask"))).convert("L")) > 127
+    assert (selected & truth).sum() / (selected | truth).sum() > 0.9
+    painted = page.evaluate(PAINTED_PIXELS)
+    assert abs(painted - selected.sum()) < 0.01 * selected.size  # the mask is shown over the image
+
+    page.check("input[name=tool][value=brush]")
+    set_range(page, "#brush-size", 20)
+    paint_stroke(page, (0.1, 0.1), (0.2, 0.1))
+    refined = np.asarray(Image.open(io.BytesIO(download(page, "#save-mask"))).convert("L")) > 127
+    assert refined[selected].all() and refined.sum() > selected.sum()
+
+    set_range(page, "#growmask", 0)
+    page.click("#run")
+    expect(page.locator("#compare")).to_be_visible(timeout=30_000)
+    result = np.asarray(Image.open(io.BytesIO(download(page, "#download"))).convert("RGB"))
+    assert np.array_equal(result[~refined], np.asarray(main)[~refined])
+    assert any(urlsplit(url).path == "/v1/seg-mask" for url in session.requests)
     assert session.problems == []

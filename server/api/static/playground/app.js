@@ -1,6 +1,8 @@
-// segswap playground: a plain client of the public POST /v1/seg-swap (multipart), nothing more.
+// segswap playground: a plain client of the public POST /v1/seg-swap and /v1/seg-mask (multipart), nothing more.
 
 const API_PATH = "v1/seg-swap"; // relative, so the page also works behind a path prefix
+const SELECT_PATH = "v1/seg-mask";
+const CLICK_PX = 4; // a drag shorter than this (screen pixels) is a click: a point, not a box
 const KEY_STORAGE = "segswap.apiKey";
 const SENDABLE_TYPES = { "image/png": "png", "image/jpeg": "jpg", "image/webp": "webp" };
 const OUTPUT_EXTENSIONS = { png: "png", jpeg: "jpg", webp: "webp" };
@@ -12,7 +14,7 @@ const TILE_BOX = 240;
 const STATUS_TEXT = {
   400: ["Bad request", "A parameter or an image was refused; the message names it."],
   401: ["Unauthorized", "Check the API key field (it is sent as the x-api-key header)."],
-  403: ["Forbidden", "This API key is not allowed to use /v1/seg-swap."],
+  403: ["Forbidden", "This API key is not allowed to use this route (/v1/seg-swap, /v1/seg-mask)."],
   404: ["Not found", "This server has no /v1/seg-swap route: is it a segswap server?"],
   406: ["Not acceptable", "The key has too few credits left, or the request's content type was refused."],
   413: ["Too large", "The request or an image is larger than this server accepts: use smaller images."],
@@ -28,7 +30,7 @@ const els = {
   apiKey: $("api-key"), apiKeyShow: $("api-key-show"),
   run: $("run"), cancel: $("cancel"), progress: $("progress"), elapsed: $("elapsed"), status: $("status"), error: $("error"),
   mainDrop: $("main-drop"), mainFile: $("main-file"), stage: $("stage"), mainPreview: $("main-preview"),
-  maskCanvas: $("mask-canvas"), brushCursor: $("brush-cursor"), brushSize: $("brush-size"), brushSizeOut: $("brush-size-out"),
+  maskCanvas: $("mask-canvas"), brushCursor: $("brush-cursor"), selectBox: $("select-box"), selectPoints: $("select-points"), brushSize: $("brush-size"), brushSizeOut: $("brush-size-out"),
   undo: $("undo"), clear: $("clear"), invert: $("invert"), maskFile: $("mask-file"), saveMask: $("save-mask"), saveMask2: $("save-mask-2"),
   objectDrop: $("object-drop"), objectFile: $("object-file"), tilePreview: $("tile-preview"), tileNote: $("tile-note"),
   params: $("params"), seed: $("seed"), seedRandom: $("seed-random"), format: $("image_format"), quality: $("image_quality"),
@@ -48,6 +50,8 @@ const state = {
   tool: "brush",
   stroke: null, // last point of the stroke being painted
   undo: [],
+  drag: null, // the select tool's drag: {start, end} in image pixels and screen pixels
+  points: [], // the select tool's clicks: [x, y, 1 inside | 0 outside] in image pixels
 };
 
 // ---------- images in ----------
@@ -115,6 +119,9 @@ function setMain(file) {
   els.maskCanvas.width = width; // resizing also clears the mask
   els.maskCanvas.height = height;
   state.undo = [];
+  state.points = [];
+  drawSelectPoints();
+  els.selectBox.hidden = true;
   els.stage.hidden = false;
   setStatus(`Main image ${width}×${height}. Paint the region to replace.`);
   updateTools();
@@ -196,6 +203,9 @@ function undo() {
 }
 
 function clearMask() {
+  state.points = [];
+  drawSelectPoints();
+  els.selectBox.hidden = true;
   pushUndo();
   mask.clearRect(0, 0, els.maskCanvas.width, els.maskCanvas.height);
   updateTools();
@@ -248,12 +258,20 @@ function onPointerDown(event) {
   if (event.button !== 0 || !state.main) return;
   event.preventDefault();
   els.maskCanvas.setPointerCapture(event.pointerId);
+  if (state.tool === "select") {
+    state.drag = { start: canvasPoint(event), screen: [event.clientX, event.clientY], outside: event.shiftKey };
+    return;
+  }
   pushUndo();
   state.stroke = canvasPoint(event);
   paint(null, state.stroke);
 }
 
 function onPointerMove(event) {
+  if (state.tool === "select") {
+    if (state.drag) drawSelectBox(state.drag.start, canvasPoint(event));
+    return;
+  }
   moveBrushCursor(event);
   if (!state.stroke) return;
   const point = canvasPoint(event);
@@ -261,7 +279,11 @@ function onPointerMove(event) {
   state.stroke = point;
 }
 
-function onPointerUp() {
+function onPointerUp(event) {
+  if (state.drag) {
+    finishSelection(event);
+    return;
+  }
   if (!state.stroke) return;
   state.stroke = null;
   updateTools();
@@ -280,6 +302,72 @@ function moveBrushCursor(event) {
 function setTool(tool) {
   state.tool = tool;
   document.querySelector(`input[name=tool][value=${tool}]`).checked = true;
+  els.maskCanvas.classList.toggle("selecting", tool === "select");
+  els.brushCursor.hidden = true;
+  if (tool !== "select") els.selectBox.hidden = true;
+}
+
+// ---------- the select tool: a box or clicks, the mask drawn by the server ----------
+
+function drawSelectBox(from, to) {
+  const scale = els.maskCanvas.getBoundingClientRect().width / els.maskCanvas.width;
+  Object.assign(els.selectBox.style, {
+    left: `${Math.min(from.x, to.x) * scale}px`, top: `${Math.min(from.y, to.y) * scale}px`,
+    width: `${Math.abs(to.x - from.x) * scale}px`, height: `${Math.abs(to.y - from.y) * scale}px`,
+  });
+  els.selectBox.hidden = false;
+}
+
+function finishSelection(event) {
+  const { start, screen, outside } = state.drag;
+  state.drag = null;
+  const end = canvasPoint(event);
+  const { width, height } = els.maskCanvas;
+  const clamp = (value, high) => Math.max(0, Math.min(high, Math.round(value)));
+  if (Math.hypot(event.clientX - screen[0], event.clientY - screen[1]) < CLICK_PX) {
+    els.selectBox.hidden = true;
+    state.points.push([clamp(end.x, width - 1), clamp(end.y, height - 1), outside ? 0 : 1]);
+    drawSelectPoints();
+    if (state.points.some((point) => point[2] === 1)) select("points", state.points.map((p) => p.join(",")).join(";"));
+    return;
+  }
+  state.points = [];
+  drawSelectPoints();
+  const box = [Math.min(start.x, end.x), Math.min(start.y, end.y), Math.max(start.x, end.x), Math.max(start.y, end.y)];
+  select("box", [clamp(box[0], width), clamp(box[1], height), clamp(box[2], width), clamp(box[3], height)].join(","));
+}
+
+function drawSelectPoints() {
+  const scale = els.maskCanvas.getBoundingClientRect().width / els.maskCanvas.width;
+  els.selectPoints.replaceChildren(
+    ...state.points.map(([x, y, inside]) => {
+      const dot = document.createElement("div");
+      dot.className = `select-point ${inside ? "inside" : "outside"}`;
+      Object.assign(dot.style, { left: `${x * scale}px`, top: `${y * scale}px` });
+      return dot;
+    }),
+  );
+}
+
+async function select(kind, value) {
+  const form = new FormData();
+  form.append("main_image", state.main.blob, fileName("main", state.main.blob));
+  form.append(kind, value);
+  const started = performance.now();
+  setStatus("Selecting…");
+  try {
+    const headers = apiKey() ? { "x-api-key": apiKey() } : {};
+    const response = await fetch(SELECT_PATH, { method: "POST", headers, body: form });
+    if (!response.ok) {
+      showError(...(await describeHttpError(response)));
+      setStatus("");
+      return;
+    }
+    await loadMask(await response.blob());
+    setStatus(`Selected by ${response.headers.get("x-segswap-segmenter")} in ${seconds(started)}: refine it with the brush.`);
+  } catch (err) {
+    showError("Network error: no answer from the server", `${err.message}. Is segswap still running at ${location.host}?`);
+  }
 }
 
 function setBrushSize(value) {
@@ -698,6 +786,7 @@ function onKeyDown(event) {
   const shortcuts = {
     b: () => setTool("brush"),
     e: () => setTool("eraser"),
+    s: () => setTool("select"),
     "[": () => setBrushSize(Number(els.brushSize.value) - 5),
     "]": () => setBrushSize(Number(els.brushSize.value) + 5),
   };
