@@ -129,6 +129,8 @@ class SwapRequest(Selection):
 
     @model_validator(mode="after")
     def _one_region(self) -> SwapRequest:
+        if all(getattr(self, name) is None for name in ("mask_image", "box", "points", "text")):
+            raise ValueError("field 'mask_image' is required (or select the region by box, points or text instead)")
         return self.exactly_one("mask_image", "box", "points", "text")
 
 

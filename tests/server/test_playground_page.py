@@ -18,7 +18,8 @@ from server.api.playground import STATIC_DIR, mount_playground
 from server.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
-NOT_CONTROLS = (*IMAGE_FIELDS, "base64")
+# The region's selectors are the Select tool's (sent to /v1/seg-mask), not form controls.
+NOT_CONTROLS = (*IMAGE_FIELDS, "base64", "box", "points", "text")
 
 
 class Controls(HTMLParser):
