@@ -62,6 +62,11 @@ def is_high_depth(image: Image.Image) -> bool:
     return image.mode.startswith("I") or image.mode == "F"
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any image as 8-bit RGB; 16/32-bit grey scaled by its range first (Pillow's convert would clip it)."""
+    return (high_depth_to_l(image) if is_high_depth(image) else image).convert("RGB")
+
+
 def high_depth_to_l(image: Image.Image) -> Image.Image:
     """Scale a 16/32-bit grey image to 8 bits by its nominal range, not by clipping at 255."""
     values = np.asarray(image, dtype=np.float64)

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from pipelines.imageops import to_rgb
 from pipelines.masks.selector import Box, Selector
 
 WORK_SIDE = 400  # pixels on the long side of the first pass (its cost grows with the pixels)
@@ -30,6 +31,7 @@ POINTS_REACH = 0.75  # points alone: the object is looked for in the inside poin
 POINTS_MIN_REACH = 0.3  # its longer side, and by at least this share of the image's longer side
 POINT_RADIUS = 0.012  # the disk each point fixes, as a share of the crop's longer side
 BAND = 0.01  # the refined band's half width, as a share of the crop's longer side (at least 2 px)
+BORDER = 0.03  # a box over the whole image: this share of the side along the border starts as background
 HOLE_SHARE = 0.002  # holes smaller than this share of the selection are filled
 ITERATIONS = 5
 REFINE_ITERATIONS = 2
@@ -37,7 +39,7 @@ REFINE_ITERATIONS = 2
 
 def grabcut_select(image: Image.Image, selector: Selector) -> np.ndarray:
     """The selected region as a boolean mask of the image's size."""
-    rgb = np.asarray(image.convert("RGB"))
+    rgb = np.asarray(to_rgb(image))
     height, width = rgb.shape[:2]
     region = selector.box if selector.box is not None else _points_region(selector, (width, height))
     crop = _with_context(region, (width, height))
@@ -78,8 +80,6 @@ def _initial_labels(shape: tuple[int, int], region: Box, crop: Box, selector: Se
     x0, y0, x1, y1 = (region[0] - crop[0], region[1] - crop[1], region[2] - crop[0], region[3] - crop[1])
     labels[y0:y1, x0:x1] = cv2.GC_PR_FGD
     _fix_points(labels, selector, crop, 1.0)
-    if not (labels == cv2.GC_BGD).any():  # the selection covers the whole image: the border is the background
-        labels[[0, -1], :] = labels[:, [0, -1]] = cv2.GC_PR_BGD
     return labels
 
 
@@ -100,6 +100,11 @@ def _first_pass(part: np.ndarray, labels: np.ndarray) -> np.ndarray:
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     small = cv2.resize(part, size, interpolation=cv2.INTER_AREA)
     small_labels = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
+    if not (small_labels == cv2.GC_BGD).any():  # a box over the whole image: its border is probably background
+        edge = max(2, round(BORDER * max(size)))
+        border = np.ones(small_labels.shape, bool)
+        border[edge:-edge, edge:-edge] = False
+        small_labels[border & (small_labels == cv2.GC_PR_FGD)] = cv2.GC_PR_BGD
     result = _grabcut(small, small_labels, ITERATIONS)
     return cv2.resize(result.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
 

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from pipelines.errors import InvalidInput, WeightsError
+from pipelines.imageops import to_rgb
 from pipelines.masks.selector import Box, Selector
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # transformers' SAM 2 processor defaults, used when its config is absent
@@ -35,19 +36,29 @@ class Sam2Selector:
         self.device = device
         self.model = _load(lambda: _sam2_model(sam2_dir, device), sam2_dir)
         self.side, self.mean, self.std = _sam2_preprocessing(sam2_dir)
-        self.detector = _load(lambda: Detector(detector_dir, device), detector_dir) if detector_dir else None
-        if self.detector is not None:
+        self.detector_dir = detector_dir
+        self._detector: Detector | WeightsError | None = None  # loaded on the first words; a failure is kept
+        if detector_dir is not None:
             self.name = "sam2+owlv2"
 
     def select(self, image: Image.Image, selector: Selector) -> np.ndarray:
         selector.check(image.size)
         if selector.text is not None:
-            if self.detector is None:
-                raise InvalidInput(
-                    "selecting by words needs the owlv2 model set (segswap weights download owlv2)", "text"
-                )
-            selector = Selector(box=self.detector.best_box(image, selector.text))
+            selector = Selector(box=self._detector_for_words().best_box(image, selector.text))
         return self._segment(image, selector)
+
+    def _detector_for_words(self) -> Detector:
+        """OWLv2, loaded when words first come: a broken detector set fails words only, not boxes and points."""
+        if self.detector_dir is None:
+            raise InvalidInput("selecting by words needs the owlv2 model set (segswap weights download owlv2)", "text")
+        if self._detector is None:
+            try:
+                self._detector = _load(lambda: Detector(self.detector_dir, self.device), self.detector_dir)
+            except WeightsError as exc:
+                self._detector = exc
+        if isinstance(self._detector, WeightsError):
+            raise self._detector
+        return self._detector
 
     @torch.no_grad()
     def _segment(self, image: Image.Image, selector: Selector) -> np.ndarray:
@@ -70,7 +81,7 @@ class Sam2Selector:
         return (full[0, 0] > 0).cpu().numpy()
 
     def _pixels(self, image: Image.Image) -> torch.Tensor:
-        resized = image.convert("RGB").resize((self.side, self.side), Image.Resampling.BILINEAR)
+        resized = to_rgb(image).resize((self.side, self.side), Image.Resampling.BILINEAR)
         array = (np.asarray(resized, dtype=np.float32) / 255.0 - self.mean) / self.std
         return torch.from_numpy(array).permute(2, 0, 1)[None].to(self.device, self.model.dtype)
 
@@ -87,7 +98,10 @@ class Detector:
 
     @torch.no_grad()
     def best_box(self, image: Image.Image, text: str) -> Box:
-        inputs = self.processor(text=[[text]], images=image.convert("RGB"), return_tensors="pt").to(self.device)
+        # OWLv2 reads 16 tokens of text: a longer description is cut there, as its processor can do.
+        inputs = self.processor(text=[[text]], images=to_rgb(image), return_tensors="pt", truncation=True).to(
+            self.device
+        )
         outputs = self.model(**inputs)
         found = self.processor.post_process_grounded_object_detection(
             outputs, target_sizes=[(image.height, image.width)], threshold=0.0

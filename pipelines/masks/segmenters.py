@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -16,6 +17,8 @@ from pipelines.masks.grabcut import grabcut_select
 from pipelines.masks.selector import Selector
 
 SegmenterKind = Literal["auto", "grabcut", "sam2"]
+
+log = logging.getLogger("segswap.masks")
 
 
 class Segmenter(Protocol):
@@ -44,7 +47,8 @@ class GrabCutSegmenter:
 
 def load_segmenter(weights_dir: Path | None = None, kind: SegmenterKind = "auto", device: str = "auto") -> Segmenter:
     """`auto`: SAM 2 (with OWLv2 for words when that set is there too) when the sam2 set is installed in
-    `weights_dir` and torch and transformers are, else GrabCut. `sam2` without them raises a clear error."""
+    `weights_dir` and torch and transformers are and it loads, else GrabCut. `sam2` without them raises a
+    clear error."""
     if kind == "grabcut":
         return GrabCutSegmenter()
     weights_dir = Path(weights_dir) if weights_dir is not None else paths.weights_dir()
@@ -64,7 +68,13 @@ def load_segmenter(weights_dir: Path | None = None, kind: SegmenterKind = "auto"
     from pipelines.masks.sam2 import Sam2Selector
 
     detector = model_files.installed(weights_dir, model_files.DETECTOR)
-    return Sam2Selector(sam2_dir, detector, pick_device(device, "float32")[0])
+    try:
+        return Sam2Selector(sam2_dir, detector, pick_device(device, "float32")[0])
+    except WeightsError as exc:
+        if kind == "sam2":
+            raise
+        log.error("%s; selecting with GrabCut instead", exc)  # auto: a broken set must not stop selection
+        return GrabCutSegmenter()
 
 
 def select_mask(image: Image.Image, selector: Selector, segmenter: Segmenter | None = None) -> Image.Image:

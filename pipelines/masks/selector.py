@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,6 +36,7 @@ class Selector:
         text: str | None = None,
     ) -> Selector:
         """A selector from plain values (JSON arrays, CLI numbers); what is wrong is an InvalidInput."""
+        box, points = _plain(box), _plain(points)
         given = [name for name, value in zip(SELECTOR_FIELDS, (box, points, text), strict=True) if value is not None]
         if len(given) != 1:
             raise InvalidInput(
@@ -59,8 +62,8 @@ class Selector:
 
 
 def _box(values: Sequence[float]) -> Box:
-    if len(values) != 4 or not all(_is_number(v) for v in values):
-        raise InvalidInput("must be four numbers [x0, y0, x1, y1]", "box")
+    if not isinstance(values, Sequence) or len(values) != 4 or not all(_is_number(v) for v in values):
+        raise InvalidInput("must be four finite numbers [x0, y0, x1, y1]", "box")
     x0, y0, x1, y1 = (round(v) for v in values)
     if x1 - x0 < 2 or y1 - y0 < 2:
         raise InvalidInput("must be at least 2 pixels wide and high, with x0 < x1 and y0 < y1", "box")
@@ -73,10 +76,13 @@ def _points(values: Sequence[Sequence[float]]) -> tuple[Point, ...]:
     points = []
     for value in values:
         if not isinstance(value, Sequence) or len(value) != 3 or not all(_is_number(v) for v in value):
-            raise InvalidInput("each point must be [x, y, label] with label 1 (inside) or 0 (outside)", "points")
+            raise InvalidInput(
+                "each point must be [x, y, label]: finite numbers, label 1 (inside) or 0 (outside)", "points"
+            )
         if value[2] not in (0, 1):
             raise InvalidInput("a point's label must be 1 (inside) or 0 (outside)", "points")
-        points.append((round(value[0]), round(value[1]), int(value[2])))
+        # A point names the pixel it falls in: 639.6 is in pixel 639.
+        points.append((math.floor(value[0]), math.floor(value[1]), int(value[2])))
     if not any(label == 1 for *_, label in points):
         raise InvalidInput("at least one point must be inside (label 1)", "points")
     return tuple(points)
@@ -89,4 +95,9 @@ def _text(value: object) -> str:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _plain(value):
+    """numpy arrays and scalars as plain lists and numbers (library callers pass them)."""
+    return value.tolist() if hasattr(value, "tolist") else value

@@ -54,7 +54,7 @@ class Selection(BaseModel):
             text = "[" + ",".join(rows) + "]"
         try:
             return json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise ValueError("must be a JSON array, or numbers separated by commas") from None
 
     def exactly_one(self, *names: str):

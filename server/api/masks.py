@@ -34,6 +34,7 @@ async def seg_mask(
     request: Request, caller: CallerDep, settings: SettingsDep, lifecycle: LifecycleDep, metrics: MetricsDep
 ) -> Response:
     refuse_if_draining(lifecycle)
+    deadline = time.monotonic() + settings.request_timeout_s
     timings = request.state.log
     start = time.perf_counter()
     parsed = await read_swap_body(request, settings.max_body_bytes, settings.body_timeout_s, MaskRequest)
@@ -43,7 +44,7 @@ async def seg_mask(
     metrics.stage_seconds.labels("inputs").observe(time.perf_counter() - start)
     charged = await metering.reserve(request, caller, settings.credit_cost)
     try:
-        selected = await request.app.state.selection.select(images["main_image"], body.selector())
+        selected = await request.app.state.selection.select(images["main_image"], body.selector(), deadline)
         data = await asyncio.to_thread(encode_image, selected.mask, "png", 95)
     except BaseException:
         await metering.refund(request, caller, charged)

@@ -49,18 +49,20 @@ async def seg_swap(
     parsed = await read_swap_body(request, settings.max_body_bytes, settings.body_timeout_s)
     body = parsed.request
     images = await resolve_images(parsed.image_sources(), settings)
-    selector = body.selector()
-    if selector is not None:  # the region given by a box, points or words instead of a mask
-        selected = await request.app.state.selection.select(images["main_image"], selector)
-        images["mask_image"] = selected.mask
-        timings["selection_s"] = round(selected.seconds, 4)
     check_encodable(images["main_image"].size, body.image_format)
-    job = build_job(body.model_dump(), images)
-    del images
+    selector = body.selector()
     timings["inputs_s"] = _observe(metrics, "inputs", start)
 
     charged = await metering.reserve(request, caller, settings.credit_cost)
+    segmenter = None
     try:
+        if selector is not None:  # the region given by a box, points or words instead of a mask
+            selected = await request.app.state.selection.select(images["main_image"], selector, deadline)
+            images["mask_image"], segmenter = selected.mask, selected.segmenter
+            metrics.stage_seconds.labels("selection").observe(selected.seconds)
+            timings.update(selection_s=round(selected.seconds, 4), segmenter=segmenter)
+        job = build_job(body.model_dump(), images)
+        del images
         outcome = await run_job(request, work, job, deadline, settings.request_timeout_s)
         start = time.perf_counter()
         data = await asyncio.to_thread(encode_image, outcome.image, body.image_format, body.image_quality)
@@ -74,7 +76,10 @@ async def seg_swap(
     timings.update(
         queue_s=round(outcome.queue_s, 4), engine_s=round(outcome.engine_s, 4), engine=outcome.engine, seed=job.seed
     )
-    return swap_response(data, body, job.seed, outcome)
+    response = swap_response(data, body, job.seed, outcome)
+    if segmenter is not None:
+        response.headers["x-segswap-segmenter"] = segmenter
+    return response
 
 
 async def run_job(request: Request, work: WorkQueue, job: SwapJob, deadline: float, timeout_s: float) -> Outcome:

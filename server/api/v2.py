@@ -68,7 +68,8 @@ async def submit(
     check_encodable(images["main_image"].size, body.image_format)
     selector = body.selector()
     if selector is not None:  # selected now, stored as the job's mask: the job runs as if it had been painted
-        selected = await request.app.state.selection.select(images["main_image"], selector)
+        deadline = time.monotonic() + settings.request_timeout_s
+        selected = await request.app.state.selection.select(images["main_image"], selector, deadline)
         inputs["mask_image"] = await asyncio.to_thread(encode_image, selected.mask, "png", 95)
     del images
     await _check_storage(jobs.store, caller, sum(len(data) for data in inputs.values()), settings)

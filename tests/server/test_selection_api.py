@@ -186,3 +186,103 @@ def test_selections_are_counted_and_timed_in_the_metrics(client, flower):
     assert client.post("/v1/seg-mask", json={"main_image": flower, "box": [165, 82, 450, 365]}).status_code == 200
     assert counted() == before + 1
     assert 'segswap_stage_seconds_count{stage="selection"}' in client.get("/metrics").text
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"main_image": "%s", "box": [NaN, 1, 20, 20]}',
+        '{"main_image": "%s", "box": [1, 1, Infinity, 20]}',
+        '{"main_image": "%s", "points": [[1e400, 2, 1]]}',
+    ],
+)
+def test_non_finite_numbers_are_a_400(client, flower, raw):
+    response = client.post(
+        "/v1/seg-mask", content=(raw % flower).encode(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400 and "finite numbers" in response.json()["error"]
+
+
+def test_arrays_nested_too_deeply_in_a_form_are_a_400(client):
+    data = io.BytesIO()
+    FLOWER.image.save(data, format="PNG")
+    response = client.post("/v1/seg-mask", files={"main_image": data.getvalue()}, data={"box": "[" * 100_000})
+    assert response.status_code == 400 and "field 'box'" in response.json()["error"]
+
+
+def test_seg_swap_by_selection_says_what_selected_it(client, flower):
+    body = {"main_image": flower, "object_image": b64(Image.new("RGB", (40, 40))), "box": [165, 82, 450, 365]}
+    response = client.post("/v1/seg-swap", json=body)
+    assert response.status_code == 200 and response.headers["x-segswap-segmenter"] == "grabcut"
+    assert (
+        "x-segswap-segmenter"
+        not in client.post("/v1/seg-swap", json={**body, "box": None, "mask_image": flower}).headers
+    )
+
+
+class GatedSegmenter:
+    """Selects only when the test opens the gate, so requests pile up behind it."""
+
+    name = "gated"
+
+    def __init__(self):
+        import threading
+
+        self.gate = threading.Event()
+
+    def select(self, image, selector):
+        self.gate.wait(10)
+        return np.ones((image.height, image.width), bool)
+
+
+def test_waiting_selections_are_capped_and_bounded_by_the_deadline(flower):
+    """Selections wait on the event loop, one at a time: past `max_queue` waiting a 429, past the deadline a 504;
+    other routes answer meanwhile."""
+    import asyncio
+
+    import httpx
+
+    from pipelines import CompositeEngine
+    from server.api.app import create_app
+    from server.api.live_server import live_server
+    from server.settings import Settings
+
+    app = create_app(Settings(api_keys=["k"], max_queue=1, request_timeout_s=2), CompositeEngine())
+    segmenter = GatedSegmenter()
+    app.state.selection._segmenter = segmenter
+    body = {"main_image": flower, "box": [165, 82, 450, 365]}
+
+    async def burst(url: str) -> tuple[list[int], float]:
+        async with httpx.AsyncClient(base_url=url, headers={"x-api-key": "k"}, timeout=30) as http:
+            calls = [asyncio.create_task(http.post("/v1/seg-mask", json=body)) for _ in range(3)]
+            await asyncio.sleep(0.5)
+            start = asyncio.get_running_loop().time()
+            assert (await http.get("/health/live")).status_code == 200
+            other = asyncio.get_running_loop().time() - start
+            return [r.status_code for r in await asyncio.gather(*calls)], other
+
+    with live_server(app) as url:
+        codes, other = asyncio.run(burst(url))
+        segmenter.gate.set()
+    assert sorted(codes) == [429, 504, 504] and other < 0.5
+
+
+def test_a_broken_detector_set_fails_words_with_a_503_and_nothing_else(tmp_path, flower):
+    from fastapi.testclient import TestClient
+
+    from pipelines import CompositeEngine
+    from pipelines.models.tiny import make_tiny
+    from server.api.app import create_app
+    from server.settings import Settings
+    from tests.conftest import wait_ready
+
+    pytest.importorskip("transformers")
+    make_tiny(tmp_path, sets=("sam2", "owlv2"))
+    (tmp_path / "owlv2" / "config.json").write_text("{broken")
+    app = create_app(Settings(api_keys=["k"], weights_dir=tmp_path), CompositeEngine())
+    with TestClient(app, headers={"x-api-key": "k"}) as client:
+        wait_ready(client)
+        words = client.post("/v1/seg-mask", json={"main_image": flower, "text": "a flower"})
+        assert words.status_code == 503 and "selection by text is unavailable" in words.json()["error"]
+        box = client.post("/v1/seg-mask", json={"main_image": flower, "box": [165, 82, 450, 365]})
+        assert box.status_code == 200 and box.headers["x-segswap-segmenter"] == "sam2+owlv2"
