@@ -8,7 +8,11 @@ stands for its family.
 from __future__ import annotations
 
 FAMILIES: dict[str, tuple[str, ...]] = {
-    "swap": ("/v1/seg-swap", "/v1/seg-mask"),  # the synchronous swap, and selecting its region
+    "swap": (
+        "/v1/seg-swap",
+        "/v1/seg-mask",
+        "/v1/images/edits",
+    ),  # the synchronous swap (also OpenAI-style), and selecting its region
     "jobs": ("/v2/seg-swap", "/v2/requests/"),  # v2: submit, status, result, output, cancel
 }
 FAMILY_HELP = "; ".join(f"{name}: {', '.join(prefixes)}" for name, prefixes in FAMILIES.items())

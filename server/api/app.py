@@ -18,6 +18,7 @@ from server.api.docs import mount_docs
 from server.api.errors import install_error_handlers
 from server.api.health import router as router_health
 from server.api.masks import router as router_masks
+from server.api.openai_images import router as router_openai
 from server.api.playground import mount_playground
 from server.api.v1 import router as router_v1
 from server.api.v2 import router as router_v2
@@ -76,6 +77,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router_v1)
     app.include_router(router_masks)
+    app.include_router(router_openai)
     app.include_router(router_health)
     app.include_router(router_v2)
     mount_playground(app)

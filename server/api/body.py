@@ -36,16 +36,36 @@ async def read_swap_body(
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in ("application/json", "multipart/form-data"):
         raise NotAcceptable("send the body as application/json or multipart/form-data")
+    body = await read_body(request, max_bytes, timeout_s)
+    if content_type == "application/json":
+        return ParsedBody(_validate(model, _parse_json(body), strict=True))
+    return await _parse_multipart(request, body, max_bytes, model)
+
+
+async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
+    """The whole body, at most `max_bytes` (413), arriving within `timeout_s` (408)."""
     try:
         async with asyncio.timeout(timeout_s):
-            body = await _read_capped(request, max_bytes)
+            return await _read_capped(request, max_bytes)
     except TimeoutError:  # a slow client: answered, then disconnected
         raise RequestTimeout(
             f"the request body did not arrive within {timeout_s:g} s", {"Connection": "close"}
         ) from None
-    if content_type == "application/json":
-        return ParsedBody(_validate(model, _parse_json(body), strict=True))
-    return await _parse_multipart(request, body, max_bytes, model)
+
+
+async def read_form(request: Request, body: bytes, max_bytes: int, max_files: int) -> list[tuple[str, str | bytes]]:
+    """A multipart body's fields in order: text values as str, uploaded files as their bytes."""
+
+    async def replay() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=max_files, max_part_size=max_bytes)
+    except MultiPartException as exc:
+        raise BadRequest(f"the multipart body cannot be read: {exc.message}") from None
+    return [
+        (name, await value.read() if isinstance(value, UploadFile) else value) for name, value in form.multi_items()
+    ]
 
 
 async def _read_capped(request: Request, max_bytes: int) -> bytes:
@@ -74,22 +94,15 @@ def _parse_json(body: bytes) -> dict:
 
 
 async def _parse_multipart(request: Request, body: bytes, max_bytes: int, model: type[BaseModel]) -> ParsedBody:
-    async def replay() -> dict:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    try:
-        form = await Request(request.scope, replay).form(max_files=len(IMAGE_FIELDS), max_part_size=max_bytes)
-    except MultiPartException as exc:
-        raise BadRequest(f"the multipart body cannot be read: {exc.message}") from None
     data: dict[str, str] = {}
     uploads: dict[str, bytes] = {}
-    for name, value in form.multi_items():
+    for name, value in await read_form(request, body, max_bytes, len(IMAGE_FIELDS)):
         if name in data:
             raise BadRequest(f"field '{name}': sent twice (as a file and a value, or two values); send it once")
-        if isinstance(value, UploadFile):
+        if isinstance(value, bytes):
             if name not in IMAGE_FIELDS:
                 raise BadRequest(f"field '{name}': only image fields can be uploaded files")
-            uploads[name] = await value.read()
+            uploads[name] = value
             data[name] = UPLOADED
         else:
             data[name] = value

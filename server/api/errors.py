@@ -50,7 +50,18 @@ def http_status(exc: ServiceError) -> int:
     return next((status for kind, status in STATUS.items() if isinstance(exc, kind)), 500)
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+OPENAI_ROUTES = "/v1/images/"  # OpenAI-compatible routes answer errors in OpenAI's shape
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None, request: Request | None = None
+) -> JSONResponse:
+    """`{"error": "..."}`; on the OpenAI-compatible routes `{"error": {"message", "type", "param", "code"}}`,
+    which OpenAI's SDKs read."""
+    if request is not None and request.url.path.startswith(OPENAI_ROUTES):
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        body = {"error": {"message": message, "type": kind, "param": None, "code": str(status)}}
+        return JSONResponse(body, status_code=status, headers=headers)
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
@@ -74,11 +85,11 @@ def _allowed_methods(request: Request) -> list[str]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(http_status(exc), exc.message, exc.headers)
+        return error_response(http_status(exc), exc.message, exc.headers, request)
 
     @app.exception_handler(InvalidInput)
     async def _invalid_input(request: Request, exc: InvalidInput) -> JSONResponse:
-        return error_response(400, exc.describe(f"field '{exc.field}'"))
+        return error_response(400, exc.describe(f"field '{exc.field}'"), request=request)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -90,11 +101,12 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = getattr(exc, "headers", None)
         if exc.status_code == 405:
             headers = {"Allow": ", ".join(_allowed_methods(request))}
-        return error_response(exc.status_code, message, headers)
+        return error_response(exc.status_code, message, headers, request)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(400, "invalid request: " + "; ".join(e.get("msg", "") for e in exc.errors()))
+        message = "invalid request: " + "; ".join(e.get("msg", "") for e in exc.errors())
+        return error_response(400, message, request=request)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -104,4 +116,6 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = {"x-request-id": state["request_id"]} if state.get("request_id") else {}
         if state.get("remaining_credits") is not None:
             headers["x-remaining-credits"] = str(state["remaining_credits"])
-        return error_response(500, "internal error; the request id in x-request-id is in the server log", headers)
+        return error_response(
+            500, "internal error; the request id in x-request-id is in the server log", headers, request
+        )

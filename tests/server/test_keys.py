@@ -176,3 +176,25 @@ def test_selection_is_charged_like_a_swap_and_follows_the_swap_family(keyed):
         assert first.status_code == 200 and first.headers["x-remaining-credits"] == "1"
         other = client.post("/v1/seg-mask", json=body, headers={"x-api-key": secrets["other"]})
         assert other.status_code == 403
+
+
+def test_openai_edits_cost_one_credit_per_image(keyed):
+    from PIL import Image, ImageDraw
+
+    from tests.conftest import png_bytes
+
+    settings, secrets = keyed
+    mask = Image.new("RGBA", (64, 48), (0, 0, 0, 255))
+    ImageDraw.Draw(mask).rectangle((20, 10, 40, 30), fill=(0, 0, 0, 0))
+    files = [
+        ("image[]", png_bytes(Image.new("RGB", (64, 48), (40, 120, 60)))),
+        ("image[]", png_bytes(Image.new("RGB", (20, 20), (220, 30, 30)))),
+        ("mask", png_bytes(mask)),
+    ]
+    headers = {"Authorization": f"Bearer {secrets['metered']}"}
+    with client_for(settings) as client:
+        wait_ready(client)
+        two = client.post("/v1/images/edits", files=files, data={"prompt": "x", "n": "2"}, headers=headers)
+        assert two.status_code == 200 and len(two.json()["data"]) == 2 and two.headers["x-remaining-credits"] == "0"
+        broke = client.post("/v1/images/edits", files=files, data={"prompt": "x"}, headers=headers)
+        assert broke.status_code == 406 and "insufficient credits" in broke.json()["error"]["message"]

@@ -1,0 +1,126 @@
+"""POST /v1/images/edits driven by the official `openai` SDK, unchanged, against a live server."""
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from pipelines import CompositeEngine
+from server.api.app import create_app
+from server.api.live_server import live_server
+from server.settings import Settings
+
+openai = pytest.importorskip("openai")
+KEY = "openai-key-0123456789"
+SIZE = (96, 64)
+
+
+@pytest.fixture(scope="module")
+def url():
+    with live_server(create_app(Settings(api_keys=[KEY]), CompositeEngine())) as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("openai")
+    scene = Image.new("RGB", SIZE, (40, 120, 60))
+    ImageDraw.Draw(scene).ellipse((32, 22, 58, 43), fill=(240, 220, 30))
+    scene.save(folder / "scene.png")
+    Image.new("RGB", (30, 30), (220, 30, 30)).save(folder / "object.png")
+    mask = Image.new("RGBA", SIZE, (0, 0, 0, 255))  # OpenAI's convention: transparent = edit
+    ImageDraw.Draw(mask).rectangle((30, 20, 60, 45), fill=(0, 0, 0, 0))
+    mask.save(folder / "mask.png")
+    white = Image.new("L", SIZE, 0)
+    ImageDraw.Draw(white).rectangle((30, 20, 60, 45), fill=255)
+    white.save(folder / "mask_white.png")
+    return folder
+
+
+def client(url: str, key: str = KEY):
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+
+
+def images(folder) -> list:
+    return [open(folder / "scene.png", "rb"), open(folder / "object.png", "rb")]  # noqa: SIM115 (the SDK reads them)
+
+
+def decoded(text: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(text)))
+
+
+def test_the_sdk_edits_n_images_with_seeds_in_a_row(url, files):
+    import httpx
+
+    answer = client(url).images.edit(
+        image=images(files),
+        mask=open(files / "mask.png", "rb"),
+        prompt="a red box",
+        n=2,
+        extra_body={"seed": 11, "growmask": 0},
+    )
+    assert len(answer.data) == 2 and answer.output_format == "png" and answer.created > 0
+    outputs = [decoded(item.b64_json) for item in answer.data]
+    assert all(image.size == SIZE for image in outputs)
+    for index, image in enumerate(outputs):  # image i is what /v1/seg-swap makes with seed 11 + i
+        direct = httpx.post(
+            f"{url}/v1/seg-swap",
+            headers={"x-api-key": KEY},
+            files={
+                name: (files / f"{stem}.png").read_bytes()
+                for name, stem in [("main_image", "scene"), ("object_image", "object"), ("mask_image", "mask_white")]
+            },
+            data={"seed": str(11 + index), "growmask": "0", "prompt": "a red box"},
+        )
+        assert direct.status_code == 200 and np.array_equal(
+            np.asarray(image), np.asarray(Image.open(io.BytesIO(direct.content)))
+        )
+    outside = np.asarray(Image.open(files / "mask_white.png")) == 0
+    assert np.array_equal(np.asarray(outputs[0])[outside], np.asarray(Image.open(files / "scene.png"))[outside])
+
+
+def test_a_wrong_key_is_a_401_in_openais_shape(url, files):
+    with pytest.raises(openai.AuthenticationError) as raised:
+        client(url, "wrong").images.edit(image=images(files), prompt="x")
+    assert raised.value.status_code == 401
+    assert raised.value.body["message"] == "invalid API key" and raised.value.body["type"] == "invalid_request_error"
+
+
+def test_one_image_only_says_the_object_goes_second(url, files):
+    with pytest.raises(openai.BadRequestError) as raised:
+        client(url).images.edit(image=open(files / "scene.png", "rb"), prompt="x")
+    assert "the object goes second" in raised.value.body["message"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"n": 5}, "'n' must be from 1 to 4"),
+        ({"size": "1024x1024"}, "'size' must be auto or the scene's own size, 96x64"),
+        ({"extra_body": {"growmask": 99}}, "'growmask'"),
+        ({"extra_body": {"stepz": 3}}, "unknown 'stepz'"),
+        ({"output_format": "gif"}, "'output_format' must be png, jpeg or webp"),
+        ({"mask": None}, "send a mask (transparent = the region to edit), or select the region"),
+    ],
+)
+def test_bad_values_are_400s_naming_the_field(url, files, extra, message):
+    mask = {"mask": open(files / "mask.png", "rb")} if "mask" not in extra else {}  # noqa: SIM115
+    extra = {name: value for name, value in extra.items() if name != "mask"}
+    with pytest.raises(openai.BadRequestError) as raised:
+        client(url).images.edit(image=images(files), prompt="x", **mask, **extra)
+    assert message in raised.value.body["message"]
+
+
+def test_a_box_instead_of_a_mask_url_answers_and_jpeg(url, files):
+    answer = client(url).images.edit(
+        image=images(files),
+        prompt="x",
+        response_format="url",
+        output_format="jpeg",
+        output_compression=80,
+        extra_body={"box": "30,20,60,45"},
+    )
+    assert answer.data[0].url.startswith("data:image/jpeg;base64,")
+    assert Image.open(io.BytesIO(base64.b64decode(answer.data[0].url.split(",", 1)[1]))).format == "JPEG"
