@@ -21,7 +21,7 @@ import time
 
 from pipelines import SegswapError, SwapJob, build_job
 from server.access.credits import CreditLedger
-from server.errors import ServiceError
+from server.errors import ServiceError, Unavailable
 from server.inputs.decode import decode_inputs
 from server.inputs.encode import MEDIA_TYPES, encode_image
 from server.inputs.fetch import post_pinned
@@ -163,8 +163,8 @@ class JobRunner:
         deadline = time.monotonic() + self.settings.job_timeout_s
         try:
             ticket = self.work.submit(job, deadline, on_start=lambda: self.store.mark_started(record.id))
-        except QueueFull:
-            return False  # stays QUEUED; dispatched again when there is room
+        except (QueueFull, Unavailable):
+            return False  # stays QUEUED; dispatched again when there is room (or by the next start)
         self.tickets[record.id] = ticket
         try:
             outcome = await ticket.future

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from pipelines import Engine, SegswapError, SwapJob
+from server.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class WorkQueue:
         self._count_lock = threading.Lock()
         self._service_times: deque[float] = deque(maxlen=20)
         self._workers: list[threading.Thread] = []
+        self._stopped = False  # after stop(), nothing would run a job: refuse it instead of letting it wait
         self._idle = threading.Condition(self._count_lock)
         self._on_drop = on_drop or (lambda: None)  # a job dropped unrun (cancelled, deadline, disconnect)
         # Seconds a worker spent between finishing a job and starting the next one that was
@@ -106,10 +108,11 @@ class WorkQueue:
     # -- the event loop's side --------------------------------------------------------
 
     def submit(self, job: SwapJob, deadline: float, on_start: Callable[[], bool] | None = None) -> Ticket:
-        """Enqueue `job`, or raise QueueFull at once."""
+        """Enqueue `job`, or raise QueueFull (or Unavailable once stopped) at once."""
         loop = asyncio.get_running_loop()
         ticket = Ticket(job, deadline, loop.create_future(), loop, on_start=on_start)
         with self._count_lock:
+            self._refuse_if_stopped()
             if self._queued >= self.max_queue:
                 raise QueueFull(self._retry_after_locked())
             self._queued += 1
@@ -130,8 +133,10 @@ class WorkQueue:
         return True
 
     def check_capacity(self) -> None:
-        """Raise QueueFull if a new job could not be queued now (cheap, before any input is fetched)."""
+        """Raise QueueFull (Unavailable once stopped) if a new job could not be queued now (cheap, before any
+        input is fetched)."""
         with self._count_lock:
+            self._refuse_if_stopped()
             if self._queued >= self.max_queue:
                 raise QueueFull(self._retry_after_locked())
 
@@ -146,6 +151,10 @@ class WorkQueue:
     @property
     def workers(self) -> int:
         return len(self._workers)
+
+    def _refuse_if_stopped(self) -> None:
+        if self._stopped:
+            raise Unavailable("the server is shutting down: its workers have stopped", {"Retry-After": "5"})
 
     def _retry_after_locked(self) -> int:
         """Seconds until a queue slot is likely free: the work ahead over the workers, at recent speed."""
@@ -178,6 +187,7 @@ class WorkQueue:
         The engine is built on the thread that will run it: one thread per device touches the
         device and the CPU thread pools, which on a CPU avoids two OpenMP teams competing.
         """
+        self._stopped = False
         args = (prepare, on_ready, on_failure)
         thread = threading.Thread(target=self._serve, args=args, name=f"segswap-worker-{name}", daemon=True)
         self._workers.append(thread)
@@ -195,10 +205,13 @@ class WorkQueue:
         self._work(engine)
 
     def stop(self, timeout: float = 5.0) -> None:
+        with self._count_lock:
+            self._stopped = True
         for _ in self._workers:
             self._tickets.put(_STOP)
         for thread in self._workers:
             thread.join(timeout)
+        self._workers = []
 
     def _work(self, engine: Engine) -> None:
         finished = None

@@ -224,3 +224,23 @@ def test_json_formatter_merges_access_fields_into_one_object():
     assert entry["request_id"] == "r1" and entry["status"] == 200 and "message" not in entry
     plain = logging.LogRecord("segswap", logging.INFO, __file__, 1, "ready: %d worker(s)", (2,), None)
     assert json.loads(JsonFormatter().format(plain))["message"] == "ready: 2 worker(s)"
+
+
+def test_a_stopped_queue_refuses_work_instead_of_holding_it():
+    """After the lifespan stops the workers nothing would run a job: a request is refused with a 503, not left
+    waiting for its deadline (the schema fuzzer, which ends the app's lifespan, ran into that)."""
+    import asyncio
+
+    from server.errors import Unavailable
+    from server.serving.work_queue import WorkQueue
+
+    work = WorkQueue(4)
+    work.stop()
+
+    async def submit() -> None:
+        work.submit(object(), 0.0)
+
+    with pytest.raises(Unavailable, match="shutting down"):
+        asyncio.run(submit())
+    with pytest.raises(Unavailable):
+        work.check_capacity()
