@@ -33,6 +33,7 @@ from server.api import metering
 from server.api.body import UPLOADED, read_body, read_form
 from server.api.contract import SwapRequest, describe_validation_error
 from server.api.deps import CallerDep, LifecycleDep, MetricsDep, SettingsDep, WorkDep
+from server.api.masks import select_region
 from server.api.v1 import run_job
 from server.errors import BadRequest, NotAcceptable
 from server.inputs.decode import decode_inputs
@@ -169,7 +170,7 @@ async def images_edits(
     try:
         selector = contract.selector()
         if selector is not None:
-            selected = await request.app.state.selection.select(images["main_image"], selector, deadline)
+            selected = await select_region(request, images["main_image"], selector, deadline)
             images["mask_image"] = selected.mask
         first = build_job(contract.model_dump(), images)
         outputs = []

@@ -15,6 +15,7 @@ from server.api.body import read_swap_body
 from server.api.contract import SwapResponse
 from server.api.deps import CallerDep, LifecycleDep, MetricsDep, SettingsDep, WorkDep
 from server.api.errors import service_error_from_engine
+from server.api.masks import select_region
 from server.api.openapi_docs import swap_request_body, swap_responses
 from server.errors import TimedOut
 from server.inputs.encode import MEDIA_TYPES, check_encodable, encode_image
@@ -57,10 +58,8 @@ async def seg_swap(
     segmenter = None
     try:
         if selector is not None:  # the region given by a box, points or words instead of a mask
-            selected = await request.app.state.selection.select(images["main_image"], selector, deadline)
+            selected = await select_region(request, images["main_image"], selector, deadline)
             images["mask_image"], segmenter = selected.mask, selected.segmenter
-            metrics.stage_seconds.labels("selection").observe(selected.seconds)
-            timings.update(selection_s=round(selected.seconds, 4), segmenter=segmenter)
         job = build_job(body.model_dump(), images)
         del images
         outcome = await run_job(request, work, job, deadline, settings.request_timeout_s)

@@ -18,6 +18,7 @@ from server.api import metering
 from server.api.body import ParsedBody, read_swap_body
 from server.api.contract import AsyncSwapRequest, ErrorResponse, JobResult, JobStatus, SubmitResponse
 from server.api.deps import CallerDep, JobsDep, LifecycleDep, SettingsDep
+from server.api.masks import select_region
 from server.api.openapi_docs import swap_request_body
 from server.errors import Conflict, NotFound, TooManyRequests
 from server.inputs.decode import decode_inputs
@@ -69,7 +70,7 @@ async def submit(
     selector = body.selector()
     if selector is not None:  # selected now, stored as the job's mask: the job runs as if it had been painted
         deadline = time.monotonic() + settings.request_timeout_s
-        selected = await request.app.state.selection.select(images["main_image"], selector, deadline)
+        selected = await select_region(request, images["main_image"], selector, deadline)
         inputs["mask_image"] = await asyncio.to_thread(encode_image, selected.mask, "png", 95)
     del images
     await _check_storage(jobs.store, caller, sum(len(data) for data in inputs.values()), settings)
