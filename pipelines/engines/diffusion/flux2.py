@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 
 import numpy as np
@@ -46,8 +45,6 @@ DISTILLED_STEPS = 4
 PIPELINE_MAX_AREA = 1024 * 1024  # Flux2KleinInpaintPipeline shrinks a larger image: crops must stay within it
 REFERENCE_AREA = 768 * 768  # reference tokens cost attention like scene tokens: 2304 of them at most
 BACKGROUND = (255, 255, 255)
-
-log = logging.getLogger("segswap.diffusion")
 
 
 class Flux2Engine:
