@@ -50,7 +50,8 @@ def grabcut_select(image: Image.Image, selector: Selector) -> np.ndarray:
     refined = _refine(part, first, selector, crop)
     chosen = _keep_selected(refined, selector, crop)
     mask = np.zeros((height, width), bool)
-    mask[top:bottom, left:right] = chosen
+    x0, y0, x1, y1 = region  # nothing outside the box: the refinement's band may reach past it
+    mask[y0:y1, x0:x1] = chosen[y0 - top : y1 - top, x0 - left : x1 - left]
     return mask
 
 

@@ -2,6 +2,7 @@
 SAM 2 and OWLv2 on tiny random-weight sets loaded through the same code as real ones."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,18 @@ def test_a_box_around_a_photographed_object_finds_its_outline(case):
     mask = GrabCutSegmenter().select(case.image, case.selector)
     assert mask.shape == case.truth.shape
     assert iou(mask, case.truth) >= 0.85
+
+
+def test_nothing_outside_the_box_is_selected():
+    room = Image.open(Path(__file__).resolve().parents[2] / "examples" / "room.png")
+    box = (30, 180, 260, 370)  # around the sofa
+    mask = GrabCutSegmenter().select(room, Selector(box=box))
+    outside = np.ones(mask.shape, bool)
+    outside[box[1] : box[3], box[0] : box[2]] = False
+    assert not mask[outside].any()
+    sofa = np.zeros(mask.shape, bool)
+    sofa[190:360, 40:250] = True
+    assert iou(mask, sofa) > 0.95
 
 
 def test_a_loose_box_and_a_large_copy_still_find_the_outline():
