@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import time
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
 from pipelines import IMAGE_FIELDS, resolve_seed
@@ -26,13 +27,18 @@ from server.inputs.encode import check_encodable, encode_image
 from server.inputs.fetch import check_url
 from server.inputs.resolve import fetch_inputs
 from server.inputs.ssrf import AllowList
-from server.jobs.dispatcher import media_type, status_body
+from server.jobs.dispatcher import JobRunner, media_type, status_body
 from server.jobs.store import DuplicateSubmit, JobRecord, JobStore
 from server.serving.admission import refuse_if_unavailable
 from server.settings import Settings
 
 router = APIRouter(prefix="/v2")
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 406, 409, 413, 429, 503)}
+EVENTS_DOC = (
+    "Server-Sent Events: `status` {request_id, status} on each change (QUEUED, PROCESSING, ...), `progress` "
+    "{request_id, step, total} as the engine denoises, then `completed` (the status body and `output`, the image's "
+    "URL), `failed` (with `error`) or `cancelled`, after which the stream ends; `: keep-alive` comments meanwhile."
+)
 
 
 @router.post(
@@ -143,6 +149,59 @@ async def job_output(request_id: str, caller: CallerDep, jobs: JobsDep, settings
         raise NotFound(f"request {request_id} has no output (status {record.status})")
     forget = BackgroundTask(jobs.store.forget, record.id) if settings.delete_on_fetch else None
     return FileResponse(jobs.store.result_path(record), media_type=media_type(record), background=forget)
+
+
+EVENTS_POLL_S = 0.1
+KEEP_ALIVE_S = 15.0
+TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
+
+
+@router.get(
+    "/requests/{request_id}/events",
+    summary="A job's progress as Server-Sent Events, until it ends",
+    response_class=StreamingResponse,
+    responses={**ERRORS, 200: {"content": {"text/event-stream": {}}, "description": EVENTS_DOC}},
+)
+async def job_events(
+    request: Request, request_id: str, caller: CallerDep, jobs: JobsDep, settings: SettingsDep
+) -> StreamingResponse:
+    record = await _owned(jobs.store, request_id, caller)
+    output = _absolute(request, settings, f"/v2/requests/{record.id}/output")
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # proxies must not hold the stream back
+    return StreamingResponse(_events(request, jobs, record.id, output), media_type="text/event-stream", headers=headers)
+
+
+async def _events(request: Request, jobs: JobRunner, job_id: str, output: str):
+    """`status` on every change, `progress` {step, total} as the engine reports, then `completed` (with the output
+    URL) or `failed` / `cancelled`, and the stream ends; a keep-alive comment when nothing happens for a while."""
+    status, step, quiet = None, None, 0.0
+    while not await request.is_disconnected():
+        record = await asyncio.to_thread(jobs.store.get, job_id)
+        if record is None:
+            yield _event("failed", {"request_id": job_id, "error": "the job expired"})
+            return
+        ended = record.status in TERMINAL
+        if record.status != status and not ended:
+            status, quiet = record.status, 0.0
+            yield _event("status", {"request_id": job_id, "status": status})
+        progress = jobs.progress.get(job_id)
+        if progress is not None and progress != step and record.status != "QUEUED":
+            step, quiet = progress, 0.0
+            yield _event("progress", {"request_id": job_id, "step": progress[0], "total": progress[1]})
+        if ended:  # the last step first, then the end
+            yield _event("status", {"request_id": job_id, "status": record.status})
+            final = status_body(record) | ({"output": output} if record.status == "COMPLETED" else {})
+            yield _event(record.status.lower(), final)
+            return
+        if quiet >= KEEP_ALIVE_S:
+            quiet = 0.0
+            yield ": keep-alive\n\n"
+        await asyncio.sleep(EVENTS_POLL_S)
+        quiet += EVENTS_POLL_S
+
+
+def _event(name: str, data: dict) -> str:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n"
 
 
 @router.delete(

@@ -49,6 +49,9 @@ class JobRunner:
         self.store, self.work, self.lifecycle, self.settings, self.metrics = store, work, lifecycle, settings, metrics
         self.ledger = ledger  # where a failed, cancelled or unrun job's charge goes back
         self.tickets: dict[str, Ticket | None] = {}  # dispatched jobs (None: inputs still loading)
+        # (step, total) of the jobs run here, written by the worker thread as the engine reports them; the last
+        # one stays (the event stream reports it with the end) until the job is purged
+        self.progress: dict[str, tuple[int, int]] = {}
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
 
@@ -88,6 +91,7 @@ class JobRunner:
         try:
             purged = await asyncio.to_thread(self.store.purge_expired)
             for record in purged:
+                self.progress.pop(record.id, None)
                 if record.status == "QUEUED":
                     await asyncio.to_thread(self._refund, record)
         except Exception:
@@ -162,7 +166,12 @@ class JobRunner:
             return True
         deadline = time.monotonic() + self.settings.job_timeout_s
         try:
-            ticket = self.work.submit(job, deadline, on_start=lambda: self.store.mark_started(record.id))
+            ticket = self.work.submit(
+                job,
+                deadline,
+                on_start=lambda: self.store.mark_started(record.id),
+                on_progress=lambda done, total: self.progress.__setitem__(record.id, (done, total)),
+            )
         except (QueueFull, Unavailable):
             return False  # stays QUEUED; dispatched again when there is room (or by the next start)
         self.tickets[record.id] = ticket

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from pipelines import Engine, SegswapError, SwapJob
+from pipelines import Engine, ProgressFn, SegswapError, SwapJob
 from server.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,8 @@ class Ticket:
     lock: threading.Lock = field(default_factory=threading.Lock)
     # Called on the worker thread just before the engine runs; returning False cancels the job instead.
     on_start: Callable[[], bool] | None = None
+    # Called on the worker thread as the engine works: progress(done, total) denoising steps.
+    on_progress: ProgressFn | None = None
 
     def settle(self, result: Outcome | None = None, exception: BaseException | None = None) -> None:
         """Resolve the future from any thread."""
@@ -107,10 +109,16 @@ class WorkQueue:
 
     # -- the event loop's side --------------------------------------------------------
 
-    def submit(self, job: SwapJob, deadline: float, on_start: Callable[[], bool] | None = None) -> Ticket:
+    def submit(
+        self,
+        job: SwapJob,
+        deadline: float,
+        on_start: Callable[[], bool] | None = None,
+        on_progress: ProgressFn | None = None,
+    ) -> Ticket:
         """Enqueue `job`, or raise QueueFull (or Unavailable once stopped) at once."""
         loop = asyncio.get_running_loop()
-        ticket = Ticket(job, deadline, loop.create_future(), loop, on_start=on_start)
+        ticket = Ticket(job, deadline, loop.create_future(), loop, on_start=on_start, on_progress=on_progress)
         with self._count_lock:
             self._refuse_if_stopped()
             if self._queued >= self.max_queue:
@@ -253,7 +261,7 @@ class WorkQueue:
         try:
             if ticket.on_start is not None and not ticket.on_start():
                 raise Dropped("cancelled before it started")
-            image = engine.swap(ticket.job)
+            image = engine.swap(ticket.job, progress=ticket.on_progress)
             outcome = Outcome(image, engine.name, started - ticket.enqueued_at, time.monotonic() - started)
         except Exception as exc:  # handed to the waiting request, which maps it to a status
             if not isinstance(exc, SegswapError | Dropped):

@@ -82,3 +82,28 @@ def test_weights_make_tiny_and_verify_commands(tmp_path, capsys):
     assert "flux2-klein " in listing and "licence: apache-2.0" in listing
     assert main(["weights", "verify", "sd15", "--weights", str(tmp_path / "nothing")]) == 1
     assert "NOT usable" in capsys.readouterr().err
+
+
+def test_a_v2_job_streams_its_progress_as_server_sent_events(diffusion_client, body):
+    """QUEUED or PROCESSING, progress events with the step rising to `steps`, then COMPLETED with the output."""
+    import json
+
+    submitted = diffusion_client.post("/v2/seg-swap", json={**body, "steps": 12})
+    assert submitted.status_code == 200, submitted.text
+    job = submitted.json()["request_id"]
+    with diffusion_client.stream("GET", f"/v2/requests/{job}/events") as stream:
+        assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
+        text = "".join(stream.iter_text())
+    events = []
+    for block in text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if not line.startswith(":"))
+        events.append((lines["event"], json.loads(lines["data"])))
+    names = [name for name, _ in events]
+    assert names[0] == "status" and names[-1] == "completed" and names[-2] == "status"
+    steps = [data["step"] for name, data in events if name == "progress"]
+    assert steps and steps == sorted(steps) and steps[-1] == 12
+    assert all(data["total"] == 12 for name, data in events if name == "progress")
+    final = events[-1][1]
+    assert final["status"] == "COMPLETED" and final["output"].endswith(f"/v2/requests/{job}/output")
+    assert diffusion_client.get(f"/v2/requests/{job}/output").status_code == 200
+    assert diffusion_client.get("/v2/requests/nope/events").status_code == 404
