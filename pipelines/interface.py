@@ -10,7 +10,11 @@ from PIL import Image
 from pipelines.job import SwapJob
 
 ProgressFn = Callable[[int, int], None]
-"""Called as progress(done, total) while an engine works (denoising steps, for the model)."""
+"""Called as progress(done, total) while an engine works (denoising steps, for the model).
+
+A progress callable may also have a `preview(make)` method: an engine that can show its work in progress calls
+it after a step with `make`, a function of no arguments that renders a small RGB preview of that step (cheap,
+and only run by whoever wants to see it)."""
 
 
 class Engine(Protocol):

@@ -9,7 +9,7 @@ import json
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
@@ -27,7 +27,7 @@ from server.inputs.encode import check_encodable, encode_image
 from server.inputs.fetch import check_url
 from server.inputs.resolve import fetch_inputs
 from server.inputs.ssrf import AllowList
-from server.jobs.dispatcher import JobRunner, media_type, status_body
+from server.jobs.dispatcher import JobProgress, JobRunner, media_type, status_body
 from server.jobs.store import DuplicateSubmit, JobRecord, JobStore
 from server.serving.admission import refuse_if_unavailable
 from server.settings import Settings
@@ -36,7 +36,9 @@ router = APIRouter(prefix="/v2")
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 406, 409, 413, 429, 503)}
 EVENTS_DOC = (
     "Server-Sent Events: `status` {request_id, status} on each change (QUEUED, PROCESSING, ...), `progress` "
-    "{request_id, step, total} as the engine denoises, then `completed` (the status body and `output`, the image's "
+    "{request_id, step, total} as the engine denoises (with `?previews=1`, `preview` {request_id, step, image: a "
+    "data: URL of a small JPEG} every few steps, from engines that make them), then `completed` (the status body "
+    "and `output`, the image's "
     "URL), `failed` (with `error`) or `cancelled`, after which the stream ends; `: keep-alive` comments meanwhile."
 )
 
@@ -153,6 +155,8 @@ async def job_output(request_id: str, caller: CallerDep, jobs: JobsDep, settings
 
 EVENTS_POLL_S = 0.1
 KEEP_ALIVE_S = 15.0
+PREVIEW_EVERY = 3  # steps between previews
+PREVIEW_SIDE = 256
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 
 
@@ -163,18 +167,25 @@ TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
     responses={**ERRORS, 200: {"content": {"text/event-stream": {}}, "description": EVENTS_DOC}},
 )
 async def job_events(
-    request: Request, request_id: str, caller: CallerDep, jobs: JobsDep, settings: SettingsDep
+    request: Request,
+    request_id: str,
+    caller: CallerDep,
+    jobs: JobsDep,
+    settings: SettingsDep,
+    previews: Annotated[bool, Query(description="also send a small JPEG preview every few steps")] = False,
 ) -> StreamingResponse:
     record = await _owned(jobs.store, request_id, caller)
     output = _absolute(request, settings, f"/v2/requests/{record.id}/output")
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # proxies must not hold the stream back
-    return StreamingResponse(_events(request, jobs, record.id, output), media_type="text/event-stream", headers=headers)
+    stream = _events(request, jobs, record.id, output, previews)
+    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
 
-async def _events(request: Request, jobs: JobRunner, job_id: str, output: str):
-    """`status` on every change, `progress` {step, total} as the engine reports, then `completed` (with the output
-    URL) or `failed` / `cancelled`, and the stream ends; a keep-alive comment when nothing happens for a while."""
-    status, step, quiet = None, None, 0.0
+async def _events(request: Request, jobs: JobRunner, job_id: str, output: str, previews: bool):
+    """`status` on every change, `progress` {step, total} as the engine reports (with `preview` {step, image} every
+    PREVIEW_EVERY steps when asked), then `completed` (with the output URL) or `failed` / `cancelled`, and the
+    stream ends; a keep-alive comment when nothing happens for a while."""
+    status, step, quiet, previewed = None, None, 0.0, 0
     while not await request.is_disconnected():
         record = await asyncio.to_thread(jobs.store.get, job_id)
         if record is None:
@@ -184,10 +195,16 @@ async def _events(request: Request, jobs: JobRunner, job_id: str, output: str):
         if record.status != status and not ended:
             status, quiet = record.status, 0.0
             yield _event("status", {"request_id": job_id, "status": status})
-        progress = jobs.progress.get(job_id)
+        reported = jobs.progress.get(job_id)
+        progress = reported.step if reported is not None else None
         if progress is not None and progress != step and record.status != "QUEUED":
             step, quiet = progress, 0.0
             yield _event("progress", {"request_id": job_id, "step": progress[0], "total": progress[1]})
+            if previews and (progress[0] - previewed >= PREVIEW_EVERY or progress[0] == progress[1]):
+                previewed = progress[0]
+                image = await asyncio.to_thread(_preview_jpeg, reported)
+                if image is not None:
+                    yield _event("preview", {"request_id": job_id, "step": progress[0], "image": image})
         if ended:  # the last step first, then the end
             yield _event("status", {"request_id": job_id, "status": record.status})
             final = status_body(record) | ({"output": output} if record.status == "COMPLETED" else {})
@@ -198,6 +215,15 @@ async def _events(request: Request, jobs: JobRunner, job_id: str, output: str):
             yield ": keep-alive\n\n"
         await asyncio.sleep(EVENTS_POLL_S)
         quiet += EVENTS_POLL_S
+
+
+def _preview_jpeg(reported: JobProgress) -> str | None:
+    """The last step's preview as a data: URL (JPEG, at most PREVIEW_SIDE a side), or None if the engine makes none."""
+    image = reported.render_preview()
+    if image is None:
+        return None
+    image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    return "data:image/jpeg;base64," + base64.b64encode(encode_image(image, "jpeg", 80)).decode("ascii")
 
 
 def _event(name: str, data: dict) -> str:

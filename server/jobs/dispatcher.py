@@ -18,6 +18,9 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Callable
+
+from PIL import Image
 
 from pipelines import SegswapError, SwapJob, build_job
 from server.access.credits import CreditLedger
@@ -49,9 +52,9 @@ class JobRunner:
         self.store, self.work, self.lifecycle, self.settings, self.metrics = store, work, lifecycle, settings, metrics
         self.ledger = ledger  # where a failed, cancelled or unrun job's charge goes back
         self.tickets: dict[str, Ticket | None] = {}  # dispatched jobs (None: inputs still loading)
-        # (step, total) of the jobs run here, written by the worker thread as the engine reports them; the last
-        # one stays (the event stream reports it with the end) until the job is purged
-        self.progress: dict[str, tuple[int, int]] = {}
+        # What the jobs run here have reported, written by the worker thread as the engine works; the last report
+        # stays (the event stream sends it with the end) until the job is purged
+        self.progress: dict[str, JobProgress] = {}
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
 
@@ -170,7 +173,7 @@ class JobRunner:
                 job,
                 deadline,
                 on_start=lambda: self.store.mark_started(record.id),
-                on_progress=lambda done, total: self.progress.__setitem__(record.id, (done, total)),
+                on_progress=self.progress.setdefault(record.id, JobProgress()),
             )
         except (QueueFull, Unavailable):
             return False  # stays QUEUED; dispatched again when there is room (or by the next start)
@@ -234,6 +237,24 @@ class JobRunner:
                 return True
             log.warning("webhook for job %s, attempt %d: HTTP %d", record.id, attempt + 1, status)
         return False
+
+
+class JobProgress:
+    """A running job's last (step, total), and its last step's preview, rendered only when asked for."""
+
+    def __init__(self) -> None:
+        self.step: tuple[int, int] | None = None
+        self._make: Callable[[], Image.Image] | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        self.step = (done, total)
+
+    def preview(self, make: Callable[[], Image.Image]) -> None:
+        self._make = make
+
+    def render_preview(self) -> Image.Image | None:
+        make = self._make
+        return make() if make is not None else None
 
 
 def status_body(record: JobRecord) -> dict:

@@ -118,3 +118,18 @@ def test_colour_matching_removes_a_cast_measured_in_the_ring():
     matched = match_to(generated, original, ring)
     assert np.abs(matched - original).mean() < 1.0
     assert np.array_equal(match_to(generated, original, np.zeros((40, 40), bool)), generated)
+
+
+def test_latent_previews_map_latents_to_rgb_per_architecture():
+    import torch
+
+    from pipelines.engines.diffusion.preview import latent_preview
+
+    zero = torch.zeros(1, 4, 6, 10)
+    assert latent_preview(zero, "sd15").size == (10, 6)
+    assert set(np.asarray(latent_preview(zero, "sd15")).ravel()) == {128}  # no bias: mid grey
+    sdxl = np.asarray(latent_preview(zero, "sdxl"))[0, 0]
+    assert sdxl[0] > 128 > sdxl[1]  # SDXL's latents carry a colour bias
+    bright = torch.zeros(1, 4, 2, 2)
+    bright[:, 0] = 10.0
+    assert (np.asarray(latent_preview(bright, "sd15")) == 255).all()  # clipped, not wrapped

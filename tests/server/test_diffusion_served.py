@@ -107,3 +107,21 @@ def test_a_v2_job_streams_its_progress_as_server_sent_events(diffusion_client, b
     assert final["status"] == "COMPLETED" and final["output"].endswith(f"/v2/requests/{job}/output")
     assert diffusion_client.get(f"/v2/requests/{job}/output").status_code == 200
     assert diffusion_client.get("/v2/requests/nope/events").status_code == 404
+
+
+def test_previews_come_with_the_progress_when_asked(diffusion_client, body):
+    import base64
+    import json
+
+    job = diffusion_client.post("/v2/seg-swap", json={**body, "steps": 10}).json()["request_id"]
+    with diffusion_client.stream("GET", f"/v2/requests/{job}/events?previews=1") as stream:
+        text = "".join(stream.iter_text())
+    previews = [
+        json.loads(block.split("data: ", 1)[1])
+        for block in text.strip().split("\n\n")
+        if block.startswith("event: preview")
+    ]
+    assert previews and previews[-1]["step"] == 10
+    assert [p["step"] for p in previews] == sorted(p["step"] for p in previews)
+    picture = Image.open(io.BytesIO(base64.b64decode(previews[-1]["image"].split(",", 1)[1])))
+    assert picture.format == "JPEG" and max(picture.size) <= 256

@@ -42,6 +42,7 @@ from pipelines.engines.diffusion.embedding_cache import EmbeddingCache, image_di
 from pipelines.engines.diffusion.fast_path import apply_fast_path, is_compile_error, uncompile_unet_blocks
 from pipelines.engines.diffusion.geometry import dilate
 from pipelines.engines.diffusion.options import DiffusionOptions
+from pipelines.engines.diffusion.preview import latent_preview
 from pipelines.engines.diffusion.runtime import first_line, pick_device, quiet_libraries, step_callback
 from pipelines.engines.diffusion.schedule import LOW_STEPS, denoising_strength, low_step_scheduler, schedule_length
 from pipelines.engines.diffusion.stitch import crop_around, stitch
@@ -102,7 +103,9 @@ class DiffusionEngine:
             num_inference_steps=schedule_length(job.steps, strength),
             guidance_scale=job.guidance_scale,
             cross_attention_kwargs=_mask_kwargs(ip_adapter_masks(crop.repainted, crop.size)),
-            callback_on_step_end=step_callback(progress, job.steps),
+            callback_on_step_end=step_callback(
+                progress, job.steps, lambda latents: latent_preview(latents, self.model_set.arch)
+            ),
         )
         generated = self._generate(arguments, job.seed)
         generated_at = time.perf_counter()

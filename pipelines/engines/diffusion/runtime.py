@@ -46,12 +46,17 @@ def first_line(exc: Exception) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def step_callback(progress: ProgressFn | None, total: int):
-    """A diffusers `callback_on_step_end` that reports (step, total) to `progress`."""
+def step_callback(progress: ProgressFn | None, total: int, preview=None):
+    """A diffusers `callback_on_step_end` that reports (step, total) to `progress`, and, when `progress` takes
+    previews and `preview(latents)` is given, offers it a preview of the step (see pipelines.interface)."""
+    wants_previews = preview is not None and callable(getattr(progress, "preview", None))
 
     def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
         if progress is not None:
             progress(step + 1, total)
+        if wants_previews:
+            latents = callback_kwargs["latents"].detach().clone()
+            progress.preview(lambda: preview(latents))
         return callback_kwargs
 
     return on_step_end
