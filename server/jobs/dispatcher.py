@@ -34,6 +34,8 @@ from server.serving.metrics import Metrics
 from server.serving.work_queue import Dropped, QueueFull, Ticket, WorkQueue
 from server.settings import Settings
 
+PROGRESS_KEPT_S = 60.0
+
 log = logging.getLogger(__name__)
 RECOVER_EVERY_S = 5.0  # well under the store's lease (LEASE_S), which this renews
 WEBHOOK_DELAYS_S = (1, 2, 4, 8, 16)  # waits between attempts: 6 attempts over about half a minute
@@ -53,7 +55,7 @@ class JobRunner:
         self.ledger = ledger  # where a failed, cancelled or unrun job's charge goes back
         self.tickets: dict[str, Ticket | None] = {}  # dispatched jobs (None: inputs still loading)
         # What the jobs run here have reported, written by the worker thread as the engine works; the last report
-        # stays (the event stream sends it with the end) until the job is purged
+        # stays PROGRESS_KEPT_S after the job ends (the event stream sends it with the end)
         self.progress: dict[str, JobProgress] = {}
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
@@ -94,7 +96,6 @@ class JobRunner:
         try:
             purged = await asyncio.to_thread(self.store.purge_expired)
             for record in purged:
-                self.progress.pop(record.id, None)
                 if record.status == "QUEUED":
                     await asyncio.to_thread(self._refund, record)
         except Exception:
@@ -195,6 +196,9 @@ class JobRunner:
             return True
         finally:
             del ticket, job  # the future holds the engine's exception, if any
+            # The last report (and its preview's latents, on the device) goes a little after the end: time for
+            # the event streams to send it, without holding one per finished job until it is purged.
+            asyncio.get_running_loop().call_later(PROGRESS_KEPT_S, self.progress.pop, record.id, None)
         self.metrics.queue_wait_seconds.observe(outcome.queue_s)
         self.metrics.stage_seconds.labels("engine").observe(outcome.engine_s)
         self.metrics.images.labels(outcome.engine).inc()

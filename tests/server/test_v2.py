@@ -210,3 +210,21 @@ def test_submit_poll_fetch_on_tiny_diffusion_weights(tmp_path, body, tiny_weight
         output = client.get(f"/v2/requests/{request_id}/output")
         assert output.status_code == 200 and output.headers["content-type"] == "image/png"
         assert client.get("/health/ready").json()["engine"] == engine_name
+
+
+def test_a_finished_jobs_progress_is_let_go(tmp_path, body, monkeypatch):
+    """The last report (whose preview holds the step's latents, on the device) goes soon after the job ends,
+    not when the job is purged days later."""
+    import time
+
+    from server.jobs import dispatcher
+
+    monkeypatch.setattr(dispatcher, "PROGRESS_KEPT_S", 0.05)
+    with make_client(tmp_path) as client:
+        wait_ready(client)
+        job = client.post("/v2/seg-swap", json=body).json()["request_id"]
+        assert wait_for(client, job)["status"] == "COMPLETED"
+        end = time.monotonic() + 5
+        while job in client.app.state.jobs.progress and time.monotonic() < end:
+            time.sleep(0.02)
+        assert job not in client.app.state.jobs.progress
