@@ -140,7 +140,7 @@ def _sam2_preprocessing(folder: Path) -> tuple[int, np.ndarray, np.ndarray]:
 
 
 def _load(build, folder: Path):
-    from pipelines.engines.diffusion.runtime import first_line, quiet_libraries
+    from pipelines.torch_runtime import first_line, quiet_libraries
 
     quiet_libraries()
     try:

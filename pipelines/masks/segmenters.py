@@ -64,8 +64,8 @@ def load_segmenter(weights_dir: Path | None = None, kind: SegmenterKind = "auto"
         if kind == "sam2":
             raise EngineUnavailable("SAM 2 needs torch and transformers: pip install 'segswap[diffusion]'")
         return GrabCutSegmenter()
-    from pipelines.engines.diffusion.runtime import pick_device
     from pipelines.masks.sam2 import Sam2Selector
+    from pipelines.torch_runtime import pick_device
 
     detector = model_files.installed(weights_dir, model_files.DETECTOR)
     try:

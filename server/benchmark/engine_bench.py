@@ -135,8 +135,8 @@ def run(args: argparse.Namespace) -> dict:
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per fetched image otherwise
 
-    from pipelines.engines.diffusion.runtime import pick_device
     from pipelines.engines.selection import diffusion_engine
+    from pipelines.torch_runtime import pick_device
     from server.settings import Settings
 
     device, dtype = pick_device(args.device, args.dtype)
@@ -347,7 +347,7 @@ class DiffusersBaseline:
         from diffusers import AutoPipelineForInpainting
 
         from pipelines.engines.diffusion.engine import only_fp16_variant
-        from pipelines.engines.diffusion.runtime import quiet_libraries
+        from pipelines.torch_runtime import quiet_libraries
 
         if model_set.checkpoint is not None:
             raise ValueError(f"{model_set.folder} is a single-file set; the baseline needs a diffusers-format base/")
@@ -390,7 +390,7 @@ class Flux2Baseline:
     def __init__(self, model_set: ModelSet, device, dtype):
         from diffusers import Flux2KleinInpaintPipeline
 
-        from pipelines.engines.diffusion.runtime import quiet_libraries
+        from pipelines.torch_runtime import quiet_libraries
 
         quiet_libraries()
         pipe = Flux2KleinInpaintPipeline.from_pretrained(str(model_set.base), dtype=dtype, local_files_only=True)

@@ -108,7 +108,7 @@ def make_full(
     when there is one: initialising billions of parameters on a CPU takes minutes) and saved in `dtype`. A set
     written earlier from the same configs is reused.
     """
-    from pipelines.engines.diffusion.runtime import quiet_libraries
+    from pipelines.torch_runtime import quiet_libraries
 
     arch = SETS[name]
     set_dir = Path(out_dir) / name

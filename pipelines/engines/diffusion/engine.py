@@ -43,7 +43,7 @@ from pipelines.engines.diffusion.fast_path import apply_fast_path, is_compile_er
 from pipelines.engines.diffusion.geometry import dilate
 from pipelines.engines.diffusion.options import DiffusionOptions
 from pipelines.engines.diffusion.preview import latent_preview
-from pipelines.engines.diffusion.runtime import first_line, pick_device, quiet_libraries, step_callback
+from pipelines.engines.diffusion.runtime import step_callback
 from pipelines.engines.diffusion.schedule import LOW_STEPS, denoising_strength, low_step_scheduler, schedule_length
 from pipelines.engines.diffusion.stitch import crop_around, stitch
 from pipelines.errors import WeightsError
@@ -51,6 +51,7 @@ from pipelines.interface import ProgressFn
 from pipelines.job import SwapJob
 from pipelines.models.model_sets import ModelSet
 from pipelines.placement import place
+from pipelines.torch_runtime import first_line, pick_device, quiet_libraries
 
 LATENT_MARGIN = 16  # processing pixels the pipeline's mask reaches past the grown mask: two latent cells
 

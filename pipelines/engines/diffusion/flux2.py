@@ -31,7 +31,7 @@ from pipelines.engines.diffusion.embedding_cache import EmbeddingCache
 from pipelines.engines.diffusion.geometry import dilate, whole_cells
 from pipelines.engines.diffusion.object_look import keep_own_look
 from pipelines.engines.diffusion.options import DiffusionOptions
-from pipelines.engines.diffusion.runtime import first_line, pick_device, quiet_libraries, step_callback
+from pipelines.engines.diffusion.runtime import step_callback
 from pipelines.engines.diffusion.schedule import denoising_strength, flow_schedule_length
 from pipelines.engines.diffusion.stitch import Crop, crop_around, stitch
 from pipelines.errors import WeightsError
@@ -40,6 +40,7 @@ from pipelines.interface import ProgressFn
 from pipelines.job import SwapJob
 from pipelines.models.model_sets import ModelSet
 from pipelines.placement import Placement, place
+from pipelines.torch_runtime import first_line, pick_device, quiet_libraries
 
 DISTILLED_STEPS = 4
 PIPELINE_MAX_AREA = 1024 * 1024  # Flux2KleinInpaintPipeline shrinks a larger image: crops must stay within it
