@@ -6,9 +6,9 @@ boxes are (left, top, right, bottom) with right/bottom exclusive, as in PIL.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from pipelines.errors import InvalidInput
 
@@ -86,10 +86,18 @@ def grow_mask(mask: np.ndarray, radius: int) -> np.ndarray:
     h, w = mask.shape
     y0, x0 = max(0, top - radius), max(0, left - radius)
     y1, x1 = min(h, bottom + radius), min(w, right + radius)
-    distance_to_mask = ndimage.distance_transform_edt(~mask[y0:y1, x0:x1])
+    distance_to_mask = euclidean_distance(~mask[y0:y1, x0:x1])
     grown = np.zeros_like(mask)
     grown[y0:y1, x0:x1] = distance_to_mask <= radius
     return grown
+
+
+def euclidean_distance(region: np.ndarray) -> np.ndarray:
+    """Each True pixel's exact Euclidean distance to the nearest False one (0 on False pixels), float32.
+
+    OpenCV's exact transform (DIST_MASK_PRECISE), several times faster than scipy's on large masks. With no
+    False pixel at all every distance is huge: the array's own border is not an edge."""
+    return cv2.distanceTransform(region.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
 
 
 def _bounds(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -145,7 +153,7 @@ def feather_alpha(mask: np.ndarray, feather: float) -> np.ndarray:
     """Opacity in [0, 1]: 0 outside `mask`, rising over `feather` pixels inside it to 1."""
     if feather <= 1:
         return mask.astype(np.float32)
-    inside_distance = ndimage.distance_transform_edt(mask)
+    inside_distance = euclidean_distance(mask)
     return np.clip(inside_distance / feather, 0.0, 1.0).astype(np.float32)
 
 
@@ -157,14 +165,11 @@ def feathered_paste(base: Image.Image, patch: Image.Image, box: Box, mask: np.nd
     left, top, right, bottom = box
     if patch.size != (right - left, bottom - top):
         raise ValueError(f"patch size {patch.size} does not match box {box}")
-    out = np.array(base.convert("RGB"))
-    region = out[top:bottom, left:right].astype(np.float32)
-    region_mask = mask[top:bottom, left:right]
-    alpha = _box_alpha(mask, box, feather)[..., None]
-    blended = region + alpha * (np.asarray(patch.convert("RGB"), dtype=np.float32) - region)
-    blended = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    out[top:bottom, left:right] = np.where(region_mask[..., None], blended, out[top:bottom, left:right])
-    return Image.fromarray(out, "RGB")
+    alpha = _box_alpha(mask, box, feather) * mask[top:bottom, left:right]
+    opacity = Image.fromarray(np.clip(alpha * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    out = base.convert("RGB") if base.mode != "RGB" else base.copy()
+    out.paste(patch.convert("RGB"), (left, top), opacity)  # Pillow's blend: 0 leaves the base's pixel as it is
+    return out
 
 
 def _box_alpha(mask: np.ndarray, box: Box, feather: float) -> np.ndarray:

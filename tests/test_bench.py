@@ -135,3 +135,17 @@ def test_flux2_configs_match_the_real_files_in_the_manifest():
         )
         header = size - 2 * PARAMETER_COUNTS[("flux2", part)]
         assert 0 < header < 64 * 1024, (part, header)
+
+
+def test_request_latency_prints_both_ratios_for_both_transports(capsys, tmp_path, monkeypatch):
+    """bench/request_latency: JSON and multipart requests over real HTTP against Pillow's bare decode+encode."""
+    from bench import request_latency
+
+    monkeypatch.setenv("SEGSWAP_DATA_DIR", str(tmp_path))
+    report = request_latency.main(["--size", "160", "--repeats", "2"])
+    assert report["bare_decode_encode_s"] > 0 and report["targets"] == request_latency.TARGETS
+    for transport in ("json", "multipart"):
+        row = report[transport]
+        assert row["end_to_end_s_median"] >= row["engine_s_median"] > 0
+        assert row["around_over_bare"] > 0 and row["engine_over_bare"] > 0
+    assert json.loads(capsys.readouterr().out) == report

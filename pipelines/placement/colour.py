@@ -7,6 +7,7 @@ import numpy as np
 # Share of the gap between the object's mean colour and its surroundings' that is always closed, so that even
 # at fashion_strength 1 an object takes on a little of the scene's light.
 LIGHT_MATCH = 0.1
+STAT_SAMPLES = 65536
 
 
 def harmonise(
@@ -16,13 +17,14 @@ def harmonise(
 
     Per-channel mean/std transfer, the object's statistics weighted by `weight` (its alpha); see `transfer`.
     """
-    w = weight.reshape(-1)
-    pixels = obj.reshape(-1, 3)
+    step = max(1, weight.size // STAT_SAMPLES)  # a mean and a spread need far fewer pixels than a layer holds
+    w = weight.reshape(-1)[::step]
+    pixels = obj.reshape(-1, 3)[::step]
     total = w.sum()
     if total <= 0 or len(target) == 0:
         return obj
-    mean = (pixels * w[:, None]).sum(axis=0) / total
-    std = np.sqrt((((pixels - mean) ** 2) * w[:, None]).sum(axis=0) / total)
+    mean = (w @ pixels) / total
+    std = np.sqrt((w @ (pixels - mean) ** 2) / total)
     return transfer(obj, mean, std, target, fashion_strength, light_match)
 
 
@@ -39,10 +41,15 @@ def transfer(
     At fashion_strength 1 the colours are kept (but for `light_match` of the gap between the means); at 0 they
     take the target's mean and spread per channel.
     """
+    target = target[:: max(1, len(target) // STAT_SAMPLES)]
     target_mean, target_std = target.mean(axis=0), target.std(axis=0) + 1e-3
-    transferred = (pixels - mean) * (target_std / (std + 1e-3)) + target_mean
-    light_matched = pixels + light_match * (target_mean - mean)
-    return np.clip(light_matched + (1.0 - fashion_strength) * (transferred - light_matched), 0.0, 255.0)
+    # Both ends are per-channel affine maps of the pixels, so their blend is one: pixels * gain + offset.
+    transfer_gain = target_std / (std + 1e-3)
+    transfer_offset = target_mean - mean * transfer_gain
+    light_offset = light_match * (target_mean - mean)
+    gain = 1.0 + (1.0 - fashion_strength) * (transfer_gain - 1.0)
+    offset = light_offset + (1.0 - fashion_strength) * (transfer_offset - light_offset)
+    return np.clip(pixels * gain.astype(np.float32) + offset.astype(np.float32), 0.0, 255.0)
 
 
 def match_to(image: np.ndarray, reference: np.ndarray, where: np.ndarray, max_gain: float = 1.25) -> np.ndarray:

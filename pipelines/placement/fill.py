@@ -19,11 +19,13 @@ from pipelines.imageops import Box
 WORK_SIDE = 192  # the fill is computed with the region's long side at this many pixels
 RING = 12  # pixels around the mask whose grain strength the fill takes
 DETAIL_SIGMA = 1.5  # grain = the image minus its blur at this sigma
+GRAIN_SAMPLES = 8192  # ring pixels the grain's strength is measured on
+SURROUNDINGS = RING * 2  # how far past the mask's box the fill reads the scene
 
 
 def remove_content(scene: np.ndarray, mask: np.ndarray, box: Box, seed: int) -> np.ndarray:
     """`scene` (float RGB) with the pixels under `mask` replaced by an inpainted fill; others untouched."""
-    left, top, right, bottom = _with_margin(box, scene.shape, RING * 2)
+    left, top, right, bottom = _with_margin(box, scene.shape, SURROUNDINGS)
     region = scene[top:bottom, left:right]
     region_mask = mask[top:bottom, left:right]
     height, width = region_mask.shape
@@ -59,15 +61,17 @@ def pull_push(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
 
 
 def _grain(region: np.ndarray, region_mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Gaussian noise with the strength of the fine detail just around the hole."""
+    """Noise with the strength (robust spread) of the fine detail just around the hole."""
     detail = region - cv2.GaussianBlur(region, (0, 0), DETAIL_SIGMA)
     ring = cv2.dilate(region_mask.astype(np.uint8), np.ones((2 * RING + 1, 2 * RING + 1), np.uint8)).astype(bool)
     ring &= ~region_mask
     if not ring.any():
         return np.zeros_like(detail)
-    around = detail[ring]
+    around = detail[ring][:: max(1, int(ring.sum()) // GRAIN_SAMPLES)]  # a robust spread needs a few thousand
     strength = 1.4826 * np.median(np.abs(around - np.median(around, axis=0)), axis=0)  # robust to edges
-    return rng.standard_normal(detail.shape).astype(np.float32) * strength
+    # Uniform noise of the same spread: as grain it looks the same as Gaussian, and draws three times faster.
+    unit = rng.random(detail.shape, dtype=np.float32) - np.float32(0.5)
+    return unit * (np.sqrt(12.0) * strength).astype(np.float32)
 
 
 def _with_margin(box: Box, shape: tuple[int, ...], margin: int) -> Box:

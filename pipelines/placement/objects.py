@@ -84,8 +84,17 @@ def contact_shadow(alpha: np.ndarray) -> np.ndarray:
     centre_x, half_width = (cols[0] + cols[-1]) / 2, max(2.0, 0.6 * (cols[-1] - cols[0] + 1))
     half_height = max(1.5, 0.04 * (bottom - top + 1))
     shadow = np.zeros_like(alpha)
-    cv2.ellipse(shadow, (round(centre_x), int(bottom)), (round(half_width), round(half_height)), 0, 0, 360, 1.0, -1)
-    return cv2.GaussianBlur(shadow, (0, 0), max(1.0, half_height))
+    sigma = max(1.0, half_height)
+    # Drawn and blurred only in the window the blur can reach: the ellipse and OpenCV's kernel radius (4 sigma).
+    reach = 4 * sigma + 1
+    y0, y1 = max(0, int(bottom - half_height - reach)), min(alpha.shape[0], int(bottom + half_height + reach) + 2)
+    x0, x1 = max(0, int(centre_x - half_width - reach)), min(alpha.shape[1], int(centre_x + half_width + reach) + 2)
+    window = shadow[y0:y1, x0:x1]
+    cv2.ellipse(
+        window, (round(centre_x) - x0, int(bottom) - y0), (round(half_width), round(half_height)), 0, 0, 360, 1.0, -1
+    )
+    shadow[y0:y1, x0:x1] = cv2.GaussianBlur(window, (0, 0), sigma)
+    return shadow
 
 
 def _surroundings(scene: np.ndarray, grown: np.ndarray, box: Box) -> np.ndarray:

@@ -10,8 +10,11 @@ from PIL import Image
 from pipelines.imageops import Box, feathered_paste, grow_mask, mask_box, normalize_mask
 from pipelines.job import SwapJob
 from pipelines.placement.cutout import cut_out
+from pipelines.placement.fill import SURROUNDINGS
 from pipelines.placement.objects import place_object
 from pipelines.placement.patterns import place_pattern
+
+WINDOW_MARGIN = SURROUNDINGS  # the farthest any placement step reads outside the grown mask's box
 
 
 @dataclass(frozen=True)
@@ -35,26 +38,42 @@ def resolve_mode(job: SwapJob) -> str:
 
 
 def place(job: SwapJob) -> Placement:
-    """Put the job's object or pattern into its scene; `subject_strength` is the placement's opacity."""
+    """Put the job's object or pattern into its scene; `subject_strength` is the placement's opacity.
+
+    The work runs on a window of the scene around the grown mask's box (the box and the margin the fill reads
+    its surroundings from), never on the whole image: only the box's pixels are written.
+    """
     main = job.main_image.convert("RGB")
     mask = normalize_mask(job.mask_image, main.size)
     grown = grow_mask(mask, job.growmask)
     box = mask_box(grown)
-    scene = np.asarray(main, dtype=np.float32)
-    mode = resolve_mode(job)
+    window = mask_box(grown, margin=WINDOW_MARGIN)
+    wl, wt, wr, wb = window
+    scene = np.asarray(main.crop(window), dtype=np.float32)
+    local_mask, local_grown = mask[wt:wb, wl:wr], grown[wt:wb, wl:wr]
     left, top, right, bottom = box
+    local_box = (left - wl, top - wt, right - wl, bottom - wt)
+    mode = resolve_mode(job)
+    coverage = np.zeros(mask.shape, np.float32)
     if mode == "pattern":
         reference = job.object_image.convert("RGB")
         placed = place_pattern(
-            scene, mask, grown, box, reference, job.horizontal_repeat, job.vertical_repeat, job.fashion_strength
+            scene,
+            local_mask,
+            local_grown,
+            local_box,
+            reference,
+            job.horizontal_repeat,
+            job.vertical_repeat,
+            job.fashion_strength,
         )
-        coverage = mask.astype(np.float32)
+        coverage[mask] = 1.0
     else:
         reference = cut_out(job.object_image)
-        placed, alpha = place_object(scene, grown, box, reference, job.fashion_strength, job.seed)
-        coverage = np.zeros(mask.shape, np.float32)
+        placed, alpha = place_object(scene, local_grown, local_box, reference, job.fashion_strength, job.seed)
         coverage[top:bottom, left:right] = alpha * grown[top:bottom, left:right]
-    placed = scene + job.subject_strength * (placed - scene)
-    patch = Image.fromarray(np.clip(np.rint(placed[top:bottom, left:right]), 0, 255).astype(np.uint8), "RGB")
+    inside = (slice(top - wt, bottom - wt), slice(left - wl, right - wl))
+    placed = scene[inside] + job.subject_strength * (placed[inside] - scene[inside])
+    patch = Image.fromarray(np.clip(np.rint(placed), 0, 255).astype(np.uint8), "RGB")
     image = feathered_paste(main, patch, box, grown, feather=max(1, job.growmask))
     return Placement(image, mask, grown, box, mode, reference, coverage)

@@ -121,3 +121,20 @@ def test_feathered_paste_leaves_pixels_outside_the_mask_untouched():
     assert np.array_equal(out[~mask], np.asarray(base)[~mask])
     assert (out[12, 18] == [255, 0, 0]).all()  # deep inside: fully the patch
     assert not (out[5, 18] == [255, 0, 0]).all()  # on the edge: blended
+
+
+def test_euclidean_distance_is_exact():
+    """OpenCV's exact transform gives scipy's Euclidean distances (grow_mask's disks depend on it)."""
+    from scipy import ndimage
+
+    from pipelines.imageops import euclidean_distance
+
+    rng = np.random.default_rng(4)
+    region = rng.random((180, 240)) > 0.002
+    region[60:90, 100:160] = False
+    assert np.abs(euclidean_distance(region) - ndimage.distance_transform_edt(region)).max() < 1e-4
+
+
+def test_feather_of_a_mask_filling_its_window_stays_opaque():
+    """A mask that fills the whole image has no inner edge to feather from: every pixel is fully opaque."""
+    assert feather_alpha(np.ones((20, 30), dtype=bool), 5).min() == 1.0

@@ -182,3 +182,55 @@ def test_objects_too_thin_to_cut_out_are_used_whole(size):
         object_image=Image.new("RGB", size, (200, 10, 10)),
     )
     assert place(job).image.size == (200, 150)
+
+
+def test_a_plain_swatch_is_all_object():
+    """An image that is all backdrop (a flat colour or a smooth gradient) has nothing to cut out: all of it is
+    the object, not whatever GrabCut would split off."""
+    ys, xs = np.mgrid[0:90, 0:120]
+    gradient = np.stack([60 + xs, 120 + 0 * xs, 200 - ys], axis=-1).astype(np.uint8)
+    for swatch in (Image.new("RGB", (120, 90), (30, 160, 60)), Image.fromarray(gradient, "RGB")):
+        cut = cut_out(swatch)
+        assert cut.size == swatch.size and np.asarray(cut.getchannel("A")).min() == 255
+        assert np.array_equal(np.asarray(cut.convert("RGB")), np.asarray(swatch))
+
+
+def test_the_backdrop_field_is_the_fitted_quadratic_everywhere():
+    """The field is evaluated on a coarse grid and scaled up: it must still be the quadratic at every pixel."""
+    from pipelines.placement.cutout import _border_strip, _fit_field
+
+    height, width = 301, 457
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    u, v = xs / (width - 1) - 0.5, ys / (height - 1) - 0.5
+    exact = np.stack([200 + 30 * u - 20 * v + 40 * u * u, 180 - 25 * v * v + 10 * u * v, 150 + 5 * u], axis=-1)
+    field = _fit_field(exact.astype(np.float32), _border_strip(height, width))
+    # Within a grey level (the backdrop tolerance is 8 or more), the worst at the corners' outer half-cell.
+    assert field.shape == exact.shape and np.abs(field - exact).max() < 1.0
+
+
+def test_the_contact_shadow_is_the_blurred_ellipse_whatever_the_window():
+    """The shadow is drawn and blurred in a window around it: the same as blurring the whole layer."""
+    import cv2
+
+    from pipelines.placement.objects import contact_shadow
+
+    alpha = np.zeros((300, 260), np.float32)
+    alpha[40:280, 60:200] = 1.0
+    shadow = contact_shadow(alpha)
+    whole = np.zeros_like(alpha)
+    cv2.ellipse(whole, (130, 279), (84, 10), 0, 0, 360, 1.0, -1)
+    assert np.abs(shadow - cv2.GaussianBlur(whole, (0, 0), 9.6)).max() < 1e-5
+    assert shadow[279, 130] > 0.5 and shadow[:200].max() == 0.0
+
+
+def test_placement_reads_only_a_window_around_the_mask():
+    """What lies far from the mask cannot change the placed region (the stage works on a window)."""
+    scene = np.asarray(noise_image((400, 300), seed=3)).copy()
+    mask = rect_mask((400, 300), (150, 100, 250, 200))
+    object_image = product_on_white()
+    first = place(SwapJob(main_image=Image.fromarray(scene), mask_image=mask, object_image=object_image))
+    scene[:40, :40] = 0  # far outside the box and its margin
+    second = place(SwapJob(main_image=Image.fromarray(scene), mask_image=mask, object_image=object_image))
+    box = first.box
+    crop = (slice(box[1], box[3]), slice(box[0], box[2]))
+    assert np.array_equal(np.asarray(first.image)[crop], np.asarray(second.image)[crop])

@@ -93,6 +93,14 @@ def test_oversize_multipart_body_is_413(client, scene, mask):
     assert response.status_code == 413
 
 
-def test_invalid_base64_is_400(client, body):
-    response = client.post("/v1/seg-swap", json={**body, "object_image": "iVBORw0KGgo=%%%"})
+@pytest.mark.parametrize("value", ["iVBORw0KGgo=%%%", "iVBORw0KGgoé", "iVBO Rw0K===x"])
+def test_invalid_base64_is_400(client, body, value):
+    response = client.post("/v1/seg-swap", json={**body, "object_image": value})
     assert response.status_code == 400 and "not a URL and not valid base64" in response.json()["error"]
+
+
+def test_line_wrapped_or_unpadded_base64_is_read(client, body):
+    """MIME-style line breaks and missing padding are still base64 (the fast decoder's strict path retries)."""
+    wrapped = "\n".join(body["object_image"][i : i + 76] for i in range(0, len(body["object_image"]), 76))
+    for value in (wrapped, body["object_image"].rstrip("=")):
+        assert client.post("/v1/seg-swap", json={**body, "object_image": value}).status_code == 200
