@@ -62,8 +62,12 @@ def body(side: int) -> bytes:
         image.save(buffer, "PNG", compress_level=1)
         return base64.b64encode(buffer.getvalue()).decode()
 
-    values = {"main_image": b64(scene), "mask_image": b64(mask), "object_image": b64(Image.new("RGB", (64, 64))),
-              "horizontal_repeat": 2}
+    values = {
+        "main_image": b64(scene),
+        "mask_image": b64(mask),
+        "object_image": b64(Image.new("RGB", (64, 64))),
+        "horizontal_repeat": 2,
+    }
     return json.dumps(values).encode()
 
 

@@ -56,6 +56,15 @@ class Settings(BaseSettings):
     embed_cache_size: int = Field(
         64, ge=0, description="LRU entries of IP-Adapter image and prompt embeddings (0: no cache)"
     )
+    few_step: bool = Field(
+        False, description="SD sets: the LCM-LoRA fused in, 4-8 steps without guidance (FLUX.2 klein: always 4)"
+    )
+    step_cache: bool = Field(
+        False,
+        description="reuse slowly changing model features between steps (DeepCache on SD, First Block Cache "
+        "on FLUX.2): faster, slightly different images",
+    )
+    step_cache_interval: int = Field(3, ge=2, description="step cache: the whole model runs once every this many steps")
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
     keys_file: Path | None = Field(None, description="TOML key file managed by `segswap keys` (hashes, limits)")
     credits_db: Path | None = Field(None, description="SQLite credit ledger (default: credits.sqlite3 in data_dir)")
@@ -150,6 +159,9 @@ class Settings(BaseSettings):
             channels_last=None if self.channels_last == "auto" else self.channels_last,
             compile=None if self.compile == "auto" else self.compile,
             embed_cache_size=self.embed_cache_size,
+            few_step=self.few_step,
+            step_cache=self.step_cache,
+            step_cache_interval=self.step_cache_interval,
         )
 
 

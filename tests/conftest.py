@@ -114,12 +114,12 @@ def file_server() -> Iterator[FileServer]:
 
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
-    """Tiny random-weight SD1.5 and SDXL model sets, in the layout of a real download."""
+    """Tiny random-weight SD1.5 and SDXL model sets and their LCM-LoRAs, in the layout of a real download."""
     pytest.importorskip("diffusers")
     from pipelines.models.tiny import make_tiny
 
     out = tmp_path_factory.mktemp("weights")
-    make_tiny(out, sets=("sdxl", "sd15"))
+    make_tiny(out, sets=("sdxl", "sd15", "sdxl-lcm", "sd15-lcm"))
     return out
 
 

@@ -25,7 +25,7 @@ def report(tmp_path_factory) -> dict:
             "--arch",
             "sdxl",
             "--steps",
-            "2",
+            "6",
             "--repeats",
             "2",
             "--crop-main",
@@ -35,7 +35,7 @@ def report(tmp_path_factory) -> dict:
             "--crop-repeats",
             "1",
             "--ablate",
-            "embed_cache,fuse_qkv",
+            "embed_cache,fuse_qkv,few_step,step_cache",
             "--device",
             "cpu",
             "--work-dir",
@@ -49,7 +49,7 @@ def report(tmp_path_factory) -> dict:
 
 
 def test_bench_prints_both_pipelines_and_their_ratio(report):
-    assert report["models"] == "tiny" and report["arch"] == "sdxl" and report["steps"] == 2
+    assert report["models"] == "tiny" and report["arch"] == "sdxl" and report["steps"] == 6
     for side in ("ours", "baseline"):
         row = report[side]
         for key in ("s_per_image_median", "s_per_image_p90", "images_per_s", "peak_memory_bytes"):
@@ -75,9 +75,13 @@ def test_bench_crop_and_stitch_row_and_ablation(report):
     assert positive(crop["ours"]["s_per_image_median"]) and positive(crop["baseline"]["s_per_image_median"])
     assert positive(crop["speedup_vs_baseline"])
     rows = {row["piece"]: row for row in report["ablation"]}
-    assert set(rows) == {"embed_cache", "fuse_qkv"}
+    assert set(rows) == {"embed_cache", "fuse_qkv", "few_step", "step_cache"}
     assert rows["embed_cache"]["flipped_to"] == 0 and rows["fuse_qkv"]["flipped_to"] is False
     assert all(positive(row["ratio_flipped_over_default"]) for row in rows.values())
+    # Few-step mode runs the LCM-LoRA's 4 steps where the default runs the asked ones; the cache runs them all.
+    assert rows["few_step"]["flipped_to"] is True and rows["few_step"]["steps"] == 4
+    assert rows["few_step"]["default_steps"] == report["steps"] > 4
+    assert rows["step_cache"]["flipped_to"] is True and rows["step_cache"]["steps"] == report["steps"]
 
 
 def test_bench_counts_flops_and_model_sizes(report):
@@ -116,7 +120,7 @@ def test_bench_runs_flux2_klein_against_its_plain_pipeline(tmp_path):
     assert report["arch"] == "flux2-klein" and report["steps"] == 4 and report["ip_adapter"] is None
     assert "Flux2KleinInpaintPipeline" in report["bench"]
     assert positive(report["ours"]["s_per_image_median"]) and positive(report["baseline"]["s_per_image_median"])
-    assert [row["piece"] for row in report["ablation"]] == ["embed_cache", "dtype"]
+    assert [row["piece"] for row in report["ablation"]] == ["embed_cache", "dtype", "step_cache"]
     memory = report["memory"]
     assert set(memory["components_bytes"]) == {"transformer", "vae", "text_encoder"}
     assert memory["set_weight_files_bytes"] >= memory["weights_total_bytes"] > 0

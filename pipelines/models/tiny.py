@@ -43,9 +43,11 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
+from pipelines.models.few_step import LORA_SETS
 from pipelines.models.model_sets import MASK_SETS, SETS, ModelSet, model_set_at
 from pipelines.models.single_file import export_single_file, strip_base_weights
 from pipelines.models.tiny_flux2 import write_tiny_flux2
+from pipelines.models.tiny_lora import write_lora
 from pipelines.models.tiny_masks import write_tiny_owlv2, write_tiny_sam2
 from pipelines.models.tiny_parts import clip_vocab, seed_component, write_clip_tokenizer
 
@@ -66,7 +68,11 @@ PLAIN_TOKENS = 4
 
 
 def make_tiny(
-    out_dir: Path, *, seed: int = 0, sets: tuple[str, ...] = (*SETS, *MASK_SETS), single_file: bool = False
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    sets: tuple[str, ...] = (*SETS, *MASK_SETS, *LORA_SETS.values()),
+    single_file: bool = False,
 ) -> list[Path]:
     """Write tiny random-weight model sets, one folder per set name, laid out as a real download; returns the folders.
 
@@ -74,7 +80,9 @@ def make_tiny(
     `single_file`, each SD set's base is written as a single-file checkpoint in the original key format
     (`base.safetensors`, like a model shared on a model site) next to a config-only `base/`: same weights.
     """
-    known = (*SETS, *MASK_SETS)
+    known = (*SETS, *MASK_SETS, *LORA_SETS.values())
+    unets = {"sdxl": _sdxl_unet, "sd15": _sd15_unet}
+    lora_archs = {name: arch for arch, name in LORA_SETS.items()}
     unknown = set(sets) - set(known)
     if unknown:
         raise ValueError(f"unknown model set(s) {sorted(unknown)}; known: {', '.join(known)}")
@@ -84,6 +92,9 @@ def make_tiny(
         folder = Path(out_dir) / name
         if name in writers:
             writers[name](folder, seed)
+        elif name in lora_archs:  # the LoRA for the UNet the same seed gives
+            shutil.rmtree(folder, ignore_errors=True)
+            write_lora(folder, unets[lora_archs[name]](seed), seed)
         elif SETS[name] == "flux2":
             write_tiny_flux2(folder, distilled=name == "flux2-klein", seed=seed)
         else:

@@ -27,6 +27,7 @@ import httpx
 
 from pipelines import paths
 from pipelines.errors import WeightsError
+from pipelines.models.few_step import LORA_ARCH
 from pipelines.models.model_sets import ARCHS, MASK_SETS
 
 DEFAULT_MANIFEST = Path(__file__).resolve().parent / "manifest.toml"  # package data
@@ -144,8 +145,9 @@ def _parse_set(where: str, name: str, raw: object) -> ManifestSet:
         raise WeightsError(f"{where} needs a description string")
     if not isinstance(license_, str) or not license_:
         raise WeightsError(f"{where} needs a license string (the licences of its weights)")
-    if arch not in ARCHS + MASK_SETS:
-        raise WeightsError(f"{where} has arch {arch!r}; expected one of {', '.join(ARCHS + MASK_SETS)}")
+    known = (*ARCHS, *MASK_SETS, LORA_ARCH)
+    if arch not in known:
+        raise WeightsError(f"{where} has arch {arch!r}; expected one of {', '.join(known)}")
     if not isinstance(raw_files, list) or not raw_files:
         raise WeightsError(f"{where} lists no files ([[sets.{name}.files]])")
     files = tuple(_parse_file(f"{where} file {i}", item) for i, item in enumerate(raw_files, 1))

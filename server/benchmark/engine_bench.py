@@ -27,7 +27,9 @@ What it measures, printed as one JSON object:
                     and, on CUDA, the floor at --peak-tflops and ours' ratio to it.
   crop_and_stitch   a small mask in a large image (--crop-main, --crop-mask): ours processes a crop at
                     the model's native size, the baseline the whole image.
-  ablation          (--ablate) each fast-path piece flipped from its default, alternating with the default.
+  ablation          (--ablate) each fast-path piece, and each way to fewer model evaluations (few_step: the
+                    LCM-LoRA at 4-8 steps without guidance; step_cache: DeepCache / TaylorSeer), flipped
+                    from its default, alternating with the default; with the steps each ran.
   memory            bytes of each model component in ours (what a low-memory setting has to hold), and of the
                     set's weight files on disk (what the GPU holds in the files' dtype).
 Peak memory: on CUDA, that pipeline's own weights plus the peak torch.cuda.max_memory_allocated rose
@@ -60,12 +62,13 @@ from PIL import Image, ImageDraw
 from pipelines import SwapJob
 from pipelines.engines.diffusion.options import DiffusionOptions
 from pipelines.imageops import grow_mask, normalize_mask
+from pipelines.models.few_step import LORA_SETS
 from pipelines.models.model_sets import SETS, ModelSet, model_set_at, require_model_set
 
 PROMPT = "a red summer dress with a small floral pattern"
 NEGATIVE_PROMPT = "blurry, low quality"
-PIECES = ("sdpa", "fuse_qkv", "channels_last", "compile", "embed_cache", "dtype")
-FLUX2_PIECES = ("embed_cache", "dtype")  # the others are UNet and IP-Adapter pieces
+PIECES = ("sdpa", "fuse_qkv", "channels_last", "compile", "embed_cache", "dtype", "few_step", "step_cache")
+FLUX2_PIECES = ("embed_cache", "dtype", "step_cache")  # the others are UNet and IP-Adapter pieces; klein is few-step
 # Practical dense bf16 peak of an H100/H200 SXM (the DESIGN's reference: 427 TFLOP in about 0.54 s).
 PRACTICAL_PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0}
 TINY_DEFAULT_STEPS = 4
@@ -159,7 +162,8 @@ def run(args: argparse.Namespace) -> dict:
 
             work = args.work_dir or Path(temporary := tempfile.mkdtemp(prefix="segswap-bench-"))
             _log(f"writing tiny {args.arch} set in {work}")
-            model_set = model_set_at(make_tiny(work, sets=(args.arch,))[0], args.ip_adapter)
+            lora = (LORA_SETS[SETS[args.arch]],) if SETS[args.arch] in LORA_SETS else ()
+            model_set = model_set_at(make_tiny(work, sets=(args.arch, *lora))[0], args.ip_adapter)
         else:
             from server.benchmark.full_models import make_full
 
@@ -573,6 +577,8 @@ def _ablation_row(ours, variant, piece: str, job: SwapJob, args, device) -> dict
         "s_per_image_median": _sig(variant_median),
         "default_s_per_image_median": _sig(default_median),
         "ratio_flipped_over_default": _ratio(variant_median, default_median),
+        "steps": variant.steps_for(job),
+        "default_steps": ours.steps_for(job),
         "peak_memory_bytes": variant_probe.peak_bytes(variant.pipe),
     }
 

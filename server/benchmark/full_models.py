@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from pipelines.models.few_step import LORA_FILE, LORA_SETS
 from pipelines.models.model_sets import SETS, ModelSet
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -40,6 +41,7 @@ PARAMETER_COUNTS = {
     ("flux2", "text_encoder"): 4_022_468_096,
 }
 MARKER = ".bench-full-set"
+LCM_LORA_RANK = 64  # latent-consistency/lcm-lora-sdxl and -sdv1-5
 
 
 def config(path: str) -> dict:
@@ -112,6 +114,8 @@ def make_full(
 
     arch = SETS[name]
     set_dir = Path(out_dir) / name
+    if arch in LORA_SETS:
+        _ensure_few_step_lora(Path(out_dir) / LORA_SETS[arch], arch, seed)
     fingerprint = _fingerprint(name, variant, dtype)
     marker = set_dir / MARKER
     if marker.is_file() and marker.read_text().strip() == fingerprint:
@@ -133,6 +137,17 @@ def make_full(
         torch.cuda.empty_cache()
     marker.write_text(fingerprint + "\n")
     return set_dir
+
+
+def _ensure_few_step_lora(folder: Path, arch: str, seed: int) -> None:
+    """The set's LCM-LoRA at the real files' rank (64), for the few-step ablation; kept once written."""
+    from pipelines.models.tiny_lora import write_lora
+
+    if (folder / LORA_FILE).is_file():
+        return
+    with torch.device("meta"):  # only the UNet's layer names and shapes are needed
+        unet = build_component(arch, "unet")
+    write_lora(folder, unet, seed, rank=LCM_LORA_RANK)
 
 
 def _built(arch: str, name: str, dtype: torch.dtype, device: str):

@@ -34,6 +34,15 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", choices=["auto", "float32", "float16", "bfloat16"], help="model dtype (default: auto)"
     )
+    parser.add_argument(
+        "--few-step",
+        action="store_const",
+        const=True,
+        help="SD sets: the LCM-LoRA fused in, 4-8 steps without guidance (needs `segswap weights download sdxl-lcm`)",
+    )
+    parser.add_argument(
+        "--step-cache", action="store_const", const=True, help="reuse slowly changing features between steps"
+    )
 
 
 def settings_from(args: argparse.Namespace, **extra: object) -> Settings:
@@ -46,6 +55,8 @@ def settings_from(args: argparse.Namespace, **extra: object) -> Settings:
         "segmenter": args.segmenter,
         "device": args.device,
         "dtype": args.dtype,
+        "few_step": getattr(args, "few_step", None),
+        "step_cache": getattr(args, "step_cache", None),
         **extra,
     }
     try:

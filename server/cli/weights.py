@@ -35,7 +35,7 @@ def add_weights_commands(parser: argparse.ArgumentParser) -> None:
 def run_list(args: argparse.Namespace) -> int:
     for row in weights.list_sets(weights.load_manifest()):
         size = f"{row.total_bytes / 1e9:6.1f} GB"
-        print(f"{row.name:16} {row.arch:5} {size}  {row.file_count:3} files  {row.description}")
+        print(f"{row.name:16} {row.arch:8} {size}  {row.file_count:3} files  {row.description}")
         print(f"{'':16} licence: {row.license}")
     return 0
 

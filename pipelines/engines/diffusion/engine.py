@@ -13,6 +13,10 @@
 5. Match the result's colour to the original in the ring the model repainted outside the grown mask, scale it
    back and paste it inside the grown mask with a feathered edge: every pixel outside is the input's own.
 
+Fewer model evaluations (options.py, off by default): few-step mode fuses the set's LCM-LoRA into the UNet at
+load and runs 4-8 steps with the LCM scheduler and no guidance (pipelines/models/few_step.py); the step cache
+reuses the UNet's deep features between full steps (step_cache.py).
+
 The fast path (options.py, each piece a setting and measured on and off by `segswap bench --ablate`): SDPA
 attention processors, fused q/k/v in self-attention, channels-last UNet/VAE, regional `torch.compile` of the
 UNet's transformer blocks, and an LRU of IP-Adapter image embeddings and prompt embeddings handed to the
@@ -29,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
+from diffusers import LCMScheduler, StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
 from PIL import Image
 
 from pipelines.engines.diffusion.conditioning import (
@@ -45,10 +49,12 @@ from pipelines.engines.diffusion.options import DiffusionOptions
 from pipelines.engines.diffusion.preview import latent_preview
 from pipelines.engines.diffusion.runtime import step_callback
 from pipelines.engines.diffusion.schedule import LOW_STEPS, denoising_strength, low_step_scheduler, schedule_length
+from pipelines.engines.diffusion.step_cache import UNetStepCache
 from pipelines.engines.diffusion.stitch import crop_around, stitch
 from pipelines.errors import WeightsError
 from pipelines.interface import ProgressFn
 from pipelines.job import SwapJob
+from pipelines.models.few_step import few_steps, lora_file
 from pipelines.models.model_sets import ModelSet
 from pipelines.placement import place
 from pipelines.torch_runtime import first_line, pick_device, quiet_libraries
@@ -71,16 +77,25 @@ class DiffusionEngine:
         self.native_side = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
         self.cell = self.pipe.vae_scale_factor  # one latent: crops are whole latents
         self.style_block = STYLE_BLOCKS[model_set.arch]
+        if self.options.few_step:
+            self.pipe.scheduler = LCMScheduler.from_config(self.pipe.scheduler.config)
         self.default_scheduler = self.pipe.scheduler
-        self.low_step_scheduler = low_step_scheduler(self.pipe.scheduler)
+        self.low_step_scheduler = None if self.options.few_step else low_step_scheduler(self.pipe.scheduler)
+        self.step_cache = (
+            UNetStepCache(self.pipe.unet, self.options.step_cache_interval) if self.options.step_cache else None
+        )
         self.embeddings = EmbeddingCache(self.options.embed_cache_size)
         # Seconds of the last swap by stage: mask_ops_s (mask, crop, tiling, paste: image work),
         # embeds_s (prompt and image embeddings, cached or not), model_s (the diffusers call).
         self.last_timings: dict[str, float] = {}
 
     def steps_for(self, job: SwapJob) -> int:
-        """The denoising steps that run: exactly the job's."""
-        return job.steps
+        """The denoising steps that run: exactly the job's, or few-step mode's count for them."""
+        return few_steps(job.steps) if self.options.few_step else job.steps
+
+    def guidance_for(self, job: SwapJob) -> float:
+        """The guidance scale that runs: the job's, or none (1) in few-step mode."""
+        return 1.0 if self.options.few_step else job.guidance_scale
 
     def swap(self, job: SwapJob, progress: ProgressFn | None = None) -> Image.Image:
         start = time.perf_counter()
@@ -89,10 +104,12 @@ class DiffusionEngine:
         crop = crop_around(placement, self.native_side, self.cell, lambda grown: dilate(grown, LATENT_MARGIN))
         strength = denoising_strength(job.subject_strength)
         set_ip_adapter_strengths(self.pipe.unet, self.style_block, job.subject_strength, job.fashion_strength)
-        self._use_scheduler(job.steps)
+        steps, guidance = self.steps_for(job), self.guidance_for(job)
+        self._use_scheduler(steps)
         self._set_vae_tiling(crop.size)
         prepared = time.perf_counter()
-        conditioning = self._conditioning(job, reference_image(placement, job.horizontal_repeat, job.vertical_repeat))
+        reference = reference_image(placement, job.horizontal_repeat, job.vertical_repeat)
+        conditioning = self._conditioning(job, reference, guided=guidance > 1)
         embedded = time.perf_counter()
         arguments = dict(
             conditioning,
@@ -101,11 +118,11 @@ class DiffusionEngine:
             width=crop.size[0],
             height=crop.size[1],
             strength=strength,
-            num_inference_steps=schedule_length(job.steps, strength),
-            guidance_scale=job.guidance_scale,
+            num_inference_steps=schedule_length(steps, strength),
+            guidance_scale=guidance,
             cross_attention_kwargs=_mask_kwargs(ip_adapter_masks(crop.repainted, crop.size)),
             callback_on_step_end=step_callback(
-                progress, job.steps, lambda latents: latent_preview(latents, self.model_set.arch)
+                progress, steps, lambda latents: latent_preview(latents, self.model_set.arch)
             ),
         )
         generated = self._generate(arguments, job.seed)
@@ -121,6 +138,8 @@ class DiffusionEngine:
 
     def _generate(self, arguments: dict, seed: int) -> Image.Image:
         def generate() -> Image.Image:
+            if self.step_cache is not None:
+                self.step_cache.reset()
             generator = torch.Generator("cpu").manual_seed(seed)
             return self.pipe(**arguments, generator=generator).images[0]
 
@@ -136,9 +155,10 @@ class DiffusionEngine:
             return generate()
 
     def _use_scheduler(self, steps: int) -> None:
-        self.pipe.scheduler = self.low_step_scheduler if steps < LOW_STEPS else self.default_scheduler
+        low = self.low_step_scheduler is not None and steps < LOW_STEPS
+        self.pipe.scheduler = self.low_step_scheduler if low else self.default_scheduler
 
-    def _conditioning(self, job: SwapJob, reference: Image.Image) -> dict:
+    def _conditioning(self, job: SwapJob, reference: Image.Image, guided: bool) -> dict:
         """The pipeline's prompt and IP-Adapter arguments: raw (no cache) or embeddings from the LRU.
 
         Embeddings are always computed as for classifier-free guidance ([negative, positive]); a job
@@ -146,7 +166,7 @@ class DiffusionEngine:
         """
         if not self.embeddings.enabled:
             return {"prompt": job.prompt, "negative_prompt": job.negative_prompt or None, "ip_adapter_image": reference}
-        guided = job.guidance_scale > 1 and self.pipe.unet.config.time_cond_proj_dim is None
+        guided = guided and self.pipe.unet.config.time_cond_proj_dim is None
 
         def encode_image() -> list[torch.Tensor]:
             return self.pipe.prepare_ip_adapter_image_embeds(reference, None, self.pipe._execution_device, 1, True)
@@ -212,6 +232,10 @@ def load_pipeline(model_set: ModelSet, device: torch.device, dtype: torch.dtype,
         else:
             pipe = pipeline_class.from_pretrained(model_set.base, **kwargs)
         pipe.load_ip_adapter(**model_set.ip_adapter_kwargs(), local_files_only=True)
+        if options.few_step:
+            fuse_few_step_lora(pipe, lora_file(model_set.folder, model_set.arch))
+    except WeightsError:
+        raise
     except Exception as exc:  # diffusers/transformers/safetensors raise many types for bad files
         raise WeightsError(f"cannot load model set {model_set.folder}: {first_line(exc)}") from exc
     pipe.set_progress_bar_config(disable=True)
@@ -222,6 +246,15 @@ def load_pipeline(model_set: ModelSet, device: torch.device, dtype: torch.dtype,
         pipe.to(device)
     apply_fast_path(pipe, options, offload=offload)
     return pipe
+
+
+def fuse_few_step_lora(pipe, path: Path) -> None:
+    """The LCM-LoRA fused into the UNet's weights and its adapter dropped: the UNet stays a plain UNet, so the
+    fast path (SDPA processors, fused q/k/v, compile) applies to it unchanged, at no per-step LoRA cost.
+    After IP-Adapter, as diffusers' IP-Adapter guide loads them."""
+    pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name="few_step")
+    pipe.fuse_lora(adapter_names=["few_step"])
+    pipe.unload_lora_weights()
 
 
 def only_fp16_variant(base: Path) -> bool:

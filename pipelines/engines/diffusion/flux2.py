@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -33,6 +34,7 @@ from pipelines.engines.diffusion.object_look import keep_own_look
 from pipelines.engines.diffusion.options import DiffusionOptions
 from pipelines.engines.diffusion.runtime import step_callback
 from pipelines.engines.diffusion.schedule import denoising_strength, flow_schedule_length
+from pipelines.engines.diffusion.step_cache import enable_transformer_cache
 from pipelines.engines.diffusion.stitch import Crop, crop_around, stitch
 from pipelines.errors import WeightsError
 from pipelines.imageops import tile_object
@@ -41,6 +43,8 @@ from pipelines.job import SwapJob
 from pipelines.models.model_sets import ModelSet
 from pipelines.placement import Placement, place
 from pipelines.torch_runtime import first_line, pick_device, quiet_libraries
+
+log = logging.getLogger("segswap.diffusion")
 
 DISTILLED_STEPS = 4
 PIPELINE_MAX_AREA = 1024 * 1024  # Flux2KleinInpaintPipeline shrinks a larger image: crops must stay within it
@@ -65,6 +69,14 @@ class Flux2Engine:
         self.native_side = min(pipeline_side, self.pipe.vae.config.sample_size)
         self.embeddings = EmbeddingCache(self.options.embed_cache_size)
         self.last_timings: dict[str, float] = {}
+        if self.options.step_cache:
+            enable_transformer_cache(self.pipe.transformer, self.options.step_cache_interval)
+        if self.options.few_step and not self.distilled:
+            log.warning(
+                "few-step mode: %s has no few-step weights and runs every step; flux2-klein is the "
+                "step-distilled model (4 steps)",
+                model_set.name,
+            )
 
     def steps_for(self, job: SwapJob) -> int:
         """The denoising steps that run: the job's on the base model, DISTILLED_STEPS on the distilled one."""

@@ -31,8 +31,14 @@ class DiffusionOptions:
         0 turns the cache off. Cached and uncached swaps give identical bytes.
     vae_tiling: always decode in tiles; vae_tiling_above_pixels: tile only above this processed area.
 
-    The FLUX.2 [klein] engine reads device, dtype, cpu_offload and embed_cache_size (prompt embeddings);
-    the other pieces are the UNet's and IP-Adapter's.
+    Fewer model evaluations (each changes the output; off by default):
+    few_step: SD sets fuse the LCM-LoRA into the UNet and denoise in 4-8 steps without guidance
+        (pipelines/models/few_step.py); FLUX.2 [klein] is step-distilled already and runs its 4 steps either way.
+    step_cache: reuse what changes little between steps (step_cache.py), the whole model running once every
+        step_cache_interval steps: DeepCache on SD UNets, diffusers' TaylorSeer (lite) on FLUX.2.
+
+    The FLUX.2 [klein] engine reads device, dtype, cpu_offload, embed_cache_size (prompt embeddings) and the
+    step cache; the other pieces are the UNet's and IP-Adapter's.
     """
 
     device: str = "auto"
@@ -45,6 +51,9 @@ class DiffusionOptions:
     channels_last: bool | None = None
     compile: bool | None = None
     embed_cache_size: int = 64
+    few_step: bool = False
+    step_cache: bool = False
+    step_cache_interval: int = 3
 
     def resolved(self, device_type: str) -> DiffusionOptions:
         """These options with every "auto" switch decided for a device type ("cuda", "cpu", "mps")."""

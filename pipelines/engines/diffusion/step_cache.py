@@ -7,10 +7,12 @@ last up block at full resolution, on the kept deep features. SDXL spends most of
 attention-heavy blocks, so interval 3 does about a third of the work on two steps out of three. diffusers has
 no hook for UNets (its cache hooks are for transformer models), hence these few lines of module wrapping.
 
-FLUX.2 (a transformer): diffusers' own First Block Cache. Each step runs the first block; when its residual
-changed by less than `threshold` (relative mean) since the last full step, the other blocks' residual is
-reused. At the distilled model's 4 steps the residual moves a lot and few steps are skipped; it pays on the
-base model's longer schedules.
+FLUX.2 (a transformer): diffusers' own TaylorSeer cache in its lite form. The first WARMUP_STEPS steps run
+in full, then one step in `interval`: between them every block is skipped and the output projection is
+predicted from its last full values by a first-order Taylor step. On the distilled model's 4 steps only the
+last step is predicted; it pays on the base model's longer schedules. (diffusers' First Block Cache, the other
+candidate, fails on FLUX.2 in diffusers 0.42: its single blocks run on the joined text+image stream, and the
+hook subtracts the first double block's separate outputs from it.)
 
 Caching changes the output (a quality trade, off by default); the same seed still gives the same bytes.
 """
@@ -65,8 +67,20 @@ class UNetStepCache:
         return cached_forward
 
 
-def enable_transformer_cache(transformer: nn.Module, threshold: float) -> None:
-    """diffusers' First Block Cache on a transformer model (FLUX.2); the pipeline resets it after each image."""
-    from diffusers.hooks import FirstBlockCacheConfig
+WARMUP_STEPS = 3  # full steps before the first prediction (diffusers' default): the Taylor step needs two
 
-    transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+
+def enable_transformer_cache(transformer: nn.Module, interval: int) -> None:
+    """diffusers' TaylorSeer (lite) on a transformer model (FLUX.2); the pipeline resets it after each image."""
+    import torch
+    from diffusers.hooks import TaylorSeerCacheConfig
+
+    transformer.enable_cache(
+        TaylorSeerCacheConfig(
+            cache_interval=interval,
+            disable_cache_before_step=WARMUP_STEPS,
+            max_order=1,
+            taylor_factors_dtype=torch.float32,
+            use_lite_mode=True,
+        )
+    )
