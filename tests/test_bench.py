@@ -153,3 +153,31 @@ def test_request_latency_prints_both_ratios_for_both_transports(capsys, tmp_path
         assert row["end_to_end_s_median"] >= row["engine_s_median"] > 0
         assert row["around_over_bare"] > 0 and row["engine_over_bare"] > 0
     assert json.loads(capsys.readouterr().out) == report
+
+
+def test_gpu_check_runs_tiny_on_the_cpu(tmp_path):
+    """bench/gpu_check.sh --tiny: the GPU check's very commands on the tiny sets, one JSON with every set's
+    three-way timing (diffusers, eager, fast) and its few-step and step-cache rows."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "check.json"
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        ["bash", str(root / "bench" / "gpu_check.sh"), "--tiny", "--out", str(out)],
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert list(report["runs"]) == ["sdxl", "flux2-klein", "sd15"]
+    assert all("report" in run for run in report["runs"].values()), report["runs"]
+    for arch, row in report["summary"].items():
+        assert positive(row["fast_s"]) and positive(row["eager_s"]) and positive(row["diffusers_s"]), arch
+        assert positive(row["step_cache_over_default"]) and row["step_cache_steps"] == row["steps"]
+    assert report["summary"]["sdxl"]["few_step_steps"] == 4 and report["summary"]["sd15"]["few_step_steps"] == 4
+    assert "few_step_s" not in report["summary"]["flux2-klein"]  # step-distilled: few steps is its only mode

@@ -9,7 +9,8 @@ the real weights, nothing downloaded); with --tiny (the default elsewhere) the t
 pipelines/models/tiny.py, so CI runs the very same code; with --weights DIR a model set on disk.
 
 What it measures, printed as one JSON object:
-  ours / baseline   seconds per image (median, p90), images/s, peak memory. `ours` is DiffusionEngine
+  ours / baseline   seconds per image (median, p90), images/s, peak memory (and `ours_eager` with --with-eager:
+                    ours with compilation off, in the same alternation). `ours` is DiffusionEngine
                     with the fast path the SEGSWAP_* settings give (see pipelines/engines/diffusion/options.py);
                     `baseline` is diffusers as its documentation shows it: for SD, AutoPipelineForInpainting,
                     load_ip_adapter, set_ip_adapter_scale, pipe(prompt, image, mask_image,
@@ -68,7 +69,7 @@ from pipelines.models.model_sets import SETS, ModelSet, model_set_at, require_mo
 PROMPT = "a red summer dress with a small floral pattern"
 NEGATIVE_PROMPT = "blurry, low quality"
 PIECES = ("sdpa", "fuse_qkv", "channels_last", "compile", "embed_cache", "dtype", "few_step", "step_cache")
-FLUX2_PIECES = ("embed_cache", "dtype", "step_cache")  # the others are UNet and IP-Adapter pieces; klein is few-step
+FLUX2_PIECES = ("compile", "embed_cache", "dtype", "step_cache")  # the others are the UNet's; klein is few-step
 # Practical dense bf16 peak of an H100/H200 SXM (the DESIGN's reference: 427 TFLOP in about 0.54 s).
 PRACTICAL_PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0}
 TINY_DEFAULT_STEPS = 4
@@ -127,6 +128,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--work-dir",
         type=Path,
         help="where model sets are written (default: temporary for --tiny, ~/.cache/segswap/bench for --full, reused)",
+    )
+    parser.add_argument(
+        "--with-eager",
+        action="store_true",
+        help="also time ours without torch.compile (the eager path) in the same alternation",
     )
     parser.add_argument("--out", type=Path, help="also write the JSON here")
 
@@ -201,7 +207,11 @@ def _bench(
     steps = ours.steps_for(job)
     job = dataclasses.replace(job, steps=steps)  # the baseline runs what ours runs
 
-    ours_probe, base_probe = Probe(device), Probe(device)
+    ours_probe, base_probe, eager_probe = Probe(device), Probe(device), Probe(device)
+    eager = None
+    if args.with_eager:
+        _log("loading ours without compilation (the eager path)")
+        eager = engine_class(model_set, dataclasses.replace(options, compile=False))
     stage_samples: list[dict[str, float]] = []
     with ImageServer(inputs.encoded()) as server:
 
@@ -216,8 +226,13 @@ def _bench(
         baseline_out = None
         for _ in range(args.warmup):
             _, baseline_out = base_probe.time(lambda: baseline(job))
+        runs = [ours_served, lambda: base_probe.time(lambda: baseline(job))[0]]
+        if eager is not None:
+            for _ in range(args.warmup):
+                eager_probe.time(lambda: eager.swap(job))
+            runs.append(lambda: eager_probe.time(lambda: eager.swap(job))[0])
         _log(f"timing {args.repeats} image(s) each at {size}x{size}, {steps} steps, alternating")
-        ours_s, base_s = alternate(ours_served, lambda: base_probe.time(lambda: baseline(job))[0], args.repeats)
+        ours_s, base_s, *eager_s = alternate(*runs, repeats=args.repeats)
 
     report: dict = {
         "bench": f"segswap diffusion engine vs plain diffusers ({type(baseline.pipe).__name__}, whole image)",
@@ -246,6 +261,13 @@ def _bench(
     report["speedup_vs_baseline"] = _ratio(
         report["baseline"]["s_per_image_median"], report["ours"]["s_per_image_median"]
     )
+    if eager is not None:
+        report["ours_eager"] = summary(eager_s[0], eager_probe.peak_bytes(eager.pipe))
+        report["speedup_fast_over_eager"] = _ratio(
+            report["ours_eager"]["s_per_image_median"], report["ours"]["s_per_image_median"]
+        )
+        del eager
+        gc.collect()
     report["embed_cache"] = {"hits": ours.embeddings.hits, "misses": ours.embeddings.misses}
     report["request_stages"] = request_stages(stage_samples)
     report["compute"] = compute(
@@ -492,17 +514,15 @@ def served_request(engine, server: ImageServer, job: SwapJob, probe: Probe) -> t
     return stages, seconds
 
 
-def alternate(first: Callable[[], float], second: Callable[[], float], repeats: int) -> tuple[list[float], list[float]]:
-    """Run both `repeats` times in ABBA order; each returns its own seconds."""
-    a, b = [], []
+def alternate(*runs: Callable[[], float], repeats: int) -> list[list[float]]:
+    """Run each `repeats` times, in turn and every other round in reverse (ABBA, ABCCBA) so that drift hits all
+    alike; each returns its own seconds."""
+    samples: list[list[float]] = [[] for _ in runs]
+    order = list(range(len(runs)))
     for index in range(repeats):
-        if index % 2 == 0:
-            a.append(first())
-            b.append(second())
-        else:
-            b.append(second())
-            a.append(first())
-    return a, b
+        for which in order if index % 2 == 0 else order[::-1]:
+            samples[which].append(runs[which]())
+    return samples
 
 
 # ---------------------------------------------------------------- rows
@@ -519,7 +539,9 @@ def crop_row(ours, baseline: DiffusersBaseline, args, steps: int, device) -> dic
     # The baseline's output is what it processed (FLUX.2's pipeline shrinks anything above 1 MP).
     _, baseline_out = base_probe.time(lambda: baseline(job))
     ours_s, base_s = alternate(
-        lambda: ours_probe.time(lambda: ours.swap(job))[0], lambda: base_probe.time(lambda: baseline(job))[0], repeats
+        lambda: ours_probe.time(lambda: ours.swap(job))[0],
+        lambda: base_probe.time(lambda: baseline(job))[0],
+        repeats=repeats,
     )
     row = {
         "main_size": [size, size],
@@ -567,7 +589,7 @@ def _ablation_row(ours, variant, piece: str, job: SwapJob, args, device) -> dict
     default_s, variant_s = alternate(
         lambda: default_probe.time(lambda: ours.swap(job))[0],
         lambda: variant_probe.time(lambda: variant.swap(job))[0],
-        args.repeats,
+        repeats=args.repeats,
     )
     default_median, variant_median = statistics.median(default_s), statistics.median(variant_s)
     return {
@@ -670,8 +692,10 @@ def fast_path(engine) -> dict:
     options = engine.options
     if not hasattr(engine.pipe, "unet"):
         return {
+            "compile": engine.compiled,
             "embed_cache_size": options.embed_cache_size,
-            "note": "the UNet pieces (sdpa processors, fused qkv, channels-last, compile) do not apply to FLUX.2",
+            "step_cache": options.step_cache,
+            "note": "the UNet pieces (sdpa processors, fused qkv, channels-last) do not apply to FLUX.2",
         }
     fused = any(type(p).__name__ == "FusedAttnProcessor2_0" for p in engine.pipe.unet.attn_processors.values())
     return {

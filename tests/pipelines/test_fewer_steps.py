@@ -141,3 +141,35 @@ def test_settings_and_flags_switch_few_step_and_the_step_cache(monkeypatch):
     monkeypatch.setenv("SEGSWAP_STEP_CACHE_INTERVAL", "1")
     with pytest.raises(ValueError, match="step_cache_interval"):
         Settings()
+
+
+@pytest.mark.skipif(
+    shutil.which("cc") is None and shutil.which("g++") is None, reason="inductor needs a C++ compiler on CPU"
+)
+def test_flux2_blocks_compile_and_fall_back_to_eager_when_the_compiler_fails(tiny_flux2_weights, caplog):
+    """Regional compilation of FLUX.2's blocks gives the eager image; a compiler failure falls back to eager;
+    with the step cache on, the blocks stay eager (TaylorSeer's hooks break their graphs)."""
+    import torch._dynamo
+    from torch._dynamo.exc import TorchDynamoException
+
+    torch._dynamo.reset()
+    model_set = model_set_at(tiny_flux2_weights / "flux2-klein")
+    compiled = Flux2Engine(model_set, DiffusionOptions(device="cpu", compile=True))
+    eager = Flux2Engine(model_set, DiffusionOptions(device="cpu"))
+    assert compiled.compiled and not eager.compiled
+    job = diffusion_job()
+    expected = np.asarray(eager.swap(job), dtype=int)
+    assert np.abs(np.asarray(compiled.swap(job), dtype=int) - expected).max() <= 3
+
+    def broken(*args, **kwargs):
+        raise TorchDynamoException("backend exploded")
+
+    blocks = [m for m in compiled.pipe.transformer.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+    assert len(blocks) == 2  # the tiny set's one double and one single block
+    for block in blocks:
+        block._compiled_call_impl = broken
+    with caplog.at_level("WARNING", logger="segswap.diffusion"):
+        assert np.array_equal(np.asarray(compiled.swap(job), dtype=int), expected)
+    assert "torch.compile failed" in caplog.text and not compiled.compiled
+    assert not Flux2Engine(model_set, DiffusionOptions(device="cpu", compile=True, step_cache=True)).compiled
+    torch._dynamo.reset()

@@ -27,7 +27,6 @@ cached swap gives the same bytes as an uncached one).
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from pathlib import Path
 
@@ -43,7 +42,7 @@ from pipelines.engines.diffusion.conditioning import (
     set_ip_adapter_strengths,
 )
 from pipelines.engines.diffusion.embedding_cache import EmbeddingCache, image_digest
-from pipelines.engines.diffusion.fast_path import apply_fast_path, is_compile_error, uncompile_unet_blocks
+from pipelines.engines.diffusion.fast_path import apply_fast_path, with_eager_fallback
 from pipelines.engines.diffusion.geometry import dilate
 from pipelines.engines.diffusion.options import DiffusionOptions
 from pipelines.engines.diffusion.preview import latent_preview
@@ -60,8 +59,6 @@ from pipelines.placement import place
 from pipelines.torch_runtime import first_line, pick_device, quiet_libraries
 
 LATENT_MARGIN = 16  # processing pixels the pipeline's mask reaches past the grown mask: two latent cells
-
-log = logging.getLogger("segswap.diffusion")
 
 
 class DiffusionEngine:
@@ -143,16 +140,12 @@ class DiffusionEngine:
             generator = torch.Generator("cpu").manual_seed(seed)
             return self.pipe(**arguments, generator=generator).images[0]
 
-        try:
+        if not self.options.compile:
             return generate()
-        except Exception as exc:
-            if not (self.options.compile and is_compile_error(exc)):
-                raise
-            # Compilation is an optimisation: a compiler failure on some machine must not take the engine down.
-            log.warning("torch.compile failed (%s); the UNet runs eagerly from now on", first_line(exc))
-            uncompile_unet_blocks(self.pipe.unet)
+        image, compiled = with_eager_fallback(generate, self.pipe.unet)
+        if not compiled:
             self.options = dataclasses.replace(self.options, compile=False)
-            return generate()
+        return image
 
     def _use_scheduler(self, steps: int) -> None:
         low = self.low_step_scheduler is not None and steps < LOW_STEPS

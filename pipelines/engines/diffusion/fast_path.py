@@ -6,6 +6,10 @@ Each piece is a field of DiffusionOptions (a SEGSWAP_* setting) and is measured 
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 from diffusers.models.attention_processor import (
     Attention,
@@ -18,6 +22,10 @@ from diffusers.models.attention_processor import (
 from torch import nn
 
 from pipelines.engines.diffusion.options import DiffusionOptions
+from pipelines.torch_runtime import first_line
+
+log = logging.getLogger("segswap.diffusion")
+T = TypeVar("T")
 
 
 def apply_fast_path(pipe, options: DiffusionOptions, offload: bool = False) -> dict[str, bool]:
@@ -35,7 +43,7 @@ def apply_fast_path(pipe, options: DiffusionOptions, offload: bool = False) -> d
     fused = bool(options.fuse_qkv and options.sdpa and not offload) and fuse_self_attention(pipe.unet) > 0
     compiled = bool(options.compile)
     if compiled:
-        compile_unet_blocks(pipe.unet)
+        compile_blocks(pipe.unet)
     return {"sdpa": options.sdpa, "channels_last": channels_last, "fuse_qkv": fused, "compile": compiled}
 
 
@@ -98,8 +106,9 @@ def fuse_self_attention(unet) -> int:
     return count
 
 
-def compile_unet_blocks(unet) -> None:
-    """Regional compilation: `torch.compile` each repeated transformer block, not the whole UNet.
+def compile_blocks(model) -> None:
+    """Regional compilation: `torch.compile` each repeated transformer block, not the whole model (the UNet's
+    transformer blocks, FLUX.2's double and single blocks).
 
     Every block shares one compiled graph per input shape, so warm-up takes seconds, not minutes.
     A new processing shape (another box aspect) compiles once more; after the second shape dynamo
@@ -109,12 +118,12 @@ def compile_unet_blocks(unet) -> None:
     import torch._dynamo
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    if getattr(unet, "_repeated_blocks", None) and hasattr(unet, "compile_repeated_blocks"):
-        unet.compile_repeated_blocks(fullgraph=True)
+    if getattr(model, "_repeated_blocks", None) and hasattr(model, "compile_repeated_blocks"):
+        model.compile_repeated_blocks(fullgraph=True)
         return
     from diffusers.models.attention import BasicTransformerBlock
 
-    for module in unet.modules():
+    for module in model.modules():
         if isinstance(module, BasicTransformerBlock):
             module.compile(fullgraph=True)
 
@@ -127,11 +136,25 @@ def is_compile_error(exc: BaseException) -> bool:
     return isinstance(exc, (TorchDynamoException, InductorError))
 
 
-def uncompile_unet_blocks(unet) -> int:
-    """Undo `compile_unet_blocks`: every compiled module runs eagerly again; returns how many."""
+def uncompile_blocks(model) -> int:
+    """Undo `compile_blocks`: every compiled module runs eagerly again; returns how many."""
     count = 0
-    for module in unet.modules():
+    for module in model.modules():
         if getattr(module, "_compiled_call_impl", None) is not None:
             module._compiled_call_impl = None
             count += 1
     return count
+
+
+def with_eager_fallback(generate: Callable[[], T], model) -> tuple[T, bool]:
+    """`generate()` with `model`'s blocks compiled; if the compiler fails (on some machine, for some shape), the
+    blocks run eagerly from then on and `generate()` runs again: compilation is an optimisation and must not take
+    the engine down. Returns the result and whether the blocks are still compiled."""
+    try:
+        return generate(), True
+    except Exception as exc:
+        if not is_compile_error(exc):
+            raise
+        log.warning("torch.compile failed (%s); the model runs eagerly from now on", first_line(exc))
+        uncompile_blocks(model)
+        return generate(), False

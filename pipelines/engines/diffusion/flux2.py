@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -29,6 +30,7 @@ from diffusers import Flux2KleinInpaintPipeline
 from PIL import Image
 
 from pipelines.engines.diffusion.embedding_cache import EmbeddingCache
+from pipelines.engines.diffusion.fast_path import compile_blocks, with_eager_fallback
 from pipelines.engines.diffusion.geometry import dilate, whole_cells
 from pipelines.engines.diffusion.object_look import keep_own_look
 from pipelines.engines.diffusion.options import DiffusionOptions
@@ -71,6 +73,8 @@ class Flux2Engine:
         self.last_timings: dict[str, float] = {}
         if self.options.step_cache:
             enable_transformer_cache(self.pipe.transformer, self.options.step_cache_interval)
+        elif self.options.compile:  # TaylorSeer's hooks break the blocks' graphs: one or the other
+            compile_blocks(self.pipe.transformer)
         if self.options.few_step and not self.distilled:
             log.warning(
                 "few-step mode: %s has no few-step weights and runs every step; flux2-klein is the "
@@ -102,8 +106,7 @@ class Flux2Engine:
             guidance_scale=job.guidance_scale,
             callback_on_step_end=step_callback(progress, steps),
         )
-        generator = torch.Generator("cpu").manual_seed(job.seed)
-        generated = self.pipe(**arguments, generator=generator).images[0]
+        generated = self._generate(arguments, job.seed)
         generated_at = time.perf_counter()
         drawn = self._own_look(np.asarray(generated, dtype=np.float32), crop, placement, job)
         result = stitch(main, drawn, crop, placement, job.growmask)
@@ -114,6 +117,22 @@ class Flux2Engine:
             "model_s": generated_at - embedded,
         }
         return result
+
+    def _generate(self, arguments: dict, seed: int) -> Image.Image:
+        def generate() -> Image.Image:
+            return self.pipe(**arguments, generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+
+        if not self.compiled:
+            return generate()
+        image, still_compiled = with_eager_fallback(generate, self.pipe.transformer)
+        if not still_compiled:
+            self.options = dataclasses.replace(self.options, compile=False)
+        return image
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the transformer's blocks run compiled (compile on, and no step cache)."""
+        return bool(self.options.compile) and not self.options.step_cache
 
     def _repainted(self, grown: np.ndarray) -> np.ndarray:
         return whole_cells(dilate(grown, self.cell // 2), self.cell)

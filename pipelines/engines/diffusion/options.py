@@ -37,7 +37,8 @@ class DiffusionOptions:
     step_cache: reuse what changes little between steps (step_cache.py), the whole model running once every
         step_cache_interval steps: DeepCache on SD UNets, diffusers' TaylorSeer (lite) on FLUX.2.
 
-    The FLUX.2 [klein] engine reads device, dtype, cpu_offload, embed_cache_size (prompt embeddings) and the
+    The FLUX.2 [klein] engine reads device, dtype, cpu_offload, embed_cache_size (prompt embeddings), compile
+    (its double and single blocks; not together with the step cache, whose hooks break their graphs) and the
     step cache; the other pieces are the UNet's and IP-Adapter's.
     """
 
