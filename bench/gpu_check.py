@@ -27,11 +27,11 @@ import time
 from pathlib import Path
 
 PLAN = {  # each set: its native side (the full-size bench's scene), and the ablations that apply to it
-    "sdxl": (1024, "few_step,step_cache"),
+    "sdxl": (1024, "few_step,step_cache,channels_last"),
     "flux2-klein": (1024, "step_cache"),  # step-distilled already: few-step mode is its native 4 steps
     "sd15": (512, "few_step,step_cache"),
 }
-COMMON = ["--repeats", "3", "--warmup", "1", "--crop-main", "0", "--with-eager"]
+COMMON = ["--repeats", "2", "--warmup", "1", "--crop-main", "0", "--with-eager"]
 FULL = ["--full", "--steps", "30"]
 TINY = ["--tiny", "--device", "cpu", "--steps", "6", "--repeats", "1"]  # the later --repeats wins
 DEFAULT_BUDGET_S = 470  # the check must end within 8 minutes on an H100, installing included

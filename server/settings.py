@@ -49,7 +49,9 @@ class Settings(BaseSettings):
     )
     sdpa: bool = Field(True, description="scaled_dot_product_attention everywhere (false: classic attention)")
     fuse_qkv: bool = Field(True, description="one q/k/v matmul in self-attention (IP-Adapter layers stay unfused)")
-    channels_last: bool | Literal["auto"] = Field("auto", description="UNet/VAE in channels-last; auto: on CUDA")
+    channels_last: bool | Literal["auto"] = Field(
+        "auto", description="UNet/VAE in channels-last; auto: off (PyTorch's CUDA GroupNorm does not keep the layout)"
+    )
     compile: bool | Literal["auto"] = Field(
         "auto", description="torch.compile the UNet's transformer blocks (compiles during warm-up); auto: on CUDA"
     )

@@ -777,8 +777,12 @@ def _version(package: str) -> str | None:
         return None
 
 
+_STARTED = time.monotonic()
+
+
 def _log(message: str) -> None:
-    print(f"bench: {message}", file=sys.stderr, flush=True)
+    """A progress line, with the seconds since start: where a long GPU run spends its time."""
+    print(f"bench [{time.monotonic() - _STARTED:6.1f} s]: {message}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,9 @@ class DiffusionOptions:
         included); off = diffusers' classic matmul-softmax processors.
     fuse_qkv: one q/k/v matmul in every self-attention. Only self-attention is fused: diffusers'
         `pipe.fuse_qkv_projections()` replaces the IP-Adapter processors and breaks IP-Adapter.
-    channels_last: UNet and VAE weights and activations in NHWC (cuDNN's fast layout).
+    channels_last: UNet and VAE weights and activations in NHWC (cuDNN's fast layout). Off unless asked for:
+        PyTorch's CUDA GroupNorm (up to 2.11 at least, pytorch#111824) hands back NCHW, so every ResNet block
+        converts its activations both ways, and the UNet's ResNets run eagerly (compilation is regional).
     compile: `torch.compile` of the UNet's repeated transformer blocks (regional compilation);
         the first swap at each new processing shape compiles (the server warms up at native size).
     embed_cache_size: LRU entries for IP-Adapter image embeddings (keyed by the object image's
@@ -63,6 +65,6 @@ class DiffusionOptions:
         on_cuda = device_type == "cuda"
         return replace(
             self,
-            channels_last=on_cuda if self.channels_last is None else self.channels_last,
+            channels_last=bool(self.channels_last),
             compile=on_cuda if self.compile is None else self.compile,
         )
