@@ -120,7 +120,7 @@ def test_bench_runs_flux2_klein_against_its_plain_pipeline(tmp_path):
     assert report["arch"] == "flux2-klein" and report["steps"] == 4 and report["ip_adapter"] is None
     assert "Flux2KleinInpaintPipeline" in report["bench"]
     assert positive(report["ours"]["s_per_image_median"]) and positive(report["baseline"]["s_per_image_median"])
-    assert [row["piece"] for row in report["ablation"]] == ["embed_cache", "dtype", "step_cache"]
+    assert [row["piece"] for row in report["ablation"]] == ["compile", "embed_cache", "dtype", "step_cache"]
     memory = report["memory"]
     assert set(memory["components_bytes"]) == {"transformer", "vae", "text_encoder"}
     assert memory["set_weight_files_bytes"] >= memory["weights_total_bytes"] > 0

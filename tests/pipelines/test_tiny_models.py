@@ -86,6 +86,7 @@ EXPECTED_FILES["owlv2"] = sorted(
     ["config.json", "model.safetensors", "preprocessor_config.json", "merges.txt", "vocab.json"]
     + ["special_tokens_map.json", "tokenizer_config.json"]
 )
+EXPECTED_FILES["sdxl-lcm"] = EXPECTED_FILES["sd15-lcm"] = ["pytorch_lora_weights.safetensors"]
 PIPELINE_CLASS = {"sd15": StableDiffusionInpaintPipeline, "sdxl": StableDiffusionXLInpaintPipeline}
 # InstantStyle's style block for each arch, as a per-block scale.
 STYLE_SCALE = {
@@ -99,7 +100,7 @@ STYLE_BLOCK = {"sd15": "up_blocks.1.attentions.1", "sdxl": "up_blocks.0.attentio
 def tiny_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     sets = make_tiny(root)
-    names = ("flux2-klein", "flux2-klein-base", "owlv2", "sam2", "sd15", "sdxl")
+    names = ("flux2-klein", "flux2-klein-base", "owlv2", "sam2", "sd15", "sd15-lcm", "sdxl", "sdxl-lcm")
     assert sorted(sets) == [root / name for name in names]
     return root
 
@@ -122,9 +123,25 @@ def _inputs():
     return image, mask, reference
 
 
-@pytest.mark.parametrize("arch", ["sd15", "sdxl", "flux2-klein", "flux2-klein-base", "sam2", "owlv2"])
+@pytest.mark.parametrize("arch", list(EXPECTED_FILES))
 def test_layout_is_exactly_the_real_one(tiny_root, arch):
     assert _files(tiny_root / arch) == EXPECTED_FILES[arch]
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sdxl"])
+def test_the_lcm_lora_is_in_the_released_key_format(tiny_root, arch):
+    """kohya-style names over diffusers' module names, lora_down / lora_up / alpha per layer, as the released
+    LCM-LoRA files; every name is a layer of the set's UNet."""
+    with safe_open(tiny_root / f"{arch}-lcm" / "pytorch_lora_weights.safetensors", framework="pt") as f:
+        keys = list(f.keys())
+    layers = {key.rsplit(".", 2)[0] if ".lora_" in key else key.rsplit(".", 1)[0] for key in keys}
+    assert all(layer.startswith("lora_unet_") for layer in layers) and len(layers) > 20
+    assert set(keys) == {
+        f"{layer}.{part}" for layer in layers for part in ("lora_down.weight", "lora_up.weight", "alpha")
+    }
+    unet = UNet2DConditionModel.from_pretrained(tiny_root / arch / "base" / "unet")
+    names = {"lora_unet_" + name.replace(".", "_") for name, _ in unet.named_modules()}
+    assert layers <= names
 
 
 @pytest.mark.parametrize("arch", ["sd15", "sdxl"])
