@@ -260,5 +260,3 @@ def fuse_few_step_lora(pipe, path: Path) -> None:
 def only_fp16_variant(base: Path) -> bool:
     unet = base / "unet"
     return any(unet.glob("*.fp16.safetensors")) and not (unet / "diffusion_pytorch_model.safetensors").exists()
-
-
