@@ -67,6 +67,9 @@ class Settings(BaseSettings):
         "on FLUX.2): faster, slightly different images",
     )
     step_cache_interval: int = Field(3, ge=2, description="step cache: the whole model runs once every this many steps")
+    output_metadata: bool = Field(
+        True, description="every output carries what made it (parameters, input sha256s, seed, engine, versions)"
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
     keys_file: Path | None = Field(None, description="TOML key file managed by `segswap keys` (hashes, limits)")
     credits_db: Path | None = Field(None, description="SQLite credit ledger (default: credits.sqlite3 in data_dir)")

@@ -19,6 +19,8 @@ from pipelines.masks.selector import MAX_POINTS, MAX_TEXT
 IMAGE_DESCRIPTION = "an http(s) URL, raw base64, or a data:image/...;base64, URI (PNG, JPEG or WEBP)"
 
 
+REGION_FIELDS = ("mask_image", "box", "points", "text")  # exactly one says which region to replace
+
 class Selection(BaseModel):
     """The region given by where it is instead of a painted mask (extension fields): one of box, points, text."""
 
@@ -129,9 +131,9 @@ class SwapRequest(Selection):
 
     @model_validator(mode="after")
     def _one_region(self) -> SwapRequest:
-        if all(getattr(self, name) is None for name in ("mask_image", "box", "points", "text")):
+        if all(getattr(self, name) is None for name in REGION_FIELDS):
             raise ValueError("field 'mask_image' is required (or select the region by box, points or text instead)")
-        return self.exactly_one("mask_image", "box", "points", "text")
+        return self.exactly_one(*REGION_FIELDS)
 
 
 class MaskRequest(Selection):

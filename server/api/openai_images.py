@@ -38,6 +38,7 @@ from server.api.v1 import run_job
 from server.errors import BadRequest, NotAcceptable
 from server.inputs.decode import decode_inputs
 from server.inputs.encode import check_encodable, encode_image
+from server.inputs.metadata import input_digests, output_record
 from server.serving.admission import refuse_if_unavailable
 
 router = APIRouter()
@@ -161,6 +162,7 @@ async def images_edits(
     if edit.mask is not None:
         data["mask_image"] = edit.mask
     images = await asyncio.to_thread(decode_inputs, data, settings.max_image_pixels)
+    inputs = input_digests(images)
     _check_size(edit.size, images["main_image"].size)
     check_encodable(images["main_image"].size, contract.image_format)
     if "mask_image" in images:
@@ -178,8 +180,11 @@ async def images_edits(
             job = dataclasses.replace(first, seed=(first.seed + index) % (2**32))
             outcome = await run_job(request, work, job, deadline, settings.request_timeout_s)
             metrics.images.labels(outcome.engine).inc()
+            record = output_record(settings.output_metadata, contract.model_dump(), job.seed, outcome.engine, inputs)
             outputs.append(
-                await asyncio.to_thread(encode_image, outcome.image, contract.image_format, contract.image_quality)
+                await asyncio.to_thread(
+                    encode_image, outcome.image, contract.image_format, contract.image_quality, record
+                )
             )
     except BaseException:
         await metering.refund(request, caller, charged)

@@ -19,6 +19,7 @@ from server.api.masks import select_region
 from server.api.openapi_docs import swap_request_body, swap_responses
 from server.errors import TimedOut
 from server.inputs.encode import MEDIA_TYPES, check_encodable, encode_image
+from server.inputs.metadata import input_digests, output_record
 from server.inputs.resolve import resolve_images
 from server.serving.admission import queue_full_error, refuse_if_unavailable
 from server.serving.metrics import Metrics
@@ -61,10 +62,12 @@ async def seg_swap(
             selected = await select_region(request, images["main_image"], selector, deadline)
             images["mask_image"], segmenter = selected.mask, selected.segmenter
         job = build_job(body.model_dump(), images)
+        inputs = input_digests(images)
         del images
         outcome = await run_job(request, work, job, deadline, settings.request_timeout_s)
         start = time.perf_counter()
-        data = await asyncio.to_thread(encode_image, outcome.image, body.image_format, body.image_quality)
+        record = output_record(settings.output_metadata, body.model_dump(), job.seed, outcome.engine, inputs)
+        data = await asyncio.to_thread(encode_image, outcome.image, body.image_format, body.image_quality, record)
     except BaseException:
         await metering.refund(request, caller, charged)
         raise

@@ -2,7 +2,9 @@
 
 segswap serve [--host H] [--port P] [--engine auto|composite|diffusion] [--weights DIR]
 segswap swap --main A (--mask B | --box x0,y0,x1,y1 | --points x,y,1;... | --text T) --object C [fields] -o OUT
+segswap swap --replay OUTPUT --main A --mask B --object C -o OUT   (the same swap again, from OUTPUT's record)
 segswap mask --main A (--box ... | --points ... | --text ...) -o MASK.png
+segswap info OUTPUT
 segswap weights list | download SET | verify SET | make-tiny --out DIR
 segswap keys add ID [--rate N] [--credits N] [--endpoint PATH] | list | revoke ID | credit ID N
 segswap bench [--tiny] [--arch sdxl|sd15|flux2-klein|flux2-klein-base] ...
@@ -21,6 +23,7 @@ from server.cli.batch import add_batch_command
 from server.cli.bench import add_bench_command
 from server.cli.common import CliError, flag
 from server.cli.eval import add_eval_command
+from server.cli.info import add_info_command
 from server.cli.keys import add_keys_commands
 from server.cli.mask import add_mask_command
 from server.cli.serve import add_serve_command
@@ -76,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_command(commands)
     add_swap_command(commands)
     add_mask_command(commands)
+    add_info_command(commands)
     add_batch_command(commands)
     add_sweep_command(commands)
     add_weights_commands(commands.add_parser("weights", help="list, download, verify or make model sets"))

@@ -13,10 +13,12 @@ from pydantic import ValidationError
 
 from pipelines import IMAGE_FIELDS, build_job
 from pipelines.masks import load_segmenter, select_mask
-from server.api.contract import SwapRequest, describe_validation_error
+from server.api.contract import REGION_FIELDS, SwapRequest, describe_validation_error
 from server.cli.common import CliError, add_engine_flags, flag, settings_from
+from server.cli.info import read_record
 from server.inputs.decode import decode_inputs
 from server.inputs.encode import check_encodable, encode_image
+from server.inputs.metadata import input_digests, output_record
 from server.inputs.resolve import read_source
 from server.serving.workers import load_configured_engine
 
@@ -41,6 +43,13 @@ def add_swap_command(subparsers) -> None:
             flag(name), dest=name, type=kind, help=f"{field.description} (default {field.default}{choices})"
         )
     parser.add_argument("--base64", action="store_true", help="write the image as base64 text instead of bytes")
+    parser.add_argument(
+        "--replay",
+        type=Path,
+        metavar="OUTPUT",
+        help="run the swap that made OUTPUT again: its recorded parameters and seed (flags given here win); "
+        "warns when an input's sha256 or the engine differs from the record",
+    )
     parser.add_argument("-o", "--output", type=Path, required=True, help="where to write the result")
     add_engine_flags(parser)
     parser.set_defaults(handler=run_swap)
@@ -48,7 +57,8 @@ def add_swap_command(subparsers) -> None:
 
 def run_swap(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    request = _validated_request(args)
+    recorded = read_record(args.replay) if args.replay else None
+    request = _validated_request(args, recorded["parameters"] if recorded else {})
     if not args.output.parent.is_dir():
         raise CliError(f"-o: no such folder: {args.output.parent}")
     sent = [name for name in IMAGE_FIELDS if getattr(args, name) is not None]
@@ -62,13 +72,17 @@ def run_swap(args: argparse.Namespace) -> int:
         images["mask_image"] = select_mask(images["main_image"], selector, segmenter)
         print(f"selected the region by {selector.kind} ({segmenter.name})", file=sys.stderr)
     job = build_job(request.model_dump(), images)
+    inputs = input_digests(images)
 
     engine = load_configured_engine(settings)
+    if recorded is not None:
+        _warn_where_it_differs(recorded, inputs, engine.name)
     start = time.perf_counter()
     with ProgressBar() as progress:
         image = engine.swap(job, progress=progress)
     seconds = time.perf_counter() - start
-    data = encode_image(image, request.image_format, request.image_quality)
+    record = output_record(settings.output_metadata, request.model_dump(), job.seed, engine.name, inputs)
+    data = encode_image(image, request.image_format, request.image_quality, record)
     args.output.write_bytes(base64.b64encode(data) if args.base64 else data)
     print(
         f"wrote {args.output} ({image.width}x{image.height} {request.image_format}, engine {engine.name}, "
@@ -78,8 +92,11 @@ def run_swap(args: argparse.Namespace) -> int:
     return 0
 
 
-def _validated_request(args: argparse.Namespace) -> SwapRequest:
-    values = {name: getattr(args, name) for name in SwapRequest.model_fields if getattr(args, name, None) is not None}
+def _validated_request(args: argparse.Namespace, recorded: dict) -> SwapRequest:
+    given = {name: getattr(args, name) for name in SwapRequest.model_fields if getattr(args, name, None) is not None}
+    if set(given) & set(REGION_FIELDS):  # a region given here replaces the recorded one, whichever kind it was
+        recorded = {name: value for name, value in recorded.items() if name not in REGION_FIELDS}
+    values = {name: value for name, value in recorded.items() if name in SwapRequest.model_fields} | given
     values["base64"] = args.base64
     if "image_format" not in values:
         values["image_format"] = FORMAT_BY_SUFFIX.get(args.output.suffix.lower(), "png")
@@ -87,6 +104,16 @@ def _validated_request(args: argparse.Namespace) -> SwapRequest:
         return SwapRequest.model_validate(values)
     except ValidationError as exc:
         raise CliError(describe_validation_error(exc, flag)) from None
+
+
+def _warn_where_it_differs(recorded: dict, inputs: dict[str, str], engine: str) -> None:
+    """A replay gives the same bytes only from the same inputs on the same engine: say where that fails."""
+    for field, sha256 in sorted((recorded.get("inputs") or {}).items()):
+        if inputs.get(field) != sha256:
+            now = f"sha256 {inputs[field]}" if field in inputs else "not given"
+            print(f"warning: {flag(field)} differs from the recorded input ({now}, recorded {sha256})", file=sys.stderr)
+    if recorded.get("engine") != engine:
+        print(f"warning: the engine is {engine}, the record's is {recorded.get('engine')}", file=sys.stderr)
 
 
 class ProgressBar:

@@ -49,6 +49,7 @@ def add_sweep_command(subparsers) -> None:
 def run_sweep_command(args: argparse.Namespace) -> int:
     from server.experiments.sweep import combinations, run_sweep, write_index, write_sheets
     from server.inputs.decode import decode_inputs
+    from server.inputs.metadata import input_digests, output_record
     from server.inputs.resolve import read_source
     from server.serving.workers import load_configured_engine
 
@@ -60,8 +61,21 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     images = decode_inputs(data, settings.max_image_pixels)
     sources = {name: getattr(args, name) for name in IMAGE_FIELDS}
     engine = load_configured_engine(settings)
+    inputs = input_digests(images)
+
+    def record(values: dict, seed: int, engine_name: str) -> dict | None:
+        fields = _validated(values).model_dump()
+        return output_record(settings.output_metadata, fields, seed, engine_name, inputs)
+
     results = run_sweep(
-        engine, fixed, varied, images, sources, args.out, progress=lambda name: print(f"wrote {name}", file=sys.stderr)
+        engine,
+        fixed,
+        varied,
+        images,
+        sources,
+        args.out,
+        progress=lambda name: print(f"wrote {name}", file=sys.stderr),
+        record=record,
     )
     sheets = write_sheets(results, varied, args.out)
     index = write_index(results, sheets, args.out)
@@ -93,8 +107,8 @@ def _typed(name: str, value: str, annotation) -> object:
         raise CliError(f"{flag(name)}: {value!r} is not a {annotation.__name__}") from None
 
 
-def _validated(values: dict) -> None:
+def _validated(values: dict) -> SwapRequest:
     try:
-        SwapRequest.model_validate({**values, **{name: "x" for name in IMAGE_FIELDS}})
+        return SwapRequest.model_validate({**values, **{name: "x" for name in IMAGE_FIELDS}})
     except ValidationError as exc:
         raise CliError(describe_validation_error(exc, flag)) from None

@@ -15,6 +15,7 @@ from server.experiments.jobs_file import Entry
 from server.experiments.outputs import is_complete, write_output
 from server.inputs.decode import decode_inputs
 from server.inputs.encode import check_encodable, encode_image
+from server.inputs.metadata import input_digests, output_record
 from server.inputs.resolve import read_source
 from server.settings import Settings
 
@@ -86,20 +87,30 @@ def run_local(entries: list[Entry], engine: Engine, out_dir: Path, settings: Set
     return summary
 
 
-def prepare(entry: Entry, settings: Settings) -> SwapJob:
+@dataclass
+class Prepared:
+    job: SwapJob
+    inputs: dict[str, str]  # the sha256 of each input, for the output's record
+    embed_record: bool  # settings.output_metadata
+
+
+def prepare(entry: Entry, settings: Settings) -> Prepared:
     """The entry's images read (or fetched) and decoded, checked, as a job."""
     data = {name: read_source(source, name, settings) for name, source in entry.sources.items()}
     images = decode_inputs(data, settings.max_image_pixels)
     check_encodable(images["main_image"].size, entry.request.image_format)
-    return build_job(entry.request.model_dump(), images)
+    job = build_job(entry.request.model_dump(), images)
+    return Prepared(job, input_digests(images), settings.output_metadata)
 
 
-def _run_one(entry: Entry, job: SwapJob, engine: Engine, out_dir: Path) -> None:
-    request = entry.request
+def _run_one(entry: Entry, prepared: Prepared, engine: Engine, out_dir: Path) -> None:
+    request, job = entry.request, prepared.job
     started = time.perf_counter()
     image = engine.swap(job)
     seconds = time.perf_counter() - started
-    data = encode_image(image, request.image_format, request.image_quality)
+    fields = request.model_dump()
+    record = output_record(prepared.embed_record, fields, job.seed, engine.name, prepared.inputs)
+    data = encode_image(image, request.image_format, request.image_quality, record)
     write_output(out_dir, entry.name, request.image_format, data, metadata(entry, job.seed, engine.name, seconds))
 
 

@@ -43,8 +43,10 @@ def run_sweep(
     sources: dict,
     out_dir: Path,
     progress=None,
+    record=None,
 ) -> list[Result]:
-    """One swap per combination, written as sweep-NNNN with its metadata."""
+    """One swap per combination, written as sweep-NNNN with its metadata; `record(values, seed, engine)` gives
+    the record each output carries (server/inputs/metadata.py), or None."""
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for index, combination in enumerate(combinations(varied), start=1):
@@ -63,7 +65,9 @@ def run_sweep(
             "varied": combination,
         }
         fmt = values.get("image_format", "png")
-        path = write_output(out_dir, name, fmt, encode_image(image, fmt, values.get("image_quality", 95)), info)
+        carried = record(values, job.seed, engine.name) if record is not None else None
+        data = encode_image(image, fmt, values.get("image_quality", 95), carried)
+        path = write_output(out_dir, name, fmt, data, info)
         results.append(Result(name, path, combination))
         if progress is not None:
             progress(name)

@@ -11,6 +11,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipelines.imageops import high_depth_to_l, is_high_depth
 from server.errors import BadRequest, ServiceError, TooLarge
+from server.inputs.metadata import digest
 
 ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP"}
 ORIENTATION = 0x0112  # the EXIF tag
@@ -90,6 +91,8 @@ def decode_inputs(data: dict[str, bytes], max_pixels: int) -> dict[str, Image.Im
     images = {field: decode_image(value, field, max_pixels) for field, value in data.items()}
     if "mask_image" in images:
         images["mask_image"] = align_mask(images["main_image"], images["mask_image"])
+    for field, value in data.items():  # what the output's record names each input by (server/inputs/metadata.py)
+        images[field].info["sha256"] = digest(value)
     return images
 
 

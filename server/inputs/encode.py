@@ -7,6 +7,7 @@ import io
 from PIL import Image
 
 from server.errors import BadRequest
+from server.inputs.metadata import save_options
 
 # zlib level 1: a 1024x1024 PNG encodes several times faster than at Pillow's
 # default of 6 for a file only slightly larger; PNG stays lossless either way.
@@ -15,14 +16,16 @@ MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 MAX_SIDE = {"webp": 16383, "jpeg": 65500}  # what the formats can hold; PNG has no practical limit
 
 
-def encode_image(image: Image.Image, image_format: str, quality: int) -> bytes:
+def encode_image(image: Image.Image, image_format: str, quality: int, record: dict | None = None) -> bytes:
+    """The image in `image_format`, carrying `record` (what made it, server/inputs/metadata.py) when given."""
     buffer = io.BytesIO()
+    extra = save_options(image_format, record)
     if image_format == "png":
-        image.save(buffer, "PNG", compress_level=PNG_COMPRESS_LEVEL)
+        image.save(buffer, "PNG", compress_level=PNG_COMPRESS_LEVEL, **extra)
     elif image_format == "jpeg":
-        image.convert("RGB").save(buffer, "JPEG", quality=quality)
+        image.convert("RGB").save(buffer, "JPEG", quality=quality, **extra)
     elif image_format == "webp":
-        image.save(buffer, "WEBP", quality=quality)
+        image.save(buffer, "WEBP", quality=quality, **extra)
     else:
         raise ValueError(f"unknown image format {image_format!r}")
     return buffer.getvalue()

@@ -28,6 +28,7 @@ from server.errors import ServiceError, Unavailable
 from server.inputs.decode import decode_inputs
 from server.inputs.encode import MEDIA_TYPES, encode_image
 from server.inputs.fetch import post_pinned
+from server.inputs.metadata import input_digests, output_record
 from server.jobs.store import JobRecord, JobStore
 from server.serving.lifecycle import Lifecycle
 from server.serving.metrics import Metrics
@@ -163,7 +164,7 @@ class JobRunner:
         """Run the job on this server; True if this call completed or failed it."""
         params = record.params
         try:
-            job = await asyncio.to_thread(self._load_job, record)
+            job, inputs = await asyncio.to_thread(self._load_job, record)
         except Exception as exc:  # gone, unreadable or undecodable: fail it rather than retry it forever
             log.error("job %s: stored inputs unusable: %s", record.id, exc)
             await self.fail(record.id, "the job's stored inputs could not be read")
@@ -179,6 +180,7 @@ class JobRunner:
         except (QueueFull, Unavailable):
             return False  # stays QUEUED; dispatched again when there is room (or by the next start)
         self.tickets[record.id] = ticket
+        job_seed = job.seed
         try:
             outcome = await ticket.future
         except Dropped as dropped:
@@ -202,8 +204,11 @@ class JobRunner:
         self.metrics.queue_wait_seconds.observe(outcome.queue_s)
         self.metrics.stage_seconds.labels("engine").observe(outcome.engine_s)
         self.metrics.images.labels(outcome.engine).inc()
+        carried = output_record(self.settings.output_metadata, params, job_seed, outcome.engine, inputs)
         try:
-            data = await asyncio.to_thread(encode_image, outcome.image, params["image_format"], params["image_quality"])
+            data = await asyncio.to_thread(
+                encode_image, outcome.image, params["image_format"], params["image_quality"], carried
+            )
         except Exception as exc:  # the format's own limit or error, in the encoder's words (no paths in them)
             log.exception("job %s: the result could not be encoded", record.id)
             await self.fail(record.id, f"the result could not be written as {params['image_format']}: {exc}")
@@ -215,9 +220,10 @@ class JobRunner:
             await self.fail(record.id, "the result could not be stored; the server log says why")
         return True
 
-    def _load_job(self, record: JobRecord) -> SwapJob:
-        inputs = self.store.load_inputs(record.id)
-        return build_job(record.params, decode_inputs(inputs, self.settings.max_image_pixels))
+    def _load_job(self, record: JobRecord) -> tuple[SwapJob, dict[str, str]]:
+        """The job, and the sha256 of each input (what the output's record names them by)."""
+        images = decode_inputs(self.store.load_inputs(record.id), self.settings.max_image_pixels)
+        return build_job(record.params, images), input_digests(images)
 
     async def deliver_webhook(self, record: JobRecord) -> bool:
         """POST the status body to the job's webhook, signed, retried with backoff; never blocks a worker."""

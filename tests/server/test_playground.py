@@ -215,10 +215,22 @@ def assert_the_snippets_make_the_same_image(page, folder: Path, mask: np.ndarray
         assert flag in curl, flag
     assert KEY not in curl + python and "base64" not in curl + python and len(curl + python) < 2000
     Image.fromarray(mask).save(folder / "mask.png")
-    assert run_snippet(["bash", "-c", curl], folder) == result_bytes
+    assert same_image(run_snippet(["bash", "-c", curl], folder), result_bytes)
     if importlib.util.find_spec("requests"):
         (folder / "result.png").unlink()
-        assert run_snippet([sys.executable, "-c", python], folder) == result_bytes
+        assert same_image(run_snippet([sys.executable, "-c", python], folder), result_bytes)
+
+
+def same_image(data: bytes, expected: bytes) -> bool:
+    """The same pixels and the same record, but for the mask's digest: the mask.png saved here is the page's
+    mask encoded again, so its bytes (and sha256) differ from the ones the page sent."""
+    from server.inputs.metadata import read
+
+    images = [Image.open(io.BytesIO(blob)) for blob in (data, expected)]
+    records = [read(image) for image in images]
+    for record in records:
+        record["inputs"].pop("mask_image")
+    return np.array_equal(*(np.asarray(image) for image in images)) and records[0] == records[1]
 
 
 def test_server_errors_are_shown_as_readable_messages(session, tmp_path):

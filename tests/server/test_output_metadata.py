@@ -1,0 +1,140 @@
+"""Every output carries what made it (server/inputs/metadata.py): read back from PNG, JPEG and WEBP, the same
+through v1, v2, OpenAI edits and the CLI, off by a setting; `segswap info` shows it and `swap --replay` repeats
+it byte for byte."""
+
+import base64
+import hashlib
+import io
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from pipelines.engines.composite import CompositeEngine
+from server.api.app import create_app
+from server.cli.main import main
+from server.inputs.metadata import model_revisions, read
+from server.settings import Settings
+from tests.conftest import png_bytes, wait_ready
+from tests.server.conftest import KEY
+
+
+def record_of(data: bytes) -> dict | None:
+    return read(Image.open(io.BytesIO(data)))
+
+
+def sha256_of_field(body: dict, field: str) -> str:
+    return hashlib.sha256(base64.b64decode(body[field])).hexdigest()
+
+
+@pytest.mark.parametrize("image_format", ["png", "jpeg", "webp"])
+def test_a_swap_carries_its_parameters_inputs_seed_and_engine(client, body, image_format):
+    request = {**body, "prompt": "a red cup", "fashion_strength": 0.4, "image_format": image_format}
+    del request["seed"]
+    response = client.post("/v1/seg-swap", json=request)
+    assert response.status_code == 200
+    record = record_of(response.content)
+    assert record["engine"] == "composite" and record["model_revisions"] is None and record["schema"] == 1
+    seed = int(response.headers["x-seed-value"])
+    assert record["seed"] == record["parameters"]["seed"] == seed  # the seed used, none having been asked for
+    assert record["parameters"]["prompt"] == "a red cup" and record["parameters"]["fashion_strength"] == 0.4
+    assert record["parameters"]["image_format"] == image_format and record["parameters"]["steps"] == body["steps"]
+    assert not {"main_image", "mask_image", "object_image", "base64"} & set(record["parameters"])
+    assert record["inputs"] == {
+        field: sha256_of_field(body, field) for field in ("main_image", "mask_image", "object_image")
+    }
+
+
+def test_the_same_request_gives_the_same_bytes_record_included(client, body):
+    assert client.post("/v1/seg-swap", json=body).content == client.post("/v1/seg-swap", json=body).content
+
+
+def test_a_v2_job_and_an_openai_edit_record_what_v1_records(client, body, mask):
+    direct = record_of(client.post("/v1/seg-swap", json=body).content)
+    job = client.post("/v2/seg-swap", json=body).json()["request_id"]
+    for _ in range(200):
+        if client.get(f"/v2/requests/{job}/status").json()["status"] == "COMPLETED":
+            break
+        time.sleep(0.05)
+    assert record_of(client.get(f"/v2/requests/{job}/output").content) == direct
+    files = [
+        ("image[]", ("scene.png", base64.b64decode(body["main_image"]), "image/png")),
+        ("image[]", ("object.png", base64.b64decode(body["object_image"]), "image/png")),
+    ]
+    transparent_to_edit = Image.new("RGBA", mask.size, (0, 0, 0, 255))
+    transparent_to_edit.putalpha(Image.eval(mask.convert("L"), lambda value: 255 - value))
+    files.append(("mask", ("mask.png", png_bytes(transparent_to_edit), "image/png")))
+    form = {"prompt": "", "n": "2", "seed": "7"}
+    edit = client.post("/v1/images/edits", files=files, data=form, headers={"authorization": f"Bearer {KEY}"}).json()
+    assert "data" in edit, edit
+    seeds = [record_of(base64.b64decode(item["b64_json"]))["seed"] for item in edit["data"]]
+    assert seeds == [7, 8]  # n images, each with its own seed
+
+
+def test_output_metadata_off_leaves_the_pixels_and_no_record(body):
+    app = create_app(Settings(api_keys=[KEY], output_metadata=False), CompositeEngine())
+    with TestClient(app, headers={"x-api-key": KEY}) as bare:
+        wait_ready(bare)
+        plain = bare.post("/v1/seg-swap", json=body).content
+    assert record_of(plain) is None
+    app = create_app(Settings(api_keys=[KEY]), CompositeEngine())
+    with TestClient(app, headers={"x-api-key": KEY}) as carrying:
+        wait_ready(carrying)
+        recorded = carrying.post("/v1/seg-swap", json=body).content
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(plain))), np.asarray(Image.open(io.BytesIO(recorded))))
+
+
+def test_a_diffusion_record_names_the_manifests_pinned_revisions():
+    revisions = model_revisions("diffusion/sdxl")
+    assert revisions["diffusers/stable-diffusion-xl-1.0-inpainting-0.1"] == "115134f363124c53c7d878647567d04daf26e41e"
+    assert model_revisions("composite") is None and model_revisions("diffusion/unknown-set") is None
+
+
+def test_a_broken_or_foreign_record_reads_as_none():
+    for packet in (b"<not xml", b"<x/>", b"<?xml version='1.0'?><!DOCTYPE a [<!ENTITY b 'c'>]><a>&b;</a>"):
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(buffer, "JPEG", xmp=packet)
+        assert record_of(buffer.getvalue()) is None
+
+
+@pytest.fixture()
+def files(tmp_path, scene, mask, obj):
+    paths = {}
+    for name, image in [("main", scene), ("mask", mask), ("object", obj)]:
+        paths[name] = tmp_path / f"{name}.png"
+        paths[name].write_bytes(png_bytes(image))
+    return paths
+
+
+def swap(files, out, *extra):
+    args = ["swap", "--main", str(files["main"]), "--mask", str(files["mask"]), "--object", str(files["object"])]
+    return main([*args, "--engine", "composite", "-o", str(out), *extra])
+
+
+def test_info_shows_the_parameters_and_replay_gives_the_same_bytes(files, tmp_path, capsys):
+    first, again = tmp_path / "first.png", tmp_path / "again.png"
+    assert swap(files, first, "--seed", "5", "--fashion-strength", "0.25", "--growmask", "9") == 0
+    assert main(["info", str(first)]) == 0
+    shown = capsys.readouterr().out
+    assert "engine      composite" in shown and "fashion_strength   0.25" in shown and "seed        5" in shown
+    assert swap(files, again, "--replay", str(first)) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert again.read_bytes() == first.read_bytes()
+
+
+def test_replay_warns_when_an_input_differs_and_flags_win(files, tmp_path, capsys, scene):
+    first, other = tmp_path / "first.png", tmp_path / "other.png"
+    assert swap(files, first, "--seed", "5") == 0
+    capsys.readouterr()
+    Image.fromarray(255 - np.asarray(scene)).save(files["main"])
+    assert swap(files, other, "--replay", str(first), "--growmask", "2") == 0
+    assert "warning: --main differs from the recorded input" in capsys.readouterr().err
+    record = read(Image.open(other))
+    assert record["parameters"]["growmask"] == 2 and record["seed"] == 5
+
+
+def test_info_on_a_file_without_a_record_says_so(files, capsys):
+    assert main(["info", str(files["main"])]) == 2
+    assert "carries no segswap record" in capsys.readouterr().err
