@@ -11,20 +11,23 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from PIL import Image
 from starlette.background import BackgroundTask
 
 from pipelines import IMAGE_FIELDS, resolve_seed
+from pipelines.imageops import mask_box, normalize_mask
 from server.access.keys import Caller
 from server.api import metering
 from server.api.body import ParsedBody, read_swap_body
 from server.api.contract import AsyncSwapRequest, ErrorResponse, JobResult, JobStatus, SubmitResponse
 from server.api.deps import CallerDep, JobsDep, LifecycleDep, SettingsDep
 from server.api.masks import select_region
-from server.api.openapi_docs import swap_request_body
+from server.api.openapi_docs import SWAP_HEADERS, swap_request_body
 from server.errors import Conflict, NotFound, TooManyRequests
 from server.inputs.decode import decode_inputs
 from server.inputs.encode import check_encodable, encode_image
 from server.inputs.fetch import check_url
+from server.inputs.metadata import read as read_record
 from server.inputs.resolve import fetch_inputs
 from server.inputs.ssrf import AllowList
 from server.jobs.dispatcher import JobProgress, JobRunner, media_type, status_body
@@ -75,6 +78,8 @@ async def submit(
     inputs = await fetch_inputs(parsed.image_sources(), settings)
     images = await asyncio.to_thread(decode_inputs, inputs, settings.max_image_pixels)  # refused now, not later
     check_encodable(images["main_image"].size, body.image_format)
+    if "mask_image" in images:  # an empty mask fails on every engine: a 400 now, not a failed job later
+        mask_box(normalize_mask(images["mask_image"], images["main_image"].size))
     selector = body.selector()
     if selector is not None:  # selected now, stored as the job's mask: the job runs as if it had been painted
         deadline = time.monotonic() + settings.request_timeout_s
@@ -143,14 +148,40 @@ async def job_result(
     "/requests/{request_id}/output",
     summary="The image of a completed job",
     response_class=Response,
-    responses={**ERRORS, 200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
+    responses={
+        **ERRORS,
+        200: {
+            "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}},
+            "headers": {
+                name: SWAP_HEADERS[name] for name in ("x-seed-value", "x-generation-time", "x-segswap-engine")
+            },
+        },
+    },
 )
 async def job_output(request_id: str, caller: CallerDep, jobs: JobsDep, settings: SettingsDep) -> Response:
     record = await _owned(jobs.store, request_id, caller)
     if record.status != "COMPLETED":
         raise NotFound(f"request {request_id} has no output (status {record.status})")
     forget = BackgroundTask(jobs.store.forget, record.id) if settings.delete_on_fetch else None
-    return FileResponse(jobs.store.result_path(record), media_type=media_type(record), background=forget)
+    path = jobs.store.result_path(record)
+    headers = {  # as v1 answers them; the engine is the one the image's own record names
+        "x-seed-value": str(record.params["seed"]),
+        "x-generation-time": f"{record.metrics['inference_time']:.3f}",
+    }
+    engine = await asyncio.to_thread(_recorded_engine, path)
+    if engine:
+        headers["x-segswap-engine"] = engine
+    return FileResponse(path, media_type=media_type(record), headers=headers, background=forget)
+
+
+def _recorded_engine(path) -> str | None:
+    """The engine named in the output's record (read from its header, no pixels decoded), if it carries one."""
+    try:
+        with Image.open(path) as image:
+            carried = read_record(image)
+    except OSError:
+        return None
+    return carried.get("engine") if carried else None
 
 
 EVENTS_POLL_S = 0.1

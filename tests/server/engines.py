@@ -57,3 +57,26 @@ class GatedEngine:
                 with open(self.run_log, "a") as log:
                     log.write(f"{job.seed}\n")
         return job.main_image.copy()
+
+
+class SteppingEngine:
+    """Reports `steps` denoising steps, `delay` seconds apart, with a preview after each; returns the main image
+    with the mask's region painted orange: a stand-in for a diffusion engine's progress, for the event stream."""
+
+    name = "stepping"
+
+    def __init__(self, steps: int = 6, delay: float = 0.15):
+        self.steps, self.delay = steps, delay
+
+    def swap(self, job: SwapJob, progress=None) -> Image.Image:
+        out = job.main_image.convert("RGB").copy()
+        region = job.mask_image.convert("L").resize(out.size).point(lambda value: 255 if value > 127 else 0)
+        for step in range(1, self.steps + 1):
+            time.sleep(self.delay)
+            if progress is not None:
+                progress(step, self.steps)
+                if hasattr(progress, "preview"):
+                    shade = 40 * step
+                    progress.preview(lambda shade=shade: Image.new("RGB", (64, 48), (shade, 80, 160)))
+        out.paste((250, 140, 20), mask=region)
+        return out

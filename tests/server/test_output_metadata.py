@@ -58,7 +58,9 @@ def test_a_v2_job_and_an_openai_edit_record_what_v1_records(client, body, mask):
         if client.get(f"/v2/requests/{job}/status").json()["status"] == "COMPLETED":
             break
         time.sleep(0.05)
-    assert record_of(client.get(f"/v2/requests/{job}/output").content) == direct
+    output = client.get(f"/v2/requests/{job}/output")
+    assert record_of(output.content) == direct
+    assert output.headers["x-segswap-engine"] == "composite" and output.headers["x-seed-value"] == str(body["seed"])
     files = [
         ("image[]", ("scene.png", base64.b64decode(body["main_image"]), "image/png")),
         ("image[]", ("object.png", base64.b64decode(body["object_image"]), "image/png")),

@@ -10,6 +10,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from server.api.app import create_app
 from server.api.live_server import live_server
 from server.api.playground import mount_playground
 from server.settings import Settings
+from tests.server.engines import SteppingEngine
 
 REQUIRED = os.environ.get("SEGSWAP_REQUIRE_BROWSER") == "1"  # CI: the browser tests run or the run fails
 CHROMIUM = Path(os.environ.get("SEGSWAP_CHROMIUM", "/usr/bin/chromium"))
@@ -51,7 +53,8 @@ SCREENSHOT = REPO / "test-output" / "playground.png"
 KEY = "playground-key-0123456789"
 MAIN_SIZE = (1200, 800)  # larger than its place on the page: painting must map display to natural pixels
 OBJECT_SIZE = (60, 40)
-PAGE_PATHS = {"/", "/playground/app.js", "/playground/style.css", "/v1/seg-swap", "/v1/seg-mask"}
+PAGE_PATHS = {"/", "/playground/app.js", "/playground/style.css", "/v1/seg-swap", "/v1/seg-mask", "/v2/seg-swap"}
+JOB_PATH = re.compile(r"/v2/requests/[0-9a-f-]+(/events|/output)?")  # a run's job: its events, its output
 expect = sync_api.expect
 
 
@@ -196,7 +199,8 @@ def test_paint_run_and_get_the_result(session, tmp_path):
     assert_the_snippets_make_the_same_image(page, tmp_path, mask, result_bytes)
     for url in session.requests:
         if not url.startswith(("blob:", "data:")):
-            assert url.startswith(f"{session.url}/") and urlsplit(url).path in PAGE_PATHS, url
+            path = urlsplit(url).path
+            assert url.startswith(f"{session.url}/") and (path in PAGE_PATHS or JOB_PATH.fullmatch(path)), url
     assert session.problems == []
 
 
@@ -231,6 +235,43 @@ def same_image(data: bytes, expected: bytes) -> bool:
     for record in records:
         record["inputs"].pop("mask_image")
     return np.array_equal(*(np.asarray(image) for image in images)) and records[0] == records[1]
+
+
+@pytest.fixture(scope="module")
+def stepping_url(tmp_path_factory) -> str:
+    """A server whose engine reports six steps with a preview after each, 0.3 s apart."""
+    settings = Settings(api_keys=[KEY], jobs_dir=tmp_path_factory.mktemp("stepping-jobs"))
+    app = create_app(settings, SteppingEngine(steps=6, delay=0.3))
+    mount_playground(app)
+    with live_server(app) as url:
+        yield url
+
+
+def test_a_run_shows_its_steps_and_previews_then_the_result(browser, stepping_url, tmp_path):
+    """The page runs a v2 job and follows its event stream: the bar rises with the steps, previews show, and
+    the result comes from the job's output."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1100})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.goto(f"{stepping_url}/")
+    page.fill("#api-key", KEY)
+    main_path, object_path, _ = write_inputs(tmp_path)
+    load_inputs(page, main_path, object_path)
+    paint_stroke(page, (0.3, 0.5), (0.6, 0.5))
+    page.fill("#seed", "11")
+    page.click("#run")
+    expect(page.locator("#progress-steps")).to_have_text(re.compile(r"step [2-5] of 6"), timeout=10_000)
+    assert 0 < page.eval_on_selector("#progress-bar", "bar => bar.value / bar.max") < 1
+    expect(page.locator("#progress-preview")).to_be_visible()
+    assert page.get_attribute("#progress-preview", "src").startswith("data:image/jpeg;base64,")
+    expect(page.locator("#compare")).to_be_visible(timeout=15_000)
+    expect(page.locator("#result-info")).to_contain_text("engine stepping")
+    expect(page.locator("#result-info")).to_contain_text("seed 11")
+    expect(page.locator("#status")).to_contain_text("Done in")
+    expect(page.locator("#progress")).to_be_hidden()
+    assert problems == []
+    context.close()
 
 
 def test_server_errors_are_shown_as_readable_messages(session, tmp_path):
@@ -299,7 +340,7 @@ def test_every_error_status_and_a_network_failure_read_clearly(session, tmp_path
                 body=answer["body"],
             )
 
-    page.route("**/v1/seg-swap", fulfil)
+    page.route("**/v2/seg-swap", fulfil)  # a run submits a v2 job
     for status, headers, sentence, fragments in STATUS_CASES:
         answer.update(status=status, headers=headers, body=json.dumps({"error": sentence}))
         page.click("#run")

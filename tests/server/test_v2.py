@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from pipelines import CompositeEngine
+from pipelines import CompositeEngine, InvalidInput
 from server.api.app import create_app
 from server.api.live_server import live_server
 from server.settings import Settings
@@ -75,16 +75,35 @@ def test_bad_body_is_refused_at_submit(tmp_path, body):
         assert client.post("/v2/seg-swap", json={**body, "main_image": "nope"}).status_code == 400
 
 
-def test_failing_job_answers_422_failed_with_its_error(tmp_path, body, scene, database_url):
-    with make_client(tmp_path, database_url=database_url) as client:
+class RefusingEngine:
+    """Refuses jobs asking for "refuse" the way an engine refuses an input it cannot use (the warm-up passes)."""
+
+    name = "refusing"
+
+    def swap(self, job, progress=None):
+        if job.prompt == "refuse":
+            raise InvalidInput("the object image has nothing to place", "object_image")
+        return job.main_image
+
+
+def test_failing_job_answers_422_failed_with_its_error(tmp_path, body, database_url):
+    with make_client(tmp_path, RefusingEngine(), database_url=database_url) as client:
         wait_ready(client)
-        empty_mask = b64(Image.new("L", scene.size, 0))
-        request_id = client.post("/v2/seg-swap", json={**body, "mask_image": empty_mask}).json()["request_id"]
+        request_id = client.post("/v2/seg-swap", json={**body, "prompt": "refuse"}).json()["request_id"]
         wait_for(client, request_id)
         status = client.get(f"/v2/requests/{request_id}/status")
         assert status.status_code == 422 and status.json()["status"] == "FAILED"
-        assert "mask selects no pixel" in status.json()["error"]
+        assert "nothing to place" in status.json()["error"]
         assert client.get(f"/v2/requests/{request_id}").status_code == 422
+
+
+def test_an_empty_mask_is_refused_at_submit(tmp_path, body, scene):
+    """It would fail on every engine: a 400 saying so, not a job that fails later."""
+    with make_client(tmp_path) as client:
+        wait_ready(client)
+        empty_mask = b64(Image.new("L", scene.size, 0))
+        response = client.post("/v2/seg-swap", json={**body, "mask_image": empty_mask})
+        assert response.status_code == 400 and "the mask selects no pixel" in response.json()["error"]
 
 
 def test_unknown_other_key_and_expired_ids_are_404(tmp_path, body, database_url):

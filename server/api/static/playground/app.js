@@ -1,6 +1,10 @@
-// segswap playground: a plain client of the public POST /v1/seg-swap and /v1/seg-mask (multipart), nothing more.
+// segswap playground: a plain client of the public API, nothing more. A run is a v2 job (POST /v2/seg-swap,
+// multipart) followed through its Server-Sent Events (progress, previews, the end), then its output; selecting
+// is POST /v1/seg-mask. The snippets show the one-call v1 request that makes the same image.
 
 const API_PATH = "v1/seg-swap"; // relative, so the page also works behind a path prefix
+const JOBS_PATH = "v2/seg-swap";
+const REQUESTS_PATH = "v2/requests";
 const SELECT_PATH = "v1/seg-mask";
 const CLICK_PX = 4; // a drag shorter than this (screen pixels) is a click: a point, not a box
 const KEY_STORAGE = "segswap.apiKey";
@@ -29,6 +33,7 @@ const $ = (id) => document.getElementById(id);
 const els = {
   apiKey: $("api-key"), apiKeyShow: $("api-key-show"),
   run: $("run"), cancel: $("cancel"), progress: $("progress"), elapsed: $("elapsed"), status: $("status"), error: $("error"),
+  progressBar: $("progress-bar"), progressSteps: $("progress-steps"), progressPreview: $("progress-preview"),
   mainDrop: $("main-drop"), mainFile: $("main-file"), stage: $("stage"), mainPreview: $("main-preview"),
   maskCanvas: $("mask-canvas"), brushCursor: $("brush-cursor"), selectBox: $("select-box"), selectPoints: $("select-points"), brushSize: $("brush-size"), brushSizeOut: $("brush-size-out"),
   undo: $("undo"), clear: $("clear"), invert: $("invert"), maskFile: $("mask-file"), saveMask: $("save-mask"), saveMask2: $("save-mask-2"),
@@ -44,7 +49,8 @@ const state = {
   main: null, // {blob, image}: the bytes sent and the decoded image
   object: null,
   result: null, // {blob, url, seed}
-  controller: null, // AbortController of the request in flight
+  controller: null, // AbortController of the requests in flight
+  job: null, // the v2 request id of the run in flight
   timer: null,
   pasteTarget: null,
   tool: "brush",
@@ -573,21 +579,88 @@ async function run(event) {
   setRunning(true);
   try {
     const headers = apiKey() ? { "x-api-key": apiKey() } : {};
-    const response = await fetch(API_PATH, { method: "POST", headers, body: await buildBody(), signal: controller.signal });
-    if (!response.ok) {
-      showError(...(await describeHttpError(response)));
+    const submitted = await fetch(JOBS_PATH, { method: "POST", headers, body: await buildBody(), signal: controller.signal });
+    if (!submitted.ok) {
+      showError(...(await describeHttpError(submitted)));
       setStatus(`Failed after ${seconds(started)}.`);
       return;
     }
-    await showResult(await response.blob(), response.headers);
+    const job = (await submitted.json()).request_id;
+    state.job = job;
+    const end = await followJob(job, headers, controller.signal);
+    if (end.event !== "completed") {
+      showError(end.event === "cancelled" ? "Cancelled" : `The job failed: ${end.data.error || "no reason given"}`);
+      setStatus(`${end.event === "cancelled" ? "Cancelled" : "Failed"} after ${seconds(started)}.`);
+      return;
+    }
+    const output = await fetch(`${REQUESTS_PATH}/${job}/output`, { headers, signal: controller.signal });
+    if (!output.ok) {
+      showError(...(await describeHttpError(output)));
+      return;
+    }
+    await showResult(await output.blob(), output.headers);
     setStatus(`Done in ${seconds(started)}.`);
   } catch (err) {
     if (controller.signal.aborted) setStatus("Cancelled.");
     else showError("Network error: no answer from the server", `${err.message}. Is segswap still running at ${location.host}?`);
   } finally {
     state.controller = null;
+    state.job = null;
     setRunning(false);
   }
+}
+
+// The job's event stream (GET /v2/requests/{id}/events?previews=1), read with fetch so that the key travels as a
+// header (EventSource cannot send one). Returns the last event: completed, failed or cancelled.
+async function followJob(job, headers, signal) {
+  const response = await fetch(`${REQUESTS_PATH}/${job}/events?previews=1`, { headers, signal });
+  if (!response.ok || !response.body) throw new Error(`the progress stream answered ${response.status}`);
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error("the progress stream ended before the job did");
+    buffer += value;
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const message = parseEvent(buffer.slice(0, cut));
+      buffer = buffer.slice(cut + 2);
+      if (!message) continue; // a keep-alive comment
+      if (["completed", "failed", "cancelled"].includes(message.event)) return message;
+      showProgress(message);
+    }
+  }
+}
+
+function parseEvent(block) {
+  let event = "message";
+  const data = [];
+  for (const line of block.split("\n")) {
+    if (line.startsWith("event:")) event = line.slice(6).trim();
+    else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
+  }
+  return data.length ? { event, data: JSON.parse(data.join("\n")) } : null;
+}
+
+function showProgress({ event, data }) {
+  if (event === "status") setStatus(data.status === "QUEUED" ? "Queued…" : "Running…");
+  if (event === "progress") {
+    els.progressBar.max = data.total;
+    els.progressBar.value = data.step;
+    els.progressSteps.textContent = `step ${data.step} of ${data.total}`;
+  }
+  if (event === "preview") {
+    els.progressPreview.src = data.image;
+    els.progressPreview.hidden = false;
+  }
+}
+
+async function cancelRun() {
+  const job = state.job;
+  state.controller?.abort();
+  if (!job) return;
+  const headers = apiKey() ? { "x-api-key": apiKey() } : {};
+  await fetch(`${REQUESTS_PATH}/${job}`, { method: "DELETE", headers }).catch(() => {}); // a started job runs on
 }
 
 function seconds(started) {
@@ -600,6 +673,11 @@ function setRunning(running) {
   els.progress.hidden = !running;
   clearInterval(state.timer);
   if (!running) return;
+  els.progressBar.max = 1;
+  els.progressBar.value = 0;
+  els.progressSteps.textContent = "";
+  els.progressPreview.hidden = true;
+  els.progressPreview.removeAttribute("src");
   const started = performance.now();
   const tick = () => {
     els.elapsed.textContent = seconds(started);
@@ -839,7 +917,7 @@ function init() {
   window.addEventListener("drop", (event) => event.preventDefault());
   wireMaskTools();
   wireParams();
-  els.cancel.addEventListener("click", () => state.controller?.abort());
+  els.cancel.addEventListener("click", cancelRun);
   els.split.addEventListener("input", () => els.compare.style.setProperty("--split", `${els.split.value}%`));
   for (const button of document.querySelectorAll("button.copy")) button.addEventListener("click", () => copyText(button));
   initApiKey();
