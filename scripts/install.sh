@@ -3,7 +3,8 @@
 #
 #   scripts/install.sh              the server and CLI, composite engine only (no torch)
 #   scripts/install.sh --diffusion  plus the diffusion engine (torch, diffusers, transformers)
-#   scripts/install.sh --test       plus the diffusion engine and the test tools (and, as root on
+#   scripts/install.sh --provenance plus the diffusion engine and the provenance marks (C2PA, watermark)
+#   scripts/install.sh --test       plus all of that and the test tools (and, as root on
 #                                   Debian, Chromium and PostgreSQL for the browser and shared-store tests)
 #
 # Environment: SEGSWAP_VENV (default .venv; "system" installs into the current interpreter),
@@ -16,8 +17,9 @@ extras=""
 case "${1:-}" in
   "") ;;
   --diffusion) extras="[diffusion]" ;;
-  --test) extras="[diffusion,test]" ;;
-  *) echo "usage: scripts/install.sh [--diffusion|--test]" >&2; exit 2 ;;
+  --provenance) extras="[diffusion,provenance]" ;;
+  --test) extras="[diffusion,provenance,test]" ;;
+  *) echo "usage: scripts/install.sh [--diffusion|--provenance|--test]" >&2; exit 2 ;;
 esac
 
 venv="${SEGSWAP_VENV:-.venv}"
@@ -34,6 +36,11 @@ if [ -n "$extras" ]; then
   "$python" -m pip install --quiet "${SEGSWAP_TORCH:-torch==2.13.0}"
 fi
 "$python" -m pip install --quiet -e ".${extras}"
+if [[ "$extras" == *provenance* ]]; then
+  # Without its dependencies: they name opencv-python, which would replace opencv-python-headless's cv2; what it
+  # really imports (cv2, numpy, PyWavelets, torch) is installed already.
+  "$python" -m pip install --quiet --no-deps "invisible-watermark==0.2.0"
+fi
 if [ "${1:-}" = "--test" ]; then
   if ! scripts/install_browser.sh; then
     [ "${SEGSWAP_REQUIRE_BROWSER:-}" = 1 ] && { echo "Chromium could not be installed" >&2; exit 1; }

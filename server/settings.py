@@ -70,6 +70,17 @@ class Settings(BaseSettings):
     output_metadata: bool = Field(
         True, description="every output carries what made it (parameters, input sha256s, seed, engine, versions)"
     )
+    c2pa_cert: Path | None = Field(
+        None, description="PEM certificate chain (signer first) to sign every output's C2PA content credentials"
+    )
+    c2pa_key: Path | None = Field(None, description="PEM private key of that certificate", repr=False)
+    c2pa_alg: Literal["es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519"] = Field(
+        "es256", description="the C2PA signing algorithm (the key's kind)"
+    )
+    c2pa_tsa_url: str | None = Field(None, description="RFC 3161 timestamp authority for the C2PA signature")
+    watermark: bool = Field(
+        False, description="an invisible watermark in every output (SDXL's DWT-DCT; changes every pixel slightly)"
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
     keys_file: Path | None = Field(None, description="TOML key file managed by `segswap keys` (hashes, limits)")
     credits_db: Path | None = Field(None, description="SQLite credit ledger (default: credits.sqlite3 in data_dir)")
@@ -135,6 +146,12 @@ class Settings(BaseSettings):
                 f"refusing to serve on {self.host} without API keys: set SEGSWAP_API_KEYS "
                 "(comma-separated) or SEGSWAP_KEYS_FILE, or bind to 127.0.0.1"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _c2pa_cert_and_key_together(self) -> Settings:
+        if (self.c2pa_cert is None) != (self.c2pa_key is None):
+            raise ValueError("C2PA signing needs both SEGSWAP_C2PA_CERT and SEGSWAP_C2PA_KEY (or neither)")
         return self
 
     @model_validator(mode="after")

@@ -22,6 +22,7 @@ from server.api.openai_images import router as router_openai
 from server.api.playground import mount_playground
 from server.api.v1 import router as router_v1
 from server.api.v2 import router as router_v2
+from server.inputs.provenance import provenance_for
 from server.jobs.dispatcher import JobRunner
 from server.jobs.store import open_job_store
 from server.serving.lifecycle import Lifecycle
@@ -37,6 +38,7 @@ def create_app(
 ) -> FastAPI:
     """The app. `engine` (one worker) or `engine_factory` (one per device) override the configured engine."""
     settings = settings or Settings()
+    provenance_for(settings)  # a certificate that cannot sign stops the start, not the first request
     if engine is not None:
         engine_factory = same_engine(engine)
     factory = engine_factory or (lambda device: load_configured_engine(settings, device))

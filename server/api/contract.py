@@ -21,6 +21,7 @@ IMAGE_DESCRIPTION = "an http(s) URL, raw base64, or a data:image/...;base64, URI
 
 REGION_FIELDS = ("mask_image", "box", "points", "text")  # exactly one says which region to replace
 
+
 class Selection(BaseModel):
     """The region given by where it is instead of a painted mask (extension fields): one of box, points, text."""
 

@@ -37,7 +37,7 @@ from server.api.masks import select_region
 from server.api.v1 import run_job
 from server.errors import BadRequest, NotAcceptable
 from server.inputs.decode import decode_inputs
-from server.inputs.encode import check_encodable, encode_image
+from server.inputs.encode import check_encodable, encode_output
 from server.inputs.metadata import input_digests, output_record
 from server.serving.admission import refuse_if_unavailable
 
@@ -183,7 +183,7 @@ async def images_edits(
             record = output_record(settings.output_metadata, contract.model_dump(), job.seed, outcome.engine, inputs)
             outputs.append(
                 await asyncio.to_thread(
-                    encode_image, outcome.image, contract.image_format, contract.image_quality, record
+                    encode_output, outcome.image, contract.image_format, contract.image_quality, record, settings
                 )
             )
     except BaseException:

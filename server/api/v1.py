@@ -18,7 +18,7 @@ from server.api.errors import service_error_from_engine
 from server.api.masks import select_region
 from server.api.openapi_docs import swap_request_body, swap_responses
 from server.errors import TimedOut
-from server.inputs.encode import MEDIA_TYPES, check_encodable, encode_image
+from server.inputs.encode import MEDIA_TYPES, check_encodable, encode_output
 from server.inputs.metadata import input_digests, output_record
 from server.inputs.resolve import resolve_images
 from server.serving.admission import queue_full_error, refuse_if_unavailable
@@ -67,7 +67,9 @@ async def seg_swap(
         outcome = await run_job(request, work, job, deadline, settings.request_timeout_s)
         start = time.perf_counter()
         record = output_record(settings.output_metadata, body.model_dump(), job.seed, outcome.engine, inputs)
-        data = await asyncio.to_thread(encode_image, outcome.image, body.image_format, body.image_quality, record)
+        data = await asyncio.to_thread(
+            encode_output, outcome.image, body.image_format, body.image_quality, record, settings
+        )
     except BaseException:
         await metering.refund(request, caller, charged)
         raise

@@ -152,9 +152,7 @@ async def job_result(
         **ERRORS,
         200: {
             "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}},
-            "headers": {
-                name: SWAP_HEADERS[name] for name in ("x-seed-value", "x-generation-time", "x-segswap-engine")
-            },
+            "headers": {name: SWAP_HEADERS[name] for name in ("x-seed-value", "x-generation-time", "x-segswap-engine")},
         },
     },
 )

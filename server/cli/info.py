@@ -1,8 +1,10 @@
-"""`segswap info IMAGE`: what made an output, as the file itself carries it (server/inputs/metadata.py)."""
+"""`segswap info IMAGE`: what made an output, as the file itself carries it: its record (server/inputs/metadata.py),
+its C2PA content credentials and SDXL's invisible watermark, where present (server/inputs/provenance.py)."""
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from pathlib import Path
 
@@ -11,33 +13,80 @@ from PIL import Image, UnidentifiedImageError
 from server.cli.common import CliError
 from server.inputs import metadata
 
+FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+
 
 def add_info_command(subparsers) -> None:
-    parser = subparsers.add_parser("info", help="show what made an output: parameters, inputs, seed, engine")
+    parser = subparsers.add_parser(
+        "info", help="show what made an output: parameters, inputs, seed, engine; C2PA credentials; watermark"
+    )
     parser.add_argument("image", type=Path, help="an image segswap wrote")
-    parser.add_argument("--json", action="store_true", help="print the record as JSON")
+    parser.add_argument("--json", action="store_true", help="print everything found as JSON")
     parser.set_defaults(handler=run_info)
 
 
-def read_record(path: Path) -> dict:
-    """The record in `path`; a CliError when the file is not an image or carries none."""
+def _open(path: Path) -> tuple[bytes, Image.Image]:
     try:
-        with Image.open(path) as image:
-            record = metadata.read(image)
+        data = path.read_bytes()
+        image = Image.open(io.BytesIO(data))
+        image.load()
     except FileNotFoundError:
         raise CliError(f"no such file: {path}") from None
     except (UnidentifiedImageError, OSError):
         raise CliError(f"{path} is not a readable PNG, JPEG or WEBP image") from None
+    return data, image
+
+
+def read_record(path: Path) -> dict:
+    """The record in `path`; a CliError when the file is not an image or carries none."""
+    record = metadata.read(_open(path)[1])
     if record is None:
         raise CliError(f"{path} carries no segswap record (not written by segswap, or with output metadata off)")
     return record
 
 
+def inspect(path: Path) -> dict:
+    """Everything the file carries: record, C2PA credentials, watermark (None where absent or not checkable)."""
+    data, image = _open(path)
+    found: dict = {"record": metadata.read(image), "c2pa": None, "watermark_bits": None}
+    try:
+        from server.inputs.provenance import credentials, watermark_bits
+    except ImportError:
+        return found
+    if image.format in FORMATS:
+        try:
+            found["c2pa"] = credentials(data, FORMATS[image.format])
+        except ImportError:  # c2pa-python not installed: nothing to read credentials with
+            pass
+    try:
+        found["watermark_bits"] = watermark_bits(image)
+    except ImportError:  # invisible-watermark not installed
+        pass
+    return found
+
+
 def run_info(args: argparse.Namespace) -> int:
-    record = read_record(args.image)
+    from server.inputs.provenance import WATERMARK_BITS, WATERMARK_FOUND
+
+    found = inspect(args.image)
+    bits = found["watermark_bits"]
+    watermarked = bits is not None and bits >= WATERMARK_FOUND
+    if found["record"] is None and found["c2pa"] is None and not watermarked:
+        raise CliError(f"{args.image} carries no segswap record, C2PA credentials or watermark")
     if args.json:
-        print(json.dumps(record, indent=2, sort_keys=True))
+        print(json.dumps(found | {"watermarked": watermarked}, indent=2, sort_keys=True))
         return 0
+    if found["record"] is not None:
+        _print_record(found["record"])
+    if found["c2pa"] is not None:
+        _print_credentials(found["c2pa"])
+    if bits is not None:
+        verdict = "found" if watermarked else "not found"
+        print(f"watermark   {verdict} ({bits}/{len(WATERMARK_BITS)} bits of SDXL's message)")
+    return 0
+
+
+def _print_record(record: dict) -> None:
     print(f"engine      {record.get('engine')}  (segswap {record.get('segswap')})")
     for repo, revision in (record.get("model_revisions") or {}).items():
         print(f"model       {repo} @ {revision}")
@@ -47,4 +96,13 @@ def run_info(args: argparse.Namespace) -> int:
     for name, value in (record.get("parameters") or {}).items():
         if value is not None:
             print(f"parameter   {name:18} {value}")
-    return 0
+
+
+def _print_credentials(claim: dict) -> None:
+    signer = claim["signer"]
+    print(f"c2pa        signed by {signer.get('common_name')} ({signer.get('issuer')}), {signer.get('alg')}")
+    for action in claim["actions"]:
+        source = action.get("digitalSourceType", "").rsplit("/", 1)[-1]
+        print(f"c2pa        {action.get('action')}{f' ({source})' if source else ''}")
+    if claim["validation"]:
+        print(f"c2pa        validation: {', '.join(claim['validation'])}")

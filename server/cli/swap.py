@@ -17,7 +17,7 @@ from server.api.contract import REGION_FIELDS, SwapRequest, describe_validation_
 from server.cli.common import CliError, add_engine_flags, flag, settings_from
 from server.cli.info import read_record
 from server.inputs.decode import decode_inputs
-from server.inputs.encode import check_encodable, encode_image
+from server.inputs.encode import check_encodable, encode_output
 from server.inputs.metadata import input_digests, output_record
 from server.inputs.resolve import read_source
 from server.serving.workers import load_configured_engine
@@ -82,7 +82,7 @@ def run_swap(args: argparse.Namespace) -> int:
         image = engine.swap(job, progress=progress)
     seconds = time.perf_counter() - start
     record = output_record(settings.output_metadata, request.model_dump(), job.seed, engine.name, inputs)
-    data = encode_image(image, request.image_format, request.image_quality, record)
+    data = encode_output(image, request.image_format, request.image_quality, record, settings)
     args.output.write_bytes(base64.b64encode(data) if args.base64 else data)
     print(
         f"wrote {args.output} ({image.width}x{image.height} {request.image_format}, engine {engine.name}, "

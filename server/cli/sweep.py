@@ -49,6 +49,7 @@ def add_sweep_command(subparsers) -> None:
 def run_sweep_command(args: argparse.Namespace) -> int:
     from server.experiments.sweep import combinations, run_sweep, write_index, write_sheets
     from server.inputs.decode import decode_inputs
+    from server.inputs.encode import encode_output
     from server.inputs.metadata import input_digests, output_record
     from server.inputs.resolve import read_source
     from server.serving.workers import load_configured_engine
@@ -63,9 +64,10 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     engine = load_configured_engine(settings)
     inputs = input_digests(images)
 
-    def record(values: dict, seed: int, engine_name: str) -> dict | None:
+    def encode(image, values: dict, seed: int, engine_name: str) -> bytes:
         fields = _validated(values).model_dump()
-        return output_record(settings.output_metadata, fields, seed, engine_name, inputs)
+        record = output_record(settings.output_metadata, fields, seed, engine_name, inputs)
+        return encode_output(image, fields["image_format"], fields["image_quality"], record, settings)
 
     results = run_sweep(
         engine,
@@ -75,7 +77,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         sources,
         args.out,
         progress=lambda name: print(f"wrote {name}", file=sys.stderr),
-        record=record,
+        encode=encode,
     )
     sheets = write_sheets(results, varied, args.out)
     index = write_index(results, sheets, args.out)

@@ -14,7 +14,7 @@ from server.errors import ServiceError
 from server.experiments.jobs_file import Entry
 from server.experiments.outputs import is_complete, write_output
 from server.inputs.decode import decode_inputs
-from server.inputs.encode import check_encodable, encode_image
+from server.inputs.encode import check_encodable, encode_output
 from server.inputs.metadata import input_digests, output_record
 from server.inputs.resolve import read_source
 from server.settings import Settings
@@ -91,7 +91,7 @@ def run_local(entries: list[Entry], engine: Engine, out_dir: Path, settings: Set
 class Prepared:
     job: SwapJob
     inputs: dict[str, str]  # the sha256 of each input, for the output's record
-    embed_record: bool  # settings.output_metadata
+    settings: Settings
 
 
 def prepare(entry: Entry, settings: Settings) -> Prepared:
@@ -100,7 +100,7 @@ def prepare(entry: Entry, settings: Settings) -> Prepared:
     images = decode_inputs(data, settings.max_image_pixels)
     check_encodable(images["main_image"].size, entry.request.image_format)
     job = build_job(entry.request.model_dump(), images)
-    return Prepared(job, input_digests(images), settings.output_metadata)
+    return Prepared(job, input_digests(images), settings)
 
 
 def _run_one(entry: Entry, prepared: Prepared, engine: Engine, out_dir: Path) -> None:
@@ -108,9 +108,9 @@ def _run_one(entry: Entry, prepared: Prepared, engine: Engine, out_dir: Path) ->
     started = time.perf_counter()
     image = engine.swap(job)
     seconds = time.perf_counter() - started
-    fields = request.model_dump()
-    record = output_record(prepared.embed_record, fields, job.seed, engine.name, prepared.inputs)
-    data = encode_image(image, request.image_format, request.image_quality, record)
+    settings, fields = prepared.settings, request.model_dump()
+    record = output_record(settings.output_metadata, fields, job.seed, engine.name, prepared.inputs)
+    data = encode_output(image, request.image_format, request.image_quality, record, settings)
     write_output(out_dir, entry.name, request.image_format, data, metadata(entry, job.seed, engine.name, seconds))
 
 

@@ -43,10 +43,10 @@ def run_sweep(
     sources: dict,
     out_dir: Path,
     progress=None,
-    record=None,
+    encode=None,
 ) -> list[Result]:
-    """One swap per combination, written as sweep-NNNN with its metadata; `record(values, seed, engine)` gives
-    the record each output carries (server/inputs/metadata.py), or None."""
+    """One swap per combination, written as sweep-NNNN with its metadata; `encode(image, values, seed, engine)`
+    writes each output's bytes (the CLI's adds its record and marks), else a plain encode."""
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for index, combination in enumerate(combinations(varied), start=1):
@@ -65,8 +65,10 @@ def run_sweep(
             "varied": combination,
         }
         fmt = values.get("image_format", "png")
-        carried = record(values, job.seed, engine.name) if record is not None else None
-        data = encode_image(image, fmt, values.get("image_quality", 95), carried)
+        if encode is not None:
+            data = encode(image, values, job.seed, engine.name)
+        else:
+            data = encode_image(image, fmt, values.get("image_quality", 95))
         path = write_output(out_dir, name, fmt, data, info)
         results.append(Result(name, path, combination))
         if progress is not None:

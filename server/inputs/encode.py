@@ -7,7 +7,8 @@ import io
 from PIL import Image
 
 from server.errors import BadRequest
-from server.inputs.metadata import save_options
+from server.inputs.metadata import save_options, segswap_version
+from server.inputs.provenance import provenance_for
 
 # zlib level 1: a 1024x1024 PNG encodes several times faster than at Pillow's
 # default of 6 for a file only slightly larger; PNG stays lossless either way.
@@ -29,6 +30,14 @@ def encode_image(image: Image.Image, image_format: str, quality: int, record: di
     else:
         raise ValueError(f"unknown image format {image_format!r}")
     return buffer.getvalue()
+
+
+def encode_output(image: Image.Image, image_format: str, quality: int, record: dict | None, settings) -> bytes:
+    """An output as it is delivered: its record inside, and the operator's provenance marks (watermark, C2PA
+    credentials) where configured (server/inputs/provenance.py)."""
+    marks = provenance_for(settings)
+    data = encode_image(marks.mark_pixels(image), image_format, quality, record)
+    return marks.sign(data, image_format, segswap_version())
 
 
 def check_encodable(size: tuple[int, int], image_format: str) -> None:

@@ -44,7 +44,7 @@ def describe(fields: dict, seed: int, engine: str, inputs: dict[str, str]) -> di
     parameters["seed"] = seed
     return {
         "schema": SCHEMA,
-        "segswap": _version(),
+        "segswap": segswap_version(),
         "engine": engine,
         "model_revisions": model_revisions(engine),
         "seed": seed,
@@ -117,7 +117,7 @@ def _from_xmp(packet: bytes | str | None) -> str | None:
 
 
 @cache
-def _version() -> str:
+def segswap_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:

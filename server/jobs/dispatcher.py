@@ -26,7 +26,7 @@ from pipelines import SegswapError, SwapJob, build_job
 from server.access.credits import CreditLedger
 from server.errors import ServiceError, Unavailable
 from server.inputs.decode import decode_inputs
-from server.inputs.encode import MEDIA_TYPES, encode_image
+from server.inputs.encode import MEDIA_TYPES, encode_output
 from server.inputs.fetch import post_pinned
 from server.inputs.metadata import input_digests, output_record
 from server.jobs.store import JobRecord, JobStore
@@ -207,7 +207,7 @@ class JobRunner:
         carried = output_record(self.settings.output_metadata, params, job_seed, outcome.engine, inputs)
         try:
             data = await asyncio.to_thread(
-                encode_image, outcome.image, params["image_format"], params["image_quality"], carried
+                encode_output, outcome.image, params["image_format"], params["image_quality"], carried, self.settings
             )
         except Exception as exc:  # the format's own limit or error, in the encoder's words (no paths in them)
             log.exception("job %s: the result could not be encoded", record.id)
