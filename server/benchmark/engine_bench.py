@@ -381,6 +381,8 @@ class DiffusersBaseline:
         extra: dict = {"variant": "fp16"} if only_fp16_variant(model_set.base) else {}
         if model_set.arch == "sd15":
             extra.update(safety_checker=None, requires_safety_checker=False)
+        else:  # the same image work as ours: no watermark, whether invisible-watermark is installed or not
+            extra.update(add_watermarker=False)
         pipe = AutoPipelineForInpainting.from_pretrained(
             str(model_set.base), dtype=dtype, local_files_only=True, **extra
         )

@@ -222,6 +222,8 @@ def load_pipeline(model_set: ModelSet, device: torch.device, dtype: torch.dtype,
     components: dict = {}
     if model_set.arch == "sd15":
         components.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    else:  # diffusers' SDXL pipelines watermark whenever invisible-watermark is installed; ours is a setting
+        components.update(add_watermarker=False)
     kwargs: dict = {"dtype": dtype, "local_files_only": True, "use_safetensors": True, **components}
     if only_fp16_variant(model_set.base):
         kwargs["variant"] = "fp16"
