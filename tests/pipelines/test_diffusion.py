@@ -14,6 +14,7 @@ from pipelines.engines.diffusion.conditioning import (  # noqa: E402
     set_ip_adapter_strengths,
 )
 from pipelines.engines.diffusion.engine import DiffusionEngine  # noqa: E402
+from pipelines.engines.diffusion.options import DiffusionOptions  # noqa: E402
 from pipelines.engines.diffusion.geometry import context_box, processing_size  # noqa: E402
 from pipelines.imageops import grow_mask, normalize_mask  # noqa: E402
 from pipelines.models.model_sets import ModelSet, require_model_set  # noqa: E402
@@ -142,3 +143,11 @@ def test_a_strip_along_the_edge_is_swapped_without_ip_adapter_masks(engine):
     assert out.size == size
     grown = grow_mask(normalize_mask(job.mask_image, size), job.growmask)
     assert np.array_equal(np.asarray(out)[~grown], np.asarray(job.main_image)[~grown])
+
+
+def test_sdxl_does_not_watermark_on_its_own(tiny_weights):
+    """diffusers' SDXL pipelines watermark every image whenever invisible-watermark is installed (it is, with the
+    provenance extra); the watermark is an operator's setting (server/inputs/provenance.py), so ours stay unmarked."""
+    pytest.importorskip("imwatermark")
+    engine = DiffusionEngine(ModelSet("sdxl", tiny_weights / "sdxl"), DiffusionOptions(device="cpu"))
+    assert engine.pipe.watermark is None

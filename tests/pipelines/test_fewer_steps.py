@@ -173,11 +173,3 @@ def test_flux2_blocks_compile_and_fall_back_to_eager_when_the_compiler_fails(tin
     assert "torch.compile failed" in caplog.text and not compiled.compiled
     assert not Flux2Engine(model_set, DiffusionOptions(device="cpu", compile=True, step_cache=True)).compiled
     torch._dynamo.reset()
-
-
-def test_sdxl_does_not_watermark_on_its_own(tiny_weights):
-    """diffusers' SDXL pipelines watermark every image whenever invisible-watermark is installed (it is, with the
-    provenance extra); the watermark is an operator's setting (server/inputs/provenance.py), so ours stay unmarked."""
-    pytest.importorskip("imwatermark")
-    engine = DiffusionEngine(ModelSet("sdxl", tiny_weights / "sdxl"), DiffusionOptions(device="cpu"))
-    assert engine.pipe.watermark is None
