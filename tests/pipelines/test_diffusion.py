@@ -14,8 +14,8 @@ from pipelines.engines.diffusion.conditioning import (  # noqa: E402
     set_ip_adapter_strengths,
 )
 from pipelines.engines.diffusion.engine import DiffusionEngine  # noqa: E402
-from pipelines.engines.diffusion.options import DiffusionOptions  # noqa: E402
 from pipelines.engines.diffusion.geometry import context_box, processing_size  # noqa: E402
+from pipelines.engines.diffusion.options import DiffusionOptions  # noqa: E402
 from pipelines.imageops import grow_mask, normalize_mask  # noqa: E402
 from pipelines.models.model_sets import ModelSet, require_model_set  # noqa: E402
 from tests.conftest import rect_mask  # noqa: E402
