@@ -34,20 +34,13 @@ class UNetStepCache:
         deep = [*unet.down_blocks[1:], *([unet.mid_block] if unet.mid_block is not None else []), *unet.up_blocks[:-1]]
         self._kept: dict[int, object] = {}
         self._fresh = True
-        self._originals = {id(block): (block, block.forward) for block in deep}
         for block in deep:
             block.forward = self._wrapped(block, block.forward)
-        self._counter = unet.register_forward_pre_hook(self._count)
+        unet.register_forward_pre_hook(self._count)
 
     def reset(self) -> None:
         """Forget the kept features: call before each new image (the next call runs the whole UNet)."""
         self.calls = 0
-        self._kept.clear()
-
-    def remove(self) -> None:
-        for block, forward in self._originals.values():
-            block.forward = forward
-        self._counter.remove()
         self._kept.clear()
 
     def _count(self, module, args) -> None:
