@@ -93,9 +93,20 @@ def read(image: Image.Image) -> dict | None:
         return None
     try:
         record = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    return record if isinstance(record, dict) else None
+    return record if _well_formed(record) else None
+
+
+def _well_formed(record: object) -> bool:
+    """Shaped as `describe` writes it (a file can carry anything under our name)."""
+    if not isinstance(record, dict) or not isinstance(record.get("parameters"), dict):
+        return False
+    inputs, revisions = record.get("inputs"), record.get("model_revisions")
+    textual = (isinstance(inputs, dict) and all(isinstance(v, str) for v in inputs.values())) and (
+        revisions is None or (isinstance(revisions, dict) and all(isinstance(v, str) for v in revisions.values()))
+    )
+    return textual and all(isinstance(record.get(key), str) for key in ("engine", "segswap"))
 
 
 def _xmp(text: str) -> bytes:

@@ -140,3 +140,24 @@ def test_replay_warns_when_an_input_differs_and_flags_win(files, tmp_path, capsy
 def test_info_on_a_file_without_a_record_says_so(files, capsys):
     assert main(["info", str(files["main"])]) == 2
     assert "carries no segswap record" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[1, 2]",
+        '{"parameters": [1], "inputs": {}, "engine": "composite", "segswap": "1"}',
+        '{"parameters": {}, "inputs": {"main_image": 5}, "engine": "composite", "segswap": "1"}',
+        '{"parameters": {}, "inputs": {}, "engine": null, "segswap": "1"}',
+        "[" * 100_000,
+    ],
+)
+def test_a_record_of_the_wrong_shape_reads_as_none(text):
+    """A file can carry anything under our name: only a record shaped as segswap writes it is one."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_itxt("segswap", text)
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "PNG", pnginfo=info)
+    assert record_of(buffer.getvalue()) is None
