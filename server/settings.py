@@ -63,8 +63,8 @@ class Settings(BaseSettings):
     )
     step_cache: bool = Field(
         False,
-        description="reuse slowly changing model features between steps (DeepCache on SD, First Block Cache "
-        "on FLUX.2): faster, slightly different images",
+        description="reuse slowly changing model features between steps (DeepCache on SD, TaylorSeer on "
+        "FLUX.2): faster, slightly different images",
     )
     step_cache_interval: int = Field(3, ge=2, description="step cache: the whole model runs once every this many steps")
     output_metadata: bool = Field(

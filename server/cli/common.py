@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from pipelines import IMAGE_FIELDS
 from pipelines.models.model_sets import SETS
+from server.inputs.provenance import provenance_for
 from server.settings import Settings
 
 
@@ -60,9 +61,14 @@ def settings_from(args: argparse.Namespace, **extra: object) -> Settings:
         **extra,
     }
     try:
-        return Settings(**{key: value for key, value in overrides.items() if value is not None})
+        settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
     except ValidationError as exc:
         raise CliError(exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")) from None
+    try:
+        provenance_for(settings)  # a C2PA certificate that cannot sign: said now, before any work
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    return settings
 
 
 def flag(field: str) -> str:

@@ -12,6 +12,7 @@ from PIL import Image, UnidentifiedImageError
 
 from server.cli.common import CliError
 from server.inputs import metadata
+from server.settings import Settings
 
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
@@ -26,13 +27,15 @@ def add_info_command(subparsers) -> None:
 
 
 def _open(path: Path) -> tuple[bytes, Image.Image]:
+    """The file's bytes and the image, its header read but no pixels decoded (the record sits in the header)."""
     try:
         data = path.read_bytes()
         image = Image.open(io.BytesIO(data))
-        image.load()
     except FileNotFoundError:
         raise CliError(f"no such file: {path}") from None
-    except (UnidentifiedImageError, OSError):
+    except IsADirectoryError:
+        raise CliError(f"{path} is a folder, not an image") from None
+    except (UnidentifiedImageError, OSError, ValueError):  # ValueError: a text chunk past Pillow's limits
         raise CliError(f"{path} is not a readable PNG, JPEG or WEBP image") from None
     return data, image
 
@@ -58,9 +61,14 @@ def inspect(path: Path) -> dict:
             found["c2pa"] = credentials(data, FORMATS[image.format])
         except ImportError:  # c2pa-python not installed: nothing to read credentials with
             pass
+    if image.width * image.height > Settings.model_fields["max_image_pixels"].default:
+        return found  # decoding it to look for a watermark would take more memory than the server allows
     try:
+        image.load()
         found["watermark_bits"] = watermark_bits(image)
     except ImportError:  # invisible-watermark not installed
+        pass
+    except (OSError, ValueError):  # truncated or corrupt pixels: the header's record was still read
         pass
     return found
 

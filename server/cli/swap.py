@@ -96,7 +96,8 @@ def _validated_request(args: argparse.Namespace, recorded: dict) -> SwapRequest:
     given = {name: getattr(args, name) for name in SwapRequest.model_fields if getattr(args, name, None) is not None}
     if set(given) & set(REGION_FIELDS):  # a region given here replaces the recorded one, whichever kind it was
         recorded = {name: value for name, value in recorded.items() if name not in REGION_FIELDS}
-    values = {name: value for name, value in recorded.items() if name in SwapRequest.model_fields} | given
+    replayable = set(SwapRequest.model_fields) - {*IMAGE_FIELDS, "base64"}  # images come from the flags only
+    values = {name: value for name, value in recorded.items() if name in replayable} | given
     values["base64"] = args.base64
     if "image_format" not in values:
         values["image_format"] = FORMAT_BY_SUFFIX.get(args.output.suffix.lower(), "png")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from functools import cache
 from xml.etree import ElementTree
 
@@ -17,7 +18,10 @@ from PIL import Image
 
 from pipelines import IMAGE_FIELDS
 
+log = logging.getLogger("segswap")
+
 KEY = "segswap"
+JPEG_XMP_LIMIT = 65_000  # one APP1 segment holds 65,533 bytes, the XMP namespace header included
 SCHEMA = 1
 XMP_NS = "https://github.com/segswap/segswap/ns/1.0/"
 RDF_NS = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
@@ -76,14 +80,19 @@ def save_options(image_format: str, record: dict | None) -> dict:
     """The Pillow `save` arguments that carry `record` in a file of `image_format`."""
     if record is None:
         return {}
-    text = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    text = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)  # UTF-8: 1-4 bytes a char
     if image_format == "png":
         from PIL.PngImagePlugin import PngInfo
 
         info = PngInfo()
         info.add_itxt(KEY, text)
         return {"pnginfo": info}
-    return {"xmp": _xmp(text)}
+    packet = _xmp(text)
+    if image_format == "jpeg" and len(packet) > JPEG_XMP_LIMIT:
+        # Only with prompts of thousands of 4-byte characters: the file goes out whole, without its record.
+        log.warning("the output's record (%d bytes) does not fit a JPEG's XMP segment; left out", len(packet))
+        return {}
+    return {"xmp": packet}
 
 
 def read(image: Image.Image) -> dict | None:

@@ -173,3 +173,19 @@ def test_flux2_blocks_compile_and_fall_back_to_eager_when_the_compiler_fails(tin
     assert "torch.compile failed" in caplog.text and not compiled.compiled
     assert not Flux2Engine(model_set, DiffusionOptions(device="cpu", compile=True, step_cache=True)).compiled
     torch._dynamo.reset()
+
+
+def test_a_flux2_run_cut_short_leaves_no_cached_state_behind(tiny_flux2_weights):
+    """The pipeline resets the step cache at its end; a run that fails midway never gets there, so the engine
+    resets it at the start: the next job gives the same bytes as ever."""
+    engine = Flux2Engine(model_set_at(tiny_flux2_weights / "flux2-klein-base"), CACHED)
+    job = diffusion_job(steps=10, guidance_scale=4.0)
+    first = np.asarray(engine.swap(job))
+
+    def failing(step, total):
+        if step == 5:
+            raise RuntimeError("the caller went away")
+
+    with pytest.raises(RuntimeError):
+        engine.swap(diffusion_job(steps=10, guidance_scale=4.0, seed=99), progress=failing)
+    assert np.array_equal(np.asarray(engine.swap(job)), first)

@@ -100,7 +100,9 @@ def test_invalid_base64_is_400(client, body, value):
 
 
 def test_line_wrapped_or_unpadded_base64_is_read(client, body):
-    """MIME-style line breaks and missing padding are still base64 (the fast decoder's strict path retries)."""
+    """Line breaks, Unicode spaces, missing or excess padding: what the standard library's lenient reading took
+    before the fast decoder still reads (it falls back to that reading)."""
     wrapped = "\n".join(body["object_image"][i : i + 76] for i in range(0, len(body["object_image"]), 76))
-    for value in (wrapped, body["object_image"].rstrip("=")):
+    unicode_spaced = body["object_image"][:40] + "\u2028\u00a0" + body["object_image"][40:]
+    for value in (wrapped, body["object_image"].rstrip("="), unicode_spaced, body["object_image"] + "="):
         assert client.post("/v1/seg-swap", json={**body, "object_image": value}).status_code == 200

@@ -5,6 +5,7 @@ it byte for byte."""
 import base64
 import hashlib
 import io
+import json
 import time
 
 import numpy as np
@@ -161,3 +162,66 @@ def test_a_record_of_the_wrong_shape_reads_as_none(text):
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buffer, "PNG", pnginfo=info)
     assert record_of(buffer.getvalue()) is None
+
+
+def test_info_reads_headers_only_and_refuses_broken_files_in_a_line(tmp_path, capsys):
+    """A 65000x65000 JPEG header is not decoded (it would take gigabytes); a text chunk past Pillow's limit and
+    a folder are one-line errors."""
+    import struct
+
+    from PIL.PngImagePlugin import PngInfo
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    frame = data.find(b"\xff\xc0")
+    data[frame + 5 : frame + 9] = struct.pack(">HH", 65000, 65000)
+    (tmp_path / "huge.jpg").write_bytes(bytes(data))
+    info = PngInfo()
+    info.add_itxt("comment", "A" * 3_000_000, zip=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "zip.png", pnginfo=info)
+    for name, message in [("huge.jpg", "carries no segswap record"), ("zip.png", "not a readable"), ("", "folder")]:
+        assert main(["info", str(tmp_path / name)]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_a_long_unicode_prompt_still_fits_a_jpeg(client, body):
+    """4000 four-byte characters in both prompts: the record goes in as UTF-8 and fits JPEG's XMP segment."""
+    request = {**body, "image_format": "jpeg", "prompt": "😀" * 4000, "negative_prompt": "😀" * 4000}
+    response = client.post("/v1/seg-swap", json=request)
+    assert response.status_code == 200 and record_of(response.content)["parameters"]["prompt"] == "😀" * 4000
+
+
+def test_a_record_too_large_for_a_jpeg_is_left_out_not_an_error(caplog):
+    from server.inputs.metadata import save_options
+
+    with caplog.at_level("WARNING", logger="segswap"):
+        assert save_options("jpeg", {"parameters": {"prompt": "x" * 70_000}}) == {}
+    assert "does not fit a JPEG" in caplog.text
+    assert "xmp" in save_options("webp", {"parameters": {"prompt": "x" * 70_000}})
+
+
+def test_replay_takes_no_image_from_the_record(files, tmp_path, capsys):
+    """A record naming an image field (ours never does) must not stand in for a missing flag."""
+    from PIL.PngImagePlugin import PngInfo
+
+    first = tmp_path / "first.png"
+    assert swap(files, first, "--seed", "5") == 0
+    record = read(Image.open(first))
+    record["parameters"]["mask_image"] = "/etc/passwd"
+    info = PngInfo()
+    info.add_itxt("segswap", json.dumps(record))
+    Image.open(first).save(tmp_path / "crafted.png", pnginfo=info)
+    args = ["swap", "--replay", str(tmp_path / "crafted.png"), "--main", str(files["main"])]
+    capsys.readouterr()
+    assert main([*args, "--object", str(files["object"]), "-o", str(tmp_path / "r.png")]) == 2
+    assert "mask_image" in capsys.readouterr().err
+
+
+def test_a_c2pa_certificate_that_cannot_sign_stops_the_cli_before_any_work(files, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("c2pa")
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    monkeypatch.setenv("SEGSWAP_C2PA_CERT", str(tmp_path / "junk.pem"))
+    monkeypatch.setenv("SEGSWAP_C2PA_KEY", str(tmp_path / "junk.pem"))
+    assert swap(files, tmp_path / "out.png") == 2
+    assert "cannot sign" in capsys.readouterr().err and not (tmp_path / "out.png").exists()

@@ -120,6 +120,8 @@ class Flux2Engine:
 
     def _generate(self, arguments: dict, seed: int) -> Image.Image:
         def generate() -> Image.Image:
+            if self.options.step_cache:  # the pipeline resets it at the end; a run cut short never got there
+                self.pipe.transformer._reset_stateful_cache()
             return self.pipe(**arguments, generator=torch.Generator("cpu").manual_seed(seed)).images[0]
 
         if not self.compiled:
