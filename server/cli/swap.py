@@ -18,7 +18,7 @@ from server.cli.common import CliError, add_engine_flags, flag, settings_from
 from server.cli.info import read_record
 from server.inputs.decode import decode_inputs
 from server.inputs.encode import check_encodable, encode_output
-from server.inputs.metadata import input_digests, output_record
+from server.inputs.metadata import NOT_PARAMETERS, input_digests, output_record
 from server.inputs.resolve import read_source
 from server.serving.workers import load_configured_engine
 
@@ -96,7 +96,7 @@ def _validated_request(args: argparse.Namespace, recorded: dict) -> SwapRequest:
     given = {name: getattr(args, name) for name in SwapRequest.model_fields if getattr(args, name, None) is not None}
     if set(given) & set(REGION_FIELDS):  # a region given here replaces the recorded one, whichever kind it was
         recorded = {name: value for name, value in recorded.items() if name not in REGION_FIELDS}
-    replayable = set(SwapRequest.model_fields) - {*IMAGE_FIELDS, "base64"}  # images come from the flags only
+    replayable = set(SwapRequest.model_fields) - NOT_PARAMETERS  # images come from the flags only
     values = {name: value for name, value in recorded.items() if name in replayable} | given
     values["base64"] = args.base64
     if "image_format" not in values:
