@@ -64,6 +64,13 @@ def output_record(enabled: bool, fields: dict, seed: int, engine: str, inputs: d
 
 def model_revisions(engine: str) -> dict[str, str] | None:
     """The pinned Hub revision of each repository the engine's model set comes from, as the manifest has it."""
+    pinned = _pinned_revisions(engine)
+    return dict(pinned) if pinned is not None else None
+
+
+@cache
+def _pinned_revisions(engine: str) -> tuple[tuple[str, str], ...] | None:
+    """Read from the manifest once per engine name, not on every output."""
     if not engine.startswith("diffusion/"):
         return None
     from pipelines.errors import WeightsError
@@ -73,7 +80,7 @@ def model_revisions(engine: str) -> dict[str, str] | None:
         files = load_manifest().get(engine.removeprefix("diffusion/")).files
     except WeightsError:
         return None
-    return {spec.repo: spec.revision for spec in sorted(files, key=lambda spec: spec.repo)}
+    return tuple(sorted({spec.repo: spec.revision for spec in files}.items()))
 
 
 def save_options(image_format: str, record: dict | None) -> dict:
