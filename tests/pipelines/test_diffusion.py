@@ -8,9 +8,11 @@ pytest.importorskip("diffusers")
 
 from pipelines import SwapJob, WeightsError, load_engine  # noqa: E402
 from pipelines.engines.diffusion.conditioning import (  # noqa: E402
+    LAYOUT_SCALE,
     STYLE_BLOCKS,
     STYLE_SCALE,
     SUBJECT_SCALE,
+    block_kind,
     set_ip_adapter_strengths,
 )
 from pipelines.engines.diffusion.engine import DiffusionEngine  # noqa: E402
@@ -56,24 +58,31 @@ def test_odd_size_comes_back_exact_and_outside_grown_mask_identical(engine):
 
 def test_per_block_scales_follow_the_strengths(engine):
     engine.swap(job(subject_strength=0.25, fashion_strength=0.75))
-    style = STYLE_BLOCKS[engine.model_set.arch]
+    arch = engine.model_set.arch
     scales = {name: p.scale for name, p in engine.pipe.unet.attn_processors.items() if hasattr(p, "to_k_ip")}
     assert scales, "no IP-Adapter processor was installed"
-    in_style = {n: s for n, s in scales.items() if n.startswith(style + ".")}
-    assert in_style and all(s == [STYLE_SCALE * 0.75] for s in in_style.values())
-    assert all(s == [SUBJECT_SCALE * 0.25] for n, s in scales.items() if n not in in_style)
-    if engine.model_set.arch == "sd15":  # InstantStyle's SD1.5 style block: every transformer of up_blocks.1
+    expected = {"style": STYLE_SCALE * 0.75, "layout": LAYOUT_SCALE * 0.25, "other": SUBJECT_SCALE * 0.25}
+    kinds = {name: block_kind(name, arch) for name in scales}
+    assert "style" in kinds.values() and "other" in kinds.values()
+    assert all(scale == [expected[kinds[name]]] for name, scale in scales.items())
+    if arch == "sd15":  # InstantStyle's SD1.5 style block: every transformer of up_blocks.1
+        in_style = [n for n, kind in kinds.items() if kind == "style"]
         attentions = {n.split(".")[3] for n in in_style}
         assert len(attentions) == len(engine.pipe.unet.up_blocks[1].attentions) > 1
+    else:  # InstantStyle's SDXL layout block
+        assert {n for n, kind in kinds.items() if kind == "layout"} == {
+            n for n in scales if n.startswith("down_blocks.2.attentions.1.")
+        } != set()
 
 
-def test_style_only_and_plain_ip_adapter_settings(engine):
-    unet = engine.pipe.unet
-    style = STYLE_BLOCKS[engine.model_set.arch]
-    scales = set_ip_adapter_strengths(unet, style, subject=0.0, fashion=1.0)
-    assert {v for n, v in scales.items() if n.startswith(style + ".")} == {STYLE_SCALE}
-    assert {v for n, v in scales.items() if not n.startswith(style + ".")} == {0.0}
-    assert set(set_ip_adapter_strengths(unet, style, 1.0, 1.0).values()) == {STYLE_SCALE, SUBJECT_SCALE}
+def test_style_only_is_instantstyles_setting_and_no_scale_passes_its_source(engine):
+    unet, arch = engine.pipe.unet, engine.model_set.arch
+    style = STYLE_BLOCKS[arch]
+    scales = set_ip_adapter_strengths(unet, arch, subject=0.0, fashion=1.0)
+    assert {v for n, v in scales.items() if n.startswith(style)} == {1.0}  # InstantStyle: style block 1.0
+    assert {v for n, v in scales.items() if not n.startswith(style)} == {0.0}  # the rest off
+    full = set_ip_adapter_strengths(unet, arch, 1.0, 1.0)
+    assert max(full.values()) <= 1.0 and min(full.values()) == 0.6  # diffusers' inpainting example: 0.6
 
 
 def test_progress_reports_every_step(engine):
@@ -127,9 +136,9 @@ def test_diffusion_without_weights_says_how_to_get_them(tmp_path):
         load_engine("diffusion", tmp_path)
 
 
-def test_a_strip_along_the_edge_is_swapped_without_ip_adapter_masks(engine):
-    """A 3000 x 30 scene masked end to end gives a crop a few latents high, where diffusers' IP-Adapter mask
-    downsampling divides by zero: the reference then acts on the whole crop (was a ZeroDivisionError)."""
+def test_a_strip_along_the_edge_is_swapped(engine):
+    """A 3000 x 30 scene masked end to end gives a crop a few latents high (diffusers' IP-Adapter mask
+    downsampling divided by zero there; the token masks take any grid)."""
     native = engine.native_side
     engine.native_side = 512
     try:

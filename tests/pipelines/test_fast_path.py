@@ -10,18 +10,13 @@ from PIL import Image, ImageDraw
 
 pytest.importorskip("diffusers")
 
-from diffusers.models.attention_processor import (
-    AttnProcessor,
-    AttnProcessor2_0,
-    FusedAttnProcessor2_0,
-    IPAdapterAttnProcessor,
-    IPAdapterAttnProcessor2_0,
-)
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0, FusedAttnProcessor2_0
 
 from pipelines import SwapJob
-from pipelines.engines.diffusion.conditioning import STYLE_SCALE, SUBJECT_SCALE
+from pipelines.engines.diffusion.conditioning import LAYOUT_SCALE, STYLE_SCALE, SUBJECT_SCALE
 from pipelines.engines.diffusion.embedding_cache import EmbeddingCache, image_digest
 from pipelines.engines.diffusion.engine import DiffusionEngine
+from pipelines.engines.diffusion.ip_masks import GridMaskedIPAdapterProcessor, GridMaskedIPAdapterProcessorClassic
 from pipelines.engines.diffusion.options import DiffusionOptions
 from pipelines.models.model_sets import ModelSet
 from tests.conftest import noise_image
@@ -89,7 +84,7 @@ def test_fused_self_attention_keeps_ip_adapter(tiny_weights, arch):
     fused = DiffusionEngine(model_set)
     unfused = DiffusionEngine(model_set, DiffusionOptions(fuse_qkv=False))
     kinds = {type(p) for p in fused.pipe.unet.attn_processors.values()}
-    assert FusedAttnProcessor2_0 in kinds and IPAdapterAttnProcessor2_0 in kinds
+    assert FusedAttnProcessor2_0 in kinds and GridMaskedIPAdapterProcessor in kinds
     assert FusedAttnProcessor2_0 not in {type(p) for p in unfused.pipe.unet.attn_processors.values()}
     assert len(ip_processors(fused)) == len(ip_processors(unfused)) > 0
     # to_q/k/v are views of the fused weight: nothing held twice
@@ -106,11 +101,14 @@ def test_sdpa_off_uses_the_classic_processors_with_the_same_adapter(tiny_weights
     model_set = ModelSet("sdxl", tiny_weights / "sdxl", "plus")
     sdpa = DiffusionEngine(model_set, DiffusionOptions(fuse_qkv=False))
     classic = DiffusionEngine(model_set, DiffusionOptions(sdpa=False))
-    assert {type(p) for p in sdpa.pipe.unet.attn_processors.values()} == {AttnProcessor2_0, IPAdapterAttnProcessor2_0}
-    assert {type(p) for p in classic.pipe.unet.attn_processors.values()} == {AttnProcessor, IPAdapterAttnProcessor}
+    sdpa_kinds = {type(p) for p in sdpa.pipe.unet.attn_processors.values()}
+    assert sdpa_kinds == {AttnProcessor2_0, GridMaskedIPAdapterProcessor}
+    classic_kinds = {type(p) for p in classic.pipe.unet.attn_processors.values()}
+    assert classic_kinds == {AttnProcessor, GridMaskedIPAdapterProcessorClassic}
     assert {type(p) for p in classic.pipe.vae.attn_processors.values()} == {AttnProcessor}
     classic.swap(job(subject_strength=0.25, fashion_strength=0.75))
-    assert {tuple(p.scale) for p in ip_processors(classic).values()} == {(SUBJECT_SCALE * 0.25,), (STYLE_SCALE * 0.75,)}
+    expected = {(SUBJECT_SCALE * 0.25,), (STYLE_SCALE * 0.75,), (LAYOUT_SCALE * 0.25,)}
+    assert {tuple(p.scale) for p in ip_processors(classic).values()} == expected
     a, b = np.asarray(sdpa.swap(job()), dtype=int), np.asarray(classic.swap(job()), dtype=int)
     assert np.abs(a - b).max() <= 2
 

@@ -119,6 +119,22 @@ def test_step_cache_predicts_flux2_steps_between_full_ones(tiny_flux2_weights):
     assert not np.array_equal(np.asarray(first), np.asarray(plain.swap(job)))
 
 
+def test_the_distilled_flux2_runs_without_the_step_cache(tiny_flux2_weights, caplog):
+    """TaylorSeer on the distilled model's 4 steps would predict only the last and largest one: it stays off
+    there (with a warning), and the swap is the uncached one."""
+    model_set = model_set_at(tiny_flux2_weights / "flux2-klein")
+    with caplog.at_level("WARNING", logger="segswap.diffusion"):
+        cached = Flux2Engine(model_set, CACHED)
+    assert not cached.options.step_cache and "step cache: off on flux2-klein" in caplog.text
+    attention_runs: list[int] = []
+    last_block = cached.pipe.transformer.single_transformer_blocks[-1]
+    last_block.attn.register_forward_pre_hook(lambda module, args, kwargs: attention_runs.append(1), with_kwargs=True)
+    cached.swap(diffusion_job())
+    assert len(attention_runs) == 4  # every step in full
+    plain = Flux2Engine(model_set, DiffusionOptions(device="cpu"))
+    assert cached.swap(diffusion_job()).tobytes() == plain.swap(diffusion_job()).tobytes()
+
+
 def test_few_step_leaves_the_distilled_flux2_at_its_four_steps(tiny_flux2_weights):
     engine = Flux2Engine(model_set_at(tiny_flux2_weights / "flux2-klein"), FEW)
     assert engine.steps_for(diffusion_job(steps=50)) == 4
@@ -171,7 +187,8 @@ def test_flux2_blocks_compile_and_fall_back_to_eager_when_the_compiler_fails(tin
     with caplog.at_level("WARNING", logger="segswap.diffusion"):
         assert np.array_equal(np.asarray(compiled.swap(job), dtype=int), expected)
     assert "torch.compile failed" in caplog.text and not compiled.compiled
-    assert not Flux2Engine(model_set, DiffusionOptions(device="cpu", compile=True, step_cache=True)).compiled
+    base = model_set_at(tiny_flux2_weights / "flux2-klein-base")
+    assert not Flux2Engine(base, DiffusionOptions(device="cpu", compile=True, step_cache=True)).compiled
     torch._dynamo.reset()
 
 

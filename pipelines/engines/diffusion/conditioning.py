@@ -1,21 +1,26 @@
-"""What steers the model besides the prompt: IP-Adapter's reference image, its per-layer scales and its mask."""
+"""What steers the model besides the prompt: IP-Adapter's reference image and its per-layer scales (its masks:
+ip_masks.py)."""
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 from PIL import Image
 
 from pipelines.imageops import tile_object
 from pipelines.placement import Placement
 
-# InstantStyle's style block, where fashion_strength goes. SDXL: the second attention of the first up block
-# (named by the InstantStyle paper). SD1.5: its first up block has no attention, and InstantStyle's SD1.5
-# style block is the whole second up block, all three of its transformers.
-STYLE_BLOCKS = {"sdxl": "up_blocks.0.attentions.1", "sd15": "up_blocks.1"}
-STYLE_SCALE = 2.0  # the style block's scale at fashion_strength 1 (InstantStyle's own inpainting example)
-SUBJECT_SCALE = 0.8  # every other IP-Adapter layer at subject_strength 1
+# Per-layer IP-Adapter scales, each from a source. InstantStyle (Wang et al. 2024, arXiv:2404.02733; its README
+# and infer_style.py; diffusers' IP-Adapter guide, "Style and layout control") injects the reference into one
+# style block at scale 1.0 for style, plus one layout block at 1.0 for style and layout. The other layers carry
+# the subject at 0.6, the scale of diffusers' IP-Adapter inpainting example (0.5 is its "balanced" text/image
+# point, 1.0 image only). No layer runs above its source. (InstantStyle's own inpainting example uses 2.0 on the
+# style block, but it starts from noise at strength 0.99; here the placed pixels carry the look already.)
+# SD1.5's blocks are InstantStyle's SD1.5 note (infer_style_sd15.py, "experimental"): style up_blocks.1,
+# layout down_blocks.2 and the mid block.
+STYLE_BLOCKS = {"sdxl": ("up_blocks.0.attentions.1",), "sd15": ("up_blocks.1",)}
+LAYOUT_BLOCKS = {"sdxl": ("down_blocks.2.attentions.1",), "sd15": ("down_blocks.2", "mid_block")}
+STYLE_SCALE = 1.0  # x fashion_strength
+LAYOUT_SCALE = 1.0  # x subject_strength
+SUBJECT_SCALE = 0.6  # x subject_strength, every other IP-Adapter layer
 PATTERN_TILES = 2  # a pattern is shown to the encoder as at most 2 x 2 tiles, never the whole tiling
 BACKGROUND = (255, 255, 255)
 
@@ -40,35 +45,26 @@ def pad_to_square(image: Image.Image) -> Image.Image:
     return square
 
 
-def set_ip_adapter_strengths(unet, style_block: str, subject: float, fashion: float) -> dict[str, float]:
-    """Per-layer IP-Adapter scales: STYLE_SCALE x fashion on the style block, SUBJECT_SCALE x subject elsewhere.
+def ip_adapter_scales(subject: float, fashion: float) -> dict[str, float]:
+    """The scale of each block kind: style (fashion), layout and the rest (subject)."""
+    return {"style": STYLE_SCALE * fashion, "layout": LAYOUT_SCALE * subject, "other": SUBJECT_SCALE * subject}
 
-    Returns the scale set on each IP-Adapter attention processor, by processor name.
-    """
-    scales: dict[str, float] = {}
+
+def set_ip_adapter_strengths(unet, arch: str, subject: float, fashion: float) -> dict[str, float]:
+    """Set every IP-Adapter processor's scale from ip_adapter_scales; returns them by processor name."""
+    scales = ip_adapter_scales(subject, fashion)
+    applied: dict[str, float] = {}
     for name, processor in unet.attn_processors.items():
-        if not hasattr(processor, "to_k_ip"):
-            continue
-        value = STYLE_SCALE * fashion if name.startswith(style_block + ".") else SUBJECT_SCALE * subject
-        processor.scale = [value] * len(processor.scale)
-        scales[name] = value
-    return scales
+        if hasattr(processor, "to_k_ip"):
+            value = scales[block_kind(name, arch)]
+            processor.scale = [value] * len(processor.scale)
+            applied[name] = value
+    return applied
 
 
-DEEPEST_STRIDE = 64  # pixels per token at the UNets' deepest attention (SD1.5's mid block: latent / 8)
-
-
-def ip_adapter_masks(mask: np.ndarray, size: tuple[int, int]) -> list | None:
-    """The reference confined to the region being repainted: diffusers' IPAdapterMaskProcessor, one adapter.
-
-    None where diffusers cannot downsample the mask: it divides by zero when a layer has fewer tokens than
-    the crop's width/height ratio (a strip along an image's edge). The reference then acts on the whole
-    crop, of which only the grown mask is kept anyway.
-    """
-    from diffusers.image_processor import IPAdapterMaskProcessor
-
-    width, height = size
-    if math.ceil(width / DEEPEST_STRIDE) * math.ceil(height / DEEPEST_STRIDE) < width / height:
-        return None
-    picture = Image.fromarray((mask * 255).astype(np.uint8), "L")
-    return [IPAdapterMaskProcessor().preprocess([picture], height=size[1], width=size[0])]
+def block_kind(name: str, arch: str) -> str:
+    """"style", "layout" or "other" for an attention processor's name."""
+    for kind, blocks in (("style", STYLE_BLOCKS[arch]), ("layout", LAYOUT_BLOCKS[arch])):
+        if any(name.startswith(block + ".") for block in blocks):
+            return kind
+    return "other"

@@ -6,10 +6,11 @@
    multiples of 8); the pipeline's mask is the grown mask widened by two latent cells, so that the model
    repaints whole latent cells along the edge; the paste mask stays the grown mask.
 3. Steer the model: IP-Adapter sees the cut-out (or two tiles of the pattern) padded to a square, confined to
-   the repainted region by an IP-Adapter mask; the style block gets 2 x fashion_strength, every other
-   IP-Adapter layer 0.8 x subject_strength (InstantStyle).
-4. Denoise the placed crop from strength 1 - 0.6 x subject_strength (SDEdit-style), exactly `steps` steps,
-   seeded; below 20 steps with DPM++ 2M Karras (schedule.py).
+   the repainted region by token masks made once per swap on each layer's real grid (ip_masks.py); per-layer
+   scales from InstantStyle and diffusers' guide: the style block follows fashion_strength, the layout block
+   and the rest subject_strength (conditioning.py).
+4. Denoise the placed crop from the start SNR subject_strength sets (schedule.py: one rule for every
+   scheduler and step count), exactly `steps` steps, seeded; below 20 steps with DPM++ 2M Karras.
 5. Match the result's colour to the original in the ring the model repainted outside the grown mask, scale it
    back and paste it inside the grown mask with a feathered edge: every pixel outside is the input's own.
 
@@ -35,19 +36,15 @@ import torch
 from diffusers import LCMScheduler, StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
 from PIL import Image
 
-from pipelines.engines.diffusion.conditioning import (
-    STYLE_BLOCKS,
-    ip_adapter_masks,
-    reference_image,
-    set_ip_adapter_strengths,
-)
+from pipelines.engines.diffusion.conditioning import reference_image, set_ip_adapter_strengths
 from pipelines.engines.diffusion.embedding_cache import EmbeddingCache, image_digest
 from pipelines.engines.diffusion.fast_path import apply_fast_path, with_eager_fallback
 from pipelines.engines.diffusion.geometry import dilate
+from pipelines.engines.diffusion.ip_masks import token_grids, token_masks
 from pipelines.engines.diffusion.options import DiffusionOptions
 from pipelines.engines.diffusion.preview import latent_preview
 from pipelines.engines.diffusion.runtime import step_callback
-from pipelines.engines.diffusion.schedule import LOW_STEPS, denoising_strength, low_step_scheduler, schedule_length
+from pipelines.engines.diffusion.schedule import LOW_STEPS, SdPlanner, StartPlan, low_step_scheduler, start_snr
 from pipelines.engines.diffusion.step_cache import UNetStepCache
 from pipelines.engines.diffusion.stitch import crop_around, stitch
 from pipelines.errors import WeightsError
@@ -73,11 +70,10 @@ class DiffusionEngine:
         self.name = f"diffusion/{model_set.name}"
         self.native_side = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
         self.cell = self.pipe.vae_scale_factor  # one latent: crops are whole latents
-        self.style_block = STYLE_BLOCKS[model_set.arch]
         if self.options.few_step:
             self.pipe.scheduler = LCMScheduler.from_config(self.pipe.scheduler.config)
-        self.default_scheduler = self.pipe.scheduler
-        self.low_step_scheduler = None if self.options.few_step else low_step_scheduler(self.pipe.scheduler)
+        self.planner = SdPlanner(self.pipe.scheduler)
+        self.low_step_planner = None if self.options.few_step else SdPlanner(low_step_scheduler(self.pipe.scheduler))
         self.step_cache = (
             UNetStepCache(self.pipe.unet, self.options.step_cache_interval) if self.options.step_cache else None
         )
@@ -99,10 +95,10 @@ class DiffusionEngine:
         main = job.main_image.convert("RGB")
         placement = place(job)
         crop = crop_around(placement, self.native_side, self.cell, lambda grown: dilate(grown, LATENT_MARGIN))
-        strength = denoising_strength(job.subject_strength)
-        set_ip_adapter_strengths(self.pipe.unet, self.style_block, job.subject_strength, job.fashion_strength)
+        set_ip_adapter_strengths(self.pipe.unet, self.model_set.arch, job.subject_strength, job.fashion_strength)
         steps, guidance = self.steps_for(job), self.guidance_for(job)
-        self._use_scheduler(steps)
+        plan = self.start_plan(steps, job.subject_strength)
+        self.pipe.scheduler = plan.scheduler
         self._set_vae_tiling(crop.size)
         prepared = time.perf_counter()
         reference = reference_image(placement, job.horizontal_repeat, job.vertical_repeat)
@@ -114,10 +110,10 @@ class DiffusionEngine:
             mask_image=Image.fromarray(crop.repainted.astype(np.uint8) * 255, "L"),
             width=crop.size[0],
             height=crop.size[1],
-            strength=strength,
-            num_inference_steps=schedule_length(steps, strength),
+            strength=plan.strength,
+            num_inference_steps=plan.length,
             guidance_scale=guidance,
-            cross_attention_kwargs=self._mask_kwargs(ip_adapter_masks(crop.repainted, crop.size)),
+            cross_attention_kwargs={"ip_adapter_masks": self._ip_masks(crop.repainted)},
             callback_on_step_end=step_callback(
                 progress, steps, lambda latents: latent_preview(latents, self.model_set.arch)
             ),
@@ -147,16 +143,17 @@ class DiffusionEngine:
             self.options = dataclasses.replace(self.options, compile=False)
         return image
 
-    def _mask_kwargs(self, masks: list | None) -> dict | None:
-        """IP-Adapter's masks on the model's device: every attention layer downsamples them at every step, which
-        on the CPU (and copied over after) made a 1024^2 SDXL swap twice as slow as the model alone on an H200."""
-        if masks is None:
-            return None
-        return {"ip_adapter_masks": [mask.to(self.pipe._execution_device) for mask in masks]}
+    def start_plan(self, steps: int, subject_strength: float) -> StartPlan:
+        """The scheduler, schedule length and strength that run `steps` steps from subject_strength's start SNR."""
+        low = self.low_step_planner is not None and steps < LOW_STEPS
+        return (self.low_step_planner if low else self.planner).plan(steps, start_snr(subject_strength))
 
-    def _use_scheduler(self, steps: int) -> None:
-        low = self.low_step_scheduler is not None and steps < LOW_STEPS
-        self.pipe.scheduler = self.low_step_scheduler if low else self.default_scheduler
+    def _ip_masks(self, repainted: np.ndarray) -> tuple:
+        """The repainted region as a token mask per UNet level, on the model's device, once for the swap."""
+        unet = self.pipe.unet
+        latent = (repainted.shape[0] // self.cell, repainted.shape[1] // self.cell)
+        grids = token_grids(latent, len(unet.down_blocks), unet.config.downsample_padding)
+        return token_masks(repainted, self.cell, grids, self.pipe._execution_device, self.dtype)
 
     def _conditioning(self, job: SwapJob, reference: Image.Image, guided: bool) -> dict:
         """The pipeline's prompt and IP-Adapter arguments: raw (no cache) or embeddings from the LRU.

@@ -21,6 +21,7 @@ from diffusers.models.attention_processor import (
 )
 from torch import nn
 
+from pipelines.engines.diffusion.ip_masks import grid_masked
 from pipelines.engines.diffusion.options import DiffusionOptions
 from pipelines.torch_runtime import first_line
 
@@ -48,28 +49,19 @@ def apply_fast_path(pipe, options: DiffusionOptions, offload: bool = False) -> d
 
 
 def use_sdpa_processors(pipe, sdpa: bool = True) -> None:
-    """Every attention on scaled_dot_product_attention (IPAdapterAttnProcessor2_0 for IP-Adapter layers),
-    or, with `sdpa` off, on diffusers' classic processors. IP-Adapter weights and scales carry over."""
-    plain, ip_class = (AttnProcessor2_0, IPAdapterAttnProcessor2_0) if sdpa else (AttnProcessor, IPAdapterAttnProcessor)
+    """Every attention on scaled_dot_product_attention, or, with `sdpa` off, on diffusers' classic processors;
+    IP-Adapter layers on the grid-masked processors of ip_masks.py (weights and scales carried over)."""
+    plain = AttnProcessor2_0 if sdpa else AttnProcessor
     processors = {}
     for name, processor in pipe.unet.attn_processors.items():
         if isinstance(processor, (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0)):
-            processors[name] = processor if type(processor) is ip_class else _convert_ip_processor(processor, ip_class)
+            processors[name] = grid_masked(processor, name, pipe.unet, sdpa)
         elif type(processor) in (AttnProcessor, AttnProcessor2_0):
             processors[name] = processor if type(processor) is plain else plain()
         else:
             processors[name] = processor
     pipe.unet.set_attn_processor(processors)
     pipe.vae.set_attn_processor(plain())
-
-
-def _convert_ip_processor(processor, ip_class):
-    converted = ip_class(
-        processor.hidden_size, processor.cross_attention_dim, processor.num_tokens, list(processor.scale)
-    )
-    converted.to_k_ip = processor.to_k_ip
-    converted.to_v_ip = processor.to_v_ip
-    return converted
 
 
 @torch.no_grad()

@@ -6,14 +6,20 @@
    multiples of 16); the pipeline's mask is the grown mask widened by half a cell and then to whole 16-pixel
    latent cells (FLUX.2 packs 2x2 latents of the 8x VAE), so no cell is half repainted; the paste mask stays
    the grown mask.
-3. Steer the model: `image_reference` is the object's cut-out on white (one tile for patterns), at most
-   REFERENCE_AREA pixels, padded to whole cells; the model reads it in attention next to the scene.
-4. Denoise the placed crop from strength 1 - 0.6 x subject_strength (schedule.py), seeded. The base model runs
-   exactly `steps` steps with classifier-free guidance at guidance_scale against the negative prompt. The
-   step-distilled model runs DISTILLED_STEPS steps whatever `steps` says (its card recommends 4; more steps
-   do not improve a step-distilled model) and no guidance (it was distilled without it); progress reports
-   those steps.
-5. fashion_strength: the object's own fine detail and colour put back over its coverage (object_look.py).
+3. Steer the model: `image_reference` is the object's cut-out on white (one tile for patterns), padded to whole
+   cells; the model reads it in attention next to the scene. It is capped at REFERENCE_AREA pixels and at the
+   crop's own area: its tokens join the scene's in every attention, so a reference larger than the scene
+   costs more than the scene itself and shows the model no detail the crop can hold.
+4. Denoise the placed crop from the start SNR subject_strength sets, the same as on SD (schedule.py): explicit
+   `sigmas` whose first, after the pipeline's resolution shift, is that level, spaced below it as the model
+   was trained (uniform in unshifted time, then shifted). The base model runs exactly `steps` steps with
+   classifier-free guidance at guidance_scale against the negative prompt. The step-distilled model runs
+   DISTILLED_STEPS steps whatever `steps` says (its card recommends 4; more steps do not improve a
+   step-distilled model) and no guidance: it gets guidance_scale 1 (it was distilled without guidance and
+   ignores any other value); progress reports those steps. The step cache (TaylorSeer) runs on the base
+   model only: on the distilled model's 4 steps the one step it would predict is the last and largest.
+5. fashion_strength: the object's own fine detail and colour put back over its coverage, where the model's
+   output still lines up with the placed object (object_look.py).
 6. Match the colour in the repainted ring, paste inside the grown mask, feathered: every pixel outside is the
    input's own (stitch.py).
 """
@@ -27,6 +33,7 @@ import time
 import numpy as np
 import torch
 from diffusers import Flux2KleinInpaintPipeline
+from diffusers.pipelines.flux2.pipeline_flux2_klein_inpaint import compute_empirical_mu
 from PIL import Image
 
 from pipelines.engines.diffusion.embedding_cache import EmbeddingCache
@@ -35,7 +42,7 @@ from pipelines.engines.diffusion.geometry import dilate, whole_cells
 from pipelines.engines.diffusion.object_look import keep_own_look
 from pipelines.engines.diffusion.options import DiffusionOptions
 from pipelines.engines.diffusion.runtime import step_callback
-from pipelines.engines.diffusion.schedule import denoising_strength, flow_schedule_length
+from pipelines.engines.diffusion.schedule import flow_sigmas, start_snr
 from pipelines.engines.diffusion.step_cache import enable_transformer_cache
 from pipelines.engines.diffusion.stitch import Crop, crop_around, stitch
 from pipelines.errors import WeightsError
@@ -71,6 +78,9 @@ class Flux2Engine:
         self.native_side = min(pipeline_side, self.pipe.vae.config.sample_size)
         self.embeddings = EmbeddingCache(self.options.embed_cache_size)
         self.last_timings: dict[str, float] = {}
+        if self.options.step_cache and self.distilled:
+            log.warning("step cache: off on %s, whose 4 steps leave it only the last to predict", model_set.name)
+            self.options = dataclasses.replace(self.options, step_cache=False)
         if self.options.step_cache:
             enable_transformer_cache(self.pipe.transformer, self.options.step_cache_interval)
         elif self.options.compile:  # TaylorSeer's hooks break the blocks' graphs: one or the other
@@ -91,7 +101,6 @@ class Flux2Engine:
         main = job.main_image.convert("RGB")
         placement = place(job)
         crop = crop_around(placement, self.native_side, self.cell, self._repainted, PIPELINE_MAX_AREA)
-        strength = denoising_strength(job.subject_strength)
         steps = self.steps_for(job)
         prepared = time.perf_counter()
         prompts = self._prompt_embeddings(job)
@@ -100,10 +109,11 @@ class Flux2Engine:
             prompts,
             image=crop.init,
             mask_image=Image.fromarray(crop.repainted.astype(np.uint8) * 255, "L"),
-            image_reference=reference_image(placement, self.cell),
-            strength=strength,
-            num_inference_steps=flow_schedule_length(steps, strength),
-            guidance_scale=job.guidance_scale,
+            image_reference=reference_image(placement, self.cell, crop.size[0] * crop.size[1]),
+            strength=1.0,  # the start is the first of `sigmas`: nothing to cut
+            sigmas=self.sigmas(crop.size, steps, job.subject_strength),
+            num_inference_steps=steps,
+            guidance_scale=self.guidance_for(job),
             callback_on_step_end=step_callback(progress, steps),
         )
         generated = self._generate(arguments, job.seed)
@@ -117,6 +127,17 @@ class Flux2Engine:
             "model_s": generated_at - embedded,
         }
         return result
+
+    def guidance_for(self, job: SwapJob) -> float:
+        """The job's guidance scale on the base model; none (1) on the distilled one."""
+        return 1.0 if self.distilled else job.guidance_scale
+
+    def sigmas(self, size: tuple[int, int], steps: int, subject_strength: float) -> list[float]:
+        """The pipeline's `sigmas` for a crop of `size`: `steps` of them from subject_strength's start SNR, with
+        the resolution shift (mu) the pipeline computes for that crop and step count."""
+        tokens = (size[1] // self.cell) * (size[0] // self.cell)
+        mu = compute_empirical_mu(image_seq_len=tokens, num_steps=steps)
+        return flow_sigmas(self.pipe.scheduler, steps, start_snr(subject_strength), mu)
 
     def _generate(self, arguments: dict, seed: int) -> Image.Image:
         def generate() -> Image.Image:
@@ -148,7 +169,7 @@ class Flux2Engine:
         """prompt_embeds (and, for guidance on the base model, the negative prompt's): the tensors the pipeline
         computes itself, from the LRU when seen before. The pipeline alone would guide against "" always."""
         arguments = {"prompt_embeds": self._encode(job.prompt)}
-        if not self.distilled and job.guidance_scale > 1:
+        if self.guidance_for(job) > 1:
             arguments["negative_prompt_embeds"] = self._encode(job.negative_prompt)
         return arguments
 
@@ -163,14 +184,15 @@ class Flux2Engine:
         return self.embeddings.get(("flux2-prompt", prompt), encode)
 
 
-def reference_image(placement: Placement, cell: int) -> Image.Image:
+def reference_image(placement: Placement, cell: int, scene_area: int) -> Image.Image:
     """The object as the model reads it: the cut-out on white (or one tile of the pattern), at most
-    REFERENCE_AREA pixels, padded (never cropped) to whole latent cells."""
+    REFERENCE_AREA pixels and at most `scene_area` (the crop's), padded (never cropped) to whole latent cells."""
     reference = placement.reference
     if placement.mode == "pattern":
         reference = tile_object(reference, 1, 1)
     rgba = reference.convert("RGBA")
-    scale = min(1.0, (REFERENCE_AREA / (rgba.width * rgba.height)) ** 0.5)
+    area = min(REFERENCE_AREA, scene_area)
+    scale = min(1.0, (area / (rgba.width * rgba.height)) ** 0.5)
     if scale < 1.0:
         size = (max(1, round(rgba.width * scale)), max(1, round(rgba.height * scale)))
         rgba = rgba.resize(size, Image.Resampling.LANCZOS)

@@ -9,6 +9,12 @@ below DETAIL_SHARE of the crop's side) replaces the model's by fashion x subject
 is pulled back to the placed one by the same share. The model's shading (the broad band) is always kept. At
 fashion 0 the model's drawing stands; at subject 0 nothing is put back either, because the model then
 repaints fully and the placed pixels no longer line up with what it drew.
+
+Putting detail back is only right where the model kept the object where it was placed: had it moved or
+re-shaped it, the placed edges would land beside the drawn ones (double edges). So the amount is scaled by
+how well the two still line up: the correlation of their edge maps (gradient magnitude at a fine scale, where
+a shift of a few pixels decorrelates) over the object and its rim, nothing below ALIGNED_FROM, all of it from
+ALIGNED_AT.
 """
 
 from __future__ import annotations
@@ -19,11 +25,16 @@ import numpy as np
 DETAIL_SHARE = 0.01  # detail is what a Gaussian of this share of the crop's longer side removes
 MAX_GAIN = 1.5  # colour pull-back per channel is bounded: a reflection is not a colour error
 MIN_CORE_PIXELS = 16
+EDGE_SHARE = 0.002  # edges are gradients after a Gaussian of this share of the longer side (at least 1 px)
+ALIGNED_FROM, ALIGNED_AT = 0.3, 0.6  # edge correlation: nothing put back below, all of it above
 
 
 def keep_own_look(generated: np.ndarray, placed: np.ndarray, coverage: np.ndarray, amount: float) -> np.ndarray:
-    """`generated` (float RGB) with `amount` (0..1) of `placed`'s fine detail and mean colour over `coverage`."""
-    if amount <= 0 or not (coverage > 0).any():
+    """`generated` (float RGB) with `amount` (0..1) of `placed`'s fine detail and mean colour over `coverage`,
+    as far as the two are still registered (see `alignment`)."""
+    if amount > 0 and (coverage > 0).any():
+        amount *= registered_share(alignment(generated, placed, coverage))
+    if amount <= 0:
         return generated
     sigma = max(1.0, DETAIL_SHARE * max(generated.shape[:2]))
     weight = (amount * np.clip(coverage, 0.0, 1.0))[..., None]
@@ -33,6 +44,29 @@ def keep_own_look(generated: np.ndarray, placed: np.ndarray, coverage: np.ndarra
         gain = (placed[core].mean(axis=0) + 1.0) / (generated[core].mean(axis=0) + 1.0)
         out = out * (1.0 + weight * (np.clip(gain, 1 / MAX_GAIN, MAX_GAIN) - 1.0))
     return np.clip(out, 0.0, 255.0)
+
+
+def registered_share(correlation: float) -> float:
+    """The share of the detail put back for an edge correlation: 0 below ALIGNED_FROM, 1 from ALIGNED_AT."""
+    return float(np.clip((correlation - ALIGNED_FROM) / (ALIGNED_AT - ALIGNED_FROM), 0.0, 1.0))
+
+
+def alignment(generated: np.ndarray, placed: np.ndarray, coverage: np.ndarray) -> float:
+    """The correlation of the two images' edge maps over the object and a rim around it (-1..1; 0 where
+    either has no edges there)."""
+    sigma = max(1.0, EDGE_SHARE * max(generated.shape[:2]))
+    rim = max(1, round(3 * sigma))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * rim + 1, 2 * rim + 1))
+    region = cv2.dilate((coverage > 0.5).astype(np.uint8), kernel).astype(bool)
+    first, second = _edges(generated, sigma)[region], _edges(placed, sigma)[region]
+    if first.size < MIN_CORE_PIXELS or first.std() == 0 or second.std() == 0:
+        return 0.0
+    return float(np.corrcoef(first, second)[0, 1])
+
+
+def _edges(image: np.ndarray, sigma: float) -> np.ndarray:
+    grey = cv2.GaussianBlur(np.ascontiguousarray(image.mean(axis=2), dtype=np.float32), (0, 0), sigma)
+    return cv2.magnitude(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))
 
 
 def _detail(image: np.ndarray, sigma: float) -> np.ndarray:
