@@ -44,7 +44,15 @@ from pipelines.engines.diffusion.ip_masks import token_grids, token_masks
 from pipelines.engines.diffusion.options import DiffusionOptions
 from pipelines.engines.diffusion.preview import latent_preview
 from pipelines.engines.diffusion.runtime import step_callback
-from pipelines.engines.diffusion.schedule import LOW_STEPS, SdPlanner, StartPlan, low_step_scheduler, start_snr
+from pipelines.engines.diffusion.schedule import (
+    LOW_STEPS,
+    KarrasPlanner,
+    LcmPlanner,
+    SdPlanner,
+    StartPlan,
+    low_step_scheduler,
+    start_snr,
+)
 from pipelines.engines.diffusion.step_cache import UNetStepCache
 from pipelines.engines.diffusion.stitch import crop_around, stitch
 from pipelines.errors import WeightsError
@@ -72,8 +80,10 @@ class DiffusionEngine:
         self.cell = self.pipe.vae_scale_factor  # one latent: crops are whole latents
         if self.options.few_step:
             self.pipe.scheduler = LCMScheduler.from_config(self.pipe.scheduler.config)
-        self.planner = SdPlanner(self.pipe.scheduler)
-        self.low_step_planner = None if self.options.few_step else SdPlanner(low_step_scheduler(self.pipe.scheduler))
+            self.planner, self.low_step_planner = LcmPlanner(self.pipe.scheduler), None
+        else:
+            self.planner = SdPlanner(self.pipe.scheduler)
+            self.low_step_planner = KarrasPlanner(low_step_scheduler(self.pipe.scheduler))
         self.step_cache = (
             UNetStepCache(self.pipe.unet, self.options.step_cache_interval) if self.options.step_cache else None
         )
@@ -112,6 +122,7 @@ class DiffusionEngine:
             height=crop.size[1],
             strength=plan.strength,
             num_inference_steps=plan.length,
+            timesteps=list(plan.timesteps) if plan.timesteps else None,
             guidance_scale=guidance,
             cross_attention_kwargs={"ip_adapter_masks": self._ip_masks(crop.repainted)},
             callback_on_step_end=step_callback(

@@ -17,7 +17,12 @@ MAX_ASPECT = 2.0  # boxes more elongated than this take more context on their sh
 
 def context_box(grown: np.ndarray, size: tuple[int, int]) -> Box:
     """A box around the grown mask with context, widened on its short side if it is too elongated."""
-    left, top, right, bottom = mask_box(grown)
+    return with_context(mask_box(grown), size)
+
+
+def with_context(box: Box, size: tuple[int, int]) -> Box:
+    """`box` with context around it, widened on its short side if too elongated, within an image of `size`."""
+    left, top, right, bottom = box
     margin = max(MIN_CONTEXT, round(CONTEXT_SHARE * max(right - left, bottom - top)))
     left, top, right, bottom = left - margin, top - margin, right + margin, bottom + margin
     width, height = right - left, bottom - top

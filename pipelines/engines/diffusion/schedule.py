@@ -8,13 +8,22 @@ Its values are SD1.5's at 30 steps under the earlier rule (strength 1 - 0.6 x su
 engine was built around; between them the rule is linear in the flow sigma 1 / (1 + snr). At subject 0 the
 start is pure noise: the model repaints fully and only the reference carries the object.
 
-SD pipelines take `num_inference_steps` n and `strength` and run the last int(n x strength) steps of the
-scheduler's n-step schedule, noising to its first timestep. `sd_plan` chooses n, the strength and the
-scheduler's timestep spacing (its own, leading, trailing or linspace: all diffusers spacings of the same
-scheduler) whose cut runs exactly `steps` steps and starts nearest the target; it asks the scheduler itself
-(set_timesteps, then add_noise at the first timestep), so every scheduler gives the same start: the set's
-default, DPM++ 2M Karras below LOW_STEPS, LCM in few-step mode. Uniform spacings cannot start everywhere at
-few steps (10 DDIM steps start at t=811 or t=908, nothing between), which is why the spacings are searched too.
+SD pipelines take `num_inference_steps` n and `strength` (or explicit `timesteps`) and run the last
+int(n x strength) steps of the schedule, noising the image to its first timestep (at strength 1 they start
+from pure noise instead). Each planner asks the scheduler itself (set_timesteps, then add_noise at the first
+timestep that runs), so the start it reports is the one the denoiser gets, and exactly `steps` steps run:
+- SdPlanner, the set's default scheduler: the n, strength and timestep spacing (its own, leading, trailing or
+  linspace: diffusers' spacings of the same scheduler) whose cut starts nearest the target. Uniform spacings
+  cannot start everywhere at few steps (10 DDIM steps start at t=811 or t=908, nothing between), which is
+  why the spacings are searched too.
+- KarrasPlanner, below LOW_STEPS: DPM++ 2M on Karras-spaced timesteps (Karras et al. 2022, rho 7). A Karras
+  schedule's tail is Karras-spaced too (sigma^(1/rho) falls by equal steps), so the plan is that tail from the
+  target's level down, as explicit timesteps; a cut of diffusers' n-step Karras schedule can only start at one
+  of its n points (up to 8 % off at 11 steps).
+- LcmPlanner, few-step mode: LCM's own distillation grid (every 20th timestep for 50 original steps), from the
+  grid point nearest the target down, spread as LCMScheduler spreads its steps.
+The explicit plans put one timestep more on top, which the pipeline's strength cuts: the noise then goes in at
+the second, the first that runs.
 
 FLUX.2 pipelines take explicit `sigmas`, which the scheduler shifts by the resolution (mu). `flow_sigmas` starts
 them at the unshifted level whose shifted sigma is the target, and spaces the steps below it as the model was
@@ -27,18 +36,18 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-# subject_strength -> start SNR. SD1.5 at 30 steps under the earlier strength rule gave these (t = 999 with
-# pure noise, 790, 700, 560, 378): 1.0 keeps the placement's layout, colour and large shapes and re-draws
+# subject_strength -> start SNR. SD1.5 at 30 steps under the earlier strength rule gave these (pure noise,
+# then t = 790, 700, 560, 378 of 1000): 1.0 keeps the placement's layout, colour and large shapes and re-draws
 # light, edges and contact; 0.5 keeps rough colour and position; 0.0 keeps nothing.
 START_SNR = ((0.0, 0.0), (0.25, 0.21), (0.5, 0.34), (0.75, 0.57), (1.0, 0.92))
-LOW_STEPS = 20  # below this, DPM++ 2M Karras replaces an SD set's scheduler (it holds up at 10-20 steps)
+LOW_STEPS = 20  # below this, DPM++ 2M on Karras timesteps replaces an SD set's scheduler (it holds up at 10-20)
 SPACINGS = ("leading", "trailing", "linspace")
+KARRAS_RHO = 7.0  # Karras et al. 2022, and diffusers' _convert_to_karras
 
 
 def start_snr(subject_strength: float) -> float:
@@ -55,45 +64,55 @@ def flow_sigma(snr: float) -> float:
 
 @dataclass(frozen=True)
 class StartPlan:
-    """What an SD pipeline is handed: its scheduler, `num_inference_steps` and `strength`, and the start SNR
-    they give (0: pure noise)."""
+    """What an SD pipeline is handed: its scheduler, `num_inference_steps` and `strength` (and explicit
+    `timesteps` where the plan makes them), and the start SNR they give (0: pure noise)."""
 
     scheduler: object
     length: int
     strength: float
     snr: float
+    timesteps: tuple[int, ...] | None = None
 
 
-class SdPlanner:
-    """Plans for one scheduler: its spacing variants, and the plans made so far."""
+class _Planner:
+    """Plans for one scheduler, each made once."""
 
     def __init__(self, scheduler):
-        self.schedulers = spacing_variants(scheduler)
+        self.scheduler = scheduler
         self._plans: dict[tuple[int, float], StartPlan] = {}
 
     def plan(self, steps: int, target_snr: float) -> StartPlan:
         key = (steps, round(target_snr, 6))
         if key not in self._plans:
-            self._plans[key] = sd_plan(self.schedulers, steps, target_snr)
+            self._plans[key] = self._plan(steps, target_snr)
         return self._plans[key]
 
+    def _plan(self, steps: int, target_snr: float) -> StartPlan:
+        raise NotImplementedError
 
-def sd_plan(schedulers: Sequence, steps: int, target_snr: float) -> StartPlan:
-    """The plan that runs exactly `steps` steps from the start nearest `target_snr` (log error; ties go to the
-    first scheduler). A target of 0 is pure noise: strength 1, the whole schedule."""
-    if target_snr <= 0:
-        return StartPlan(schedulers[0], steps, 1.0, 0.0)
-    plans = [plan for scheduler in schedulers if (plan := _nearest(scheduler, steps, target_snr)) is not None]
-    if not plans:
-        raise ValueError(f"no schedule of {type(schedulers[0]).__name__} runs {steps} steps")
-    return min(plans, key=lambda plan: abs(math.log(plan.snr / target_snr)))
+
+class SdPlanner(_Planner):
+    """The set's own scheduler: the schedule length, strength and spacing whose cut starts nearest the target."""
+
+    def __init__(self, scheduler):
+        super().__init__(scheduler)
+        self.schedulers = spacing_variants(scheduler)
+
+    def _plan(self, steps: int, target_snr: float) -> StartPlan:
+        if target_snr <= 0:
+            return StartPlan(self.scheduler, _whole(self.scheduler, steps), 1.0, 0.0)
+        plans = [plan for scheduler in self.schedulers if (plan := _nearest(scheduler, steps, target_snr))]
+        if not plans:
+            raise ValueError(f"no schedule of {type(self.scheduler).__name__} runs {steps} steps")
+        return min(plans, key=lambda plan: abs(math.log(plan.snr / target_snr)))  # ties: the set's own spacing
 
 
 def _nearest(scheduler, steps: int, target: float) -> StartPlan | None:
     """The schedule length whose cut starts nearest `target`. The start SNR grows with the length (a longer
     schedule's last `steps` steps start lower), so a bisection finds the crossing; its neighbours decide."""
     probe = copy.deepcopy(scheduler)
-    low, high = steps + 1, _longest(scheduler)
+    longest = _longest(scheduler)
+    low, high = steps + 1, longest
     while low < high:
         middle = (low + high) // 2
         plan = _cut(probe, scheduler, middle, steps)
@@ -101,27 +120,36 @@ def _nearest(scheduler, steps: int, target: float) -> StartPlan | None:
             high = middle
         else:
             low = middle + 1
-    around = [_cut(probe, scheduler, length, steps) for length in range(max(steps + 1, low - 2), low + 3)]
-    around = [plan for plan in around if plan is not None and plan.length <= _longest(scheduler)]
-    return min(around, key=lambda plan: abs(math.log(plan.snr / target)), default=None)
-
-
-def _longest(scheduler) -> int:
-    config = scheduler.config
-    return int(getattr(config, "original_inference_steps", None) or config.num_train_timesteps)
+    around = [_cut(probe, scheduler, n, steps) for n in range(max(steps + 1, low - 2), min(low + 3, longest + 1))]
+    return min((p for p in around if p), key=lambda plan: abs(math.log(plan.snr / target)), default=None)
 
 
 def _cut(probe, scheduler, length: int, steps: int) -> StartPlan | None:
     """The plan of an n-step schedule cut to its last `steps` steps as diffusers' SD pipelines cut it
     (get_timesteps: timesteps[t_start x order:], begin index set there), or None if no cut runs exactly `steps`."""
     probe.set_timesteps(length)
-    total, order = len(probe.timesteps), probe.order
-    skipped, remainder = divmod(total - steps, order)
+    skipped, remainder = divmod(len(probe.timesteps) - steps, probe.order)
     if skipped < 1 or remainder:
         return None
-    probe.set_begin_index(skipped * order) if hasattr(probe, "set_begin_index") else None
-    snr = noise_snr(probe, probe.timesteps[skipped * order])
+    if hasattr(probe, "set_begin_index"):
+        probe.set_begin_index(skipped * probe.order)
+    snr = noise_snr(probe, probe.timesteps[skipped * probe.order])
     return StartPlan(scheduler, length, (length - skipped + 0.5) / length, snr)
+
+
+def _whole(scheduler, steps: int) -> int:
+    """The schedule length with exactly `steps` timesteps (PNDM's schedules hold one more than their length)."""
+    probe = copy.deepcopy(scheduler)
+    for length in (steps, steps - 1):
+        probe.set_timesteps(length)
+        if len(probe.timesteps) == steps:
+            return length
+    raise ValueError(f"no schedule of {type(scheduler).__name__} has {steps} steps")
+
+
+def _longest(scheduler) -> int:
+    config = scheduler.config
+    return int(getattr(config, "original_inference_steps", None) or config.num_train_timesteps)
 
 
 def noise_snr(scheduler, timestep) -> float:
@@ -159,12 +187,69 @@ def _signature(scheduler) -> tuple:
     return tuple(timesteps)
 
 
+class _ExplicitPlanner(_Planner):
+    """Plans with explicit timesteps: `_timesteps` gives the descending ones to run, from the start down."""
+
+    def __init__(self, scheduler):
+        super().__init__(scheduler)
+        abar = scheduler.alphas_cumprod.double().numpy()
+        self._log_sigmas = np.log(np.sqrt((1 - abar) / abar))  # increasing with the timestep
+        self._top = len(abar) - 1
+
+    def _plan(self, steps: int, target_snr: float) -> StartPlan:
+        timesteps = self._timesteps(steps, target_snr)
+        if target_snr <= 0 or timesteps[0] >= self._top:  # pure noise, from strength 1
+            return StartPlan(self.scheduler, steps, 1.0, 0.0, tuple(timesteps))
+        timesteps = [timesteps[0] + 1, *timesteps]  # the one the strength cuts
+        probe = copy.deepcopy(self.scheduler)
+        probe.set_timesteps(timesteps=timesteps)
+        probe.set_begin_index(1)
+        snr = noise_snr(probe, probe.timesteps[1])
+        return StartPlan(self.scheduler, steps + 1, (steps + 0.5) / (steps + 1), snr, tuple(timesteps))
+
+    def _timesteps(self, steps: int, target_snr: float) -> list[int]:
+        raise NotImplementedError
+
+    def _timestep(self, sigma: float) -> float:
+        return float(np.interp(math.log(sigma), self._log_sigmas, np.arange(self._top + 1)))
+
+
+class KarrasPlanner(_ExplicitPlanner):
+    """DPM++ 2M (a scheduler that takes explicit timesteps) on Karras-spaced timesteps from the target down."""
+
+    def _timesteps(self, steps: int, target_snr: float) -> list[int]:
+        lowest, highest = math.exp(self._log_sigmas[0]), math.exp(self._log_sigmas[-1])
+        top = highest if target_snr <= 0 else min(1.0 / target_snr, highest)
+        roots = np.linspace(top ** (1 / KARRAS_RHO), lowest ** (1 / KARRAS_RHO), steps)
+        timesteps = [round(self._timestep(root**KARRAS_RHO)) for root in roots]
+        for index in range(steps - 2, -1, -1):  # rounding may join neighbours near 0: keep every step
+            timesteps[index] = max(timesteps[index], timesteps[index + 1] + 1)
+        return timesteps
+
+
+class LcmPlanner(_ExplicitPlanner):
+    """LCM on its distillation grid, from the grid point nearest the target down."""
+
+    def _timesteps(self, steps: int, target_snr: float) -> list[int]:
+        config = self.scheduler.config
+        skip = config.num_train_timesteps // config.original_inference_steps
+        grid = np.arange(1, config.original_inference_steps + 1) * skip - 1  # 19, 39, ... 999
+        if target_snr <= 0:
+            start = len(grid) - 1
+        else:
+            snrs = np.exp(-self._log_sigmas[grid])
+            start = max(steps - 1, int(np.argmin(np.abs(np.log(snrs / target_snr)))))
+        below = grid[: start + 1][::-1]
+        picks = np.floor(np.linspace(0, len(below), steps, endpoint=False)).astype(int)  # LCMScheduler's spread
+        return [int(t) for t in below[picks]]
+
+
 def low_step_scheduler(scheduler):
-    """DPM++ 2M Karras from the model set's scheduler config."""
+    """DPM++ 2M from the model set's scheduler config; KarrasPlanner gives it Karras-spaced timesteps."""
     from diffusers import DPMSolverMultistepScheduler
 
     return DPMSolverMultistepScheduler.from_config(
-        scheduler.config, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=True
+        scheduler.config, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=False
     )
 
 
