@@ -110,9 +110,9 @@ def start_table(
     flux2_side: int = 1024,
 ) -> list[dict]:
     """One row per arch and subject_strength: the measured start SNR at each step count."""
+    from pipelines.engines.diffusion.options import DiffusionOptions
     from pipelines.engines.selection import diffusion_engine
     from pipelines.models.model_sets import model_set_at
-    from pipelines.engines.diffusion.options import DiffusionOptions
 
     rows = []
     for arch in archs:

@@ -70,9 +70,11 @@ def test_per_block_scales_follow_the_strengths(engine):
         attentions = {n.split(".")[3] for n in in_style}
         assert len(attentions) == len(engine.pipe.unet.up_blocks[1].attentions) > 1
     else:  # InstantStyle's SDXL layout block
-        assert {n for n, kind in kinds.items() if kind == "layout"} == {
-            n for n in scales if n.startswith("down_blocks.2.attentions.1.")
-        } != set()
+        assert (
+            {n for n, kind in kinds.items() if kind == "layout"}
+            == {n for n in scales if n.startswith("down_blocks.2.attentions.1.")}
+            != set()
+        )
 
 
 def test_style_only_is_instantstyles_setting_and_no_scale_passes_its_source(engine):

@@ -180,16 +180,20 @@ def test_server_warm_up_runs_at_the_native_size(tiny_weights):
 
 
 class _Wrapped:
-    """A pipeline whose call goes through `call`; everything else is the pipeline's."""
+    """A pipeline whose call goes through `call`; everything else (setting its scheduler too) is the pipeline's."""
 
     def __init__(self, pipe, call):
-        self._pipe, self._call = pipe, call
+        object.__setattr__(self, "_pipe", pipe)
+        object.__setattr__(self, "_call", call)
 
     def __call__(self, **kwargs):
         return self._call(**kwargs)
 
     def __getattr__(self, name):
         return getattr(self._pipe, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._pipe, name, value)
 
 
 @pytest.mark.skipif(

@@ -63,7 +63,7 @@ def set_ip_adapter_strengths(unet, arch: str, subject: float, fashion: float) ->
 
 
 def block_kind(name: str, arch: str) -> str:
-    """"style", "layout" or "other" for an attention processor's name."""
+    """ "style", "layout" or "other" for an attention processor's name."""
     for kind, blocks in (("style", STYLE_BLOCKS[arch]), ("layout", LAYOUT_BLOCKS[arch])):
         if any(name.startswith(block + ".") for block in blocks):
             return kind

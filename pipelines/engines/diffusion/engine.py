@@ -54,7 +54,7 @@ from pipelines.engines.diffusion.schedule import (
     start_snr,
 )
 from pipelines.engines.diffusion.step_cache import UNetStepCache
-from pipelines.engines.diffusion.stitch import crop_around, stitch
+from pipelines.engines.diffusion.stitch import Prepared, crop_around, stitch
 from pipelines.errors import WeightsError
 from pipelines.interface import ProgressFn
 from pipelines.job import SwapJob
@@ -102,43 +102,53 @@ class DiffusionEngine:
 
     def swap(self, job: SwapJob, progress: ProgressFn | None = None) -> Image.Image:
         start = time.perf_counter()
-        main = job.main_image.convert("RGB")
-        placement = place(job)
-        crop = crop_around(placement, self.native_side, self.cell, lambda grown: dilate(grown, LATENT_MARGIN))
+        prepared = self.prepare(job)
         set_ip_adapter_strengths(self.pipe.unet, self.model_set.arch, job.subject_strength, job.fashion_strength)
-        steps, guidance = self.steps_for(job), self.guidance_for(job)
-        plan = self.start_plan(steps, job.subject_strength)
-        self.pipe.scheduler = plan.scheduler
-        self._set_vae_tiling(crop.size)
-        prepared = time.perf_counter()
-        reference = reference_image(placement, job.horizontal_repeat, job.vertical_repeat)
-        conditioning = self._conditioning(job, reference, guided=guidance > 1)
+        self.pipe.scheduler = prepared.scheduler
+        self._set_vae_tiling(prepared.crop.size)
+        ip_masks = self._ip_masks(prepared.crop.repainted)
+        ready = time.perf_counter()
+        conditioning = self._conditioning(job, prepared.reference, guided=prepared.guidance > 1)
         embedded = time.perf_counter()
         arguments = dict(
-            conditioning,
-            image=crop.init,
-            mask_image=Image.fromarray(crop.repainted.astype(np.uint8) * 255, "L"),
+            **conditioning,
+            **prepared.pipeline_arguments(),
+            cross_attention_kwargs={"ip_adapter_masks": ip_masks},
+            callback_on_step_end=step_callback(
+                progress, prepared.steps, lambda latents: latent_preview(latents, self.model_set.arch)
+            ),
+        )
+        generated = self._generate(arguments, job.seed)
+        generated_at = time.perf_counter()
+        result = self.finish(job, prepared, generated)
+        end = time.perf_counter()
+        self.last_timings = {
+            "mask_ops_s": (ready - start) + (end - generated_at),
+            "embeds_s": embedded - ready,
+            "model_s": generated_at - embedded,
+        }
+        return result
+
+    def prepare(self, job: SwapJob) -> Prepared:
+        """Placement, crop, reference and start plan: everything up to the model."""
+        placement = place(job)
+        crop = crop_around(placement, self.native_side, self.cell, lambda grown: dilate(grown, LATENT_MARGIN))
+        steps, guidance = self.steps_for(job), self.guidance_for(job)
+        plan = self.start_plan(steps, job.subject_strength)
+        schedule = dict(
             width=crop.size[0],
             height=crop.size[1],
             strength=plan.strength,
             num_inference_steps=plan.length,
             timesteps=list(plan.timesteps) if plan.timesteps else None,
-            guidance_scale=guidance,
-            cross_attention_kwargs={"ip_adapter_masks": self._ip_masks(crop.repainted)},
-            callback_on_step_end=step_callback(
-                progress, steps, lambda latents: latent_preview(latents, self.model_set.arch)
-            ),
         )
-        generated = self._generate(arguments, job.seed)
-        generated_at = time.perf_counter()
-        result = stitch(main, np.asarray(generated, dtype=np.float32), crop, placement, job.growmask)
-        end = time.perf_counter()
-        self.last_timings = {
-            "mask_ops_s": (prepared - start) + (end - generated_at),
-            "embeds_s": embedded - prepared,
-            "model_s": generated_at - embedded,
-        }
-        return result
+        reference = reference_image(placement, job.horizontal_repeat, job.vertical_repeat)
+        return Prepared(placement, crop, reference, steps, guidance, schedule, plan.scheduler)
+
+    def finish(self, job: SwapJob, prepared: Prepared, generated: Image.Image) -> Image.Image:
+        """The model's crop, colour-matched and pasted back inside the grown mask."""
+        main = job.main_image.convert("RGB")
+        return stitch(main, np.asarray(generated, dtype=np.float32), prepared.crop, prepared.placement, job.growmask)
 
     def _generate(self, arguments: dict, seed: int) -> Image.Image:
         def generate() -> Image.Image:

@@ -44,7 +44,7 @@ from pipelines.engines.diffusion.options import DiffusionOptions
 from pipelines.engines.diffusion.runtime import step_callback
 from pipelines.engines.diffusion.schedule import flow_sigmas, start_snr
 from pipelines.engines.diffusion.step_cache import enable_transformer_cache
-from pipelines.engines.diffusion.stitch import Crop, crop_around, stitch
+from pipelines.engines.diffusion.stitch import Crop, Prepared, crop_around, stitch
 from pipelines.errors import WeightsError
 from pipelines.imageops import tile_object
 from pipelines.interface import ProgressFn
@@ -98,35 +98,45 @@ class Flux2Engine:
 
     def swap(self, job: SwapJob, progress: ProgressFn | None = None) -> Image.Image:
         start = time.perf_counter()
-        main = job.main_image.convert("RGB")
-        placement = place(job)
-        crop = crop_around(placement, self.native_side, self.cell, self._repainted, PIPELINE_MAX_AREA)
-        steps = self.steps_for(job)
-        prepared = time.perf_counter()
+        prepared = self.prepare(job)
+        ready = time.perf_counter()
         prompts = self._prompt_embeddings(job)
         embedded = time.perf_counter()
         arguments = dict(
-            prompts,
-            image=crop.init,
-            mask_image=Image.fromarray(crop.repainted.astype(np.uint8) * 255, "L"),
-            image_reference=reference_image(placement, self.cell, crop.size[0] * crop.size[1]),
-            strength=1.0,  # the start is the first of `sigmas`: nothing to cut
-            sigmas=self.sigmas(crop.size, steps, job.subject_strength),
-            num_inference_steps=steps,
-            guidance_scale=self.guidance_for(job),
-            callback_on_step_end=step_callback(progress, steps),
+            **prompts,
+            **prepared.pipeline_arguments(),
+            image_reference=prepared.reference,
+            callback_on_step_end=step_callback(progress, prepared.steps),
         )
         generated = self._generate(arguments, job.seed)
         generated_at = time.perf_counter()
-        drawn = self._own_look(np.asarray(generated, dtype=np.float32), crop, placement, job)
-        result = stitch(main, drawn, crop, placement, job.growmask)
+        result = self.finish(job, prepared, generated)
         end = time.perf_counter()
         self.last_timings = {
-            "mask_ops_s": (prepared - start) + (end - generated_at),
-            "embeds_s": embedded - prepared,
+            "mask_ops_s": (ready - start) + (end - generated_at),
+            "embeds_s": embedded - ready,
             "model_s": generated_at - embedded,
         }
         return result
+
+    def prepare(self, job: SwapJob) -> Prepared:
+        """Placement, crop, reference and sigmas: everything up to the model."""
+        placement = place(job)
+        crop = crop_around(placement, self.native_side, self.cell, self._repainted, PIPELINE_MAX_AREA)
+        steps = self.steps_for(job)
+        schedule = dict(
+            strength=1.0,  # the start is the first of `sigmas`: nothing to cut
+            sigmas=self.sigmas(crop.size, steps, job.subject_strength),
+            num_inference_steps=steps,
+        )
+        reference = reference_image(placement, self.cell, crop.size[0] * crop.size[1])
+        return Prepared(placement, crop, reference, steps, self.guidance_for(job), schedule)
+
+    def finish(self, job: SwapJob, prepared: Prepared, generated: Image.Image) -> Image.Image:
+        """The object's own look put back where still registered, then colour-matched and pasted back."""
+        crop, placement = prepared.crop, prepared.placement
+        drawn = self._own_look(np.asarray(generated, dtype=np.float32), crop, placement, job)
+        return stitch(job.main_image.convert("RGB"), drawn, crop, placement, job.growmask)
 
     def guidance_for(self, job: SwapJob) -> float:
         """The job's guidance scale on the base model; none (1) on the distilled one."""

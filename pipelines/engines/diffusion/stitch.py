@@ -36,6 +36,29 @@ class Crop:
         return np.asarray(part.resize(self.size, Image.Resampling.BILINEAR), dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """One swap up to the model: the placement, the crop, the reference, and how the model will run it
+    (`schedule`: the pipeline's strength, num_inference_steps and timesteps or sigmas, for `scheduler`)."""
+
+    placement: Placement
+    crop: Crop
+    reference: Image.Image
+    steps: int
+    guidance: float
+    schedule: dict
+    scheduler: object | None = None  # None: the pipeline's own
+
+    def pipeline_arguments(self) -> dict:
+        """What every engine hands its pipeline besides conditioning: the crop, its mask and the schedule."""
+        return dict(
+            self.schedule,
+            image=self.crop.init,
+            mask_image=Image.fromarray(self.crop.repainted.astype(np.uint8) * 255, "L"),
+            guidance_scale=self.guidance,
+        )
+
+
 def crop_around(
     placement: Placement,
     native_side: int,
