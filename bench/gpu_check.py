@@ -53,8 +53,10 @@ def summarise(report: dict) -> dict:
         "steps": report.get("steps"),
         "fast_s": report["ours"]["s_per_image_median"],
         "eager_s": report.get("ours_eager", {}).get("s_per_image_median"),
-        "diffusers_s": report["baseline"]["s_per_image_median"],
+        "diffusers_s": report["baseline"]["s_per_image_median"],  # plain diffusers on the same work
         "speedup_fast_vs_diffusers": report.get("speedup_vs_baseline"),
+        "diffusers_bare_s": report.get("baseline_bare", {}).get("s_per_image_median"),  # whole image, as documented
+        "speedup_fast_vs_diffusers_bare": report.get("speedup_vs_baseline_bare"),
         "speedup_fast_vs_eager": report.get("speedup_fast_over_eager"),
         "fast_peak_memory_bytes": report["ours"].get("peak_memory_bytes"),
         "fast_over_floor": report.get("compute", {}).get("ours_over_floor"),

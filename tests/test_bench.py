@@ -50,12 +50,13 @@ def report(tmp_path_factory) -> dict:
 
 def test_bench_prints_both_pipelines_and_their_ratio(report):
     assert report["models"] == "tiny" and report["arch"] == "sdxl" and report["steps"] == 6
-    for side in ("ours", "baseline"):
+    for side in ("ours", "baseline", "baseline_bare"):
         row = report[side]
         for key in ("s_per_image_median", "s_per_image_p90", "images_per_s", "peak_memory_bytes"):
             assert positive(row[key]), (side, key, row[key])
         assert len(row["samples_s"]) == 2 and all(positive(v) for v in row["samples_s"])
     assert positive(report["ratio_ours_over_baseline"]) and positive(report["speedup_vs_baseline"])
+    assert positive(report["speedup_vs_baseline_bare"]) and "same work" in report["bench"]
     assert report["peak_memory_kind"] == "process peak RSS"
     assert report["fast_path"]["compile"] is False and report["fast_path"]["sdpa"] is True
 
@@ -181,3 +182,41 @@ def test_gpu_check_runs_tiny_on_the_cpu(tmp_path):
         assert positive(row["step_cache_over_default"]) and row["step_cache_steps"] == row["steps"]
     assert report["summary"]["sdxl"]["few_step_steps"] == 4 and report["summary"]["sd15"]["few_step_steps"] == 4
     assert "few_step_s" not in report["summary"]["flux2-klein"]  # step-distilled: few steps is its only mode
+
+
+@pytest.mark.parametrize("arch", ["sdxl", "flux2-klein-base"])
+def test_the_baseline_is_handed_what_ours_hands_its_pipeline(tiny_weights, tiny_flux2_weights, arch):
+    """Like for like: the same crop, mask, start (strength, length, timesteps or sigmas), scheduler, guidance and
+    reference; only how they are passed differs (raw prompt and image, diffusers' own IP-Adapter mask)."""
+    import dataclasses
+
+    import numpy as np
+
+    from pipelines.engines.diffusion.conditioning import ip_adapter_scales
+    from pipelines.engines.selection import diffusion_engine
+    from pipelines.models.model_sets import model_set_at
+    from server.benchmark.engine_bench import DiffusersBaseline, Flux2Baseline, LikeForLike, sample_inputs
+    from tests.pipelines.recording import RecordingPipeline
+
+    folder = (tiny_flux2_weights if arch.startswith("flux2") else tiny_weights) / arch
+    ours = diffusion_engine(model_set_at(folder))
+    bare = (Flux2Baseline if arch.startswith("flux2") else DiffusersBaseline)(ours.model_set, ours.device, ours.dtype)
+    job = dataclasses.replace(sample_inputs(96).job("a dress", "", 12, 3, 4.0), subject_strength=0.7)
+    ours.pipe, bare.pipe = RecordingPipeline(ours.pipe), RecordingPipeline(bare.pipe)
+    ours.swap(job)
+    LikeForLike(ours, bare)(job)
+    (theirs,), mine = bare.pipe.calls, ours.pipe.calls[-1]
+    assert theirs["image"].tobytes() == mine["image"].tobytes()
+    assert theirs["mask_image"].tobytes() == mine["mask_image"].tobytes()
+    for key in ("strength", "num_inference_steps", "timesteps", "sigmas", "guidance_scale", "width", "height"):
+        assert theirs.get(key) == mine.get(key), key
+    assert type(theirs["scheduler"]) is type(mine["scheduler"])
+    assert dict(theirs["scheduler"].config) == dict(mine["scheduler"].config)
+    if arch.startswith("flux2"):
+        assert theirs["image_reference"].tobytes() == mine["image_reference"].tobytes()
+        return
+    assert theirs["ip_adapter_image"].tobytes() == ours.prepare(job).reference.tobytes()
+    mask = theirs["cross_attention_kwargs"]["ip_adapter_masks"][0][0, 0].numpy() > 0.5
+    assert np.array_equal(mask, np.asarray(mine["mask_image"]) > 127)
+    scales = {tuple(p.scale) for p in bare.pipe.unet.attn_processors.values() if hasattr(p, "to_k_ip")}
+    assert scales == {(value,) for value in ip_adapter_scales(0.7, job.fashion_strength).values()}

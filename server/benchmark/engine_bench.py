@@ -9,16 +9,22 @@ the real weights, nothing downloaded); with --tiny (the default elsewhere) the t
 pipelines/models/tiny.py, so CI runs the very same code; with --weights DIR a model set on disk.
 
 What it measures, printed as one JSON object:
-  ours / baseline   seconds per image (median, p90), images/s, peak memory (and `ours_eager` with --with-eager:
-                    ours with compilation off, in the same alternation). `ours` is DiffusionEngine
-                    with the fast path the SEGSWAP_* settings give (see pipelines/engines/diffusion/options.py);
-                    `baseline` is diffusers as its documentation shows it: for SD, AutoPipelineForInpainting,
-                    load_ip_adapter, set_ip_adapter_scale, pipe(prompt, image, mask_image,
-                    ip_adapter_image); for FLUX.2 [klein], Flux2KleinInpaintPipeline(prompt, image,
-                    mask_image, image_reference); both on the whole image. The distilled klein set runs its
-                    4 steps in both, whatever --steps says. Same scene (size x size, a centred ellipse mask
+  ours / baseline / baseline_bare
+                    seconds per image (median, p90), images/s, peak memory (and `ours_eager` with --with-eager:
+                    ours with compilation off, in the same alternation). `ours` is the engine with the fast
+                    path the SEGSWAP_* settings give (see pipelines/engines/diffusion/options.py).
+                    `baseline` is plain diffusers on the same work, like for like: the pipeline loaded as its
+                    documentation shows (AutoPipelineForInpainting + load_ip_adapter; Flux2KleinInpaintPipeline),
+                    with diffusers' own processors and nothing compiled or cached, handed what ours hands its
+                    pipeline: the same placement (the object through the same cut-out), crop, mask, start
+                    (strength, schedule length, timesteps or sigmas), scheduler, IP-Adapter scales, reference
+                    image and IP-Adapter mask (diffusers' full-size form, which it resizes in every layer), then
+                    the same colour match and paste. `baseline_bare` is diffusers as its documentation shows it
+                    on the whole image: pipe(prompt, image, mask_image, ip_adapter_image | image_reference) at
+                    strength 1 with the object image as given, for reference. The distilled klein set runs its
+                    4 steps in all, whatever --steps says. Same scene (size x size, a centred ellipse mask
                     half its side), object image, prompt, steps, guidance and seed. Warm-up first, then
-                    the two alternate (ABBA) so drift hits both alike. The same object and prompt repeat,
+                    they alternate (ABCCBA) so drift hits all alike. The same object and prompt repeat,
                     as in catalogue work: after the first image ours takes its embeddings from its cache.
   request_stages    where a served request's time goes: fetch (the three images over loopback HTTP
                     through server.inputs.fetch), decode (server.inputs.decode), mask_ops (mask, crop, tiling, paste),
@@ -27,7 +33,7 @@ What it measures, printed as one JSON object:
   compute           TFLOP per image (counted on one run at ours' processed size), achieved TFLOP/s,
                     and, on CUDA, the floor at --peak-tflops and ours' ratio to it.
   crop_and_stitch   a small mask in a large image (--crop-main, --crop-mask): ours processes a crop at
-                    the model's native size, the baseline the whole image.
+                    the model's native size, the bare baseline the whole image.
   ablation          (--ablate) each fast-path piece, and each way to fewer model evaluations (few_step: the
                     LCM-LoRA at 4-8 steps without guidance; step_cache: DeepCache / TaylorSeer), flipped
                     from its default, alternating with the default; with the steps each ran.
@@ -200,14 +206,15 @@ def _bench(
     ours = engine_class(model_set, options)
     device, dtype = ours.device, ours.dtype
     _log("loading the plain diffusers baseline")
-    baseline = (Flux2Baseline if model_set.arch == "flux2" else DiffusersBaseline)(model_set, device, dtype)
+    bare = (Flux2Baseline if model_set.arch == "flux2" else DiffusersBaseline)(model_set, device, dtype)
+    baseline = LikeForLike(ours, bare)
     size = args.size or ours.native_side
     inputs = sample_inputs(size)
     job = inputs.job(PROMPT, NEGATIVE_PROMPT, steps, args.seed, args.guidance_scale)
     steps = ours.steps_for(job)
     job = dataclasses.replace(job, steps=steps)  # the baseline runs what ours runs
 
-    ours_probe, base_probe, eager_probe = Probe(device), Probe(device), Probe(device)
+    ours_probe, base_probe, bare_probe, eager_probe = Probe(device), Probe(device), Probe(device), Probe(device)
     eager = None
     if args.with_eager:
         _log("loading ours without compilation (the eager path)")
@@ -223,19 +230,25 @@ def _bench(
         _log(f"warm-up ({args.warmup} image(s) each; compiles when compile is on)")
         warm = [ours_served() for _ in range(args.warmup)]
         stage_samples.clear()
-        baseline_out = None
+        bare_out = None
         for _ in range(args.warmup):
-            _, baseline_out = base_probe.time(lambda: baseline(job))
-        runs = [ours_served, lambda: base_probe.time(lambda: baseline(job))[0]]
+            base_probe.time(lambda: baseline(job))
+            _, bare_out = bare_probe.time(lambda: bare(job))
+        runs = [
+            ours_served,
+            lambda: base_probe.time(lambda: baseline(job))[0],
+            lambda: bare_probe.time(lambda: bare(job))[0],
+        ]
         if eager is not None:
             for _ in range(args.warmup):
                 eager_probe.time(lambda: eager.swap(job))
             runs.append(lambda: eager_probe.time(lambda: eager.swap(job))[0])
         _log(f"timing {args.repeats} image(s) each at {size}x{size}, {steps} steps, alternating")
-        ours_s, base_s, *eager_s = alternate(*runs, repeats=args.repeats)
+        ours_s, base_s, bare_s, *eager_s = alternate(*runs, repeats=args.repeats)
 
     report: dict = {
-        "bench": f"segswap diffusion engine vs plain diffusers ({type(baseline.pipe).__name__}, whole image)",
+        "bench": f"segswap diffusion engine vs plain diffusers ({type(bare.pipe).__name__}): baseline on the same "
+        "work (crop, start, masks, reference, stitch), baseline_bare on the whole image as documented",
         "device": _device_name(device, torch),
         "torch": torch.__version__,
         "diffusers": _version("diffusers"),
@@ -245,7 +258,7 @@ def _bench(
         "dtype": str(dtype).removeprefix("torch."),
         "size": [size, size],
         "processed_size": list(processed_size(ours, job)),
-        "baseline_processed_size": list(baseline_out.size) if baseline_out is not None else None,
+        "baseline_bare_processed_size": list(bare_out.size) if bare_out is not None else None,
         "steps": steps,
         "guidance_scale": args.guidance_scale,
         "repeats": args.repeats,
@@ -253,13 +266,17 @@ def _bench(
         "fast_path": fast_path(ours),
         "peak_memory_kind": "cuda weights + max_memory_allocated rise" if device.type == "cuda" else "process peak RSS",
         "ours": summary(ours_s, ours_probe.peak_bytes(ours.pipe)) | {"warmup_s": _rounded(warm)},
-        "baseline": summary(base_s, base_probe.peak_bytes(baseline.pipe)),
+        "baseline": summary(base_s, base_probe.peak_bytes(bare.pipe)),
+        "baseline_bare": summary(bare_s, bare_probe.peak_bytes(bare.pipe)),
     }
     report["ratio_ours_over_baseline"] = _ratio(
         report["ours"]["s_per_image_median"], report["baseline"]["s_per_image_median"]
     )
     report["speedup_vs_baseline"] = _ratio(
         report["baseline"]["s_per_image_median"], report["ours"]["s_per_image_median"]
+    )
+    report["speedup_vs_baseline_bare"] = _ratio(
+        report["baseline_bare"]["s_per_image_median"], report["ours"]["s_per_image_median"]
     )
     if eager is not None:
         report["ours_eager"] = summary(eager_s[0], eager_probe.peak_bytes(eager.pipe))
@@ -270,13 +287,11 @@ def _bench(
         gc.collect()
     report["embed_cache"] = {"hits": ours.embeddings.hits, "misses": ours.embeddings.misses}
     report["request_stages"] = request_stages(stage_samples)
-    report["compute"] = compute(
-        baseline, ours, job, report["ours"]["s_per_image_median"], args.peak_tflops, device, torch
-    )
+    report["compute"] = compute(bare, ours, job, report["ours"]["s_per_image_median"], args.peak_tflops, device, torch)
     report["memory"] = memory(ours, ours_probe) | {"set_weight_files_bytes": weight_files_bytes(model_set)}
 
     if args.crop_main:
-        report["crop_and_stitch"] = crop_row(ours, baseline, args, steps, device)
+        report["crop_and_stitch"] = crop_row(ours, bare, args, steps, device)
     if pieces:
         report["ablation"] = ablation(ours, model_set, pieces, job, args, engine_class, device, torch)
     return report
@@ -387,14 +402,15 @@ class DiffusersBaseline:
             str(model_set.base), dtype=dtype, local_files_only=True, **extra
         )
         pipe.load_ip_adapter(**model_set.ip_adapter_kwargs(), local_files_only=True)
-        pipe.set_ip_adapter_scale(1.0)
         pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
-        self.pipe = pipe
+        self.pipe, self.scheduler = pipe, pipe.scheduler
 
     def __call__(self, job: SwapJob) -> Image.Image:
         import torch
 
+        self.pipe.scheduler = self.scheduler  # the like-for-like row shares this pipeline and sets its own
+        self.pipe.set_ip_adapter_scale(1.0)
         width, height = job.main_image.width // 8 * 8, job.main_image.height // 8 * 8
         return self.pipe(
             prompt=job.prompt,
@@ -439,6 +455,49 @@ class Flux2Baseline:
             guidance_scale=job.guidance_scale,
             generator=torch.Generator("cpu").manual_seed(job.seed),
         ).images[0]
+
+
+class LikeForLike:
+    """Plain diffusers on ours' work: the bare baseline's pipeline handed what ours hands its own (the same
+    prepare and finish: placement, crop, start, reference; colour match and paste), with raw prompts and
+    images instead of cached embeddings, and the IP-Adapter mask in diffusers' own full-size form."""
+
+    def __init__(self, ours, bare):
+        self.ours, self.pipe = ours, bare.pipe
+
+    def __call__(self, job: SwapJob) -> Image.Image:
+        import torch
+
+        prepared = self.ours.prepare(job)
+        arguments = dict(prepared.pipeline_arguments(), prompt=job.prompt)
+        if hasattr(self.pipe, "transformer"):  # FLUX.2 [klein]: it guides against "" by itself
+            arguments["image_reference"] = prepared.reference
+        else:
+            self._steer(job, prepared, arguments)
+        generated = self.pipe(**arguments, generator=torch.Generator("cpu").manual_seed(job.seed)).images[0]
+        return self.ours.finish(job, prepared, generated)
+
+    def _steer(self, job: SwapJob, prepared, arguments: dict) -> None:
+        from pipelines.engines.diffusion.conditioning import set_ip_adapter_strengths
+
+        set_ip_adapter_strengths(self.pipe.unet, self.ours.model_set.arch, job.subject_strength, job.fashion_strength)
+        self.pipe.scheduler = type(prepared.scheduler).from_config(prepared.scheduler.config)
+        arguments.update(negative_prompt=job.negative_prompt or None, ip_adapter_image=prepared.reference)
+        masks = diffusers_ip_masks(prepared.crop.repainted, self.pipe._execution_device)
+        if masks is not None:
+            arguments["cross_attention_kwargs"] = {"ip_adapter_masks": masks}
+
+
+def diffusers_ip_masks(mask: np.ndarray, device) -> list | None:
+    """The repainted region as diffusers' IPAdapterMaskProcessor makes an IP-Adapter mask; None where its
+    per-layer downsampling would divide by zero (fewer deepest-layer tokens than the crop's width / height)."""
+    from diffusers.image_processor import IPAdapterMaskProcessor
+
+    height, width = mask.shape
+    if math.ceil(width / 64) * math.ceil(height / 64) < width / height:
+        return None
+    picture = Image.fromarray(mask.astype(np.uint8) * 255, "L")
+    return [IPAdapterMaskProcessor().preprocess([picture], height=height, width=width).to(device)]
 
 
 class Probe:
