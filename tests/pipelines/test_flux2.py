@@ -70,6 +70,18 @@ def test_steps_run_as_documented(engine):
     assert seen == [(step, expected) for step in range(1, expected + 1)]
 
 
+def test_the_distilled_model_gets_no_guidance_argument_above_one(engine):
+    """The step-distilled model was distilled without guidance and ignores any scale (diffusers warns); it gets
+    1, none. The base model gets the job's."""
+    recorded = RecordingPipeline(engine.pipe)
+    engine.pipe = recorded
+    try:
+        engine.swap(diffusion_job(guidance_scale=7.5))
+    finally:
+        engine.pipe = recorded._pipe
+    assert recorded.calls[-1]["guidance_scale"] == (1.0 if engine.distilled else 7.5)
+
+
 def test_negative_prompt_counts_only_where_guidance_runs(engine):
     plain = engine.swap(diffusion_job(guidance_scale=4.0))
     negative = engine.swap(diffusion_job(guidance_scale=4.0, negative_prompt="blurry, dark"))

@@ -42,8 +42,7 @@ import numpy as np
 import torch
 
 # subject_strength -> start SNR. SD1.5 at 30 steps under the earlier strength rule gave these (pure noise,
-# then t = 790, 700, 560, 378 of 1000): 1.0 keeps the placement's layout, colour and large shapes and re-draws
-# light, edges and contact; 0.5 keeps rough colour and position; 0.0 keeps nothing.
+# then about t = 784, 668, 524, 379 of 1000). What each keeps: README, "The start noise".
 START_SNR = ((0.0, 0.0), (0.25, 0.21), (0.5, 0.34), (0.75, 0.57), (1.0, 0.92))
 LOW_STEPS = 20  # below this, DPM++ 2M on Karras timesteps replaces an SD set's scheduler (it holds up at 10-20)
 SPACINGS = ("leading", "trailing", "linspace")
