@@ -104,6 +104,18 @@ def test_every_scheduler_starts_at_the_target_and_runs_exactly_the_steps(name):
     assert worst < np.log(1.1), f"{name}: a start {np.exp(worst):.3f}x off its target"
 
 
+def test_plans_are_made_once_and_a_bounded_number_kept(monkeypatch):
+    import pipelines.engines.diffusion.schedule as schedule
+
+    monkeypatch.setattr(schedule, "PLANS_KEPT", 3)
+    planner = KarrasPlanner(low_step_scheduler(real_scheduler("sd15")))
+    first = planner.plan(12, 0.5)
+    assert planner.plan(12, 0.5) is first  # made once
+    for target in (0.1, 0.2, 0.3):
+        planner.plan(12, target)
+    assert len(planner._plans) == 3 and planner.plan(12, 0.5) is not first  # the oldest went
+
+
 @pytest.mark.parametrize("name", list(planners()))
 def test_subject_zero_is_pure_noise_over_the_whole_schedule(name):
     plan = planners()[name].plan(13, start_snr(0.0))

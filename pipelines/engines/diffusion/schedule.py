@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +48,7 @@ START_SNR = ((0.0, 0.0), (0.25, 0.21), (0.5, 0.34), (0.75, 0.57), (1.0, 0.92))
 LOW_STEPS = 20  # below this, DPM++ 2M on Karras timesteps replaces an SD set's scheduler (it holds up at 10-20)
 SPACINGS = ("leading", "trailing", "linspace")
 KARRAS_RHO = 7.0  # Karras et al. 2022, and diffusers' _convert_to_karras
+PLANS_KEPT = 512
 
 
 def start_snr(subject_strength: float) -> float:
@@ -74,16 +76,20 @@ class StartPlan:
 
 
 class _Planner:
-    """Plans for one scheduler, each made once."""
+    """Plans for one scheduler, the last PLANS_KEPT of them kept (subject_strength is any number in 0..1)."""
 
     def __init__(self, scheduler):
         self.scheduler = scheduler
-        self._plans: dict[tuple[int, float], StartPlan] = {}
+        self._plans: OrderedDict[tuple[int, float], StartPlan] = OrderedDict()
 
     def plan(self, steps: int, target_snr: float) -> StartPlan:
         key = (steps, round(target_snr, 6))
-        if key not in self._plans:
+        if key in self._plans:
+            self._plans.move_to_end(key)
+        else:
             self._plans[key] = self._plan(steps, target_snr)
+            if len(self._plans) > PLANS_KEPT:
+                self._plans.popitem(last=False)
         return self._plans[key]
 
     def _plan(self, steps: int, target_snr: float) -> StartPlan:
