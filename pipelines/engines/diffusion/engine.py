@@ -10,7 +10,8 @@
    scales from InstantStyle and diffusers' guide: the style block follows fashion_strength, the layout block
    and the rest subject_strength (conditioning.py).
 4. Denoise the placed crop from the start SNR subject_strength sets (schedule.py: one rule for every
-   scheduler and step count), exactly `steps` steps, seeded; below 20 steps with DPM++ 2M Karras.
+   scheduler and step count), exactly `steps` steps, seeded; below 20 steps with DPM++ 2M on Karras-spaced
+   timesteps, in few-step mode with LCM on its distillation grid.
 5. Match the result's colour to the original in the ring the model repainted outside the grown mask, scale it
    back and paste it inside the grown mask with a feathered edge: every pixel outside is the input's own.
 

@@ -86,11 +86,13 @@ class _GridMasked:
         scale: float = 1.0,
         ip_adapter_masks=None,
     ) -> torch.Tensor:
-        plain = not isinstance(ip_adapter_masks, tuple) or not isinstance(encoder_hidden_states, tuple)
-        if plain or hidden_states.ndim != 3 or attn.spatial_norm is not None:
+        if not isinstance(ip_adapter_masks, tuple):  # none, or diffusers' own full-size masks
             return super().__call__(
-                attn, hidden_states, encoder_hidden_states, attention_mask, temb, scale, ip_adapter_masks=None
+                attn, hidden_states, encoder_hidden_states, attention_mask, temb, scale, ip_adapter_masks
             )
+        if not isinstance(encoder_hidden_states, tuple) or hidden_states.ndim != 3 or attn.spatial_norm is not None:
+            # not in a UNet's transformer blocks, where IP-Adapter sits (diffusers' processor for the rest)
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, scale)
         text, images = encoder_hidden_states
         token_mask = ip_adapter_masks[self.level]
         if token_mask.shape[1] != hidden_states.shape[1]:
