@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 PLAN = {  # each set: its native side (the full-size bench's scene), and the ablations that apply to it
-    "sdxl": (1024, "few_step,step_cache,channels_last"),
+    "sdxl": (1024, "few_step,step_cache,channels_last,vae_upcast"),
     "flux2-klein": (1024, "step_cache"),  # step-distilled already: few-step mode is its native 4 steps
     "sd15": (512, "few_step,step_cache"),
 }

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
         description="decode in tiles when the processed crop has more pixels than this (crop-and-stitch keeps it "
         "at the model's native area, so the default never triggers on the engine's own crops)",
     )
+    vae_upcast: bool | Literal["auto"] = Field(
+        "auto", description="the VAE encodes in float32 (SDXL); auto: only in float16, where its VAE overflows"
+    )
     sdpa: bool = Field(True, description="scaled_dot_product_attention everywhere (false: classic attention)")
     fuse_qkv: bool = Field(True, description="one q/k/v matmul in self-attention (IP-Adapter layers stay unfused)")
     channels_last: bool | Literal["auto"] = Field(
@@ -176,6 +179,7 @@ class Settings(BaseSettings):
             cpu_offload=self.cpu_offload,
             vae_tiling=self.vae_tiling,
             vae_tiling_above_pixels=self.vae_tiling_above_pixels,
+            vae_upcast=None if self.vae_upcast == "auto" else self.vae_upcast,
             sdpa=self.sdpa,
             fuse_qkv=self.fuse_qkv,
             channels_last=None if self.channels_last == "auto" else self.channels_last,

@@ -74,7 +74,17 @@ from pipelines.models.model_sets import SETS, ModelSet, model_set_at, require_mo
 
 PROMPT = "a red summer dress with a small floral pattern"
 NEGATIVE_PROMPT = "blurry, low quality"
-PIECES = ("sdpa", "fuse_qkv", "channels_last", "compile", "embed_cache", "dtype", "few_step", "step_cache")
+PIECES = (
+    "sdpa",
+    "fuse_qkv",
+    "channels_last",
+    "compile",
+    "embed_cache",
+    "dtype",
+    "vae_upcast",
+    "few_step",
+    "step_cache",
+)
 FLUX2_PIECES = ("compile", "embed_cache", "dtype", "step_cache")  # the others are the UNet's; klein is few-step
 # Practical dense bf16 peak of an H100/H200 SXM (the DESIGN's reference: 427 TFLOP in about 0.54 s).
 PRACTICAL_PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0}
@@ -623,6 +633,9 @@ def flipped(options: DiffusionOptions, piece: str) -> DiffusionOptions | None:
         return dataclasses.replace(options, embed_cache_size=0 if options.embed_cache_size else 64)
     if piece == "dtype":
         return None if options.dtype == "float32" else dataclasses.replace(options, dtype="float32")
+    if piece == "vae_upcast":  # auto: on in float16 only
+        upcast = options.vae_upcast if options.vae_upcast is not None else options.dtype == "float16"
+        return dataclasses.replace(options, vae_upcast=not upcast)
     return dataclasses.replace(options, **{piece: not getattr(options, piece)})
 
 

@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 
 pytest.importorskip("diffusers")
 
+import torch  # noqa: E402
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0, FusedAttnProcessor2_0
 
 from pipelines import SwapJob
@@ -154,11 +155,13 @@ def test_settings_switch_each_piece(monkeypatch):
         "FUSE_QKV": "false",
         "EMBED_CACHE_SIZE": "0",
         "VAE_TILING_ABOVE_PIXELS": "1000",
+        "VAE_UPCAST": "true",
     }.items():
         monkeypatch.setenv(f"SEGSWAP_{name}", value)
     options = Settings().diffusion_options("cpu")
     assert (options.compile, options.channels_last, options.sdpa, options.fuse_qkv) == (False, True, False, False)
     assert options.embed_cache_size == 0 and options.vae_tiling_above_pixels == 1000 and options.device == "cpu"
+    assert options.vae_upcast is True and Settings(vae_upcast="auto").diffusion_options().vae_upcast is None
 
 
 def test_server_warm_up_runs_at_the_native_size(tiny_weights):
@@ -239,3 +242,23 @@ def test_a_compiler_failure_falls_back_to_eager(tiny_weights, caplog):
     assert "torch.compile failed" in caplog.text and engine.options.compile is False
     assert out.tobytes() == eager.swap(job()).tobytes()
     assert not any(getattr(m, "_compiled_call_impl", None) for m in engine.pipe.unet.modules())
+
+
+@pytest.mark.parametrize(("vae_upcast", "encodes_in"), [(None, torch.bfloat16), (True, torch.float32)])
+def test_bf16_encodes_without_a_float32_round_trip_unless_asked(tiny_weights, vae_upcast, encodes_in):
+    """SDXL's VAE asks diffusers to encode in float32 (`force_upcast`, for float16's overflow): the whole VAE
+    is cast up and back on both of a swap's encodes. In bfloat16 that is needless and off by default."""
+    options = DiffusionOptions(device="cpu", dtype="bfloat16", vae_upcast=vae_upcast)
+    engine = DiffusionEngine(ModelSet("sdxl", tiny_weights / "sdxl"), options)
+    dtypes = []
+    handle = engine.pipe.vae.encoder.register_forward_pre_hook(lambda m, args: dtypes.append(m.conv_in.weight.dtype))
+    engine.swap(job(steps=2))
+    handle.remove()
+    assert dtypes and set(dtypes) == {encodes_in}
+    assert engine.pipe.vae.dtype == torch.bfloat16  # back where it was either way
+
+
+def test_float16_keeps_the_vaes_upcast(tiny_weights):
+    options = DiffusionOptions(device="cpu", dtype="float16")
+    engine = DiffusionEngine(ModelSet("sdxl", tiny_weights / "sdxl"), options)
+    assert engine.pipe.vae.config.force_upcast is True

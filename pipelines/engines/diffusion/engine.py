@@ -260,6 +260,9 @@ def load_pipeline(model_set: ModelSet, device: torch.device, dtype: torch.dtype,
     except Exception as exc:  # diffusers/transformers/safetensors raise many types for bad files
         raise WeightsError(f"cannot load model set {model_set.folder}: {first_line(exc)}") from exc
     pipe.set_progress_bar_config(disable=True)
+    upcast = options.vae_upcast if options.vae_upcast is not None else dtype == torch.float16
+    if not upcast and pipe.vae.config.get("force_upcast", False):
+        pipe.vae.register_to_config(force_upcast=False)
     offload = options.cpu_offload and device.type == "cuda"
     if offload:
         pipe.enable_model_cpu_offload(device=device)

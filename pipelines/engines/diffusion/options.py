@@ -32,6 +32,9 @@ class DiffusionOptions:
         content hash, repeats and adapter) and prompt embeddings (keyed by prompt, negative prompt);
         0 turns the cache off. Cached and uncached swaps give identical bytes.
     vae_tiling: always decode in tiles; vae_tiling_above_pixels: tile only above this processed area.
+    vae_upcast: whether the set's VAE keeps its `force_upcast` (SDXL's: diffusers then casts the whole VAE to
+        float32 and back on each of a swap's two encodes). None: only in float16, where SDXL's VAE overflows;
+        bfloat16 has float32's range and needs no round trip. SD1.5's pipeline never upcasts its encodes.
 
     Fewer model evaluations (each changes the output; off by default):
     few_step: SD sets fuse the LCM-LoRA into the UNet and denoise in 4-8 steps without guidance
@@ -49,6 +52,7 @@ class DiffusionOptions:
     cpu_offload: bool = False
     vae_tiling: bool = False
     vae_tiling_above_pixels: int = VAE_TILING_ABOVE_PIXELS
+    vae_upcast: bool | None = None
     sdpa: bool = True
     fuse_qkv: bool = True
     channels_last: bool | None = None
