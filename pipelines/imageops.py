@@ -6,6 +6,8 @@ boxes are (left, top, right, bottom) with right/bottom exclusive, as in PIL.
 
 from __future__ import annotations
 
+import hashlib
+
 import cv2
 import numpy as np
 from PIL import Image
@@ -183,3 +185,10 @@ def _box_alpha(mask: np.ndarray, box: Box, feather: float) -> np.ndarray:
     y0, x0, y1, x1 = max(0, top - 1), max(0, left - 1), min(h, bottom + 1), min(w, right + 1)
     alpha = feather_alpha(mask[y0:y1, x0:x1], feather)
     return alpha[top - y0 : bottom - y0, left - x0 : right - x0]
+
+
+def image_digest(image: Image.Image) -> str:
+    """The content hash of an image: mode, size and pixels."""
+    digest = hashlib.blake2b(f"{image.mode}:{image.size}".encode(), digest_size=16)
+    digest.update(image.tobytes())
+    return digest.hexdigest()

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pipelines import paths
 from pipelines.engines.diffusion.options import VAE_TILING_ABOVE_PIXELS, DiffusionOptions
 from pipelines.models.model_sets import SETS
+from pipelines.placement.cache import OBJECT_CACHE_BYTES
 
 
 class Settings(BaseSettings):
@@ -60,6 +61,9 @@ class Settings(BaseSettings):
     )
     embed_cache_size: int = Field(
         64, ge=0, description="LRU entries of IP-Adapter image and prompt embeddings (0: no cache)"
+    )
+    object_cache_bytes: int = Field(
+        OBJECT_CACHE_BYTES, ge=0, description="bytes of cut-outs and reference images kept for recent objects (0: none)"
     )
     few_step: bool = Field(
         False, description="SD sets: the LCM-LoRA fused in, 4-8 steps without guidance (FLUX.2 klein: always 4)"
@@ -185,6 +189,7 @@ class Settings(BaseSettings):
             channels_last=None if self.channels_last == "auto" else self.channels_last,
             compile=None if self.compile == "auto" else self.compile,
             embed_cache_size=self.embed_cache_size,
+            object_cache_bytes=self.object_cache_bytes,
             few_step=self.few_step,
             step_cache=self.step_cache,
             step_cache_interval=self.step_cache_interval,

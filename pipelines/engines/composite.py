@@ -9,18 +9,24 @@ from __future__ import annotations
 
 from PIL import Image
 
+from pipelines.imageops import image_digest
 from pipelines.interface import ProgressFn
 from pipelines.job import SwapJob
 from pipelines.placement import place
+from pipelines.placement.cache import OBJECT_CACHE_BYTES, ImageCache
 
 
 class CompositeEngine:
-    """Places the object (or tiles the pattern) into the grown mask and blends it into the scene."""
+    """Places the object (or tiles the pattern) into the grown mask and blends it into the scene. Cut-outs of
+    recent objects are kept (`object_cache_bytes`, 0: none)."""
 
     name = "composite"
 
+    def __init__(self, object_cache_bytes: int = OBJECT_CACHE_BYTES):
+        self.objects = ImageCache(object_cache_bytes)
+
     def swap(self, job: SwapJob, progress: ProgressFn | None = None) -> Image.Image:
-        result = place(job).image
+        result = place(job, cut=lambda image: self.objects.cut_out(image, image_digest(image))).image
         if progress is not None:
             progress(1, 1)
         return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,11 +38,12 @@ def resolve_mode(job: SwapJob) -> str:
     return "pattern" if max(job.horizontal_repeat, job.vertical_repeat) > 1 else "object"
 
 
-def place(job: SwapJob) -> Placement:
+def place(job: SwapJob, cut: Callable[[Image.Image], Image.Image] = cut_out) -> Placement:
     """Put the job's object or pattern into its scene; `subject_strength` is the placement's opacity.
 
     The work runs on a window of the scene around the grown mask's box (the box and the margin the fill reads
-    its surroundings from), never on the whole image: only the box's pixels are written.
+    its surroundings from), never on the whole image: only the box's pixels are written. `cut` cuts the
+    object out (an engine passes its cache's).
     """
     main = job.main_image.convert("RGB")
     mask = normalize_mask(job.mask_image, main.size)
@@ -69,7 +71,7 @@ def place(job: SwapJob) -> Placement:
         )
         coverage[mask] = 1.0
     else:
-        reference = cut_out(job.object_image)
+        reference = cut(job.object_image)
         placed, alpha = place_object(scene, local_grown, local_box, reference, job.fashion_strength, job.seed)
         coverage[top:bottom, left:right] = alpha * grown[top:bottom, left:right]
     inside = (slice(top - wt, bottom - wt), slice(left - wl, right - wl))

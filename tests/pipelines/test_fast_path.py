@@ -15,10 +15,11 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 from pipelines import SwapJob
 from pipelines.engines.diffusion.conditioning import LAYOUT_SCALE, STYLE_SCALE, SUBJECT_SCALE
-from pipelines.engines.diffusion.embedding_cache import EmbeddingCache, image_digest
+from pipelines.engines.diffusion.embedding_cache import EmbeddingCache
 from pipelines.engines.diffusion.engine import DiffusionEngine
 from pipelines.engines.diffusion.ip_masks import GridMaskedIPAdapterProcessor, GridMaskedIPAdapterProcessorClassic
 from pipelines.engines.diffusion.options import DiffusionOptions
+from pipelines.imageops import image_digest
 from pipelines.models.model_sets import ModelSet
 from tests.conftest import noise_image
 from tests.pipelines.jobs import diffusion_job  # noqa: E402

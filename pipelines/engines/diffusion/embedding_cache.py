@@ -6,12 +6,10 @@ ones the pipeline would compute itself, so a cached swap gives the same bytes as
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
-from PIL import Image
 
 
 class EmbeddingCache:
@@ -42,10 +40,3 @@ class EmbeddingCache:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-def image_digest(image: Image.Image) -> str:
-    """The content hash of an image: mode, size and pixels."""
-    digest = hashlib.blake2b(f"{image.mode}:{image.size}".encode(), digest_size=16)
-    digest.update(image.tobytes())
-    return digest.hexdigest()

@@ -38,7 +38,7 @@ from diffusers import LCMScheduler, StableDiffusionInpaintPipeline, StableDiffus
 from PIL import Image
 
 from pipelines.engines.diffusion.conditioning import reference_image, set_ip_adapter_strengths
-from pipelines.engines.diffusion.embedding_cache import EmbeddingCache, image_digest
+from pipelines.engines.diffusion.embedding_cache import EmbeddingCache
 from pipelines.engines.diffusion.fast_path import apply_fast_path, with_eager_fallback
 from pipelines.engines.diffusion.geometry import dilate
 from pipelines.engines.diffusion.ip_masks import token_grids, token_masks
@@ -57,11 +57,13 @@ from pipelines.engines.diffusion.schedule import (
 from pipelines.engines.diffusion.step_cache import UNetStepCache
 from pipelines.engines.diffusion.stitch import Prepared, crop_around, stitch
 from pipelines.errors import WeightsError
+from pipelines.imageops import image_digest
 from pipelines.interface import ProgressFn
 from pipelines.job import SwapJob
 from pipelines.models.few_step import few_steps, lora_file
 from pipelines.models.model_sets import ModelSet
 from pipelines.placement import place
+from pipelines.placement.cache import ImageCache
 from pipelines.torch_runtime import first_line, pick_device, quiet_libraries
 
 LATENT_MARGIN = 16  # processing pixels the pipeline's mask reaches past the grown mask: two latent cells
@@ -89,6 +91,7 @@ class DiffusionEngine:
             UNetStepCache(self.pipe.unet, self.options.step_cache_interval) if self.options.step_cache else None
         )
         self.embeddings = EmbeddingCache(self.options.embed_cache_size)
+        self.objects = ImageCache(self.options.object_cache_bytes)
         # Seconds of the last swap by stage: mask_ops_s (mask, crop, tiling, paste: image work),
         # embeds_s (prompt and image embeddings, cached or not), model_s (the diffusers call).
         self.last_timings: dict[str, float] = {}
@@ -109,7 +112,7 @@ class DiffusionEngine:
         self._set_vae_tiling(prepared.crop.size)
         ip_masks = self._ip_masks(prepared.crop.repainted)
         ready = time.perf_counter()
-        conditioning = self._conditioning(job, prepared.reference, guided=prepared.guidance > 1)
+        conditioning = self._conditioning(job, prepared, guided=prepared.guidance > 1)
         embedded = time.perf_counter()
         arguments = dict(
             **conditioning,
@@ -132,7 +135,8 @@ class DiffusionEngine:
 
     def prepare(self, job: SwapJob) -> Prepared:
         """Placement, crop, reference and start plan: everything up to the model."""
-        placement = place(job)
+        digest = image_digest(job.object_image)
+        placement = place(job, cut=lambda image: self.objects.cut_out(image, digest))
         crop = crop_around(placement, self.native_side, self.cell, lambda grown: dilate(grown, LATENT_MARGIN))
         steps, guidance = self.steps_for(job), self.guidance_for(job)
         plan = self.start_plan(steps, job.subject_strength)
@@ -143,8 +147,11 @@ class DiffusionEngine:
             num_inference_steps=plan.length,
             timesteps=list(plan.timesteps) if plan.timesteps else None,
         )
-        reference = reference_image(placement, job.horizontal_repeat, job.vertical_repeat)
-        return Prepared(placement, crop, reference, steps, guidance, schedule, plan.scheduler)
+        key = ("ip-reference", digest, placement.mode, job.horizontal_repeat, job.vertical_repeat)
+        reference = self.objects.get(
+            key, lambda: reference_image(placement, job.horizontal_repeat, job.vertical_repeat)
+        )
+        return Prepared(placement, crop, reference, steps, guidance, schedule, plan.scheduler, key)
 
     def finish(self, job: SwapJob, prepared: Prepared, generated: Image.Image) -> Image.Image:
         """The model's crop, colour-matched and pasted back inside the grown mask."""
@@ -177,12 +184,13 @@ class DiffusionEngine:
         grids = token_grids(latent, len(unet.down_blocks), unet.config.downsample_padding)
         return token_masks(repainted, self.cell, grids, self.pipe._execution_device, self.dtype)
 
-    def _conditioning(self, job: SwapJob, reference: Image.Image, guided: bool) -> dict:
+    def _conditioning(self, job: SwapJob, prepared: Prepared, guided: bool) -> dict:
         """The pipeline's prompt and IP-Adapter arguments: raw (no cache) or embeddings from the LRU.
 
         Embeddings are always computed as for classifier-free guidance ([negative, positive]); a job
         without guidance gets the positive half, exactly what the pipeline would compute itself.
         """
+        reference = prepared.reference
         if not self.embeddings.enabled:
             return {"prompt": job.prompt, "negative_prompt": job.negative_prompt or None, "ip_adapter_image": reference}
         guided = guided and self.pipe.unet.config.time_cond_proj_dim is None
@@ -190,7 +198,7 @@ class DiffusionEngine:
         def encode_image() -> list[torch.Tensor]:
             return self.pipe.prepare_ip_adapter_image_embeds(reference, None, self.pipe._execution_device, 1, True)
 
-        image_key = ("image", self.model_set.arch, self.model_set.variant, image_digest(reference))
+        image_key = ("image", self.model_set.arch, self.model_set.variant, *prepared.reference_key)
         image_embeds = self.embeddings.get(image_key, encode_image)
         prompt_key = ("prompt", job.prompt, job.negative_prompt)
         prompt = self.embeddings.get(prompt_key, lambda: self._encode_prompt(job.prompt, job.negative_prompt))

@@ -46,11 +46,12 @@ from pipelines.engines.diffusion.schedule import flow_sigmas, start_snr
 from pipelines.engines.diffusion.step_cache import enable_transformer_cache
 from pipelines.engines.diffusion.stitch import Crop, Prepared, crop_around, stitch
 from pipelines.errors import WeightsError
-from pipelines.imageops import tile_object
+from pipelines.imageops import image_digest, tile_object
 from pipelines.interface import ProgressFn
 from pipelines.job import SwapJob
 from pipelines.models.model_sets import ModelSet
 from pipelines.placement import Placement, place
+from pipelines.placement.cache import ImageCache
 from pipelines.torch_runtime import first_line, pick_device, quiet_libraries
 
 log = logging.getLogger("segswap.diffusion")
@@ -77,6 +78,7 @@ class Flux2Engine:
         pipeline_side = self.pipe.default_sample_size * self.pipe.vae_scale_factor
         self.native_side = min(pipeline_side, self.pipe.vae.config.sample_size)
         self.embeddings = EmbeddingCache(self.options.embed_cache_size)
+        self.objects = ImageCache(self.options.object_cache_bytes)
         self.last_timings: dict[str, float] = {}
         if self.options.step_cache and self.distilled:
             log.warning("step cache: off on %s, whose 4 steps leave it only the last to predict", model_set.name)
@@ -121,7 +123,8 @@ class Flux2Engine:
 
     def prepare(self, job: SwapJob) -> Prepared:
         """Placement, crop, reference and sigmas: everything up to the model."""
-        placement = place(job)
+        digest = image_digest(job.object_image)
+        placement = place(job, cut=lambda image: self.objects.cut_out(image, digest))
         crop = crop_around(placement, self.native_side, self.cell, self._repainted, PIPELINE_MAX_AREA)
         steps = self.steps_for(job)
         schedule = dict(
@@ -129,8 +132,10 @@ class Flux2Engine:
             sigmas=self.sigmas(crop.size, steps, job.subject_strength),
             num_inference_steps=steps,
         )
-        reference = reference_image(placement, self.cell, crop.size[0] * crop.size[1])
-        return Prepared(placement, crop, reference, steps, self.guidance_for(job), schedule)
+        area = crop.size[0] * crop.size[1]
+        key = ("flux2-reference", digest, placement.mode, area)
+        reference = self.objects.get(key, lambda: reference_image(placement, self.cell, area))
+        return Prepared(placement, crop, reference, steps, self.guidance_for(job), schedule, reference_key=key)
 
     def finish(self, job: SwapJob, prepared: Prepared, generated: Image.Image) -> Image.Image:
         """The object's own look put back where still registered, then colour-matched and pasted back."""

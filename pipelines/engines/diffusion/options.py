@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipelines.placement.cache import OBJECT_CACHE_BYTES
+
 # Above this many processed pixels the VAE decodes in tiles. Crop-and-stitch processes every swap at the
 # model's native area (1024^2 for SDXL, 512^2 for SD1.5; an elongated box at most 2x native on its long
 # side, same area), so with this default tiling never triggers for the engine's own crops: it is a guard
@@ -28,6 +30,7 @@ class DiffusionOptions:
         converts its activations both ways, and the UNet's ResNets run eagerly (compilation is regional).
     compile: `torch.compile` of the UNet's repeated transformer blocks (regional compilation);
         the first swap at each new processing shape compiles (the server warms up at native size).
+    object_cache_bytes: cut-outs and reference images of recent objects, by content digest (0: none).
     embed_cache_size: LRU entries for IP-Adapter image embeddings (keyed by the object image's
         content hash, repeats and adapter) and prompt embeddings (keyed by prompt, negative prompt);
         0 turns the cache off. Cached and uncached swaps give identical bytes.
@@ -58,6 +61,7 @@ class DiffusionOptions:
     channels_last: bool | None = None
     compile: bool | None = None
     embed_cache_size: int = 64
+    object_cache_bytes: int = OBJECT_CACHE_BYTES
     few_step: bool = False
     step_cache: bool = False
     step_cache_interval: int = 3

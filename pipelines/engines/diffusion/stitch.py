@@ -48,6 +48,7 @@ class Prepared:
     guidance: float
     schedule: dict
     scheduler: object | None = None  # None: the pipeline's own
+    reference_key: tuple = ()  # what the reference is made from: the object's content digest, mode, ...
 
     def pipeline_arguments(self) -> dict:
         """What every engine hands its pipeline besides conditioning: the crop, its mask and the schedule."""

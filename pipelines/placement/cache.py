@@ -1,0 +1,61 @@
+"""What the engines make from an object image and use again when the same object comes back: its cut-out
+(GrabCut on a 2048^2 photo without alpha takes most of a second on two cores) and the reference the model
+reads. Catalogue work sends the same object many times, often as another upload of the same file, so the key
+is the image's content digest, not the object. Bounded in bytes; the least recently used go first.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+
+from PIL import Image
+
+from pipelines.placement.cutout import cut_out
+
+OBJECT_CACHE_BYTES = 256 * 2**20
+
+
+class ImageCache:
+    """Images by key, least recently used out past `max_bytes` (0 keeps nothing). Safe across threads; callers
+    get copies, so nothing they do reaches the cache."""
+
+    def __init__(self, max_bytes: int = OBJECT_CACHE_BYTES):
+        self.max_bytes = max(0, max_bytes)
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[Hashable, Image.Image] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, make: Callable[[], Image.Image]) -> Image.Image:
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return self._entries[key].copy()
+            self.misses += 1
+        image = make()  # outside the lock: another worker's object need not wait for this one
+        self._keep(key, image)
+        return image.copy()
+
+    def cut_out(self, image: Image.Image, digest: str) -> Image.Image:
+        """`cut_out(image)`, for an image whose content digest is `digest`."""
+        return self.get(("cut_out", digest), lambda: cut_out(image))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _keep(self, key: Hashable, image: Image.Image) -> None:
+        size = image.width * image.height * len(image.getbands())
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._entries:
+                return
+            self._entries[key] = image
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, old = self._entries.popitem(last=False)
+                self.bytes -= old.width * old.height * len(old.getbands())
