@@ -750,11 +750,11 @@ def memory(ours, probe: Probe) -> dict:
 
 
 def processed_size(engine, job: SwapJob) -> tuple[int, int]:
-    from pipelines.engines.diffusion.geometry import context_box, processing_size
+    from pipelines.engines.diffusion.geometry import context_box, crop_geometry
 
     main = job.main_image
     grown = grow_mask(normalize_mask(job.mask_image, main.size), job.growmask)
-    return processing_size(context_box(grown, main.size), engine.native_side, engine.cell)
+    return crop_geometry(context_box(grown, main.size), main.size, engine.native_side, engine.cell)[1]
 
 
 def weight_files_bytes(model_set: ModelSet) -> int:

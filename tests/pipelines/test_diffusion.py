@@ -16,7 +16,13 @@ from pipelines.engines.diffusion.conditioning import (  # noqa: E402
     set_ip_adapter_strengths,
 )
 from pipelines.engines.diffusion.engine import DiffusionEngine  # noqa: E402
-from pipelines.engines.diffusion.geometry import context_box, processing_size  # noqa: E402
+from pipelines.engines.diffusion.geometry import (  # noqa: E402
+    BUCKETS,
+    context_box,
+    crop_geometry,
+    processing_size,
+    with_context,
+)
 from pipelines.engines.diffusion.options import DiffusionOptions  # noqa: E402
 from pipelines.imageops import grow_mask, normalize_mask  # noqa: E402
 from pipelines.models.model_sets import ModelSet, require_model_set  # noqa: E402
@@ -97,6 +103,27 @@ def test_processing_size_keeps_aspect_at_native_area():
     width, height = processing_size((0, 0, 300, 150), 1024)
     assert width % 8 == 0 and height % 8 == 0
     assert abs(width / height - 2.0) < 0.02 and abs(width * height - 1024**2) / 1024**2 < 0.02
+
+
+@pytest.mark.parametrize("box", [(900, 900, 1660, 1672), (900, 900, 1300, 1000), (900, 900, 960, 1500), (5, 7, 60, 33)])
+def test_crops_take_a_bucket_size_and_its_aspect_with_more_context(box):
+    """A compiled model sees a few shapes: a box with room around it widens on its short side to the nearest
+    of SDXL's training aspects and is processed at that bucket's size, keeping everything it held."""
+    image = (4000, 4000)
+    context = with_context(box, image)
+    fitted, size = crop_geometry(context, image, 1024)
+    assert size in BUCKETS
+    width, height = fitted[2] - fitted[0], fitted[3] - fitted[1]
+    assert abs(width / height - size[0] / size[1]) < 0.01 * size[0] / size[1]
+    assert fitted[0] <= context[0] and fitted[1] <= context[1] and fitted[2] >= context[2] and fitted[3] >= context[3]
+    assert all(0 <= v <= 4000 for v in fitted)
+
+
+def test_a_strip_along_the_edge_keeps_its_own_aspect():
+    """A box the image has no room to widen (a strip of a 3000 x 30 image) keeps its aspect and is processed
+    at its own size (long side at most twice the native)."""
+    box, size = crop_geometry((0, 0, 3000, 30), (3000, 30), 1024)
+    assert box == (0, 0, 3000, 30) and size == processing_size((0, 0, 3000, 30), 1024) and size[0] == 2048
 
 
 def test_context_box_adds_margin_and_limits_elongation():

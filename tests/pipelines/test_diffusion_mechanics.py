@@ -10,7 +10,7 @@ pytest.importorskip("diffusers")
 
 from pipelines.engines.diffusion.conditioning import PATTERN_TILES, pad_to_square, reference_image  # noqa: E402
 from pipelines.engines.diffusion.engine import LATENT_MARGIN, DiffusionEngine  # noqa: E402
-from pipelines.engines.diffusion.geometry import context_box, crop_mask, dilate, processing_size  # noqa: E402
+from pipelines.engines.diffusion.geometry import context_box, crop_geometry, crop_mask, dilate  # noqa: E402
 from pipelines.engines.diffusion.schedule import LOW_STEPS  # noqa: E402
 from pipelines.models.model_sets import ModelSet  # noqa: E402
 from pipelines.placement import place  # noqa: E402
@@ -40,8 +40,9 @@ def test_the_pipeline_starts_from_the_placed_pixels(engine):
     job = diffusion_job(object_image=tall_object(), steps=10)
     engine.swap(job)
     placement = place(job)
-    box = context_box(placement.grown, job.main_image.size)
-    size = processing_size(box, engine.native_side)
+    box, size = crop_geometry(
+        context_box(placement.grown, job.main_image.size), job.main_image.size, engine.native_side
+    )
     expected = placement.image.crop(box).resize(size, Image.Resampling.LANCZOS)
     assert last_call(engine)["image"].tobytes() == expected.tobytes()
     assert (last_call(engine)["width"], last_call(engine)["height"]) == size
@@ -67,7 +68,8 @@ def test_the_pipeline_mask_covers_whole_latent_cells_beyond_the_grown_mask(engin
     call = last_call(engine)
     size = (call["width"], call["height"])
     placement = place(job)
-    grown = crop_mask(placement.grown, context_box(placement.grown, job.main_image.size), size)
+    box, _ = crop_geometry(context_box(placement.grown, job.main_image.size), job.main_image.size, engine.native_side)
+    grown = crop_mask(placement.grown, box, size)
     pipeline_mask = np.asarray(call["mask_image"].convert("L")) > 127
     assert np.array_equal(pipeline_mask, dilate(grown, LATENT_MARGIN))
     assert pipeline_mask[dilate(grown, 8)].all()  # at least one latent cell (8 px) all round

@@ -27,7 +27,7 @@ from diffusers.models.attention_processor import (  # noqa: E402
 from diffusers.models.transformers.transformer_2d import Transformer2DModel  # noqa: E402
 
 from pipelines.engines.diffusion.engine import LATENT_MARGIN, DiffusionEngine  # noqa: E402
-from pipelines.engines.diffusion.geometry import processing_size, with_context  # noqa: E402
+from pipelines.engines.diffusion.geometry import crop_geometry, with_context  # noqa: E402
 from pipelines.engines.diffusion.ip_masks import (  # noqa: E402
     GridMaskedIPAdapterProcessor,
     GridMaskedIPAdapterProcessorClassic,
@@ -96,7 +96,8 @@ def test_token_grids_are_the_real_unets(real_unets, arch, latent):
 
 def all_crop_sizes(native: int) -> set[tuple[int, int]]:
     """Every processing size the crop function makes for mask boxes of 16 to 2048 px a side (every 4 px: the
-    set is the same as every 2 px), with room for context, against a corner, and filling the image."""
+    set is the same as every 2 px), with room for context, against a corner, and filling the image (where the
+    box cannot take a bucket's aspect and keeps its own)."""
     sizes = set()
     for width in range(16, 2049, 4):
         for height in range(16, 2049, 4):
@@ -105,7 +106,7 @@ def all_crop_sizes(native: int) -> set[tuple[int, int]]:
                 ((0, 0, width, height), (width + 5000, height + 5000)),
                 ((0, 0, width, height), (width, height)),
             ):
-                sizes.add(processing_size(with_context(box, image), native))
+                sizes.add(crop_geometry(with_context(box, image), image, native)[1])
     return sizes
 
 
@@ -169,11 +170,11 @@ def _diffusers_misplaced(mask: np.ndarray, grid: tuple[int, int], expected: np.n
 
 
 def test_the_reviewed_crop_is_sheared_by_diffusers_and_exact_here(real_unets):
-    """The review's case: a 760 x 772 box gives a 1016 x 1032 SDXL crop, whose 32-px layers (the style block's
-    among them) run on 33 x 32 tokens; diffusers' guess from the token count is the transposed grid."""
+    """The review's case: a 1016 x 1032 SDXL crop (what a 760 x 772 box gave before crops took bucket sizes;
+    the strips that keep their own aspect still make such sizes), whose 32-px layers (the style block's among
+    them) run on 33 x 32 tokens; diffusers' guess from the token count is the transposed grid."""
     unet = real_unets["sdxl"]
-    size = processing_size(with_context((5000, 5000, 5760, 5772), (20000, 20000)), NATIVE["sdxl"])
-    assert size == (1016, 1032)
+    size = (1016, 1032)
     latent = (size[1] // CELL, size[0] // CELL)
     grids = token_grids(latent, len(unet.down_blocks), unet.config.downsample_padding)
     assert grids[2] == real_grids(unet, latent)["up_blocks.0.attentions.1"] == (33, 32)

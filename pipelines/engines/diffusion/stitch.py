@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from pipelines.engines.diffusion.geometry import context_box, crop_mask, processing_size
+from pipelines.engines.diffusion.geometry import context_box, crop_geometry, crop_mask
 from pipelines.imageops import Box, feathered_paste
 from pipelines.placement import Placement
 from pipelines.placement.colour import match_to
@@ -68,8 +68,9 @@ def crop_around(
     max_area: int | None = None,
 ) -> Crop:
     """The crop for a placement; `repaint` turns the grown mask (at processing size) into the pipeline's mask."""
-    box = context_box(placement.grown, placement.image.size)
-    size = processing_size(box, native_side, multiple, max_area)
+    box, size = crop_geometry(
+        context_box(placement.grown, placement.image.size), placement.image.size, native_side, multiple, max_area
+    )
     init = placement.image.crop(box).resize(size, Image.Resampling.LANCZOS)
     grown = crop_mask(placement.grown, box, size)
     return Crop(box, size, init, grown, repaint(grown))
