@@ -224,6 +224,40 @@ def test_compiled_blocks_run_and_survive_strength_changes(tiny_weights):
     torch._dynamo.reset()
 
 
+@pytest.mark.skipif(
+    shutil.which("cc") is None and shutil.which("g++") is None, reason="inductor needs a C++ compiler on CPU"
+)
+def test_new_strengths_and_boxes_in_one_bucket_do_not_recompile(tiny_weights):
+    """After warm-up, six swaps with other subject and fashion strengths (other IP-Adapter scales, another
+    start, a zero scale) and other boxes of the same bucket compile nothing new."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    engine = DiffusionEngine(ModelSet("sdxl", tiny_weights / "sdxl"), DiffusionOptions(compile=True))
+
+    def swap(box, subject, fashion):
+        mask = Image.new("L", (96, 96), 0)
+        ImageDraw.Draw(mask).rectangle(box, fill=255)
+        scene = noise_image((96, 96), 3)
+        engine.swap(job(main_image=scene, mask_image=mask, subject_strength=subject, fashion_strength=fashion))
+
+    swap((30, 30, 60, 60), 1.0, 1.0)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0, "nothing was compiled"
+    for box, subject, fashion in [
+        ((28, 32, 58, 62), 0.7, 0.3),
+        ((34, 30, 64, 60), 0.4, 1.0),
+        ((30, 30, 60, 60), 0.0, 0.5),
+        ((25, 25, 55, 55), 0.9, 0.0),
+        ((32, 28, 62, 58), 0.55, 0.8),
+        ((30, 31, 60, 61), 1.0, 1.0),
+    ]:
+        swap(box, subject, fashion)
+    assert counters["stats"]["unique_graphs"] - graphs <= 1
+    torch._dynamo.reset()
+
+
 def test_a_compiler_failure_falls_back_to_eager(tiny_weights, caplog):
     """Compilation is an optimisation: if it fails on some machine, the swap still succeeds, eagerly."""
     from torch._dynamo.exc import TorchDynamoException

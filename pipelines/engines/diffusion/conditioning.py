@@ -57,7 +57,10 @@ def set_ip_adapter_strengths(unet, arch: str, subject: float, fashion: float) ->
     for name, processor in unet.attn_processors.items():
         if hasattr(processor, "to_k_ip"):
             value = scales[block_kind(name, arch)]
-            processor.scale = [value] * len(processor.scale)
+            if hasattr(processor, "set_scale"):  # ours (ip_masks.py): the compiled graph reads a tensor
+                processor.set_scale(value)
+            else:
+                processor.scale = [value] * len(processor.scale)
             applied[name] = value
     return applied
 

@@ -2,8 +2,9 @@
 
 1. Place the object (or the tiled pattern) as pixels: the placement stage the composite engine is made of
    (pipelines/placement). The grown mask is the only region that may change.
-2. Take a crop around the grown mask with some context, at the model's native area (aspect kept, sides
-   multiples of 8); the pipeline's mask is the grown mask widened by two latent cells, so that the model
+2. Take a crop around the grown mask with some context, widened to the nearest of nine aspect buckets and
+   processed at that bucket's size at the model's native area (geometry.py: a compiled model sees few shapes);
+   the pipeline's mask is the grown mask widened by two latent cells, so that the model
    repaints whole latent cells along the edge; the paste mask stays the grown mask.
 3. Steer the model: IP-Adapter sees the cut-out (or two tiles of the pattern) padded to a square, confined to
    the repainted region by token masks made once per swap on each layer's real grid (ip_masks.py); per-layer

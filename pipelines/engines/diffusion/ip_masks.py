@@ -72,9 +72,16 @@ def token_masks(mask: np.ndarray, cell: int, grids: list[tuple[int, int]], devic
 
 class _GridMasked:
     """The IP-Adapter branch times this layer's precomputed token mask (a tuple in `ip_adapter_masks`);
-    diffusers' own processor for anything else."""
+    diffusers' own processor for anything else. The branch's scale is a tensor (`weights`, set in place by
+    `set_scale`), read from the compiled graph as an input: a new scale never recompiles, and a zero scale runs
+    the (small) branch instead of a guarded skip."""
 
     level: int
+    weights: torch.Tensor
+
+    def set_scale(self, value: float) -> None:
+        self.scale = [value] * len(self.scale)  # diffusers' own path reads these
+        self.weights.fill_(value)
 
     def __call__(
         self,
@@ -106,12 +113,10 @@ class _GridMasked:
             attention_mask = attn.prepare_attention_mask(attention_mask, text.shape[1], text.shape[0])
         query = attn.to_q(hidden_states)
         hidden_states = self.attend(attn, query, attn.to_k(text), attn.to_v(text), attention_mask)
-        for state, weight, to_k, to_v in zip(images, self.scale, self.to_k_ip, self.to_v_ip, strict=True):
-            if weight == 0:
-                continue
+        for index, (state, to_k, to_v) in enumerate(zip(images, self.to_k_ip, self.to_v_ip, strict=True)):
             state = state.reshape(state.shape[0], -1, state.shape[-1])  # (batch, images x tokens, width)
             branch = self.attend(attn, query, to_k(state), to_v(state), None)
-            hidden_states = hidden_states + weight * (branch * token_mask)
+            hidden_states = hidden_states + self.weights[index] * (branch * token_mask)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
         if attn.residual_connection:
             hidden_states = hidden_states + residual
@@ -149,4 +154,11 @@ def grid_masked(processor, name: str, unet, sdpa: bool):
     converted = kind(processor.hidden_size, processor.cross_attention_dim, processor.num_tokens, list(processor.scale))
     converted.to_k_ip, converted.to_v_ip = processor.to_k_ip, processor.to_v_ip
     converted.level = layer_level(name, unet)
+    device = processor.to_k_ip[0].weight.device
+    converted.register_buffer("weights", torch.tensor(_scalars(processor.scale), device=device), persistent=False)
     return converted
+
+
+def _scalars(scale: list) -> list[float]:
+    """One float per adapter (diffusers allows a list per adapter, one per image; one image here)."""
+    return [float(value[0] if isinstance(value, list) else value) for value in scale]
