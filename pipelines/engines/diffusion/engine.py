@@ -4,8 +4,8 @@
    (pipelines/placement). The grown mask is the only region that may change.
 2. Take a crop around the grown mask with some context, widened to the nearest of nine aspect buckets and
    processed at that bucket's size at the model's native area (geometry.py: a compiled model sees few shapes);
-   the pipeline's mask is the grown mask widened by two latent cells, so that the model
-   repaints whole latent cells along the edge; the paste mask stays the grown mask.
+   the pipeline's mask is the grown mask widened by two latent cells, so that the model repaints whole latent
+   cells along the edge; the paste mask stays the grown mask.
 3. Steer the model: IP-Adapter sees the cut-out (or two tiles of the pattern) padded to a square, confined to
    the repainted region by token masks made once per swap on each layer's real grid (ip_masks.py); per-layer
    scales from InstantStyle and diffusers' guide: the style block follows fashion_strength, the layout block

@@ -3,9 +3,9 @@
 1. Place the object (or the tiled pattern) as pixels: the same placement stage as the other engines. The grown
    mask is the only region that may change.
 2. Take a crop around the grown mask with some context at the model's native area (1024^2 in one of nine aspect
-   buckets, all within the pipeline's 1 MP, sides multiples of 16: geometry.py); the pipeline's mask is the grown mask widened by half a cell and then to whole 16-pixel
-   latent cells (FLUX.2 packs 2x2 latents of the 8x VAE), so no cell is half repainted; the paste mask stays
-   the grown mask.
+   buckets, all within the pipeline's 1 MP, sides multiples of 16: geometry.py); the pipeline's mask is the
+   grown mask widened by half a cell and then to whole 16-pixel latent cells (FLUX.2 packs 2x2 latents of the
+   8x VAE), so no cell is half repainted; the paste mask stays the grown mask.
 3. Steer the model: `image_reference` is the object's cut-out on white (one tile for patterns), padded to whole
    cells; the model reads it in attention next to the scene. It is capped at REFERENCE_AREA pixels and at the
    crop's own area: its tokens join the scene's in every attention, so a reference larger than the scene
