@@ -55,6 +55,7 @@ from pipelines.engines.diffusion.schedule import (
     low_step_scheduler,
     start_snr,
 )
+from pipelines.engines.diffusion.staged import StagedEngine
 from pipelines.engines.diffusion.step_cache import UNetStepCache
 from pipelines.engines.diffusion.stitch import Prepared, crop_around, stitch
 from pipelines.errors import WeightsError
@@ -70,8 +71,9 @@ from pipelines.torch_runtime import first_line, pick_device, quiet_libraries
 LATENT_MARGIN = 16  # processing pixels the pipeline's mask reaches past the grown mask: two latent cells
 
 
-class DiffusionEngine:
-    """Inpainting + IP-Adapter on one model set. Load once, call `swap` many times (one thread)."""
+class DiffusionEngine(StagedEngine):
+    """Inpainting + IP-Adapter on one model set. Load once, call `swap` many times (one thread; or the three
+    stages of staged.py, `generate` on one thread)."""
 
     def __init__(self, model_set: ModelSet, options: DiffusionOptions | None = None):
         options = options or DiffusionOptions()
@@ -93,8 +95,6 @@ class DiffusionEngine:
         )
         self.embeddings = EmbeddingCache(self.options.embed_cache_size)
         self.objects = ImageCache(self.options.object_cache_bytes)
-        # Seconds of the last swap by stage: mask_ops_s (mask, crop, tiling, paste: image work),
-        # embeds_s (prompt and image embeddings, cached or not), model_s (the diffusers call).
         self.last_timings: dict[str, float] = {}
 
     def steps_for(self, job: SwapJob) -> int:
@@ -105,16 +105,15 @@ class DiffusionEngine:
         """The guidance scale that runs: the job's, or none (1) in few-step mode."""
         return 1.0 if self.options.few_step else job.guidance_scale
 
-    def swap(self, job: SwapJob, progress: ProgressFn | None = None) -> Image.Image:
-        start = time.perf_counter()
-        prepared = self.prepare(job)
+    def generate(self, job: SwapJob, prepared: Prepared, progress: ProgressFn | None = None) -> Image.Image:
+        """The model on the prepared crop: IP-Adapter scales and masks, the planned scheduler, embeddings."""
         set_ip_adapter_strengths(self.pipe.unet, self.model_set.arch, job.subject_strength, job.fashion_strength)
         self.pipe.scheduler = prepared.scheduler
         self._set_vae_tiling(prepared.crop.size)
         ip_masks = self._ip_masks(prepared.crop.repainted)
-        ready = time.perf_counter()
+        started = time.perf_counter()
         conditioning = self._conditioning(job, prepared, guided=prepared.guidance > 1)
-        embedded = time.perf_counter()
+        self.embeds_s = time.perf_counter() - started
         arguments = dict(
             **conditioning,
             **prepared.pipeline_arguments(),
@@ -123,16 +122,7 @@ class DiffusionEngine:
                 progress, prepared.steps, lambda latents: latent_preview(latents, self.model_set.arch)
             ),
         )
-        generated = self._generate(arguments, job.seed)
-        generated_at = time.perf_counter()
-        result = self.finish(job, prepared, generated)
-        end = time.perf_counter()
-        self.last_timings = {
-            "mask_ops_s": (ready - start) + (end - generated_at),
-            "embeds_s": embedded - ready,
-            "model_s": generated_at - embedded,
-        }
-        return result
+        return self._generate(arguments, job.seed)
 
     def prepare(self, job: SwapJob) -> Prepared:
         """Placement, crop, reference and start plan: everything up to the model."""

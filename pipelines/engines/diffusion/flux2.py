@@ -26,6 +26,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -43,6 +44,7 @@ from pipelines.engines.diffusion.object_look import keep_own_look
 from pipelines.engines.diffusion.options import DiffusionOptions
 from pipelines.engines.diffusion.runtime import step_callback
 from pipelines.engines.diffusion.schedule import flow_sigmas, start_snr
+from pipelines.engines.diffusion.staged import StagedEngine
 from pipelines.engines.diffusion.step_cache import enable_transformer_cache
 from pipelines.engines.diffusion.stitch import Crop, Prepared, crop_around, stitch
 from pipelines.errors import WeightsError
@@ -62,8 +64,9 @@ REFERENCE_AREA = 768 * 768  # reference tokens cost attention like scene tokens:
 BACKGROUND = (255, 255, 255)
 
 
-class Flux2Engine:
-    """FLUX.2 [klein] inpainting with the object as a reference image. Load once, call `swap` many times."""
+class Flux2Engine(StagedEngine):
+    """FLUX.2 [klein] inpainting with the object as a reference image. Load once, call `swap` many times (or
+    the three stages of staged.py, `generate` on one thread)."""
 
     def __init__(self, model_set: ModelSet, options: DiffusionOptions | None = None):
         options = options or DiffusionOptions()
@@ -79,6 +82,7 @@ class Flux2Engine:
         self.native_side = min(pipeline_side, self.pipe.vae.config.sample_size)
         self.embeddings = EmbeddingCache(self.options.embed_cache_size)
         self.objects = ImageCache(self.options.object_cache_bytes)
+        self._schedule_probe = copy.deepcopy(self.pipe.scheduler)  # prepare's own: the pipeline's moves as it runs
         self.last_timings: dict[str, float] = {}
         if self.options.step_cache and self.distilled:
             log.warning("step cache: off on %s, whose 4 steps leave it only the last to predict", model_set.name)
@@ -98,28 +102,18 @@ class Flux2Engine:
         """The denoising steps that run: the job's on the base model, DISTILLED_STEPS on the distilled one."""
         return DISTILLED_STEPS if self.distilled else job.steps
 
-    def swap(self, job: SwapJob, progress: ProgressFn | None = None) -> Image.Image:
-        start = time.perf_counter()
-        prepared = self.prepare(job)
-        ready = time.perf_counter()
+    def generate(self, job: SwapJob, prepared: Prepared, progress: ProgressFn | None = None) -> Image.Image:
+        """The model on the prepared crop, with the prompt's embeddings."""
+        started = time.perf_counter()
         prompts = self._prompt_embeddings(job)
-        embedded = time.perf_counter()
+        self.embeds_s = time.perf_counter() - started
         arguments = dict(
             **prompts,
             **prepared.pipeline_arguments(),
             image_reference=prepared.reference,
             callback_on_step_end=step_callback(progress, prepared.steps),
         )
-        generated = self._generate(arguments, job.seed)
-        generated_at = time.perf_counter()
-        result = self.finish(job, prepared, generated)
-        end = time.perf_counter()
-        self.last_timings = {
-            "mask_ops_s": (ready - start) + (end - generated_at),
-            "embeds_s": embedded - ready,
-            "model_s": generated_at - embedded,
-        }
-        return result
+        return self._generate(arguments, job.seed)
 
     def prepare(self, job: SwapJob) -> Prepared:
         """Placement, crop, reference and sigmas: everything up to the model."""
@@ -152,7 +146,7 @@ class Flux2Engine:
         the resolution shift (mu) the pipeline computes for that crop and step count."""
         tokens = (size[1] // self.cell) * (size[0] // self.cell)
         mu = compute_empirical_mu(image_seq_len=tokens, num_steps=steps)
-        return flow_sigmas(self.pipe.scheduler, steps, start_snr(subject_strength), mu)
+        return flow_sigmas(self._schedule_probe, steps, start_snr(subject_strength), mu)
 
     def _generate(self, arguments: dict, seed: int) -> Image.Image:
         def generate() -> Image.Image:

@@ -76,7 +76,9 @@ class StartPlan:
 
 
 class _Planner:
-    """Plans for one scheduler, the last PLANS_KEPT of them kept (subject_strength is any number in 0..1)."""
+    """Plans for one scheduler, the last PLANS_KEPT of them kept (subject_strength is any number in 0..1). A
+    planner asks private copies of its schedulers, never the ones a pipeline may be running (plans are made
+    while the model works on the job before). One thread plans at a time."""
 
     def __init__(self, scheduler):
         self.scheduler = scheduler
@@ -102,20 +104,22 @@ class SdPlanner(_Planner):
     def __init__(self, scheduler):
         super().__init__(scheduler)
         self.schedulers = spacing_variants(scheduler)
+        self._probes = [copy.deepcopy(variant) for variant in self.schedulers]
 
     def _plan(self, steps: int, target_snr: float) -> StartPlan:
         if target_snr <= 0:
-            return StartPlan(self.scheduler, _whole(self.scheduler, steps), 1.0, 0.0)
-        plans = [plan for scheduler in self.schedulers if (plan := _nearest(scheduler, steps, target_snr))]
+            return StartPlan(self.scheduler, _whole(self._probes[0], steps), 1.0, 0.0)
+        pairs = zip(self.schedulers, self._probes, strict=True)
+        plans = [plan for scheduler, probe in pairs if (plan := _nearest(scheduler, probe, steps, target_snr))]
         if not plans:
             raise ValueError(f"no schedule of {type(self.scheduler).__name__} runs {steps} steps")
         return min(plans, key=lambda plan: abs(math.log(plan.snr / target_snr)))  # ties: the set's own spacing
 
 
-def _nearest(scheduler, steps: int, target: float) -> StartPlan | None:
-    """The schedule length whose cut starts nearest `target`. The start SNR grows with the length (a longer
-    schedule's last `steps` steps start lower), so a bisection finds the crossing; its neighbours decide."""
-    probe = copy.deepcopy(scheduler)
+def _nearest(scheduler, probe, steps: int, target: float) -> StartPlan | None:
+    """The schedule length whose cut starts nearest `target` (asked of `probe`, a private copy of `scheduler`).
+    The start SNR grows with the length (a longer schedule's last `steps` steps start lower), so a bisection
+    finds the crossing; its neighbours decide."""
     longest = _longest(scheduler)
     low, high = steps + 1, longest
     while low < high:
@@ -142,14 +146,13 @@ def _cut(probe, scheduler, length: int, steps: int) -> StartPlan | None:
     return StartPlan(scheduler, length, (length - skipped + 0.5) / length, snr)
 
 
-def _whole(scheduler, steps: int) -> int:
+def _whole(probe, steps: int) -> int:
     """The schedule length with exactly `steps` timesteps (PNDM's schedules hold one more than their length)."""
-    probe = copy.deepcopy(scheduler)
     for length in (steps, steps - 1):
         probe.set_timesteps(length)
         if len(probe.timesteps) == steps:
             return length
-    raise ValueError(f"no schedule of {type(scheduler).__name__} has {steps} steps")
+    raise ValueError(f"no schedule of {type(probe).__name__} has {steps} steps")
 
 
 def _longest(scheduler) -> int:
@@ -197,6 +200,7 @@ class _ExplicitPlanner(_Planner):
 
     def __init__(self, scheduler):
         super().__init__(scheduler)
+        self._probe = copy.deepcopy(scheduler)
         abar = scheduler.alphas_cumprod.double().numpy()
         self._log_sigmas = np.log(np.sqrt((1 - abar) / abar))  # increasing with the timestep
         self._top = len(abar) - 1
@@ -206,10 +210,9 @@ class _ExplicitPlanner(_Planner):
         if target_snr <= 0 or timesteps[0] >= self._top:  # pure noise, from strength 1
             return StartPlan(self.scheduler, steps, 1.0, 0.0, tuple(timesteps))
         timesteps = [timesteps[0] + 1, *timesteps]  # the one the strength cuts
-        probe = copy.deepcopy(self.scheduler)
-        probe.set_timesteps(timesteps=timesteps)
-        probe.set_begin_index(1)
-        snr = noise_snr(probe, probe.timesteps[1])
+        self._probe.set_timesteps(timesteps=timesteps)
+        self._probe.set_begin_index(1)
+        snr = noise_snr(self._probe, self._probe.timesteps[1])
         return StartPlan(self.scheduler, steps + 1, (steps + 0.5) / (steps + 1), snr, tuple(timesteps))
 
     def _timesteps(self, steps: int, target_snr: float) -> list[int]:

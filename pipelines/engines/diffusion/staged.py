@@ -1,0 +1,47 @@
+"""A diffusion engine's swap in three stages: `prepare` (placement, crop, reference, schedule: CPU work),
+`generate` (the model, on its device) and `finish` (colour match, detail, paste: CPU work). `swap` runs them in
+a row; a server's worker runs one job's model while it prepares the next and finishes the last
+(server/serving/work_queue.py). `prepare` and `finish` touch nothing `generate` does, so they may run on
+other threads while it runs."""
+
+from __future__ import annotations
+
+import time
+
+from PIL import Image
+
+from pipelines.engines.diffusion.stitch import Prepared
+from pipelines.interface import ProgressFn
+from pipelines.job import SwapJob
+
+
+class StagedEngine:
+    """`swap` from the three stages, with the seconds of each in `last_timings`: mask_ops_s (prepare and
+    finish: image work), embeds_s (prompt and image embeddings, cached or not), model_s (the rest of generate)."""
+
+    last_timings: dict[str, float]
+    embeds_s: float = 0.0  # set by generate: its share spent on embeddings
+
+    def swap(self, job: SwapJob, progress: ProgressFn | None = None) -> Image.Image:
+        start = time.perf_counter()
+        prepared = self.prepare(job)
+        ready = time.perf_counter()
+        generated = self.generate(job, prepared, progress)
+        generated_at = time.perf_counter()
+        result = self.finish(job, prepared, generated)
+        end = time.perf_counter()
+        self.last_timings = {
+            "mask_ops_s": (ready - start) + (end - generated_at),
+            "embeds_s": self.embeds_s,
+            "model_s": generated_at - ready - self.embeds_s,
+        }
+        return result
+
+    def prepare(self, job: SwapJob) -> Prepared:
+        raise NotImplementedError
+
+    def generate(self, job: SwapJob, prepared: Prepared, progress: ProgressFn | None = None) -> Image.Image:
+        raise NotImplementedError
+
+    def finish(self, job: SwapJob, prepared: Prepared, generated: Image.Image) -> Image.Image:
+        raise NotImplementedError
