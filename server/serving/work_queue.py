@@ -4,6 +4,12 @@ The event loop only enqueues tickets and awaits their futures; each worker is a 
 with its own engine (one per GPU, or one on the CPU) taking tickets in arrival order.
 A ticket whose deadline has passed, or whose client has gone, is dropped when a worker
 reaches it: the engine never runs it.
+
+An engine in stages (prepare, generate, finish: pipelines/engines/diffusion/staged.py) keeps its device
+busy: while the worker thread runs one job's model, two helper threads prepare the next job waiting (its
+placement, crop, reference and schedule) and finish the last one (colour match, paste). At most one job is
+prepared ahead and one finishing behind, so memory stays flat; a job prepared ahead is still started (its
+deadline and cancellation checked) only when its turn comes.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -222,6 +229,9 @@ class WorkQueue:
         self._workers = []
 
     def _work(self, engine: Engine) -> None:
+        if all(callable(getattr(engine, stage, None)) for stage in ("prepare", "generate", "finish")):
+            self._work_in_stages(engine)
+            return
         finished = None
         while True:
             ticket = self._tickets.get()
@@ -237,6 +247,81 @@ class WorkQueue:
                 ticket.settle(exception=Dropped("deadline passed in the queue", expired=True))
                 self._on_drop()
             del ticket  # waiting for the next one must not keep this job's images alive
+
+    def _work_in_stages(self, engine) -> None:
+        """The staged loop: generate here, prepare ahead and finish behind on two helper threads."""
+        helpers = ThreadPoolExecutor(2, thread_name_prefix=f"{threading.current_thread().name}-cpu")
+        ahead: tuple[object, Future | None] | None = None  # the next ticket, and its preparation if started
+        finishing: Future | None = None
+        finished = None
+        try:
+            while True:
+                ticket, preparing = ahead if ahead is not None else (self._tickets.get(), None)
+                ahead = None
+                if ticket is _STOP:
+                    return
+                verdict = self._start(ticket)
+                if verdict == "expired":
+                    ticket.settle(exception=Dropped("deadline passed in the queue", expired=True))
+                    self._on_drop()
+                if verdict != "run":
+                    continue
+                if finished is not None and ticket.enqueued_at <= finished:
+                    self._on_idle_gap(time.monotonic() - finished)
+                started = time.monotonic()
+                try:
+                    if ticket.on_start is not None and not ticket.on_start():
+                        raise Dropped("cancelled before it started")
+                    prepared = preparing.result() if preparing is not None else engine.prepare(ticket.job)
+                    ahead = self._prepare_ahead(engine, helpers)
+                    generated = engine.generate(ticket.job, prepared, progress=ticket.on_progress)
+                except Exception as exc:
+                    self._end(ticket, started, None, self._failure(engine, exc))
+                    continue
+                finished = time.monotonic()
+                if finishing is not None:
+                    finishing.result()  # one job finishing behind at most
+                finishing = helpers.submit(self._finish, engine, ticket, prepared, generated, started)
+                del ticket, prepared, generated, preparing  # waiting for the next must not keep these alive
+        finally:
+            if finishing is not None:
+                finishing.result()
+            helpers.shutdown(wait=True)
+
+    def _prepare_ahead(self, engine, helpers: ThreadPoolExecutor) -> tuple[object, Future | None] | None:
+        """The next ticket waiting, with its preparation started on a helper; None if none waits."""
+        try:
+            ticket = self._tickets.get_nowait()
+        except queue.Empty:
+            return None
+        if ticket is _STOP or ticket.state != "queued":
+            return ticket, None
+        return ticket, helpers.submit(engine.prepare, ticket.job)
+
+    def _finish(self, engine, ticket: Ticket, prepared, generated, started: float) -> None:
+        outcome, error = None, None
+        try:
+            image = engine.finish(ticket.job, prepared, generated)
+            outcome = Outcome(image, engine.name, started - ticket.enqueued_at, time.monotonic() - started)
+        except Exception as exc:
+            error = self._failure(engine, exc)
+        self._end(ticket, started, outcome, error)
+
+    def _failure(self, engine: Engine, exc: Exception) -> Exception:
+        """`exc` for the waiting request, logged when it is not the caller's; its traceback cut (its frames hold
+        the job's images in a cycle that only a full garbage collection frees)."""
+        if not isinstance(exc, SegswapError | Dropped):
+            log.exception("the %s engine failed on a job", engine.name)
+        return exc.with_traceback(None)
+
+    def _end(self, ticket: Ticket, started: float, outcome: Outcome | None, error: Exception | None) -> None:
+        with ticket.lock:
+            ticket.state = "done"
+        with self._count_lock:
+            self._running -= 1
+            self._service_times.append(time.monotonic() - started)
+            self._notify_if_idle()
+        ticket.settle(outcome, error)
 
     def _start(self, ticket: Ticket) -> str:
         """queued -> running ("run"), or -> dropped past its deadline ("expired"); "cancelled" if already dropped."""
@@ -264,15 +349,5 @@ class WorkQueue:
             image = engine.swap(ticket.job, progress=ticket.on_progress)
             outcome = Outcome(image, engine.name, started - ticket.enqueued_at, time.monotonic() - started)
         except Exception as exc:  # handed to the waiting request, which maps it to a status
-            if not isinstance(exc, SegswapError | Dropped):
-                log.exception("the %s engine failed on a job", engine.name)
-            # Its traceback's frames hold the job (and its images) in a cycle with this frame, freed only by a
-            # full garbage collection: a burst of failing requests would hold gigabytes. Logged above; cut.
-            error = exc.with_traceback(None)
-        with ticket.lock:
-            ticket.state = "done"
-        with self._count_lock:
-            self._running -= 1
-            self._service_times.append(time.monotonic() - started)
-            self._notify_if_idle()
-        ticket.settle(outcome, error)
+            error = self._failure(engine, exc)
+        self._end(ticket, started, outcome, error)
