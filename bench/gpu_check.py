@@ -31,7 +31,7 @@ PLAN = {  # each set: its native side (the full-size bench's scene), and the abl
     "flux2-klein": (1024, "step_cache"),  # step-distilled already: few-step mode is its native 4 steps
     "sd15": (512, "few_step,step_cache"),
 }
-COMMON = ["--repeats", "2", "--warmup", "1", "--crop-main", "0", "--with-eager"]
+COMMON = ["--repeats", "2", "--warmup", "1", "--crop-main", "0", "--with-eager", "--throughput", "4"]
 FULL = ["--full", "--steps", "30"]
 TINY = ["--tiny", "--device", "cpu", "--steps", "6", "--repeats", "1"]  # the later --repeats wins
 DEFAULT_BUDGET_S = 470  # the check must end within 8 minutes on an H100, installing included
@@ -60,6 +60,8 @@ def summarise(report: dict) -> dict:
         "speedup_fast_vs_eager": report.get("speedup_fast_over_eager"),
         "fast_peak_memory_bytes": report["ours"].get("peak_memory_bytes"),
         "fast_over_floor": report.get("compute", {}).get("ours_over_floor"),
+        "worker_s_per_image": report.get("throughput", {}).get("worker_s_per_image"),
+        "worker_speedup_over_sequential": report.get("throughput", {}).get("speedup"),
     }
     for ablation in report.get("ablation", []):
         if "ratio_flipped_over_default" in ablation:

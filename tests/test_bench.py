@@ -34,6 +34,8 @@ def report(tmp_path_factory) -> dict:
             "24",
             "--crop-repeats",
             "1",
+            "--throughput",
+            "2",
             "--ablate",
             "embed_cache,fuse_qkv,few_step,step_cache",
             "--device",
@@ -83,6 +85,12 @@ def test_bench_crop_and_stitch_row_and_ablation(report):
     assert rows["few_step"]["flipped_to"] is True and rows["few_step"]["steps"] == 4
     assert rows["few_step"]["default_steps"] == report["steps"] > 4
     assert rows["step_cache"]["flipped_to"] is True and rows["step_cache"]["steps"] == report["steps"]
+
+
+def test_bench_times_a_worker_against_swaps_in_a_row(report):
+    row = report["throughput"]
+    assert row["jobs"] == 2 and positive(row["sequential_s_per_image"]) and positive(row["worker_s_per_image"])
+    assert positive(row["speedup"])
 
 
 def test_bench_counts_flops_and_model_sizes(report):

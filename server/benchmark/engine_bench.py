@@ -34,6 +34,8 @@ What it measures, printed as one JSON object:
                     and, on CUDA, the floor at --peak-tflops and ours' ratio to it.
   crop_and_stitch   a small mask in a large image (--crop-main, --crop-mask): ours processes a crop at
                     the model's native size, the bare baseline the whole image.
+  throughput        (--throughput N) N jobs one after another against the same N through a server worker, which
+                    prepares the next and finishes the last on helper threads while the model runs.
   ablation          (--ablate) each fast-path piece, and each way to fewer model evaluations (few_step: the
                     LCM-LoRA at 4-8 steps without guidance; step_cache: DeepCache / TaylorSeer), flipped
                     from its default, alternating with the default; with the steps each ran.
@@ -149,6 +151,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--with-eager",
         action="store_true",
         help="also time ours without torch.compile (the eager path) in the same alternation",
+    )
+    parser.add_argument(
+        "--throughput",
+        type=int,
+        default=0,
+        help="also time N jobs one after another against N through a worker that prepares the next and finishes "
+        "the last while the model runs (0: skip the row)",
     )
     parser.add_argument("--out", type=Path, help="also write the JSON here")
 
@@ -302,6 +311,8 @@ def _bench(
 
     if args.crop_main:
         report["crop_and_stitch"] = crop_row(ours, bare, args, steps, device)
+    if args.throughput:
+        report["throughput"] = throughput_row(ours, job, args.throughput, Probe(device))
     if pieces:
         report["ablation"] = ablation(ours, model_set, pieces, job, args, engine_class, device, torch)
     return report
@@ -625,6 +636,32 @@ def crop_row(ours, baseline: DiffusersBaseline, args, steps: int, device) -> dic
     }
     row["speedup_vs_baseline"] = _ratio(row["baseline"]["s_per_image_median"], row["ours"]["s_per_image_median"])
     return row
+
+
+def throughput_row(engine, job: SwapJob, count: int, probe: Probe) -> dict:
+    """`count` jobs (the same scene, other seeds) swapped one after another, then the same through a server
+    worker, which prepares the next and finishes the last on helper threads while the model runs."""
+    from server.serving.work_queue import WorkQueue
+
+    jobs = [dataclasses.replace(job, seed=job.seed + index) for index in range(count)]
+    sequential, _ = probe.time(lambda: [engine.swap(one) for one in jobs])
+    work = WorkQueue(count)
+
+    async def served() -> list:
+        tickets = [work.submit(one, time.monotonic() + 3600) for one in jobs]
+        work.start_worker(lambda: engine, "bench", lambda engine: None, lambda exc: None)
+        return await asyncio.gather(*(ticket.future for ticket in tickets))
+
+    try:
+        overlapped, _ = probe.time(lambda: asyncio.run(served()))
+    finally:
+        work.stop(timeout=60)
+    return {
+        "jobs": count,
+        "sequential_s_per_image": _sig(sequential / count),
+        "worker_s_per_image": _sig(overlapped / count),
+        "speedup": _ratio(sequential, overlapped),
+    }
 
 
 def flipped(options: DiffusionOptions, piece: str) -> DiffusionOptions | None:
