@@ -60,8 +60,8 @@ def summarise(report: dict) -> dict:
         "speedup_fast_vs_eager": report.get("speedup_fast_over_eager"),
         "fast_peak_memory_bytes": report["ours"].get("peak_memory_bytes"),
         "fast_over_floor": report.get("compute", {}).get("ours_over_floor"),
-        "worker_s_per_image": report.get("throughput", {}).get("worker_s_per_image"),
-        "worker_speedup_over_sequential": report.get("throughput", {}).get("speedup"),
+        "worker_in_stages_s_per_image": report.get("throughput", {}).get("in_stages_s_per_image"),
+        "worker_stages_speedup": report.get("throughput", {}).get("speedup"),
     }
     for ablation in report.get("ablation", []):
         if "ratio_flipped_over_default" in ablation:

@@ -87,9 +87,9 @@ def test_bench_crop_and_stitch_row_and_ablation(report):
     assert rows["step_cache"]["flipped_to"] is True and rows["step_cache"]["steps"] == report["steps"]
 
 
-def test_bench_times_a_worker_against_swaps_in_a_row(report):
+def test_bench_times_a_worker_one_job_at_a_time_and_in_stages(report):
     row = report["throughput"]
-    assert row["jobs"] == 2 and positive(row["sequential_s_per_image"]) and positive(row["worker_s_per_image"])
+    assert row["jobs"] == 2 and positive(row["one_at_a_time_s_per_image"]) and positive(row["in_stages_s_per_image"])
     assert positive(row["speedup"])
 
 
