@@ -167,11 +167,17 @@ def feathered_paste(base: Image.Image, patch: Image.Image, box: Box, mask: np.nd
     left, top, right, bottom = box
     if patch.size != (right - left, bottom - top):
         raise ValueError(f"patch size {patch.size} does not match box {box}")
-    alpha = _box_alpha(mask, box, feather) * mask[top:bottom, left:right]
+    alpha = paste_opacity(mask, box, feather)
     opacity = Image.fromarray(np.clip(alpha * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     out = base.convert("RGB") if base.mode != "RGB" else base.copy()
     out.paste(patch.convert("RGB"), (left, top), opacity)  # Pillow's blend: 0 leaves the base's pixel as it is
     return out
+
+
+def paste_opacity(mask: np.ndarray, box: Box, feather: float) -> np.ndarray:
+    """A feathered paste's opacity inside `box` (0..1): 0 outside `mask`, rising over `feather` px inside."""
+    left, top, right, bottom = box
+    return _box_alpha(mask, box, feather) * mask[top:bottom, left:right]
 
 
 def _box_alpha(mask: np.ndarray, box: Box, feather: float) -> np.ndarray:

@@ -50,13 +50,3 @@ def transfer(
     gain = 1.0 + (1.0 - fashion_strength) * (transfer_gain - 1.0)
     offset = light_offset + (1.0 - fashion_strength) * (transfer_offset - light_offset)
     return np.clip(pixels * gain.astype(np.float32) + offset.astype(np.float32), 0.0, 255.0)
-
-
-def match_to(image: np.ndarray, reference: np.ndarray, where: np.ndarray, max_gain: float = 1.25) -> np.ndarray:
-    """`image` (float RGB) with per-channel gain and offset that make its pixels under `where` match the
-    reference's there (mean and spread; the gain kept within 1/max_gain..max_gain). Unchanged if `where` is empty."""
-    if not where.any():
-        return image
-    ours, theirs = image[where], reference[where]
-    gain = np.clip((theirs.std(axis=0) + 1e-3) / (ours.std(axis=0) + 1e-3), 1.0 / max_gain, max_gain)
-    return np.clip((image - ours.mean(axis=0)) * gain + theirs.mean(axis=0), 0.0, 255.0)

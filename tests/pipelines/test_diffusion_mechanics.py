@@ -9,12 +9,12 @@ from PIL import Image, ImageDraw
 pytest.importorskip("diffusers")
 
 from pipelines.engines.diffusion.conditioning import PATTERN_TILES, pad_to_square, reference_image  # noqa: E402
+from pipelines.engines.diffusion.device_ops import match_to  # noqa: E402
 from pipelines.engines.diffusion.engine import LATENT_MARGIN, DiffusionEngine  # noqa: E402
 from pipelines.engines.diffusion.geometry import context_box, crop_geometry, crop_mask, dilate  # noqa: E402
 from pipelines.engines.diffusion.schedule import LOW_STEPS  # noqa: E402
 from pipelines.models.model_sets import ModelSet  # noqa: E402
 from pipelines.placement import place  # noqa: E402
-from pipelines.placement.colour import match_to  # noqa: E402
 from tests.pipelines.jobs import diffusion_job  # noqa: E402
 from tests.pipelines.recording import RecordingPipeline  # noqa: E402
 
@@ -107,14 +107,16 @@ def test_cached_and_uncached_conditioning_use_the_same_reference(tiny_weights):
 
 
 def test_colour_matching_removes_a_cast_measured_in_the_ring():
+    import torch
+
     rng = np.random.default_rng(0)
-    original = rng.uniform(60, 200, (40, 40, 3)).astype(np.float32)
-    generated = original * 0.9 + np.array([30, -10, 5], np.float32)  # a colour cast over everything
-    ring = np.zeros((40, 40), bool)
+    original = torch.from_numpy(rng.uniform(60, 200, (3, 40, 40)).astype(np.float32))
+    generated = original * 0.9 + torch.tensor([30.0, -10.0, 5.0])[:, None, None]  # a colour cast over everything
+    ring = torch.zeros(40, 40, dtype=torch.bool)
     ring[:5] = True
     matched = match_to(generated, original, ring)
-    assert np.abs(matched - original).mean() < 1.0
-    assert np.array_equal(match_to(generated, original, np.zeros((40, 40), bool)), generated)
+    assert (matched - original).abs().mean() < 1.0
+    assert torch.equal(match_to(generated, original, torch.zeros(40, 40, dtype=torch.bool)), generated)
 
 
 def test_latent_previews_map_latents_to_rgb_per_architecture():
@@ -130,3 +132,25 @@ def test_latent_previews_map_latents_to_rgb_per_architecture():
     bright = torch.zeros(1, 4, 2, 2)
     bright[:, 0] = 10.0
     assert (np.asarray(latent_preview(bright, "sd15")) == 255).all()  # clipped, not wrapped
+
+
+def test_the_model_output_stays_a_tensor_into_the_finish(engine):
+    """The pipeline hands back a tensor (output_type "pt") and the finish (colour match, resize, paste) runs
+    on it where it is; handed the same crop as an image, the finish gives the same picture."""
+    import torch
+
+    job = diffusion_job(steps=10)
+    prepared = engine.prepare(job)
+    generated = engine.generate(job, prepared)
+    assert last_call(engine)["output_type"] == "pt"
+    assert isinstance(generated, torch.Tensor) and tuple(generated.shape) == (
+        3,
+        prepared.crop.size[1],
+        prepared.crop.size[0],
+    )
+    from_tensor = np.asarray(engine.finish(job, prepared, generated), dtype=int)
+    as_image = Image.fromarray((generated.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8))
+    from_image = np.asarray(engine.finish(job, prepared, as_image), dtype=int)
+    assert np.abs(from_tensor - from_image).max() <= 1
+    grown = place(job).grown
+    assert np.array_equal(from_tensor[~grown], np.asarray(job.main_image, dtype=int)[~grown])

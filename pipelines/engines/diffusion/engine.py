@@ -39,6 +39,7 @@ from diffusers import LCMScheduler, StableDiffusionInpaintPipeline, StableDiffus
 from PIL import Image
 
 from pipelines.engines.diffusion.conditioning import reference_image, set_ip_adapter_strengths
+from pipelines.engines.diffusion.device_ops import pixels
 from pipelines.engines.diffusion.embedding_cache import EmbeddingCache
 from pipelines.engines.diffusion.fast_path import apply_fast_path, with_eager_fallback
 from pipelines.engines.diffusion.geometry import dilate
@@ -105,8 +106,9 @@ class DiffusionEngine(StagedEngine):
         """The guidance scale that runs: the job's, or none (1) in few-step mode."""
         return 1.0 if self.options.few_step else job.guidance_scale
 
-    def generate(self, job: SwapJob, prepared: Prepared, progress: ProgressFn | None = None) -> Image.Image:
-        """The model on the prepared crop: IP-Adapter scales and masks, the planned scheduler, embeddings."""
+    def generate(self, job: SwapJob, prepared: Prepared, progress: ProgressFn | None = None) -> torch.Tensor:
+        """The model on the prepared crop (IP-Adapter scales and masks, the planned scheduler, embeddings); its
+        output (3, H, W in 0..1) stays on the device."""
         set_ip_adapter_strengths(self.pipe.unet, self.model_set.arch, job.subject_strength, job.fashion_strength)
         self.pipe.scheduler = prepared.scheduler
         self._set_vae_tiling(prepared.crop.size)
@@ -118,6 +120,7 @@ class DiffusionEngine(StagedEngine):
             **conditioning,
             **prepared.pipeline_arguments(),
             cross_attention_kwargs={"ip_adapter_masks": ip_masks},
+            output_type="pt",  # the finish runs on the device too
             callback_on_step_end=step_callback(
                 progress, prepared.steps, lambda latents: latent_preview(latents, self.model_set.arch)
             ),
@@ -144,13 +147,14 @@ class DiffusionEngine(StagedEngine):
         )
         return Prepared(placement, crop, reference, steps, guidance, schedule, plan.scheduler, key)
 
-    def finish(self, job: SwapJob, prepared: Prepared, generated: Image.Image) -> Image.Image:
-        """The model's crop, colour-matched and pasted back inside the grown mask."""
-        main = job.main_image.convert("RGB")
-        return stitch(main, np.asarray(generated, dtype=np.float32), prepared.crop, prepared.placement, job.growmask)
+    def finish(self, job: SwapJob, prepared: Prepared, generated) -> Image.Image:
+        """The model's crop (its output tensor, or an image), colour-matched and pasted back inside the grown
+        mask, on the model's device."""
+        drawn = pixels(generated, self.pipe._execution_device)
+        return stitch(job.main_image.convert("RGB"), drawn, prepared.crop, prepared.placement, job.growmask)
 
-    def _generate(self, arguments: dict, seed: int) -> Image.Image:
-        def generate() -> Image.Image:
+    def _generate(self, arguments: dict, seed: int) -> torch.Tensor:
+        def generate() -> torch.Tensor:
             if self.step_cache is not None:
                 self.step_cache.reset()
             generator = torch.Generator("cpu").manual_seed(seed)

@@ -37,6 +37,7 @@ from diffusers import Flux2KleinInpaintPipeline
 from diffusers.pipelines.flux2.pipeline_flux2_klein_inpaint import compute_empirical_mu
 from PIL import Image
 
+from pipelines.engines.diffusion.device_ops import pixels
 from pipelines.engines.diffusion.embedding_cache import EmbeddingCache
 from pipelines.engines.diffusion.fast_path import compile_blocks, with_eager_fallback
 from pipelines.engines.diffusion.geometry import dilate, whole_cells
@@ -46,7 +47,7 @@ from pipelines.engines.diffusion.runtime import step_callback
 from pipelines.engines.diffusion.schedule import flow_sigmas, start_snr
 from pipelines.engines.diffusion.staged import StagedEngine
 from pipelines.engines.diffusion.step_cache import enable_transformer_cache
-from pipelines.engines.diffusion.stitch import Crop, Prepared, crop_around, stitch
+from pipelines.engines.diffusion.stitch import Prepared, crop_around, stitch
 from pipelines.errors import WeightsError
 from pipelines.imageops import image_digest, tile_object
 from pipelines.interface import ProgressFn
@@ -102,8 +103,9 @@ class Flux2Engine(StagedEngine):
         """The denoising steps that run: the job's on the base model, DISTILLED_STEPS on the distilled one."""
         return DISTILLED_STEPS if self.distilled else job.steps
 
-    def generate(self, job: SwapJob, prepared: Prepared, progress: ProgressFn | None = None) -> Image.Image:
-        """The model on the prepared crop, with the prompt's embeddings."""
+    def generate(self, job: SwapJob, prepared: Prepared, progress: ProgressFn | None = None) -> torch.Tensor:
+        """The model on the prepared crop, with the prompt's embeddings; its output (3, H, W in 0..1) stays on
+        the device."""
         started = time.perf_counter()
         prompts = self._prompt_embeddings(job)
         self.embeds_s = time.perf_counter() - started
@@ -111,6 +113,7 @@ class Flux2Engine(StagedEngine):
             **prompts,
             **prepared.pipeline_arguments(),
             image_reference=prepared.reference,
+            output_type="pt",  # the finish runs on the device too
             callback_on_step_end=step_callback(progress, prepared.steps),
         )
         return self._generate(arguments, job.seed)
@@ -131,10 +134,14 @@ class Flux2Engine(StagedEngine):
         reference = self.objects.get(key, lambda: reference_image(placement, self.cell, area))
         return Prepared(placement, crop, reference, steps, self.guidance_for(job), schedule, reference_key=key)
 
-    def finish(self, job: SwapJob, prepared: Prepared, generated: Image.Image) -> Image.Image:
-        """The object's own look put back where still registered, then colour-matched and pasted back."""
+    def finish(self, job: SwapJob, prepared: Prepared, generated) -> Image.Image:
+        """The object's own look put back where still registered, then colour-matched and pasted back, on the
+        model's device (the output tensor, or an image)."""
         crop, placement = prepared.crop, prepared.placement
-        drawn = self._own_look(np.asarray(generated, dtype=np.float32), crop, placement, job)
+        device = self.pipe._execution_device
+        coverage = crop.weights(placement.coverage) * crop.grown
+        amount = job.fashion_strength * job.subject_strength
+        drawn = keep_own_look(pixels(generated, device), pixels(crop.init, device), coverage, amount)
         return stitch(job.main_image.convert("RGB"), drawn, crop, placement, job.growmask)
 
     def guidance_for(self, job: SwapJob) -> float:
@@ -148,8 +155,8 @@ class Flux2Engine(StagedEngine):
         mu = compute_empirical_mu(image_seq_len=tokens, num_steps=steps)
         return flow_sigmas(self._schedule_probe, steps, start_snr(subject_strength), mu)
 
-    def _generate(self, arguments: dict, seed: int) -> Image.Image:
-        def generate() -> Image.Image:
+    def _generate(self, arguments: dict, seed: int) -> torch.Tensor:
+        def generate() -> torch.Tensor:
             if self.options.step_cache:  # the pipeline resets it at the end; a run cut short never got there
                 self.pipe.transformer._reset_stateful_cache()
             return self.pipe(**arguments, generator=torch.Generator("cpu").manual_seed(seed)).images[0]
@@ -168,11 +175,6 @@ class Flux2Engine(StagedEngine):
 
     def _repainted(self, grown: np.ndarray) -> np.ndarray:
         return whole_cells(dilate(grown, self.cell // 2), self.cell)
-
-    def _own_look(self, generated: np.ndarray, crop: Crop, placement: Placement, job: SwapJob) -> np.ndarray:
-        coverage = crop.weights(placement.coverage) * crop.grown
-        amount = job.fashion_strength * job.subject_strength
-        return keep_own_look(generated, np.asarray(crop.init, dtype=np.float32), coverage, amount)
 
     def _prompt_embeddings(self, job: SwapJob) -> dict[str, torch.Tensor]:
         """prompt_embeds (and, for guidance on the base model, the negative prompt's): the tensors the pipeline

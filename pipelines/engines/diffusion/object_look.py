@@ -13,14 +13,17 @@ repaints fully and the placed pixels no longer line up with what it drew.
 Putting detail back is only right where the model kept the object where it was placed: had it moved or
 re-shaped it, the placed edges would land beside the drawn ones (double edges). So the amount is scaled by
 how well the two still line up: the correlation of their edge maps (gradient magnitude at a fine scale, where
-a shift of a few pixels decorrelates) over the object and its rim, nothing below ALIGNED_FROM, all of it from
-ALIGNED_AT.
+a shift of a few pixels decorrelates) over the object and a rim around it, nothing below ALIGNED_FROM, all of
+it from ALIGNED_AT. It runs on the model's device (device_ops.py): images are (3, H, W) tensors in 0..255.
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
+
+from pipelines.engines.diffusion.device_ops import edge_magnitude, gaussian_blur, plane
 
 DETAIL_SHARE = 0.01  # detail is what a Gaussian of this share of the crop's longer side removes
 MAX_GAIN = 1.5  # colour pull-back per channel is bounded: a reflection is not a colour error
@@ -29,21 +32,22 @@ EDGE_SHARE = 0.002  # edges are gradients after a Gaussian of this share of the 
 ALIGNED_FROM, ALIGNED_AT = 0.3, 0.6  # edge correlation: nothing put back below, all of it above
 
 
-def keep_own_look(generated: np.ndarray, placed: np.ndarray, coverage: np.ndarray, amount: float) -> np.ndarray:
-    """`generated` (float RGB) with `amount` (0..1) of `placed`'s fine detail and mean colour over `coverage`,
-    as far as the two are still registered (see `alignment`)."""
+def keep_own_look(generated: torch.Tensor, placed: torch.Tensor, coverage: np.ndarray, amount: float) -> torch.Tensor:
+    """`generated` with `amount` (0..1) of `placed`'s fine detail and mean colour over `coverage` (a 0..1 map at
+    the same size), as far as the two are still registered (see `alignment`)."""
     if amount > 0 and (coverage > 0).any():
         amount *= registered_share(alignment(generated, placed, coverage))
     if amount <= 0:
         return generated
-    sigma = max(1.0, DETAIL_SHARE * max(generated.shape[:2]))
-    weight = (amount * np.clip(coverage, 0.0, 1.0))[..., None]
+    sigma = max(1.0, DETAIL_SHARE * max(generated.shape[-2:]))
+    cover = plane(np.clip(coverage, 0.0, 1.0), generated.device)
+    weight = amount * cover[None]
     out = generated + weight * (_detail(placed, sigma) - _detail(generated, sigma))
-    core = coverage > 0.5
-    if core.sum() >= MIN_CORE_PIXELS:
-        gain = (placed[core].mean(axis=0) + 1.0) / (generated[core].mean(axis=0) + 1.0)
-        out = out * (1.0 + weight * (np.clip(gain, 1 / MAX_GAIN, MAX_GAIN) - 1.0))
-    return np.clip(out, 0.0, 255.0)
+    core = cover > 0.5
+    if int(core.sum()) >= MIN_CORE_PIXELS:
+        gain = (placed[:, core].mean(dim=1) + 1.0) / (generated[:, core].mean(dim=1) + 1.0)
+        out = out * (1.0 + weight * (gain.clamp(1 / MAX_GAIN, MAX_GAIN)[:, None, None] - 1.0))
+    return out.clamp(0.0, 255.0)
 
 
 def registered_share(correlation: float) -> float:
@@ -51,23 +55,18 @@ def registered_share(correlation: float) -> float:
     return float(np.clip((correlation - ALIGNED_FROM) / (ALIGNED_AT - ALIGNED_FROM), 0.0, 1.0))
 
 
-def alignment(generated: np.ndarray, placed: np.ndarray, coverage: np.ndarray) -> float:
+def alignment(generated: torch.Tensor, placed: torch.Tensor, coverage: np.ndarray) -> float:
     """The correlation of the two images' edge maps over the object and a rim around it (-1..1; 0 where
     either has no edges there)."""
-    sigma = max(1.0, EDGE_SHARE * max(generated.shape[:2]))
+    sigma = max(1.0, EDGE_SHARE * max(generated.shape[-2:]))
     rim = max(1, round(3 * sigma))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * rim + 1, 2 * rim + 1))
-    region = cv2.dilate((coverage > 0.5).astype(np.uint8), kernel).astype(bool)
-    first, second = _edges(generated, sigma)[region], _edges(placed, sigma)[region]
-    if first.size < MIN_CORE_PIXELS or first.std() == 0 or second.std() == 0:
+    region = plane(cv2.dilate((coverage > 0.5).astype(np.uint8), kernel), generated.device) > 0.5
+    first, second = edge_magnitude(generated, sigma)[region], edge_magnitude(placed, sigma)[region]
+    if first.numel() < MIN_CORE_PIXELS or float(first.std()) == 0 or float(second.std()) == 0:
         return 0.0
-    return float(np.corrcoef(first, second)[0, 1])
+    return float(torch.corrcoef(torch.stack([first, second]))[0, 1])
 
 
-def _edges(image: np.ndarray, sigma: float) -> np.ndarray:
-    grey = cv2.GaussianBlur(np.ascontiguousarray(image.mean(axis=2), dtype=np.float32), (0, 0), sigma)
-    return cv2.magnitude(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))
-
-
-def _detail(image: np.ndarray, sigma: float) -> np.ndarray:
-    return image - cv2.GaussianBlur(image, (0, 0), sigma)
+def _detail(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    return image - gaussian_blur(image, sigma)

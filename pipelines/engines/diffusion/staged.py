@@ -40,8 +40,10 @@ class StagedEngine:
     def prepare(self, job: SwapJob) -> Prepared:
         raise NotImplementedError
 
-    def generate(self, job: SwapJob, prepared: Prepared, progress: ProgressFn | None = None) -> Image.Image:
+    def generate(self, job: SwapJob, prepared: Prepared, progress: ProgressFn | None = None):
+        """The model's output, left on its device."""
         raise NotImplementedError
 
-    def finish(self, job: SwapJob, prepared: Prepared, generated: Image.Image) -> Image.Image:
+    def finish(self, job: SwapJob, prepared: Prepared, generated) -> Image.Image:
+        """The scene with the result in it, from `generate`'s output (or an image of the crop)."""
         raise NotImplementedError

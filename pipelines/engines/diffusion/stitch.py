@@ -1,5 +1,6 @@
 """Crop and stitch, shared by the diffusion engines: the model works on a crop around the grown mask at its
-native area, and only the grown mask of its result goes back into the scene."""
+native area, and only the grown mask of its result goes back into the scene. The stitch runs on the model's
+device (device_ops.py); one transfer brings the finished box to the CPU."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from PIL import Image
 
+from pipelines.engines.diffusion.device_ops import match_to, pixels, plane, resize
 from pipelines.engines.diffusion.geometry import context_box, crop_geometry, crop_mask
-from pipelines.imageops import Box, feathered_paste
+from pipelines.imageops import Box, paste_opacity
 from pipelines.placement import Placement
-from pipelines.placement.colour import match_to
 
 
 @dataclass(frozen=True)
@@ -24,10 +26,6 @@ class Crop:
     init: Image.Image  # the placed scene inside the box, at the processing size
     grown: np.ndarray  # the grown mask at the processing size: what is pasted back
     repainted: np.ndarray  # the pipeline's mask: the grown mask widened to whole latent cells or more
-
-    def scene(self, image: Image.Image) -> np.ndarray:
-        """A full-size image cut to the box and scaled to the processing size (float RGB)."""
-        return np.asarray(image.crop(self.box).resize(self.size, Image.Resampling.LANCZOS), dtype=np.float32)
 
     def weights(self, values: np.ndarray) -> np.ndarray:
         """A full-size float map (0..1) cut to the box and scaled to the processing size."""
@@ -76,15 +74,21 @@ def crop_around(
     return Crop(box, size, init, grown, repaint(grown))
 
 
-def stitch(main: Image.Image, generated: np.ndarray, crop: Crop, placement: Placement, growmask: int) -> Image.Image:
-    """Paste the model's result back inside the grown mask, feathered; every pixel outside is `main`'s own.
+def stitch(main: Image.Image, generated: torch.Tensor, crop: Crop, placement: Placement, growmask: int) -> Image.Image:
+    """Paste the model's result (3, H, W in 0..255, on its device) back inside the grown mask, feathered; every
+    pixel outside is `main`'s own (its opacity is 0 there, and the blend leaves it exactly).
 
     Its colour is first matched to the scene's in the ring the model repainted outside the grown mask, so
     that a drift in the model's colours does not show as a seam.
     """
-    original = crop.scene(main)
-    matched = match_to(generated, original, crop.repainted & ~crop.grown)
-    patch = Image.fromarray(np.clip(np.rint(matched), 0, 255).astype(np.uint8), "RGB").resize(
-        (crop.box[2] - crop.box[0], crop.box[3] - crop.box[1]), Image.Resampling.LANCZOS
-    )
-    return feathered_paste(main, patch, crop.box, placement.grown, feather=max(1, growmask))
+    left, top, right, bottom = crop.box
+    device = generated.device
+    base = pixels(main.crop(crop.box), device)
+    ring = plane(crop.repainted & ~crop.grown, device) > 0.5
+    matched = match_to(generated, resize(base, crop.size), ring)
+    patch = resize(matched, (right - left, bottom - top)).clamp(0.0, 255.0)
+    opacity = plane(paste_opacity(placement.grown, crop.box, max(1, growmask)), device)
+    blended = (base + opacity * (patch - base)).round().clamp(0, 255).to(torch.uint8)
+    out = main.copy()
+    out.paste(Image.fromarray(blended.permute(1, 2, 0).contiguous().cpu().numpy(), "RGB"), (left, top))
+    return out

@@ -1,0 +1,70 @@
+"""The image operations of a swap's last stage, as torch ops on the model's device: the pipeline's output stays
+there (output_type "pt") until the finished box goes to the CPU in one transfer. Images are (3, H, W) float
+tensors in 0..255; masks (H, W).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+def pixels(image, device) -> torch.Tensor:
+    """A PIL image or numpy RGB array (H, W, 3), or a pipeline's output (1, 3, H, W in 0..1), as (3, H, W)
+    float 0..255 on `device`."""
+    if isinstance(image, torch.Tensor):
+        return (image[0] if image.ndim == 4 else image).to(device=device, dtype=torch.float32) * 255.0
+    array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.uint8)
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device).permute(2, 0, 1).float()
+
+
+def plane(values: np.ndarray, device) -> torch.Tensor:
+    """A numpy map (H, W), boolean or float, as a float tensor on `device`."""
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(device)
+
+
+def resize(image: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
+    """(C, H, W) or (H, W) to `size` (width, height), antialiased when shrinking (as Pillow's filters are)."""
+    flat = image.ndim == 2
+    batch = image[None, None] if flat else image[None]
+    if tuple(batch.shape[-2:]) != (size[1], size[0]):
+        batch = F.interpolate(batch, size=(size[1], size[0]), mode=mode, antialias=True, align_corners=False)
+    return batch[0, 0] if flat else batch[0]
+
+
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(C, H, W) blurred by a Gaussian of `sigma` px (separable, reflected at the edges as OpenCV's default)."""
+    radius = max(1, math.ceil(3 * sigma))
+    radius = min(radius, image.shape[-1] - 1, image.shape[-2] - 1)
+    offsets = torch.arange(-radius, radius + 1, device=image.device, dtype=torch.float32)
+    kernel = torch.exp(-(offsets**2) / (2 * sigma * sigma))
+    kernel = (kernel / kernel.sum())[None, None]
+    channels = image.shape[0]
+    rows = F.pad(image[:, None], (radius, radius, 0, 0), mode="reflect")
+    rows = F.conv2d(rows, kernel[..., None, :])
+    cols = F.pad(rows, (0, 0, radius, radius), mode="reflect")
+    return F.conv2d(cols, kernel[..., :, None]).reshape(channels, *image.shape[-2:])
+
+
+def edge_magnitude(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(H, W): the gradient magnitude (3x3 Sobel) of an RGB image's grey, after a Gaussian of `sigma`."""
+    grey = gaussian_blur(image.mean(dim=0, keepdim=True), sigma)
+    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=image.device)
+    padded = F.pad(grey[None], (1, 1, 1, 1), mode="reflect")
+    gradients = F.conv2d(padded, torch.stack([sobel, sobel.T])[:, None])
+    return torch.linalg.vector_norm(gradients[0], dim=0)
+
+
+def match_to(image: torch.Tensor, reference: torch.Tensor, where: torch.Tensor, max_gain: float = 1.25):
+    """`image` with a per-channel gain and offset that make its pixels under `where` match `reference`'s there
+    (mean and spread; the gain within 1/max_gain..max_gain). Unchanged if `where` is empty."""
+    if not bool(where.any()):
+        return image
+    ours, theirs = image[:, where], reference[:, where]
+    spread = lambda values: values.std(dim=1, correction=0) + 1e-3  # noqa: E731
+    gain = (spread(theirs) / spread(ours)).clamp(1.0 / max_gain, max_gain)[:, None, None]
+    return ((image - ours.mean(dim=1)[:, None, None]) * gain + theirs.mean(dim=1)[:, None, None]).clamp(0.0, 255.0)
