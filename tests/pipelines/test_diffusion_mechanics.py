@@ -154,3 +154,18 @@ def test_the_model_output_stays_a_tensor_into_the_finish(engine):
     assert np.abs(from_tensor - from_image).max() <= 1
     grown = place(job).grown
     assert np.array_equal(from_tensor[~grown], np.asarray(job.main_image, dtype=int)[~grown])
+
+
+def test_the_accelerator_filters_compute_what_the_cpu_ones_do():
+    """On a GPU the blur and the Sobel edges are convolutions, on the CPU OpenCV's filters: the same numbers,
+    borders included (both checked here on the CPU)."""
+    import torch
+
+    from pipelines.engines.diffusion import device_ops
+
+    image = torch.from_numpy(np.random.default_rng(0).uniform(0, 255, (3, 61, 97)).astype(np.float32))
+    for sigma in (1.0, 2.5, 10.0):
+        opencv, convolved = device_ops.gaussian_blur(image, sigma), device_ops._convolved_blur(image, sigma)
+        assert (opencv - convolved).abs().max() < 1e-2, sigma
+    grey = device_ops.gaussian_blur(image.mean(dim=0, keepdim=True), 1.0)
+    assert (device_ops.edge_magnitude(image, 1.0) - device_ops._convolved_sobel(grey)).abs().max() < 1e-2
