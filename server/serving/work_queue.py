@@ -253,40 +253,44 @@ class WorkQueue:
         helpers = ThreadPoolExecutor(2, thread_name_prefix=f"{threading.current_thread().name}-cpu")
         ahead: tuple[object, Future | None] | None = None  # the next ticket, and its preparation if started
         finishing: Future | None = None
-        finished = None
+        finished: float | None = None  # when the device last ended a job
         try:
             while True:
                 ticket, preparing = ahead if ahead is not None else (self._tickets.get(), None)
-                ahead = None
                 if ticket is _STOP:
                     return
-                verdict = self._start(ticket)
-                if verdict == "expired":
-                    ticket.settle(exception=Dropped("deadline passed in the queue", expired=True))
-                    self._on_drop()
-                if verdict != "run":
-                    continue
-                if finished is not None and ticket.enqueued_at <= finished:
-                    self._on_idle_gap(time.monotonic() - finished)
-                started = time.monotonic()
-                try:
-                    if ticket.on_start is not None and not ticket.on_start():
-                        raise Dropped("cancelled before it started")
-                    prepared = preparing.result() if preparing is not None else engine.prepare(ticket.job)
-                    ahead = self._prepare_ahead(engine, helpers)
-                    generated = engine.generate(ticket.job, prepared, progress=ticket.on_progress)
-                except Exception as exc:
-                    self._end(ticket, started, None, self._failure(engine, exc))
-                    continue
-                finished = time.monotonic()
-                if finishing is not None:
-                    finishing.result()  # one job finishing behind at most
-                finishing = helpers.submit(self._finish, engine, ticket, prepared, generated, started)
-                del ticket, prepared, generated, preparing  # waiting for the next must not keep these alive
+                ahead, finishing, finished = self._run_stages(engine, helpers, ticket, preparing, finishing, finished)
+                del ticket, preparing  # waiting for the next one must not keep this job's images alive
         finally:
             if finishing is not None:
                 finishing.result()
             helpers.shutdown(wait=True)
+
+    def _run_stages(self, engine, helpers, ticket: Ticket, preparing, finishing, finished):
+        """One ticket through the stages; returns the next ticket prepared ahead (if any), the finish now in
+        flight, and when the device ended this job."""
+        verdict = self._start(ticket)
+        if verdict == "expired":
+            ticket.settle(exception=Dropped("deadline passed in the queue", expired=True))
+            self._on_drop()
+        if verdict != "run":
+            return None, finishing, finished
+        if finished is not None and ticket.enqueued_at <= finished:
+            self._on_idle_gap(time.monotonic() - finished)
+        started, ahead = time.monotonic(), None
+        try:
+            if ticket.on_start is not None and not ticket.on_start():
+                raise Dropped("cancelled before it started")
+            prepared = preparing.result() if preparing is not None else engine.prepare(ticket.job)
+            ahead = self._prepare_ahead(engine, helpers)
+            generated = engine.generate(ticket.job, prepared, progress=ticket.on_progress)
+        except Exception as exc:
+            self._end(ticket, started, None, self._failure(engine, exc))
+            return ahead, finishing, finished
+        ended = time.monotonic()
+        if finishing is not None:
+            finishing.result()  # one job finishing behind at most
+        return ahead, helpers.submit(self._finish, engine, ticket, prepared, generated, started), ended
 
     def _prepare_ahead(self, engine, helpers: ThreadPoolExecutor) -> tuple[object, Future | None] | None:
         """The next ticket waiting, with its preparation started on a helper; None if none waits."""
