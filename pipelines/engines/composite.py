@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from PIL import Image
 
-from pipelines.imageops import image_digest
 from pipelines.interface import ProgressFn
 from pipelines.job import SwapJob
-from pipelines.placement import place
 from pipelines.placement.cache import OBJECT_CACHE_BYTES, ImageCache
 
 
@@ -26,7 +24,7 @@ class CompositeEngine:
         self.objects = ImageCache(object_cache_bytes)
 
     def swap(self, job: SwapJob, progress: ProgressFn | None = None) -> Image.Image:
-        result = place(job, cut=lambda image: self.objects.cut_out(image, image_digest(image))).image
+        result = self.objects.place(job)[0].image
         if progress is not None:
             progress(1, 1)
         return result

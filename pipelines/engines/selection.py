@@ -38,20 +38,23 @@ def load_engine(
     missing, how to get it).
     """
     options = options or DiffusionOptions()
-    composite = CompositeEngine(options.object_cache_bytes)
+
+    def composite() -> CompositeEngine:
+        return CompositeEngine(options.object_cache_bytes)
+
     if kind == "composite":
-        return EngineChoice(composite, "composite engine asked for")
+        return EngineChoice(composite(), "composite engine asked for")
     if kind == "diffusion":
         found = require_model_set(_weights_dir(weights_dir), model_set, variant)
         return EngineChoice(diffusion_engine(found, options), f"diffusion engine asked for, model set {found.folder}")
     found = find_model_set(_weights_dir(weights_dir), model_set, variant)
     if found is None:
         return EngineChoice(
-            composite, f"no complete model set in {_weights_dir(weights_dir)}, using the composite engine"
+            composite(), f"no complete model set in {_weights_dir(weights_dir)}, using the composite engine"
         )
     if not _diffusers_installed():
         return EngineChoice(
-            composite, "model set found but diffusers is not installed (pip install 'segswap[diffusion]')"
+            composite(), "model set found but diffusers is not installed (pip install 'segswap[diffusion]')"
         )
     return EngineChoice(diffusion_engine(found, options), f"complete model set found in {found.folder}")
 

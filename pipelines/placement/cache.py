@@ -12,7 +12,10 @@ from collections.abc import Callable, Hashable
 
 from PIL import Image
 
+from pipelines.imageops import image_digest
+from pipelines.job import SwapJob
 from pipelines.placement.cutout import cut_out
+from pipelines.placement.stage import Placement, place
 
 OBJECT_CACHE_BYTES = 256 * 2**20
 
@@ -40,15 +43,17 @@ class ImageCache:
         self._keep(key, image)
         return image.copy()
 
-    def cut_out(self, image: Image.Image, digest: str) -> Image.Image:
-        """`cut_out(image)`, for an image whose content digest is `digest`."""
-        return self.get(("cut_out", digest), lambda: cut_out(image))
+    def place(self, job: SwapJob) -> tuple[Placement, str]:
+        """`place(job)` with the object's cut-out from here; also the object image's content digest, the key
+        for whatever else is made from it."""
+        digest = image_digest(job.object_image)
+        return place(job, cut=lambda image: self.get(("cut_out", digest), lambda: cut_out(image))), digest
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def _keep(self, key: Hashable, image: Image.Image) -> None:
-        size = image.width * image.height * len(image.getbands())
+        size = _bytes(image)
         if size > self.max_bytes:
             return
         with self._lock:
@@ -57,5 +62,8 @@ class ImageCache:
             self._entries[key] = image
             self.bytes += size
             while self.bytes > self.max_bytes:
-                _, old = self._entries.popitem(last=False)
-                self.bytes -= old.width * old.height * len(old.getbands())
+                self.bytes -= _bytes(self._entries.popitem(last=False)[1])
+
+
+def _bytes(image: Image.Image) -> int:
+    return image.width * image.height * len(image.getbands())

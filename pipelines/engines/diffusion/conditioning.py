@@ -57,10 +57,7 @@ def set_ip_adapter_strengths(unet, arch: str, subject: float, fashion: float) ->
     for name, processor in unet.attn_processors.items():
         if hasattr(processor, "to_k_ip"):
             value = scales[block_kind(name, arch)]
-            if hasattr(processor, "set_scale"):  # ours (ip_masks.py): the compiled graph reads a tensor
-                processor.set_scale(value)
-            else:
-                processor.scale = [value] * len(processor.scale)
+            processor.scale = [value] * len(processor.scale)
             applied[name] = value
     return applied
 

@@ -60,12 +60,10 @@ from pipelines.engines.diffusion.staged import StagedEngine
 from pipelines.engines.diffusion.step_cache import UNetStepCache
 from pipelines.engines.diffusion.stitch import Prepared, crop_around, stitch
 from pipelines.errors import WeightsError
-from pipelines.imageops import image_digest
 from pipelines.interface import ProgressFn
 from pipelines.job import SwapJob
 from pipelines.models.few_step import few_steps, lora_file
 from pipelines.models.model_sets import ModelSet
-from pipelines.placement import place
 from pipelines.placement.cache import ImageCache
 from pipelines.torch_runtime import first_line, pick_device, quiet_libraries
 
@@ -129,8 +127,7 @@ class DiffusionEngine(StagedEngine):
 
     def prepare(self, job: SwapJob) -> Prepared:
         """Placement, crop, reference and start plan: everything up to the model."""
-        digest = image_digest(job.object_image)
-        placement = place(job, cut=lambda image: self.objects.cut_out(image, digest))
+        placement, digest = self.objects.place(job)
         crop = crop_around(placement, self.native_side, self.cell, lambda grown: dilate(grown, LATENT_MARGIN))
         steps, guidance = self.steps_for(job), self.guidance_for(job)
         plan = self.start_plan(steps, job.subject_strength)

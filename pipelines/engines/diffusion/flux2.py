@@ -49,11 +49,11 @@ from pipelines.engines.diffusion.staged import StagedEngine
 from pipelines.engines.diffusion.step_cache import enable_transformer_cache
 from pipelines.engines.diffusion.stitch import Prepared, crop_around, stitch
 from pipelines.errors import WeightsError
-from pipelines.imageops import image_digest, tile_object
+from pipelines.imageops import tile_object
 from pipelines.interface import ProgressFn
 from pipelines.job import SwapJob
 from pipelines.models.model_sets import ModelSet
-from pipelines.placement import Placement, place
+from pipelines.placement import Placement
 from pipelines.placement.cache import ImageCache
 from pipelines.torch_runtime import first_line, pick_device, quiet_libraries
 
@@ -120,8 +120,7 @@ class Flux2Engine(StagedEngine):
 
     def prepare(self, job: SwapJob) -> Prepared:
         """Placement, crop, reference and sigmas: everything up to the model."""
-        digest = image_digest(job.object_image)
-        placement = place(job, cut=lambda image: self.objects.cut_out(image, digest))
+        placement, digest = self.objects.place(job)
         crop = crop_around(placement, self.native_side, self.cell, self._repainted, PIPELINE_MAX_AREA)
         steps = self.steps_for(job)
         schedule = dict(

@@ -72,16 +72,24 @@ def token_masks(mask: np.ndarray, cell: int, grids: list[tuple[int, int]], devic
 
 class _GridMasked:
     """The IP-Adapter branch times this layer's precomputed token mask (a tuple in `ip_adapter_masks`);
-    diffusers' own processor for anything else. The branch's scale is a tensor (`weights`, set in place by
-    `set_scale`), read from the compiled graph as an input: a new scale never recompiles, and a zero scale runs
-    the (small) branch instead of a guarded skip."""
+    diffusers' own processor for anything else. Setting `scale` (as diffusers' set_ip_adapter_scale does)
+    also fills `weights`, the tensor the masked branch reads: the compiled graph takes it as an input, so a new
+    scale never recompiles, and a zero scale runs the (small) branch instead of a guarded skip."""
 
     level: int
     weights: torch.Tensor
 
-    def set_scale(self, value: float) -> None:
-        self.scale = [value] * len(self.scale)  # diffusers' own path reads these
-        self.weights.fill_(value)
+    @property
+    def scale(self) -> list:
+        return self._scale
+
+    @scale.setter
+    def scale(self, value: list) -> None:
+        self._scale = value
+        weights = self._buffers.get("weights")  # absent while diffusers' __init__ sets the first scale
+        if weights is not None:
+            for index, scalar in enumerate(_scalars(value)):
+                weights[index].fill_(scalar)
 
     def __call__(
         self,
