@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 PLAN = {  # each set: its native side (the full-size bench's scene), and the ablations that apply to it
-    "sdxl": (1024, "few_step,step_cache,channels_last,vae_upcast"),
-    "flux2-klein": (1024, "step_cache"),  # step-distilled already: few-step mode is its native 4 steps
+    "sdxl": (1024, "few_step,step_cache,channels_last,vae_upcast,fp8"),
+    "flux2-klein": (1024, "step_cache,fp8"),  # step-distilled already: few-step mode is its native 4 steps
     "sd15": (512, "few_step,step_cache"),
 }
 COMMON = ["--repeats", "2", "--warmup", "1", "--crop-main", "0", "--with-eager", "--throughput", "4"]
@@ -68,6 +68,9 @@ def summarise(report: dict) -> dict:
             row[f"{ablation['piece']}_s"] = ablation["s_per_image_median"]
             row[f"{ablation['piece']}_over_default"] = ablation["ratio_flipped_over_default"]
             row[f"{ablation['piece']}_steps"] = ablation.get("steps")
+            row[f"{ablation['piece']}_psnr_db"] = ablation.get("psnr_vs_default_db")
+        elif "skipped" in ablation:
+            row[f"{ablation['piece']}_skipped"] = ablation["skipped"]
     return row
 
 

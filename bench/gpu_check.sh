@@ -7,7 +7,8 @@
 #
 # --wheels DIR  install the wheels in DIR (no index, no dependency resolution) into a private target and use
 #               them: for a machine without the registries that has torch and transformers but not diffusers.
-#               Without it, a machine that cannot import segswap's dependencies installs ".[diffusion]" from
+#               Put torchao's wheel there too for the FP8 rows.
+#               Without it, a machine that cannot import segswap's dependencies installs ".[diffusion,fp8]" from
 #               the registries (torch first and pinned by SEGSWAP_TORCH, as scripts/install.sh does).
 # --tiny        the tiny sets on the CPU: the same commands, in seconds (CI runs this).
 # Python: $PYTHON, else .venv/bin/python when there is one, else python3.
@@ -39,7 +40,7 @@ else
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
   if ! "$python" -c "import diffusers, peft, pydantic_settings, pybase64, cv2, platformdirs, tomli_w" 2>/dev/null; then
     "$python" -m pip install -q "${SEGSWAP_TORCH:-torch==2.13.0}"
-    "$python" -m pip install -q -e ".[diffusion]"
+    "$python" -m pip install -q -e ".[diffusion,fp8]"
   fi
 fi
 "$python" -c "import torch; print('gpu_check: torch', torch.__version__, 'cuda' if torch.cuda.is_available() else 'cpu')" >&2

@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     compile: bool | Literal["auto"] = Field(
         "auto", description="torch.compile the UNet's transformer blocks (compiles during warm-up); auto: on CUDA"
     )
+    fp8: bool = Field(
+        False,
+        description="the denoiser's linear layers in float8 (torchao; Ada/Hopper GPUs only, refused elsewhere)",
+    )
     embed_cache_size: int = Field(
         64, ge=0, description="LRU entries of IP-Adapter image and prompt embeddings (0: no cache)"
     )
@@ -188,6 +192,7 @@ class Settings(BaseSettings):
             fuse_qkv=self.fuse_qkv,
             channels_last=None if self.channels_last == "auto" else self.channels_last,
             compile=None if self.compile == "auto" else self.compile,
+            fp8=self.fp8,
             embed_cache_size=self.embed_cache_size,
             object_cache_bytes=self.object_cache_bytes,
             few_step=self.few_step,

@@ -85,6 +85,8 @@ def test_bench_crop_and_stitch_row_and_ablation(report):
     assert rows["few_step"]["flipped_to"] is True and rows["few_step"]["steps"] == 4
     assert rows["few_step"]["default_steps"] == report["steps"] > 4
     assert rows["step_cache"]["flipped_to"] is True and rows["step_cache"]["steps"] == report["steps"]
+    # The same seed through both: the cache changes no pixel, few-step mode a different image.
+    assert rows["embed_cache"]["psnr_vs_default_db"] is None and positive(rows["few_step"]["psnr_vs_default_db"])
 
 
 def test_bench_times_a_worker_one_job_at_a_time_and_in_stages(report):
@@ -129,7 +131,9 @@ def test_bench_runs_flux2_klein_against_its_plain_pipeline(tmp_path):
     assert report["arch"] == "flux2-klein" and report["steps"] == 4 and report["ip_adapter"] is None
     assert "Flux2KleinInpaintPipeline" in report["bench"]
     assert positive(report["ours"]["s_per_image_median"]) and positive(report["baseline"]["s_per_image_median"])
-    assert [row["piece"] for row in report["ablation"]] == ["compile", "embed_cache", "dtype", "step_cache"]
+    rows = {row["piece"]: row for row in report["ablation"]}
+    assert list(rows) == ["compile", "embed_cache", "dtype", "fp8", "step_cache"]
+    assert rows["fp8"]["skipped"].startswith("SEGSWAP_FP8 needs")  # no float8 tensor cores on a CPU
     memory = report["memory"]
     assert set(memory["components_bytes"]) == {"transformer", "vae", "text_encoder"}
     assert memory["set_weight_files_bytes"] >= memory["weights_total_bytes"] > 0
@@ -190,6 +194,9 @@ def test_gpu_check_runs_tiny_on_the_cpu(tmp_path):
         assert positive(row["step_cache_over_default"]) and row["step_cache_steps"] == row["steps"]
     assert report["summary"]["sdxl"]["few_step_steps"] == 4 and report["summary"]["sd15"]["few_step_steps"] == 4
     assert "few_step_s" not in report["summary"]["flux2-klein"]  # step-distilled: few steps is its only mode
+    for arch in ("sdxl", "flux2-klein"):  # FP8 is in the check, and a CPU says why it cannot run it
+        assert report["summary"][arch]["fp8_skipped"].startswith("SEGSWAP_FP8 needs"), arch
+    assert positive(report["summary"]["sdxl"]["few_step_psnr_db"])
 
 
 @pytest.mark.parametrize("arch", ["sdxl", "flux2-klein-base"])

@@ -84,10 +84,11 @@ PIECES = (
     "embed_cache",
     "dtype",
     "vae_upcast",
+    "fp8",
     "few_step",
     "step_cache",
 )
-FLUX2_PIECES = ("compile", "embed_cache", "dtype", "step_cache")  # the others are the UNet's; klein is few-step
+FLUX2_PIECES = ("compile", "embed_cache", "dtype", "fp8", "step_cache")  # the others are the UNet's; klein is few-step
 # Practical dense bf16 peak of an H100/H200 SXM (the DESIGN's reference: 427 TFLOP in about 0.54 s).
 PRACTICAL_PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0}
 TINY_DEFAULT_STEPS = 4
@@ -680,15 +681,21 @@ def _through_a_worker(engine, jobs: list[SwapJob]) -> list:
         work.stop(timeout=60)
 
 
-def flipped(options: DiffusionOptions, piece: str) -> DiffusionOptions | None:
-    """The options with one piece flipped; None when the flip is not meaningful here."""
+def flipped(options: DiffusionOptions, piece: str, device) -> DiffusionOptions | str:
+    """The options with one piece flipped, or why the flip cannot run here."""
     if piece == "embed_cache":
         return dataclasses.replace(options, embed_cache_size=0 if options.embed_cache_size else 64)
     if piece == "dtype":
-        return None if options.dtype == "float32" else dataclasses.replace(options, dtype="float32")
+        return "already float32" if options.dtype == "float32" else dataclasses.replace(options, dtype="float32")
     if piece == "vae_upcast":  # auto: on in float16 only
         upcast = options.vae_upcast if options.vae_upcast is not None else options.dtype == "float16"
         return dataclasses.replace(options, vae_upcast=not upcast)
+    if piece == "fp8" and not options.fp8:
+        from pipelines.engines.diffusion.fp8 import unsupported
+
+        reason = unsupported(device)
+        if reason is not None:
+            return reason
     return dataclasses.replace(options, **{piece: not getattr(options, piece)})
 
 
@@ -697,9 +704,9 @@ def ablation(
 ) -> list[dict]:
     rows = []
     for piece in pieces:
-        options = flipped(ours.options, piece)
-        if options is None:
-            rows.append({"piece": piece, "skipped": "already float32"})
+        options = flipped(ours.options, piece, device)
+        if isinstance(options, str):
+            rows.append({"piece": piece, "skipped": options})
             continue
         _log(f"ablation: {piece} -> {_state(options, piece)}")
         rows.append(_ablation_row(ours, engine_class(model_set, options), piece, job, args, device))
@@ -713,10 +720,14 @@ def _ablation_row(ours, variant, piece: str, job: SwapJob, args, device) -> dict
     default_probe, variant_probe = Probe(device), Probe(device)
     for _ in range(args.warmup):
         variant_probe.time(lambda: variant.swap(job))
+    outputs = {}
+
+    def timed(engine, probe: Probe) -> float:
+        seconds, outputs[engine] = probe.time(lambda: engine.swap(job))
+        return seconds
+
     default_s, variant_s = alternate(
-        lambda: default_probe.time(lambda: ours.swap(job))[0],
-        lambda: variant_probe.time(lambda: variant.swap(job))[0],
-        repeats=args.repeats,
+        lambda: timed(ours, default_probe), lambda: timed(variant, variant_probe), repeats=args.repeats
     )
     default_median, variant_median = statistics.median(default_s), statistics.median(variant_s)
     return {
@@ -729,7 +740,18 @@ def _ablation_row(ours, variant, piece: str, job: SwapJob, args, device) -> dict
         "steps": variant.steps_for(job),
         "default_steps": ours.steps_for(job),
         "peak_memory_bytes": variant_probe.peak_bytes(variant.pipe),
+        # Same job, same seed: how far the flip moves the output (None: the same pixels). With random weights a
+        # sanity figure only, not image quality.
+        "psnr_vs_default_db": psnr(outputs[variant], outputs[ours]),
     }
+
+
+def psnr(image: Image.Image, reference: Image.Image) -> float | None:
+    """Peak signal-to-noise ratio of `image` against `reference` in dB, on 8-bit RGB; None when identical."""
+    a = np.asarray(image.convert("RGB"), dtype=np.float64)
+    b = np.asarray(reference.convert("RGB"), dtype=np.float64)
+    mse = float(np.mean((a - b) ** 2))
+    return None if mse == 0 else _sig(10 * np.log10(255.0**2 / mse))
 
 
 def request_stages(samples: list[dict[str, float]]) -> dict:

@@ -20,7 +20,7 @@ def pixels(image, device) -> torch.Tensor:
     if isinstance(image, torch.Tensor):
         return (image[0] if image.ndim == 4 else image).to(device=device, dtype=torch.float32) * 255.0
     array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.uint8)
-    return torch.from_numpy(np.ascontiguousarray(array)).to(device).permute(2, 0, 1).float()
+    return torch.from_numpy(np.require(array, requirements=["C", "W"])).to(device).permute(2, 0, 1).float()
 
 
 def plane(values: np.ndarray, device) -> torch.Tensor:

@@ -38,6 +38,7 @@ import torch
 from diffusers import LCMScheduler, StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
 from PIL import Image
 
+from pipelines.engines.diffusion import fp8
 from pipelines.engines.diffusion.conditioning import reference_image, set_ip_adapter_strengths
 from pipelines.engines.diffusion.device_ops import pixels
 from pipelines.engines.diffusion.embedding_cache import EmbeddingCache
@@ -79,6 +80,8 @@ class DiffusionEngine(StagedEngine):
         self.model_set = model_set
         self.device, self.dtype = pick_device(options.device, options.dtype)
         self.options = options.resolved(self.device.type)
+        if self.options.fp8:
+            fp8.require(self.device)
         self.pipe = load_pipeline(model_set, self.device, self.dtype, self.options)
         self.name = f"diffusion/{model_set.name}"
         self.native_side = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor

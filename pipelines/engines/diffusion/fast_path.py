@@ -21,6 +21,7 @@ from diffusers.models.attention_processor import (
 )
 from torch import nn
 
+from pipelines.engines.diffusion.fp8 import quantize_linears as fp8_linears
 from pipelines.engines.diffusion.ip_masks import grid_masked
 from pipelines.engines.diffusion.options import DiffusionOptions
 from pipelines.torch_runtime import first_line
@@ -32,8 +33,8 @@ T = TypeVar("T")
 def apply_fast_path(pipe, options: DiffusionOptions, offload: bool = False) -> dict[str, bool]:
     """Attention processors, memory format, fused projections and compilation, as `options` say.
 
-    Order matters: channels-last before fusing (the fused weights are shared views), fusing before
-    compiling. Returns what was applied.
+    Order matters: channels-last before fusing (the fused weights are shared views), fusing before FP8, and
+    both before compiling. Returns what was applied.
     """
     use_sdpa_processors(pipe, options.sdpa)
     channels_last = bool(options.channels_last)
@@ -42,10 +43,11 @@ def apply_fast_path(pipe, options: DiffusionOptions, offload: bool = False) -> d
         pipe.vae.to(memory_format=torch.channels_last)
     # FusedAttnProcessor2_0 is SDPA-only; with offload, moving shared views would duplicate them.
     fused = bool(options.fuse_qkv and options.sdpa and not offload) and fuse_self_attention(pipe.unet) > 0
+    fp8 = bool(options.fp8) and fp8_linears(pipe.unet) > 0  # after fusing: the fused q/k/v is quantised
     compiled = bool(options.compile)
     if compiled:
         compile_blocks(pipe.unet)
-    return {"sdpa": options.sdpa, "channels_last": channels_last, "fuse_qkv": fused, "compile": compiled}
+    return {"sdpa": options.sdpa, "channels_last": channels_last, "fuse_qkv": fused, "fp8": fp8, "compile": compiled}
 
 
 def use_sdpa_processors(pipe, sdpa: bool = True) -> None:

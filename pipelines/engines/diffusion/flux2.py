@@ -37,6 +37,7 @@ from diffusers import Flux2KleinInpaintPipeline
 from diffusers.pipelines.flux2.pipeline_flux2_klein_inpaint import compute_empirical_mu
 from PIL import Image
 
+from pipelines.engines.diffusion import fp8
 from pipelines.engines.diffusion.device_ops import pixels
 from pipelines.engines.diffusion.embedding_cache import EmbeddingCache
 from pipelines.engines.diffusion.fast_path import compile_blocks, with_eager_fallback
@@ -74,6 +75,8 @@ class Flux2Engine(StagedEngine):
         self.model_set = model_set
         self.device, self.dtype = pick_device(options.device, options.dtype)
         self.options = options.resolved(self.device.type)
+        if self.options.fp8:
+            fp8.require(self.device)
         self.pipe = load_flux2_pipeline(model_set, self.device, self.dtype, self.options)
         self.name = f"diffusion/{model_set.name}"
         self.distilled = bool(self.pipe.config.is_distilled)
@@ -88,6 +91,8 @@ class Flux2Engine(StagedEngine):
         if self.options.step_cache and self.distilled:
             log.warning("step cache: off on %s, whose 4 steps leave it only the last to predict", model_set.name)
             self.options = dataclasses.replace(self.options, step_cache=False)
+        if self.options.fp8:
+            fp8.quantize_linears(self.pipe.transformer)
         if self.options.step_cache:
             enable_transformer_cache(self.pipe.transformer, self.options.step_cache_interval)
         elif self.options.compile:  # TaylorSeer's hooks break the blocks' graphs: one or the other

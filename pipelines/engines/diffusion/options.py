@@ -28,6 +28,8 @@ class DiffusionOptions:
     channels_last: UNet and VAE weights and activations in NHWC (cuDNN's fast layout). Off unless asked for:
         PyTorch's CUDA GroupNorm (up to 2.11 at least, pytorch#111824) hands back NCHW, so every ResNet block
         converts its activations both ways, and the UNet's ResNets run eagerly (compilation is regional).
+    fp8: the denoiser's linear layers in float8 (fp8.py; torchao, compute capability 8.9+), off by default: it
+        changes the output a little, and a machine without float8 tensor cores refuses it at load.
     compile: `torch.compile` of the UNet's repeated transformer blocks (regional compilation);
         the first swap at each new processing shape compiles (the server warms up at native size).
     object_cache_bytes: cut-outs and reference images of recent objects, by content digest (0: none).
@@ -60,6 +62,7 @@ class DiffusionOptions:
     fuse_qkv: bool = True
     channels_last: bool | None = None
     compile: bool | None = None
+    fp8: bool = False
     embed_cache_size: int = 64
     object_cache_bytes: int = OBJECT_CACHE_BYTES
     few_step: bool = False
