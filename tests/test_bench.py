@@ -165,6 +165,8 @@ def test_request_latency_prints_both_ratios_for_both_transports(capsys, tmp_path
         row = report[transport]
         assert row["end_to_end_s_median"] >= row["engine_s_median"] > 0
         assert row["around_over_bare"] > 0 and row["engine_over_bare"] > 0
+    erase = report["erase"]
+    assert erase["mask_share"] == 0.15 and erase["end_to_end_s_median"] >= erase["engine_s_median"] > 0
     assert json.loads(capsys.readouterr().out) == report
 
 

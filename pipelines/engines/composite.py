@@ -2,7 +2,7 @@
 
 It is the default when no weights are installed: deterministic, CPU-only and fast. It re-draws nothing
 beyond what placement does (cut-out, fill, fit, colour, shading, blend), and says so: its engine name is
-`composite`.
+`composite`. An erase is the fill alone (pipelines/placement/erase.py); its prompt is not read.
 """
 
 from __future__ import annotations

@@ -10,6 +10,17 @@
     backdrop_leak           share of the mask taken by its single most common colour (bins 8 values wide per
                             channel): a product's plain backdrop brought along shows as one flat colour
     outside_changed         pixels outside the grown mask that differ from the original (must be 0)
+    inclusion_contrast      grey levels by which the output over a hand-marked badge or tag inside the mask differs
+                            from the mask just around it (the worst badge): a pale patch of the pattern stands out
+    edge_fringe             grey levels by which a placed object's edge stands beyond both the scene around it
+                            and its own inside, in the direction of its old backdrop (a light line around an object
+                            cut from white); see `edge_fringe`
+    fill_texture            an erase: robust spread (1.4826 x MAD) of the fill's fine detail (luminance minus its blur
+                            at sigma 2) over that of a 15 px ring around the mask in the original; 1 = as textured
+                            as its surroundings, a smooth fill scores near 0. Robust: an edge crossing the ring (a
+                            tyre beside the hole) is not texture the fill should have
+    structure_left          an erase: share of the mask whose luminance stands out of the ring's (beyond 4 robust
+                            deviations of it, and at least 20 levels): what is left of the erased thing
 
 "The mask" is the caller's mask; the grown mask is only used for the outside check.
 """
@@ -18,12 +29,21 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
-from pipelines.imageops import LUMA
+from pipelines.imageops import LUMA, euclidean_distance
 
 CHANGED = 30  # sum of |dRGB| above which a pixel counts as visibly changed
 SHADING_SIGMA = 6.0
 COLOUR_BIN = 8
+FRINGE_BAND = 3  # the band checked for a fringe: the outline and this many pixels outside it
+FRINGE_REFERENCE = 8  # the scene around is read 4-8 px outside the outline, the object's inside 4-8 px in
+FRINGE_SECTORS = 16  # the outline is judged in this many sectors around the object's centre
+INCLUSION_RING = (4, 24)  # the fabric around a badge is read this many pixels outside it
+FILL_RING = 15
+DETAIL_SIGMA = 2.0
+STANDS_OUT = 4.0  # robust deviations (1.4826 x MAD) of the ring's luminance
+STANDS_OUT_MIN = 20.0
 
 THRESHOLDS: dict[str, tuple[str, float]] = {
     "pattern_coverage": (">=", 0.97),
@@ -32,6 +52,10 @@ THRESHOLDS: dict[str, tuple[str, float]] = {
     "backdrop_leak": ("<=", 0.10),
     "outside_changed": ("==", 0),
     "box_iou": (">=", 0.85),
+    "edge_fringe": ("<=", 10.0),
+    "inclusion_contrast": ("<=", 20.0),
+    "fill_texture": ("in", (0.6, 1.6)),
+    "structure_left": ("<=", 0.01),
 }
 
 
@@ -80,6 +104,128 @@ def outside_changed(out: np.ndarray, original: np.ndarray, grown: np.ndarray) ->
     return int((np.any(out != original, axis=2) & ~grown).sum())
 
 
+def edge_fringe(out: np.ndarray, coverage: np.ndarray, backdrop: float | None) -> float:
+    """Grey levels by which the object's edge is lighter (darker) than both the scene and its inside, where its
+    old backdrop (brightness `backdrop`, None: unknown, both ways) was lighter (darker) than the scene.
+
+    The outline is where `coverage` (the placed object's alpha) crosses 0.5; pixels are grouped in 1-px layers
+    by their distance to it. The band is the 1-3 px layers outside it and the outline's own pixels (a matte that
+    counted the backdrop's mixed pixels as object holds the fringe's core just inside its 0.5 line). In each
+    sector around the object, the band's most extreme layer median is set against the scene's most extreme
+    layer median (4-8 px out: a scene lighter near the object is no fringe) and the median of the object's
+    inside (4-8 px in, where a wide fringe's ramp still reaches: its extreme would hide it). The measure is the
+    mean excess over the sectors. Medians per layer make grain or a specular dot count for nothing; a line along
+    the edge counts in full.
+    """
+    body = coverage >= 0.5
+    if not body.any() or body.all():
+        return 0.0
+    layers = np.where(body, 1 - np.rint(euclidean_distance(body)), np.rint(euclidean_distance(~body)))
+    layers = layers.astype(np.int32)
+    sectors = _sectors(body)
+    brightness = out.astype(np.float64) @ LUMA
+    excesses = []
+    for sector in range(FRINGE_SECTORS):
+        medians = _layer_medians(brightness, layers, sectors == sector)
+        if medians is not None:
+            excesses.append(_sector_excess(*medians, backdrop))
+    return float(np.mean(excesses)) if excesses else 0.0
+
+
+def _sectors(body: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(body)
+    rows, cols = np.indices(body.shape)
+    angle = np.arctan2(rows - ys.mean(), cols - xs.mean())
+    return ((angle + np.pi) / (2 * np.pi) * FRINGE_SECTORS).astype(np.int32) % FRINGE_SECTORS
+
+
+def _layer_medians(brightness: np.ndarray, layers: np.ndarray, sector: np.ndarray):
+    """The band's layer medians, those of both its sides, and the scene's median, in one sector (None where one
+    is missing)."""
+    found = {}
+    for layer in range(-FRINGE_REFERENCE + 1, FRINGE_REFERENCE + 1):
+        pixels = brightness[sector & (layers == layer)]
+        if len(pixels):
+            found[layer] = float(np.median(pixels))
+    band = [found[k] for k in range(FRINGE_BAND + 1) if k in found]
+    inside = [found[k] for k in range(-FRINGE_REFERENCE + 1, -FRINGE_BAND + 1) if k in found]
+    scene = [found[k] for k in range(FRINGE_BAND + 1, FRINGE_REFERENCE + 1) if k in found]
+    return (band, [float(np.median(inside)), *scene], float(np.median(scene))) if band and inside and scene else None
+
+
+def _sector_excess(band: list[float], sides: list[float], scene: float, backdrop: float | None) -> float:
+    lighter, darker = max(band) - max(sides), min(sides) - min(band)
+    if backdrop is None:
+        return max(lighter, darker, 0.0)
+    return max(lighter if backdrop > scene else darker, 0.0)
+
+
+def backdrop_brightness(obj: np.ndarray) -> float | None:
+    """The median brightness of an object image's outer frame of pixels: its backdrop, when it was shot on one
+    (None when the image has transparency: it was cut out already and its old backdrop is unknown)."""
+    if obj.ndim == 3 and obj.shape[2] == 4 and obj[..., 3].min() < 250:
+        return None
+    rgb = obj[..., :3].astype(np.float64) if obj.ndim == 3 else np.repeat(obj[..., None], 3, axis=2)
+    frame = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    return float(np.median(frame @ LUMA))
+
+
+def fill_texture(out: np.ndarray, original: np.ndarray, mask: np.ndarray) -> float:
+    inside = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    ring = _ring(mask)
+    if not inside.any() or not ring.any():
+        return 0.0
+    return _robust_spread(_detail(out)[inside]) / max(_robust_spread(_detail(original)[ring]), 1e-6)
+
+
+def structure_left(out: np.ndarray, original: np.ndarray, mask: np.ndarray) -> float:
+    ring = _luminance(original)[_ring(mask)]
+    if not mask.any() or ring.size == 0:
+        return 0.0
+    centre = np.median(ring)
+    spread = 1.4826 * np.median(np.abs(ring - centre))
+    return float(np.mean(np.abs(_luminance(out)[mask] - centre) > max(STANDS_OUT * spread, STANDS_OUT_MIN)))
+
+
+def _robust_spread(values: np.ndarray) -> float:
+    """1.4826 x the median absolute deviation: the typical detail, not an edge that crosses the ring."""
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+
+
+def _ring(mask: np.ndarray) -> np.ndarray:
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * FILL_RING + 1, 2 * FILL_RING + 1))
+    return cv2.dilate(mask.astype(np.uint8), disc).astype(bool) & ~mask
+
+
+def _luminance(image: np.ndarray) -> np.ndarray:
+    return image[..., :3].astype(np.float32) @ LUMA.astype(np.float32)
+
+
+def _detail(image: np.ndarray) -> np.ndarray:
+    luminance = _luminance(image)
+    return luminance - cv2.GaussianBlur(luminance, (0, 0), DETAIL_SIGMA)
+
+
+def inclusion_contrast(out: np.ndarray, mask: np.ndarray, inclusions: np.ndarray) -> float:
+    """The largest |mean luminance over an inclusion - mean over the mask 4-24 px around it|, in grey levels.
+
+    The pattern's own light and dark average out over a badge's area and its ring, so a pattern that runs through
+    the badge with the fabric's light scores a few levels, and one lit by the badge's own brightness its step.
+    """
+    brightness = out.astype(np.float64) @ LUMA
+    labels, count = ndimage.label(inclusions)
+    worst = 0.0
+    for index in range(1, count + 1):
+        inclusion = labels == index
+        distance = euclidean_distance(~inclusion)
+        ring = mask & ~inclusions & (distance > INCLUSION_RING[0]) & (distance <= INCLUSION_RING[1])
+        if ring.any():
+            worst = max(worst, abs(brightness[inclusion].mean() - brightness[ring].mean()))
+    return float(worst)
+
+
 def passes(name: str, value: float) -> bool:
     op, limit = THRESHOLDS[name]
+    if op == "in":
+        return limit[0] <= value <= limit[1]
     return {">=": value >= limit, "<=": value <= limit, "==": value == limit}[op]

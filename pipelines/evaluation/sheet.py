@@ -1,4 +1,5 @@
-"""The contact sheet: one row per case (scene, mask, object, output), labelled with its measures."""
+"""The contact sheet: one row per case (scene, mask, object, output), labelled with its measures; an erase's
+object cell says so."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ CELL = 256  # each picture is fitted in a CELL x CELL square
 LABEL = 64  # height of the text band above each row
 GAP = 8
 BACKGROUND, INK, GOOD, BAD = (250, 250, 248), (30, 30, 30), (20, 120, 40), (180, 30, 30)
+NO_OBJECT = Image.new("RGB", (CELL, CELL), BACKGROUND)
+ImageDraw.Draw(NO_OBJECT).text((CELL // 2, CELL // 2), "erase: no object", fill=INK, anchor="mm")
 
 
 def contact_sheet(cases, outputs: list[Image.Image], rows: list[dict]) -> Image.Image:
@@ -23,7 +26,7 @@ def contact_sheet(cases, outputs: list[Image.Image], rows: list[dict]) -> Image.
     for index, (case, output, row) in enumerate(zip(cases, outputs, rows, strict=True)):
         top = GAP + index * (CELL + LABEL + GAP)
         _label(draw, font, (GAP, top), case.name, row)
-        pictures = [case.main, _mask_overlay(case.main, case.mask), case.object, output]
+        pictures = [case.main, _mask_overlay(case.main, case.mask), case.object or NO_OBJECT, output]
         for column, picture in enumerate(pictures):
             paste_fitted(sheet, picture, (GAP + column * (CELL + GAP), top + LABEL))
     return sheet

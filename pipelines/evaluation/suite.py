@@ -18,9 +18,9 @@ from pipelines.imageops import grow_mask, normalize_mask
 from pipelines.interface import Engine
 from pipelines.job import build_job
 from pipelines.masks import Segmenter
-from pipelines.placement import cut_out, resolve_mode
+from pipelines.placement import cut_out, place, resolve_mode
 
-FILE_KEYS = ("name", "main", "mask", "object", "checks")
+FILE_KEYS = ("name", "main", "mask", "object", "checks", "inclusions")
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,10 @@ class Case:
     name: str
     main: Image.Image
     mask: Image.Image
-    object: Image.Image
+    object: Image.Image | None  # None: an erase
     checks: tuple[str, ...]
     values: dict = field(default_factory=dict)  # the contract's fields for this case (prompt, repeats, ...)
+    inclusions: Image.Image | None = None  # hand-marked badges and tags inside a garment's mask
 
 
 def load_suite(folder: Path = SUITE_DIR) -> list[Case]:
@@ -40,9 +41,10 @@ def load_suite(folder: Path = SUITE_DIR) -> list[Case]:
             name=entry["name"],
             main=Image.open(folder / entry["main"]).convert("RGB"),
             mask=Image.open(folder / entry["mask"]),
-            object=Image.open(folder / entry["object"]),
+            object=Image.open(folder / entry["object"]) if "object" in entry else None,
             checks=tuple(entry["checks"]),
             values={key: value for key, value in entry.items() if key not in FILE_KEYS},
+            inclusions=Image.open(folder / entry["inclusions"]) if "inclusions" in entry else None,
         )
         for entry in raw["case"]
     ]
@@ -75,7 +77,7 @@ def evaluate(
             "seconds": round(seconds, 3),
             "measures": measure(case, job, output),
         }
-        if similarity is not None:
+        if similarity is not None and case.object is not None:
             row["object_similarity"] = round(similarity(_reference(case, job), _crop(output, job)), 4)
         row["passed"] = all(entry["passed"] for entry in row["measures"].values())
         rows.append(row)
@@ -100,12 +102,20 @@ def measure(case: Case, job, output: Image.Image) -> dict[str, dict]:
     mask = normalize_mask(case.mask, case.main.size)
     grown = grow_mask(mask, job.growmask)
     values = {"outside_changed": metrics.outside_changed(out, original, grown)}
+    inclusions = normalize_mask(case.inclusions, case.main.size) & mask if case.inclusions else None
     for check in case.checks:
         if check == "pattern_colour_carried":
             pattern = np.asarray(case.object.convert("RGB"))
             values[check] = metrics.pattern_colour_carried(out, original, mask, pattern)
         elif check == "backdrop_leak":
             values[check] = metrics.backdrop_leak(out, mask)
+        elif check == "shading_kept" and inclusions is not None:  # a badge is not light: folds are read on the fabric
+            values[check] = metrics.shading_kept(out, original, mask & ~inclusions)
+        elif check == "inclusion_contrast":
+            values[check] = metrics.inclusion_contrast(out, mask, inclusions)
+        elif check == "edge_fringe":  # the object's outline is where placement put it, whatever the engine
+            backdrop = metrics.backdrop_brightness(np.asarray(case.object))
+            values[check] = metrics.edge_fringe(out, place(job).coverage, backdrop)
         else:
             values[check] = getattr(metrics, check)(out, original, mask)
     return {name: {"value": round(value, 4), "passed": metrics.passes(name, value)} for name, value in values.items()}

@@ -6,7 +6,9 @@
 
 `object` mode cuts the object out, removes what the mask held, fits the cut-out bottom-centre in the grown
 mask, harmonises its colour and blends its edge; `pattern` mode covers the grown mask with the tiled pattern,
-shaded by the original's light. `auto` is pattern when a repeat is above 1, else object.
+shaded by the original's light. `auto` is pattern when a repeat is above 1, else object. `erase` places
+nothing: the grown mask is filled from its surroundings (erase.py; the fill is fill.py, PatchMatch's loops
+patchmatch.py, where its patches may come from sources.py).
 """
 
 from pipelines.placement.cutout import cut_out

@@ -13,8 +13,9 @@ from collections.abc import Callable, Hashable
 from PIL import Image
 
 from pipelines.imageops import image_digest
-from pipelines.job import SwapJob
+from pipelines.job import ERASE, SwapJob
 from pipelines.placement.cutout import cut_out
+from pipelines.placement.erase import place_erase
 from pipelines.placement.stage import Placement, place
 
 OBJECT_CACHE_BYTES = 256 * 2**20
@@ -45,7 +46,9 @@ class ImageCache:
 
     def place(self, job: SwapJob) -> tuple[Placement, str]:
         """`place(job)` with the object's cut-out from here; also the object image's content digest, the key
-        for whatever else is made from it."""
+        for whatever else is made from it (an erase has no object: its placement is the fill, its key "")."""
+        if job.mode == ERASE:
+            return place_erase(job), ""
         digest = image_digest(job.object_image)
         return place(job, cut=lambda image: self.get(("cut_out", digest), lambda: cut_out(image))), digest
 

@@ -1,12 +1,14 @@
-"""Removing what the mask held: the region filled from its surroundings, with their grain.
+"""Removing what the mask held: the hole filled with patches of its own surroundings, so texture carries on.
 
-The fill is a pull-push interpolation (a weighted image pyramid: holes are averaged from the known pixels at
-the first level coarse enough to see them, then refined level by level). Unlike OpenCV's Telea or Navier-Stokes
-inpainting, which march in from the edge and meet in diagonal seams on a large hole, it gives a smooth
-continuation of the surroundings' light and colour. It is only seen around the placed object, so it runs at a
-working size. Grain of the surroundings' strength is added so it does not read as a smear. (Copying the
-surroundings' texture in blocks was tried: on real photographs the blocks picked up pieces of outlines and read
-as tiles, worse than a smooth fill.)
+An exemplar fill (Wexler et al. 2007, with PatchMatch for the search; what content-aware fill does), coarse to
+fine: at the coarsest level the hole starts as a smooth pull-push guess; at each level every patch that overlaps
+the hole is matched to a patch of the surroundings (patchmatch.py), the hole is re-estimated as the weighted vote
+of the matches, a few times; each level's matches seed the next finer one. Hole pixels finally take the centre
+pixel of their own match (sharp) with the vote's low frequencies (no seams in colour).
+
+Patches are taken only from what is reachable from the hole without crossing a strong edge (sources.py): the
+surfaces the hole lies on, not a distinct object near it. Only the search runs at reduced scale on a large hole;
+the finest levels copy full-resolution pixels along the upsampled matches.
 """
 
 from __future__ import annotations
@@ -15,31 +17,173 @@ import cv2
 import numpy as np
 
 from pipelines.imageops import Box
+from pipelines.placement import patchmatch
+from pipelines.placement.sources import allowed_sources
 
-WORK_SIDE = 192  # the fill is computed with the region's long side at this many pixels
-RING = 12  # pixels around the mask whose grain strength the fill takes
-DETAIL_SIGMA = 1.5  # grain = the image minus its blur at this sigma
-GRAIN_SAMPLES = 8192  # ring pixels the grain's strength is measured on
-SURROUNDINGS = RING * 2  # how far past the mask's box the fill reads the scene
+RADIUS = 3  # patches of 7 x 7
+MIN_MARGIN = 48  # surroundings read past the mask's box: at least this, else the box's long side
+MAX_MARGIN = 384
+SEARCH_PIXELS = 60_000  # hole pixels up to which a level gets the full search (random search, several passes)
+COARSEST_SIDE = 24  # levels are halved until the hole's box fits this (or the window gets too small)
+EM_PASSES = 3  # search + vote rounds per searched level
+SEARCH_ITERATIONS = 2  # PatchMatch passes per round
+BALANCE = 2.0  # weight of the patches' difference in spread against their squared differences (patchmatch.py)
+DETAIL_SIGMA = 1.5  # below this scale the centre copy gives the detail, above it the vote
+SEAM_SIGMA = 1.5  # the light on either side of the hole's edge is compared over this scale (wider reaches past edges)
+VOTE_SAMPLE = 7  # the vote's spread of costs is read from every this-many-th target
 
 
-def remove_content(scene: np.ndarray, mask: np.ndarray, box: Box, seed: int) -> np.ndarray:
-    """`scene` (float RGB) with the pixels under `mask` replaced by an inpainted fill; others untouched."""
-    left, top, right, bottom = _with_margin(box, scene.shape, SURROUNDINGS)
-    region = scene[top:bottom, left:right]
-    region_mask = mask[top:bottom, left:right]
-    height, width = region_mask.shape
-    scale = min(1.0, WORK_SIDE / max(height, width))
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    small = cv2.resize(np.clip(region, 0, 255).astype(np.uint8), size, interpolation=cv2.INTER_AREA)
-    small_mask = cv2.resize(region_mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
-    small_mask = cv2.dilate(small_mask, np.ones((3, 3), np.uint8))  # the downscaled edge pixels hold old content
-    filled = pull_push(small.astype(np.float32), small_mask.astype(bool))
-    filled = cv2.resize(filled, (width, height), interpolation=cv2.INTER_CUBIC)
-    filled += _grain(region, region_mask, np.random.default_rng(seed))
+def surroundings(box: Box) -> int:
+    """How far past the hole's box the fill reads the scene for its patches."""
+    left, top, right, bottom = box
+    return int(min(MAX_MARGIN, max(MIN_MARGIN, max(right - left, bottom - top))))
+
+
+def remove_content(
+    scene: np.ndarray, mask: np.ndarray, box: Box, seed: int, exclude: np.ndarray | None = None
+) -> np.ndarray:
+    """`scene` (float RGB) with the pixels under `mask` replaced by a fill from their surroundings; the others
+    untouched. `box` bounds the region the fill reads around (the mask's box, or a larger one it lies in);
+    `exclude` marks pixels no patch may come from (old content a placed object will hide)."""
+    left, top, right, bottom = _with_margin(box, scene.shape, surroundings(box))
+    region = np.ascontiguousarray(scene[top:bottom, left:right], dtype=np.float32)
+    hole = np.ascontiguousarray(mask[top:bottom, left:right], dtype=bool)
+    barred = None if exclude is None else exclude[top:bottom, left:right]
     out = scene.copy()
-    out[top:bottom, left:right] = np.where(region_mask[..., None], filled, region)
+    if hole.any():
+        out[top:bottom, left:right] = np.where(hole[..., None], fill_hole(region, hole, seed, barred), region)
     return out
+
+
+def fill_hole(image: np.ndarray, hole: np.ndarray, seed: int, exclude: np.ndarray | None = None) -> np.ndarray:
+    """`image` (float32 RGB) with `hole` filled, coarse to fine; no patch from `exclude`."""
+    pyramid = _pyramid(image, hole)
+    allowed = allowed_sources(image, hole)
+    if exclude is not None:
+        allowed &= ~exclude
+    previous = None
+    for level in reversed(range(len(pyramid))):
+        picture, gap = pyramid[level]
+        source = _sources(gap, _resized(allowed, gap.shape))
+        if not source.any():
+            return pull_push(image, hole)  # nothing outside the hole to copy from
+        targets, is_target = _targets(gap)
+        if previous is None:  # random matches: a start with the surroundings' texture, not a smooth guess
+            nnf = patchmatch.random_nnf(source, targets, seed)
+        else:
+            nnf = patchmatch.upsample_nnf(previous[0], previous[1], source, targets, seed + level)
+        # The hole still holds what is removed: this first estimate weighs the matches alike.
+        estimate = _reestimate(picture, gap, nnf, np.zeros(gap.shape, np.float32), is_target)
+        searched = int(gap.sum()) <= SEARCH_PIXELS
+        around = _around(gap, 2 * RADIUS)
+        spread = _spread(picture)  # outside the hole it stays: only the hole's box is measured again
+        for round_ in range(EM_PASSES if searched else 1):
+            cost = np.zeros(gap.shape, np.float32)
+            iterations = SEARCH_ITERATIONS if searched else 1
+            spread[around] = _spread(estimate[around])
+            patchmatch.search(
+                estimate, spread, source, nnf, cost, targets, RADIUS, BALANCE, iterations, searched, seed + round_
+            )
+            estimate = _reestimate(estimate, gap, nnf, cost, is_target)
+        previous = (nnf, is_target)
+    box = _around(hole, int(3 * SEAM_SIGMA) + 1)
+    out = image.copy()
+    out[box] = seamless(image[box], hole[box], estimate[box])
+    return out
+
+
+def seamless(image: np.ndarray, hole: np.ndarray, filled: np.ndarray) -> np.ndarray:
+    """`filled` with a smooth correction so its light meets the surroundings' at the hole's edge: the patches
+    bring their own shading (a floor copied from its sunlit part into the shadow), and the mismatch along the
+    edge, interpolated across the hole, takes it out (membrane cloning)."""
+
+    def local_mean(values: np.ndarray, where: np.ndarray) -> np.ndarray:
+        weight = where.astype(np.float32)
+        blurred = cv2.GaussianBlur(values * weight[..., None], (0, 0), SEAM_SIGMA)
+        return blurred / np.maximum(cv2.GaussianBlur(weight, (0, 0), SEAM_SIGMA)[..., None], 1e-6)
+
+    band = hole & ~cv2.erode(hole.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    mismatch = local_mean(image, ~hole) - local_mean(filled, hole)
+    correction = pull_push(np.where(band[..., None], mismatch, 0).astype(np.float32), ~band)
+    return np.where(hole[..., None], filled + correction, image).astype(np.float32)
+
+
+def _reestimate(picture, gap, nnf, cost, is_target) -> np.ndarray:
+    """The hole anew from the matches: the vote's low frequencies (smooth, no seams) with the detail of each
+    pixel's own match's centre (the vote alone blurs, and a blurred estimate then matches the flattest patches
+    of the surroundings, level after level). Blurs run on the hole's box only."""
+    voted, sharp = picture.copy(), picture.copy()
+    patchmatch.vote(picture, gap, nnf, _weights(cost, is_target), RADIUS, voted)
+    patchmatch.copy_centres(picture, gap, nnf, sharp)
+    box = _around(gap, int(3 * DETAIL_SIGMA) + 1)
+    smooth = cv2.GaussianBlur(voted[box], (0, 0), DETAIL_SIGMA)
+    detail = sharp[box] - cv2.GaussianBlur(sharp[box], (0, 0), DETAIL_SIGMA)
+    out = picture.copy()
+    out[box] = np.where(gap[box][..., None], smooth + detail, picture[box])
+    return out
+
+
+def _weights(cost: np.ndarray, is_target: np.ndarray) -> np.ndarray:
+    """Each target's say in the vote: exp(-cost / 2 sigma^2), sigma^2 the matches' 75th-percentile cost
+    (Wexler et al.); 0 off the targets."""
+    matched = cost[is_target][::VOTE_SAMPLE]
+    sigma2 = max(float(np.percentile(matched, 75)), 1e-3) if matched.size else 1.0
+    return np.where(is_target, np.exp(-cost / (2.0 * sigma2)), 0.0).astype(np.float32)
+
+
+def _around(gap: np.ndarray, margin: int) -> tuple[slice, slice]:
+    """The hole's bounding box grown by `margin`, as slices."""
+    rows, cols = np.flatnonzero(gap.any(axis=1)), np.flatnonzero(gap.any(axis=0))
+    height, width = gap.shape
+    return (
+        slice(max(0, rows[0] - margin), min(height, rows[-1] + margin + 1)),
+        slice(max(0, cols[0] - margin), min(width, cols[-1] + margin + 1)),
+    )
+
+
+def _spread(picture: np.ndarray) -> np.ndarray:
+    """Each patch's standard deviation over its pixels and channels."""
+    size = (2 * RADIUS + 1, 2 * RADIUS + 1)
+    total = picture.sum(axis=2, dtype=np.float32) / 3
+    squares = np.einsum("ijk,ijk->ij", picture, picture, dtype=np.float32) / 3
+    mean = cv2.boxFilter(total, -1, size, borderType=cv2.BORDER_REFLECT)
+    square = cv2.boxFilter(squares, -1, size, borderType=cv2.BORDER_REFLECT)
+    return np.sqrt(np.maximum(square - mean * mean, 0.0))
+
+
+def _pyramid(image: np.ndarray, hole: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(image, hole) per level, finest first; a coarse pixel is hole if any of its fine pixels is."""
+    levels = [(image, hole)]
+    while True:
+        picture, gap = levels[-1]
+        rows, cols = np.flatnonzero(gap.any(axis=1)), np.flatnonzero(gap.any(axis=0))
+        side = max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1
+        height, width = gap.shape
+        if side <= COARSEST_SIDE or min(height, width) < 8 * (2 * RADIUS + 1):
+            return levels
+        size = ((width + 1) // 2, (height + 1) // 2)
+        smaller = cv2.resize(picture, size, interpolation=cv2.INTER_AREA)
+        smaller_gap = cv2.resize(gap.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0
+        levels.append((smaller, smaller_gap))
+
+
+def _sources(gap: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Patch centres a match may take: the whole patch inside the window, outside the hole, in allowed ground."""
+    kernel = np.ones((2 * RADIUS + 1, 2 * RADIUS + 1), np.uint8)
+    clear = cv2.erode((~gap & allowed).astype(np.uint8), kernel, borderValue=0).astype(bool)
+    return np.ascontiguousarray(clear)
+
+
+def _targets(gap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    kernel = np.ones((2 * RADIUS + 1, 2 * RADIUS + 1), np.uint8)
+    is_target = cv2.dilate(gap.astype(np.uint8), kernel).astype(bool)
+    return np.argwhere(is_target).astype(np.int32), is_target
+
+
+def _resized(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if mask.shape == shape:
+        return mask
+    return cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
 
 
 def pull_push(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
@@ -57,21 +201,7 @@ def pull_push(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
         estimate = cv2.resize(estimate, (known.shape[1], known.shape[0]), interpolation=cv2.INTER_LINEAR)
         confidence = np.clip(known, 0.0, 1.0)[..., None]
         estimate = colour / np.maximum(known, 1e-6)[..., None] * confidence + estimate * (1.0 - confidence)
-    return np.where(hole[..., None], estimate, image)
-
-
-def _grain(region: np.ndarray, region_mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Noise with the strength (robust spread) of the fine detail just around the hole."""
-    detail = region - cv2.GaussianBlur(region, (0, 0), DETAIL_SIGMA)
-    ring = cv2.dilate(region_mask.astype(np.uint8), np.ones((2 * RING + 1, 2 * RING + 1), np.uint8)).astype(bool)
-    ring &= ~region_mask
-    if not ring.any():
-        return np.zeros_like(detail)
-    around = detail[ring][:: max(1, int(ring.sum()) // GRAIN_SAMPLES)]  # a robust spread needs a few thousand
-    strength = 1.4826 * np.median(np.abs(around - np.median(around, axis=0)), axis=0)  # robust to edges
-    # Uniform noise of the same spread: as grain it looks the same as Gaussian, and draws three times faster.
-    unit = rng.random(detail.shape, dtype=np.float32) - np.float32(0.5)
-    return unit * (np.sqrt(12.0) * strength).astype(np.float32)
+    return np.where(hole[..., None], estimate, image).astype(np.float32)
 
 
 def _with_margin(box: Box, shape: tuple[int, ...], margin: int) -> Box:

@@ -3,8 +3,9 @@
 Objects stand on things, so the cut-out keeps its aspect and sits at the bottom of the mask's box, centred; if
 part of it would fall outside the mask's shape it is moved up and shrunk until it does not. Its colour is
 harmonised with the surroundings; its edge is its soft matte, with the colours of the old backdrop taken out
-(see cutout.defringe). A Poisson (seamless) clone was not used: it pulls the object's own colours toward the
-scene's, which is fashion_strength's job; a two-band blend was tried and left a glow around bright objects.
+(see cutout.defringe) and the matte tightened where a band of that backdrop survives (see fringe). A Poisson
+(seamless) clone was not used: it pulls the object's own colours toward the scene's, which is fashion_strength's
+job; a two-band blend was tried and left a glow around bright objects.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ from PIL import Image
 from pipelines.imageops import Box
 from pipelines.placement.colour import harmonise
 from pipelines.placement.fill import remove_content
+from pipelines.placement.fringe import tighten_matte
 
 OUTSIDE_ALLOWED = 0.03  # share of the object's alpha that may fall outside the grown mask (then clipped)
 SEARCH_SIDE = 64  # the fit is searched at this long side, then applied at full size
 SHADOW_DARKEN = 0.45  # how much the contact shadow darkens the ground at its centre
+OPAQUE = 0.99
+HIDDEN_MARGIN = 8  # px inside the object's opaque edge still filled (the matte may be tightened up to 6 px)
 
 
 def place_object(
@@ -28,15 +32,26 @@ def place_object(
     """The scene (float RGB) with the mask's old content removed and `cutout` (RGBA) placed in it, and the
     object's alpha over the mask's box."""
     left, top, right, bottom = box
-    filled = remove_content(scene, grown, box, seed)
     region_mask = grown[top:bottom, left:right]
     layer, alpha = fit_into(cutout, region_mask)
+    filled = remove_content(scene, grown & ~_hidden(alpha, box, grown.shape), box, seed, exclude=grown)
     layer = harmonise(layer, alpha, _surroundings(scene, grown, box), fashion_strength)
     region = filled[top:bottom, left:right]
     region = region * (1.0 - SHADOW_DARKEN * contact_shadow(alpha) * (1.0 - alpha))[..., None]
+    alpha = tighten_matte(layer, alpha, region)
     out = filled.copy()
     out[top:bottom, left:right] = region + alpha[..., None] * (layer - region)
     return out, alpha
+
+
+def _hidden(alpha: np.ndarray, box: Box, shape: tuple[int, int]) -> np.ndarray:
+    """Where the object will hide the scene: its opaque inside, short of the band its matte may still lose
+    (fringe.py). No fill is needed there, and the old content it still holds is no source for one."""
+    left, top, right, bottom = box
+    opaque = cv2.erode((alpha >= OPAQUE).astype(np.uint8), np.ones((2 * HIDDEN_MARGIN + 1,) * 2, np.uint8))
+    hidden = np.zeros(shape, bool)
+    hidden[top:bottom, left:right] = opaque > 0
+    return hidden
 
 
 def fit_into(cutout: Image.Image, region_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,7 @@
 `horizontal_repeat` x `vertical_repeat` set the tile size across the mask's box: the tile keeps its aspect and is
 scaled so that the repeats cover the box in both directions (never letterboxed; in the direction the aspect
 leaves over, part of the last tile is cut). The pattern is then multiplied by the original's low-frequency
-luminance relative to its median inside the mask: its folds and light.
+luminance relative to its median inside the mask: its folds and light (not its badges: see inclusions).
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from PIL import Image
 
 from pipelines.imageops import LUMA, Box
 from pipelines.placement.colour import transfer
+from pipelines.placement.inclusions import clamp_inclusions
 
 # A shading factor is kept within this range: below it, the deepest creases turn black; above it, highlights
-# would burn out. Inside it, brighter inclusions (a badge, a collar inside the mask) stay brighter, as light would.
+# would burn out. Small inclusions (a badge, a name tag) are then clamped to the fabric around them (inclusions.py).
 SHADE_RANGE = (0.2, 2.5)
 
 
@@ -40,8 +41,8 @@ def place_pattern(
     tile = scaled_tile(pattern, (right - left, bottom - top), horizontal, vertical)
     colour = _harmoniser(tile, region[region_mask], fashion_strength)
     tiled = colour(repeat(tile, (right - left, bottom - top)))
-    shade = shading(region, region_mask)
     core = mask[top:bottom, left:right] if mask[top:bottom, left:right].any() else region_mask
+    shade = clamp_inclusions(shading(region, region_mask), core, shading_sigma(region_mask.shape))
     shaded = keep_colour(apply_shading(tiled, shade), colour(tile).reshape(-1, 3).mean(axis=0), core)
     out = scene.copy()
     out[top:bottom, left:right] = np.where(region_mask[..., None], np.clip(shaded, 0.0, 255.0), region)
@@ -113,8 +114,7 @@ def shading(region: np.ndarray, region_mask: np.ndarray) -> np.ndarray:
     The median is the fabric's own brightness under typical light, so the light and the folds come out as
     factors around 1 whatever the garment's colour, and a few bright inclusions do not darken the rest.
     """
-    height, width = region_mask.shape
-    sigma = max(1.5, min(height, width) / 120)
+    sigma = shading_sigma(region_mask.shape)
     weight = region_mask.astype(np.float32)
     luminance = region @ LUMA
     smooth = cv2.GaussianBlur(luminance * weight, (0, 0), sigma) / np.maximum(
@@ -122,3 +122,8 @@ def shading(region: np.ndarray, region_mask: np.ndarray) -> np.ndarray:
     )
     typical = float(np.median(smooth[region_mask])) if region_mask.any() else 1.0
     return np.clip(smooth / max(typical, 1.0), *SHADE_RANGE)
+
+
+def shading_sigma(shape: tuple[int, int]) -> float:
+    """The blur the shading is taken at: fine enough for folds, coarse enough to drop the fabric's weave."""
+    return max(1.5, min(shape) / 120)

@@ -11,11 +11,9 @@ from PIL import Image
 from pipelines.imageops import Box, feathered_paste, grow_mask, mask_box, normalize_mask
 from pipelines.job import SwapJob
 from pipelines.placement.cutout import cut_out
-from pipelines.placement.fill import SURROUNDINGS
+from pipelines.placement.fill import surroundings
 from pipelines.placement.objects import place_object
 from pipelines.placement.patterns import place_pattern
-
-WINDOW_MARGIN = SURROUNDINGS  # the farthest any placement step reads outside the grown mask's box
 
 
 @dataclass(frozen=True)
@@ -29,6 +27,11 @@ class Placement:
     mode: str  # "object" or "pattern"
     reference: Image.Image  # the cut-out (RGBA) or one tile of the pattern (RGB)
     coverage: np.ndarray  # 0..1 at the scene's size: where the object's (or pattern's) own pixels were put
+
+
+def work_window(grown: np.ndarray) -> Box:
+    """The part of the scene a placement reads: the grown mask's box and the surroundings the fill copies from."""
+    return mask_box(grown, margin=surroundings(mask_box(grown)))
 
 
 def resolve_mode(job: SwapJob) -> str:
@@ -49,7 +52,7 @@ def place(job: SwapJob, cut: Callable[[Image.Image], Image.Image] = cut_out) -> 
     mask = normalize_mask(job.mask_image, main.size)
     grown = grow_mask(mask, job.growmask)
     box = mask_box(grown)
-    window = mask_box(grown, margin=WINDOW_MARGIN)
+    window = work_window(grown)
     wl, wt, wr, wb = window
     scene = np.asarray(main.crop(window), dtype=np.float32)
     local_mask, local_grown = mask[wt:wb, wl:wr], grown[wt:wb, wl:wr]

@@ -1,7 +1,8 @@
 """The /v1/seg-swap contract: the request body with its types, defaults and ranges.
 
 Field names, defaults and ranges are those of the hosted SegSwap v0.1 API;
-`negative_prompt`, `guidance_scale` and `mode` are our documented extensions.
+`negative_prompt`, `guidance_scale` and `mode` are our documented extensions. `mode: erase` removes what the
+mask covers: `object_image` is then optional, and ignored (never fetched) if sent.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from pipelines.job import MAX_SEED
+from pipelines.job import ERASE, MAX_SEED
 from pipelines.masks import Selector
 from pipelines.masks.selector import MAX_POINTS, MAX_TEXT
 
@@ -88,7 +90,12 @@ class SwapRequest(Selection):
         "Resized to the main image (nearest-neighbour) when sizes differ. Required unless the region is selected "
         "by `box`, `points` or `text` instead.",
     )
-    object_image: str = Field(min_length=1, description=f"The object or pattern to put there: {IMAGE_DESCRIPTION}.")
+    object_image: str | None = Field(
+        None,
+        min_length=1,
+        description=f"The object or pattern to put there: {IMAGE_DESCRIPTION}. Required unless `mode` is erase "
+        "(then ignored, and not fetched).",
+    )
     prompt: str = Field("", max_length=4000, description="Text describing the scene or the object.")
     negative_prompt: str = Field(
         "", max_length=4000, description="Extension: what the result should not show (diffusion engine)."
@@ -121,10 +128,13 @@ class SwapRequest(Selection):
     guidance_scale: float = Field(
         7.5, ge=0, le=30, description="Extension: classifier-free guidance scale (diffusion engine)."
     )
-    mode: Literal["auto", "object", "pattern"] = Field(
+    mode: Literal["auto", "object", "pattern", "erase"] = Field(
         "auto",
         description="Extension: object (cut out, placed bottom-centre in the mask), pattern (tiled over the mask, "
-        "shaded by the original), or auto: pattern when a repeat is above 1, else object.",
+        "shaded by the original), auto (pattern when a repeat is above 1, else object), or erase: remove what the "
+        "mask covers, no object needed (composite: filled from the surroundings; diffusion: inpainted without the "
+        "object, from `prompt`, else a neutral prompt of empty background; `subject_strength` is how much of the "
+        "fill the model starts from).",
     )
     image_format: Literal["png", "jpeg", "webp"] = Field("png", description="Output image format.")
     image_quality: int = Field(95, ge=10, le=100, description="Output quality for jpeg and webp.")
@@ -135,6 +145,17 @@ class SwapRequest(Selection):
         if all(getattr(self, name) is None for name in REGION_FIELDS):
             raise ValueError("field 'mask_image' is required (or select the region by box, points or text instead)")
         return self.exactly_one(*REGION_FIELDS)
+
+    @model_validator(mode="after")
+    def _object_unless_erasing(self) -> SwapRequest:
+        """An erase takes no object (one sent is dropped here, so it is never fetched); any other mode needs one."""
+        if self.mode == ERASE:
+            self.object_image = None
+        elif self.object_image is None:
+            missing = PydanticCustomError("missing", "Field required", {"unless": f"mode is {ERASE}"})
+            details = InitErrorDetails(type=missing, loc=("object_image",), input=None)
+            raise ValidationError.from_exception_data(type(self).__name__, [details])
+        return self
 
 
 class MaskRequest(Selection):
@@ -223,7 +244,8 @@ def describe_validation_error(exc: ValidationError, label: Callable[[str], str] 
     if err["type"] == "extra_forbidden":
         return f"unknown {field}"
     if err["type"] == "missing":
-        return f"{field} is required"
+        unless = err.get("ctx", {}).get("unless")
+        return f"{field} is required" + (f" unless {unless}" if unless else "")
     rule = err["msg"][0].lower() + err["msg"][1:]
     given = err.get("input")
     shown = (

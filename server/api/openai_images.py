@@ -2,7 +2,9 @@
 them work with `base_url` pointed here.
 
 OpenAI's fields, as SegSwap reads them:
-- `image`: two images (sent as `image[]`): the scene first, then the object or pattern to put in it;
+- `image`: two images (sent as `image[]`): the scene first, then the object or pattern to put in it; or the
+  scene alone: an edit by the prompt inside the mask (`mode` erase: the diffusion engines inpaint the region from
+  the prompt with no object; the composite engine, which reads no prompt, erases it);
 - `mask`: OpenAI's convention, transparent = edit (an image without alpha: white = edit); instead of a mask,
   SegSwap's `box`, `points` or `text` may select the region;
 - `prompt` (required); `n` 1-4: seeds seed, seed+1, ... (n images cost n credits); `size`: `auto` or the
@@ -29,6 +31,7 @@ from PIL import Image
 from pydantic import BaseModel, Field, ValidationError
 
 from pipelines import build_job
+from pipelines.job import ERASE
 from server.api import metering
 from server.api.body import UPLOADED, read_body, read_form
 from server.api.contract import SwapRequest, describe_validation_error
@@ -90,9 +93,11 @@ def _request_body() -> dict:
         "image[]": {
             "type": "array",
             "items": {"type": "string", "format": "binary"},
-            "minItems": 2,
+            "minItems": 1,
             "maxItems": 2,
-            "description": "The scene, then the object or pattern (two files).",
+            "description": "The scene, then the object or pattern (two files); or the scene alone, an edit by "
+            "the prompt (mode erase: diffusion engines inpaint the mask from the prompt, the composite engine "
+            "erases it).",
         },
         "mask": {"type": "string", "format": "binary", "description": "Transparent = the region to edit."},
         "prompt": text,
@@ -136,7 +141,8 @@ class EditRequest:
 
 @router.post(
     "/v1/images/edits",
-    summary="OpenAI-compatible image edit: the scene and the object as `image[]`, the region as a mask",
+    summary="OpenAI-compatible image edit: the scene and the object (or the scene alone: an edit by the prompt) as "
+    "`image[]`, the region as a mask",
     description=__doc__,
     response_model=ImagesResponse,
     responses=_responses(),
@@ -158,7 +164,9 @@ async def images_edits(
     body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
     edit = _edit_request(await read_form(request, body, settings.max_body_bytes, MAX_FILES))
     contract = _contract(edit)
-    data = {"main_image": edit.images[0], "object_image": edit.images[1]}
+    data = {"main_image": edit.images[0]}
+    if contract.object_image is not None:  # an erase leaves a second image out: not even decoded
+        data["object_image"] = edit.images[1]
     if edit.mask is not None:
         data["mask_image"] = edit.mask
     images = await asyncio.to_thread(decode_inputs, data, settings.max_image_pixels)
@@ -209,10 +217,10 @@ def _edit_request(fields: list[tuple[str, str | bytes]]) -> EditRequest:
             raise BadRequest(f"'{name}' was sent twice; send it once")
         else:
             values[name] = value
-    if len(images) != 2:
+    if len(images) not in (1, 2):
         raise BadRequest(
-            f"send two images as image[]: the scene first, then the object or pattern to put in it (got {len(images)})"
-            + ("; the object goes second" if len(images) == 1 else "")
+            "send the scene as image[], then the object or pattern to put in it; or the scene alone, to edit the "
+            f"region by the prompt (diffusion engines) or erase it (composite engine) (got {len(images)} images)"
         )
     if values.get("stream", "false").lower() not in ("false", "0"):
         raise BadRequest("'stream' is not supported here: the answer comes when the images are done")
@@ -238,13 +246,24 @@ def _contract(edit: EditRequest) -> SwapRequest:
     values["image_format"] = OUTPUT_FORMATS[output_format]
     if "output_compression" in values:
         values["image_quality"] = str(max(10, _int(values.pop("output_compression"), "output_compression", 0, 100)))
-    values.update(main_image=UPLOADED, object_image=UPLOADED)
+    values["main_image"] = UPLOADED
+    if len(edit.images) == 2:
+        values["object_image"] = UPLOADED
+    else:
+        values.setdefault("mode", ERASE)
     if edit.mask is not None:
         values["mask_image"] = UPLOADED
     try:
-        return SwapRequest.model_validate(values, strict=False)
+        contract = SwapRequest.model_validate(values, strict=False)
     except ValidationError as exc:
+        if exc.errors()[0]["loc"] == ("object_image",):  # one image, and a mode that needs an object
+            raise BadRequest(
+                f"'mode' {values['mode']} needs the object as a second image[]; the scene alone is an edit by the "
+                f"prompt (mode {ERASE}: diffusion engines inpaint the region from the prompt, the composite engine "
+                "erases it)"
+            ) from None
         raise BadRequest(describe_validation_error(exc, lambda name: f"'{name}'")) from None
+    return contract
 
 
 def openai_mask(mask: Image.Image) -> Image.Image:

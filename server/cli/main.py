@@ -3,6 +3,7 @@
 segswap serve [--host H] [--port P] [--engine auto|composite|diffusion] [--weights DIR]
 segswap swap --main A (--mask B | --box x0,y0,x1,y1 | --points x,y,1;... | --text T) --object C [fields] -o OUT
 segswap swap --replay OUTPUT --main A --mask B --object C -o OUT   (the same swap again, from OUTPUT's record)
+segswap erase --main A (--mask B | --box ... | --points ... | --text T) [--prompt P] [fields] -o OUT
 segswap mask --main A (--box ... | --points ... | --text ...) -o MASK.png
 segswap info OUTPUT
 segswap weights list | download SET | verify SET | make-tiny --out DIR
@@ -27,7 +28,7 @@ from server.cli.info import add_info_command
 from server.cli.keys import add_keys_commands
 from server.cli.mask import add_mask_command
 from server.cli.serve import add_serve_command
-from server.cli.swap import add_swap_command
+from server.cli.swap import add_erase_command, add_swap_command
 from server.cli.sweep import add_sweep_command
 from server.cli.weights import add_weights_commands
 from server.errors import ServiceError
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     add_serve_command(commands)
     add_swap_command(commands)
+    add_erase_command(commands)
     add_mask_command(commands)
     add_info_command(commands)
     add_batch_command(commands)

@@ -1,4 +1,5 @@
-"""`segswap swap`: one swap offline, the contract's fields as flags, the image written to a file."""
+"""`segswap swap`: one swap offline, the contract's fields as flags, the image written to a file. `segswap erase`:
+the same with `mode` erase and no object (nor the fields only an object reads)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Literal, get_args, get_origin
 from pydantic import ValidationError
 
 from pipelines import IMAGE_FIELDS, build_job
+from pipelines.job import ERASE
 from pipelines.masks import load_segmenter, select_mask
 from server.api.contract import REGION_FIELDS, SwapRequest, describe_validation_error
 from server.cli.common import CliError, add_engine_flags, flag, settings_from
@@ -23,19 +25,45 @@ from server.inputs.resolve import read_source
 from server.serving.workers import load_configured_engine
 
 FORMAT_BY_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+IMAGE_HINTS = {
+    "mask_image": " (or select it with --box, --points or --text)",
+    "object_image": f" (required unless --mode is {ERASE})",
+}
+OBJECT_ONLY = {"object_image", "mode", "fashion_strength", "horizontal_repeat", "vertical_repeat"}  # erase: no flag
 
 
 def add_swap_command(subparsers) -> None:
     parser = subparsers.add_parser("swap", help="run one swap offline and write the image")
+    _add_request_flags(parser, skip=set())
+    parser.set_defaults(handler=run_swap)
+
+
+def add_erase_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "erase",
+        help="remove what the mask covers and write the image (swap --mode erase: no object)",
+        description="Composite engine: the region filled from its surroundings. Diffusion engines: inpainted "
+        "without an object, from --prompt, else a neutral prompt of empty background.",
+    )
+    _add_request_flags(parser, skip=OBJECT_ONLY)
+    parser.set_defaults(handler=run_swap, mode=ERASE)
+
+
+def _add_request_flags(parser: argparse.ArgumentParser, skip: set[str]) -> None:
+    """The contract's fields as flags (but `skip`), --replay, -o and the engine flags."""
     fields = SwapRequest.model_fields
     for name in IMAGE_FIELDS:
+        if name in skip:
+            continue
         what = fields[name].description.split(":")[0]
-        optional = " (or select it with --box, --points or --text)" if name == "mask_image" else ""
         parser.add_argument(
-            flag(name), dest=name, required=name != "mask_image", help=f"{what}: a path or URL{optional}"
+            flag(name),
+            dest=name,
+            required=name == "main_image",
+            help=f"{what}: a path or URL{IMAGE_HINTS.get(name, '')}",
         )
     for name, field in fields.items():
-        if name in IMAGE_FIELDS or name == "base64":
+        if name in IMAGE_FIELDS or name in skip or name == "base64":
             continue
         kind = {int: int, float: float}.get(field.annotation, str)
         choices = f"; one of {', '.join(get_args(field.annotation))}" if get_origin(field.annotation) is Literal else ""
@@ -52,7 +80,6 @@ def add_swap_command(subparsers) -> None:
     )
     parser.add_argument("-o", "--output", type=Path, required=True, help="where to write the result")
     add_engine_flags(parser)
-    parser.set_defaults(handler=run_swap)
 
 
 def run_swap(args: argparse.Namespace) -> int:
@@ -61,9 +88,9 @@ def run_swap(args: argparse.Namespace) -> int:
     request = _validated_request(args, recorded["parameters"] if recorded else {})
     if not args.output.parent.is_dir():
         raise CliError(f"-o: no such folder: {args.output.parent}")
-    sent = [name for name in IMAGE_FIELDS if getattr(args, name) is not None]
+    sent = [name for name in IMAGE_FIELDS if getattr(request, name) is not None]  # an erase reads no object
     images = decode_inputs(
-        {name: read_source(getattr(args, name), name, settings) for name in sent}, settings.max_image_pixels
+        {name: read_source(getattr(request, name), name, settings) for name in sent}, settings.max_image_pixels
     )
     check_encodable(images["main_image"].size, request.image_format)
     selector = request.selector()

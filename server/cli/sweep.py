@@ -37,7 +37,10 @@ def add_sweep_command(subparsers) -> None:
     )
     fields = SwapRequest.model_fields
     for name in IMAGE_FIELDS:
-        parser.add_argument(flag(name), dest=name, required=True, help=f"{fields[name].description.split(':')[0]}")
+        needed = "" if name != "object_image" else " (not needed when every cell has --mode erase)"
+        parser.add_argument(
+            flag(name), dest=name, required=name != "object_image", help=fields[name].description.split(":")[0] + needed
+        )
     for name, info in fields.items():
         if name not in NOT_SWEPT:
             parser.add_argument(flag(name), dest=name, action=Ordered, default=[], help=f"{info.description}")
@@ -56,16 +59,16 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
     fixed, varied = _grid(args)
     settings = settings_from(args)
+    sources = {name: getattr(args, name) for name in IMAGE_FIELDS if getattr(args, name) is not None}
     for combination in combinations(varied):  # every cell valid before the first one runs
-        _validated({**fixed, **combination})
-    data = {name: read_source(getattr(args, name), name, settings) for name in IMAGE_FIELDS}
+        _validated({**fixed, **combination}, sources)
+    data = {name: read_source(source, name, settings) for name, source in sources.items()}
     images = decode_inputs(data, settings.max_image_pixels)
-    sources = {name: getattr(args, name) for name in IMAGE_FIELDS}
     engine = load_configured_engine(settings)
     inputs = input_digests(images)
 
     def encode(image, values: dict, seed: int, engine_name: str) -> bytes:
-        fields = _validated(values).model_dump()
+        fields = _validated(values, sources).model_dump()
         record = output_record(settings.output_metadata, fields, seed, engine_name, inputs)
         return encode_output(image, fields["image_format"], fields["image_quality"], record, settings)
 
@@ -109,8 +112,9 @@ def _typed(name: str, value: str, annotation) -> object:
         raise CliError(f"{flag(name)}: {value!r} is not a {annotation.__name__}") from None
 
 
-def _validated(values: dict) -> SwapRequest:
+def _validated(values: dict, sources: dict[str, str]) -> SwapRequest:
+    """The request of one cell, its images those given (a cell that needs an object nobody gave is refused)."""
     try:
-        return SwapRequest.model_validate({**values, **{name: "x" for name in IMAGE_FIELDS}})
+        return SwapRequest.model_validate({**values, **dict.fromkeys(sources, "x")})
     except ValidationError as exc:
         raise CliError(describe_validation_error(exc, flag)) from None

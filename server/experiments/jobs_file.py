@@ -1,7 +1,8 @@
 """Reading a jobs file: JSONL or CSV, one swap a line, the contract's fields plus an optional `name`.
 
-Image fields are paths (relative to the jobs file) or http(s) URLs. Each line is validated like an API request;
-a line that does not validate becomes a failed entry, reported, while the others go on.
+Image fields are paths (relative to the jobs file) or http(s) URLs; a line with `mode` erase needs no object.
+Each line is validated like an API request; a line that does not validate becomes a failed entry, reported,
+while the others go on.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def _entry(line: int, row: dict | str, folder: Path) -> Entry:
         request = SwapRequest.model_validate(values)
     except ValidationError as exc:
         return Entry(line, name, error=describe_validation_error(exc))
-    sources = {field: _source(getattr(request, field), folder) for field in IMAGE_FIELDS}
+    sent = [field for field in IMAGE_FIELDS if getattr(request, field) is not None]  # an erase has no object
+    sources = {field: _source(getattr(request, field), folder) for field in sent}
     return Entry(line, name, request, sources)
 
 

@@ -325,8 +325,10 @@ class JobStore:
         )
 
     def load_inputs(self, job_id: str) -> dict[str, bytes]:
-        """The inputs as they were received."""
-        return {name: (self.job_dir(job_id) / name).read_bytes() for name in INPUTS}
+        """The inputs as they were received, those the job has (an erase has no object; a job whose files are
+        gone has none, and fails when it is built)."""
+        folder = self.job_dir(job_id)
+        return {name: (folder / name).read_bytes() for name in INPUTS if (folder / name).is_file()}
 
     def result_path(self, record: JobRecord) -> Path | None:
         return self.job_dir(record.id) / record.result_file if record.result_file else None

@@ -119,3 +119,52 @@ def test_object_similarity_skips_flux2_sets_which_have_no_image_encoder(tiny_wei
         (tmp_path / folder.name).symlink_to(folder)
     image = Image.new("RGB", (30, 30), (200, 30, 30))
     assert clip_similarity(tmp_path)(image, image) == pytest.approx(1.0, abs=1e-4)
+
+
+def disc_on_scene(body: float, scene: float, ring: float | None = None, ring_width: int = 2):
+    """A grey disc (its alpha as coverage) on a grainy grey scene, with a line of `ring` just inside its outline
+    (where a matte that took the backdrop's mixed pixels for object puts it)."""
+    rng = np.random.default_rng(3)
+    ys, xs = np.mgrid[0:160, 0:200]
+    distance = np.hypot(xs - 100, ys - 80)
+    coverage = np.clip(50.5 - distance, 0.0, 1.0)  # anti-aliased, radius 50
+    grey = np.where(distance <= 50, body, scene) + rng.normal(0, 3, distance.shape)
+    if ring is not None:
+        grey[(distance > 50 - ring_width) & (distance <= 50)] = ring
+    return np.clip(np.repeat(grey[..., None], 3, axis=2), 0, 255).astype(np.uint8), coverage
+
+
+def test_edge_fringe_flags_a_line_of_the_backdrops_colour_and_nothing_else():
+    clean, coverage = disc_on_scene(body=90, scene=30)
+    assert metrics.edge_fringe(clean, coverage, backdrop=250.0) < 3
+    white_object, _ = disc_on_scene(body=240, scene=30)  # light to its edge: the object's own colour
+    assert metrics.edge_fringe(white_object, coverage, backdrop=250.0) < 3
+    fringed, _ = disc_on_scene(body=90, scene=30, ring=200)
+    assert metrics.edge_fringe(fringed, coverage, backdrop=250.0) > 80
+    assert metrics.edge_fringe(fringed, coverage, backdrop=None) > 80  # unknown backdrop: both ways
+    assert metrics.edge_fringe(fringed, coverage, backdrop=5.0) < 1  # a black backdrop leaves no light line
+    dark_fringe, _ = disc_on_scene(body=90, scene=215, ring=15)
+    assert metrics.edge_fringe(dark_fringe, coverage, backdrop=5.0) > 50
+
+
+def test_the_backdrop_is_the_object_images_frame_unless_it_was_cut_out_already():
+    photo = np.full((40, 50, 3), 245, np.uint8)
+    photo[10:30, 10:40] = (150, 60, 40)
+    assert metrics.backdrop_brightness(photo) == pytest.approx(245, abs=1)
+    cut = np.concatenate([photo, np.zeros((40, 50, 1), np.uint8)], axis=2)
+    cut[10:30, 10:40, 3] = 255
+    assert metrics.backdrop_brightness(cut) is None
+
+
+def test_inclusion_contrast_flags_a_pale_patch_over_a_badge_and_not_the_pattern_running_through():
+    ys, xs = np.mgrid[0:120, 0:160]
+    checks = np.where(((xs // 8) + (ys // 8)) % 2 == 0, 60.0, 140.0)  # a pattern of 8 px checks
+    mask = np.zeros((120, 160), bool)
+    mask[10:110, 10:150] = True
+    badge = np.zeros_like(mask)
+    badge[48:72, 60:100] = True
+    through = np.repeat(checks[..., None], 3, axis=2).astype(np.uint8)
+    pale = through.copy()
+    pale[badge] = (255 - (255 - pale[badge]) / 2.5).astype(np.uint8)  # lit by the badge's own brightness
+    assert metrics.inclusion_contrast(through, mask, badge) < 5
+    assert metrics.inclusion_contrast(pale, mask, badge) > 40

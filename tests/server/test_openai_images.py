@@ -88,10 +88,26 @@ def test_a_wrong_key_is_a_401_in_openais_shape(url, files):
     assert raised.value.body["message"] == "invalid API key" and raised.value.body["type"] == "invalid_request_error"
 
 
-def test_one_image_only_says_the_object_goes_second(url, files):
+def test_the_scene_alone_is_an_erase_on_the_composite_engine(url, files):
+    """One image and a mask: an edit by the prompt, which the composite engine (no prompt read) runs as an erase."""
+    answer = client(url).images.edit(
+        image=open(files / "scene.png", "rb"),
+        mask=open(files / "mask.png", "rb"),
+        prompt="grass",
+        extra_body={"growmask": 0},
+    )
+    out, scene = np.asarray(decoded(answer.data[0].b64_json)), np.asarray(Image.open(files / "scene.png"))
+    edited = np.asarray(Image.open(files / "mask_white.png")) > 0
+    assert np.array_equal(out[~edited], scene[~edited]) and not np.array_equal(out[edited], scene[edited])
+    assert not (out[edited] == (240, 220, 30)).all(axis=-1).any()  # the yellow disc under the mask is gone
     with pytest.raises(openai.BadRequestError) as raised:
-        client(url).images.edit(image=open(files / "scene.png", "rb"), prompt="x")
-    assert "the object goes second" in raised.value.body["message"]
+        client(url).images.edit(
+            image=open(files / "scene.png", "rb"),
+            mask=open(files / "mask.png", "rb"),
+            prompt="x",
+            extra_body={"mode": "object"},
+        )
+    assert "needs the object as a second image[]" in raised.value.body["message"]
 
 
 @pytest.mark.parametrize(

@@ -475,3 +475,39 @@ def test_select_a_box_see_the_mask_refine_it_and_run(session, tmp_path):
     assert np.array_equal(result[~refined], np.asarray(main)[~refined])
     assert any(urlsplit(url).path == "/v1/seg-mask" for url in session.requests)
     assert session.problems == []
+
+
+def test_paint_and_erase_with_no_object_leaves_everything_outside_the_mask(session, tmp_path):
+    """Erase needs the main image and a painted mask, no object: the region is filled (composite engine) and not
+    one pixel outside the painted mask changes (growmask 0)."""
+    from server.inputs.metadata import read
+
+    page = session.page
+    main_path, _, main = write_inputs(tmp_path)
+    page.fill("#api-key", KEY)
+    expect(page.locator("#erase")).to_be_disabled()
+    page.set_input_files("#main-file", str(main_path))
+    expect(page.locator("#stage")).to_be_visible()
+    expect(page.locator("#erase")).to_be_disabled()  # nothing painted yet
+    set_range(page, "#growmask", 0)
+    set_range(page, "#brush-size", 30)
+    paint_stroke(page, (0.3, 0.5), (0.6, 0.5))
+    expect(page.locator("#erase")).to_be_enabled()
+    painted = np.asarray(Image.open(io.BytesIO(download(page, "#save-mask"))).convert("L")) > 127
+
+    page.click("#erase")
+    expect(page.locator("#compare")).to_be_visible(timeout=30_000)
+    expect(page.locator("#result-info")).to_contain_text("engine composite")
+    result_bytes = download(page, "#download")
+    result = np.asarray(Image.open(io.BytesIO(result_bytes)).convert("RGB")).astype(int)
+    changed = np.abs(result - np.asarray(main).astype(int)).sum(axis=2) > 0
+    assert not changed[~painted].any()  # not one pixel outside the painted mask
+    assert changed[painted].mean() > 0.5  # the stroke's content was replaced by the fill
+    record = read(Image.open(io.BytesIO(result_bytes)))
+    assert record["parameters"]["mode"] == "erase" and set(record["inputs"]) == {"main_image", "mask_image"}
+
+    page.click("#clear")
+    expect(page.locator("#erase")).to_be_disabled()
+    page.click("#run")  # Run still needs the object the swap puts in
+    expect(page.locator("#error")).to_contain_text("Add an object image")
+    assert session.problems == []

@@ -16,6 +16,10 @@
 5. Match the result's colour to the original in the ring the model repainted outside the grown mask, scale it
    back and paste it inside the grown mask with a feathered edge: every pixel outside is the input's own.
 
+An erase (mode "erase") runs the same story with nothing placed: the crop is the scene with the grown mask
+filled (pipelines/placement/erase.py), every IP-Adapter scale is 0 (the reference, an empty square, weighs
+nothing), and the prompt is the job's or a neutral one (erase.py).
+
 Fewer model evaluations (options.py, off by default): few-step mode fuses the set's LCM-LoRA into the UNet at
 load and runs 4-8 steps with the LCM scheduler and no guidance (pipelines/models/few_step.py); the step cache
 reuses the UNet's deep features between full steps (step_cache.py).
@@ -42,6 +46,7 @@ from pipelines.engines.diffusion import fp8
 from pipelines.engines.diffusion.conditioning import reference_image, set_ip_adapter_strengths
 from pipelines.engines.diffusion.device_ops import pixels
 from pipelines.engines.diffusion.embedding_cache import EmbeddingCache
+from pipelines.engines.diffusion.erase import prompts
 from pipelines.engines.diffusion.fast_path import apply_fast_path, with_eager_fallback
 from pipelines.engines.diffusion.geometry import dilate
 from pipelines.engines.diffusion.ip_masks import token_grids, token_masks
@@ -62,7 +67,7 @@ from pipelines.engines.diffusion.step_cache import UNetStepCache
 from pipelines.engines.diffusion.stitch import Prepared, crop_around, stitch
 from pipelines.errors import WeightsError
 from pipelines.interface import ProgressFn
-from pipelines.job import SwapJob
+from pipelines.job import ERASE, SwapJob
 from pipelines.models.few_step import few_steps, lora_file
 from pipelines.models.model_sets import ModelSet
 from pipelines.placement.cache import ImageCache
@@ -110,7 +115,8 @@ class DiffusionEngine(StagedEngine):
     def generate(self, job: SwapJob, prepared: Prepared, progress: ProgressFn | None = None) -> torch.Tensor:
         """The model on the prepared crop (IP-Adapter scales and masks, the planned scheduler, embeddings); its
         output (3, H, W in 0..1) stays on the device."""
-        set_ip_adapter_strengths(self.pipe.unet, self.model_set.arch, job.subject_strength, job.fashion_strength)
+        strengths = (0.0, 0.0) if job.mode == ERASE else (job.subject_strength, job.fashion_strength)
+        set_ip_adapter_strengths(self.pipe.unet, self.model_set.arch, *strengths)
         self.pipe.scheduler = prepared.scheduler
         self._set_vae_tiling(prepared.crop.size)
         ip_masks = self._ip_masks(prepared.crop.repainted)
@@ -186,8 +192,9 @@ class DiffusionEngine(StagedEngine):
         without guidance gets the positive half, exactly what the pipeline would compute itself.
         """
         reference = prepared.reference
+        prompt, negative_prompt = prompts(job)
         if not self.embeddings.enabled:
-            return {"prompt": job.prompt, "negative_prompt": job.negative_prompt or None, "ip_adapter_image": reference}
+            return {"prompt": prompt, "negative_prompt": negative_prompt or None, "ip_adapter_image": reference}
         guided = guided and self.pipe.unet.config.time_cond_proj_dim is None
 
         def encode_image() -> list[torch.Tensor]:
@@ -195,9 +202,8 @@ class DiffusionEngine(StagedEngine):
 
         image_key = ("image", self.model_set.arch, self.model_set.variant, *prepared.reference_key)
         image_embeds = self.embeddings.get(image_key, encode_image)
-        prompt_key = ("prompt", job.prompt, job.negative_prompt)
-        prompt = self.embeddings.get(prompt_key, lambda: self._encode_prompt(job.prompt, job.negative_prompt))
-        arguments = dict(prompt)
+        prompt_key = ("prompt", prompt, negative_prompt)
+        arguments = dict(self.embeddings.get(prompt_key, lambda: self._encode_prompt(prompt, negative_prompt)))
         arguments["ip_adapter_image_embeds"] = [e if guided else e.chunk(2)[1] for e in image_embeds]
         return arguments
 

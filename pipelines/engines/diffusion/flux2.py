@@ -22,6 +22,9 @@
    output still lines up with the placed object (object_look.py).
 6. Match the colour in the repainted ring, paste inside the grown mask, feathered: every pixel outside is the
    input's own (stitch.py).
+
+An erase (mode "erase") runs the same story with nothing placed and no reference: the crop is the scene with
+the grown mask filled (pipelines/placement/erase.py), the prompt the job's or a neutral one (erase.py).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from PIL import Image
 from pipelines.engines.diffusion import fp8
 from pipelines.engines.diffusion.device_ops import pixels
 from pipelines.engines.diffusion.embedding_cache import EmbeddingCache
+from pipelines.engines.diffusion.erase import prompts
 from pipelines.engines.diffusion.fast_path import compile_blocks, with_eager_fallback
 from pipelines.engines.diffusion.geometry import dilate, whole_cells
 from pipelines.engines.diffusion.object_look import keep_own_look
@@ -52,7 +56,7 @@ from pipelines.engines.diffusion.stitch import Prepared, crop_around, stitch
 from pipelines.errors import WeightsError
 from pipelines.imageops import tile_object
 from pipelines.interface import ProgressFn
-from pipelines.job import SwapJob
+from pipelines.job import ERASE, SwapJob
 from pipelines.models.model_sets import ModelSet
 from pipelines.placement import Placement
 from pipelines.placement.cache import ImageCache
@@ -135,7 +139,9 @@ class Flux2Engine(StagedEngine):
         )
         area = crop.size[0] * crop.size[1]
         key = ("flux2-reference", digest, placement.mode, area)
-        reference = self.objects.get(key, lambda: reference_image(placement, self.cell, area))
+        reference = None
+        if placement.mode != ERASE:
+            reference = self.objects.get(key, lambda: reference_image(placement, self.cell, area))
         return Prepared(placement, crop, reference, steps, self.guidance_for(job), schedule, reference_key=key)
 
     def finish(self, job: SwapJob, prepared: Prepared, generated) -> Image.Image:
@@ -183,9 +189,10 @@ class Flux2Engine(StagedEngine):
     def _prompt_embeddings(self, job: SwapJob) -> dict[str, torch.Tensor]:
         """prompt_embeds (and, for guidance on the base model, the negative prompt's): the tensors the pipeline
         computes itself, from the LRU when seen before. The pipeline alone would guide against "" always."""
-        arguments = {"prompt_embeds": self._encode(job.prompt)}
+        prompt, negative_prompt = prompts(job)
+        arguments = {"prompt_embeds": self._encode(prompt)}
         if self.guidance_for(job) > 1:
-            arguments["negative_prompt_embeds"] = self._encode(job.negative_prompt)
+            arguments["negative_prompt_embeds"] = self._encode(negative_prompt)
         return arguments
 
     def _encode(self, prompt: str) -> torch.Tensor:

@@ -41,7 +41,7 @@ class Prepared:
 
     placement: Placement
     crop: Crop
-    reference: Image.Image
+    reference: Image.Image | None  # None: the model gets none (an erase on FLUX.2)
     steps: int
     guidance: float
     schedule: dict

@@ -1,6 +1,7 @@
 // segswap playground: a plain client of the public API, nothing more. A run is a v2 job (POST /v2/seg-swap,
 // multipart) followed through its Server-Sent Events (progress, previews, the end), then its output; selecting
-// is POST /v1/seg-mask. The snippets show the one-call v1 request that makes the same image.
+// is POST /v1/seg-mask. The snippets show the one-call v1 request that makes the same image. Erase is a run with
+// mode=erase and no object.
 
 const API_PATH = "v1/seg-swap"; // relative, so the page also works behind a path prefix
 const JOBS_PATH = "v2/seg-swap";
@@ -32,7 +33,7 @@ const STATUS_TEXT = {
 const $ = (id) => document.getElementById(id);
 const els = {
   apiKey: $("api-key"), apiKeyShow: $("api-key-show"),
-  run: $("run"), cancel: $("cancel"), progress: $("progress"), elapsed: $("elapsed"), status: $("status"), error: $("error"),
+  run: $("run"), erase: $("erase"), cancel: $("cancel"), progress: $("progress"), elapsed: $("elapsed"), status: $("status"), error: $("error"),
   progressBar: $("progress-bar"), progressSteps: $("progress-steps"), progressPreview: $("progress-preview"),
   mainDrop: $("main-drop"), mainFile: $("main-file"), stage: $("stage"), mainPreview: $("main-preview"),
   maskCanvas: $("mask-canvas"), brushCursor: $("brush-cursor"), selectBox: $("select-box"), selectPoints: $("select-points"), brushSize: $("brush-size"), brushSizeOut: $("brush-size-out"),
@@ -442,6 +443,14 @@ function updateTools() {
   const noMain = !state.main;
   for (const button of [els.clear, els.invert, els.saveMask, els.maskFile]) button.disabled = noMain;
   els.undo.disabled = state.undo.length === 0;
+  els.erase.disabled = Boolean(state.controller) || noMain || !maskHasPixels();
+}
+
+function maskHasPixels() {
+  const { width, height } = els.maskCanvas;
+  const data = mask.getImageData(0, 0, width, height).data;
+  for (let i = 3; i < data.length; i += 4) if (data[i] >= MASK_THRESHOLD) return true;
+  return false;
 }
 
 // ---------- parameters ----------
@@ -455,15 +464,18 @@ function defaultOf(el) {
   return el.defaultValue;
 }
 
-// Only what differs from the contract's defaults is sent, so the request and its snippets stay short.
-function requestParams() {
+// Only what differs from the contract's defaults is sent, so the request and its snippets stay short; `erase`
+// (the Erase button) sends mode=erase whatever the mode field says.
+function requestParams(erase = false) {
   const params = [];
   for (const el of paramControls()) {
     const value = el.tagName === "TEXTAREA" ? el.value : el.value.trim();
     if (value === defaultOf(el) || (value === "" && el.type === "number")) continue;
     if (el.name === "image_quality" && els.format.value === "png") continue;
+    if (el.name === "mode" && erase) continue;
     params.push([el.name, value]);
   }
+  if (erase) params.push(["mode", "erase"]);
   return params;
 }
 
@@ -548,26 +560,33 @@ function initApiKey() {
 
 // ---------- running ----------
 
-function missingInput() {
+// An erase (the Erase button, or mode erase) needs no object: none is sent.
+function erasing(erase) {
+  return erase || $("mode").value === "erase";
+}
+
+function missingInput(erase) {
   if (!state.main) return ["Add a main image", "Drop, paste or choose the scene to edit."];
-  if (!state.object) return ["Add an object image", "Drop, paste or choose the object or pattern to put in the mask."];
+  if (!state.object && !erasing(erase)) {
+    return ["Add an object image", "Drop, paste or choose the object or pattern to put in the mask, or Erase instead."];
+  }
   if (/[^\x20-\x7e]/.test(apiKey())) return ["The API key has characters a header cannot carry", "Paste the key again."];
   return null;
 }
 
-async function buildBody() {
+async function buildBody(erase) {
   const form = new FormData();
   form.append("main_image", state.main.blob, fileName("main", state.main.blob));
   form.append("mask_image", await maskPng(), "mask.png");
-  form.append("object_image", state.object.blob, fileName("object", state.object.blob));
-  for (const [name, value] of requestParams()) form.append(name, value);
+  if (!erasing(erase)) form.append("object_image", state.object.blob, fileName("object", state.object.blob));
+  for (const [name, value] of requestParams(erase)) form.append(name, value);
   return form;
 }
 
-async function run(event) {
+async function run(event, erase = false) {
   event?.preventDefault();
   if (state.controller) return;
-  const missing = missingInput();
+  const missing = missingInput(erase);
   if (missing) {
     showError(...missing);
     return;
@@ -579,7 +598,8 @@ async function run(event) {
   setRunning(true);
   try {
     const headers = apiKey() ? { "x-api-key": apiKey() } : {};
-    const submitted = await fetch(JOBS_PATH, { method: "POST", headers, body: await buildBody(), signal: controller.signal });
+    const body = await buildBody(erase);
+    const submitted = await fetch(JOBS_PATH, { method: "POST", headers, body, signal: controller.signal });
     if (!submitted.ok) {
       showError(...(await describeHttpError(submitted)));
       setStatus(`Failed after ${seconds(started)}.`);
@@ -669,6 +689,7 @@ function seconds(started) {
 
 function setRunning(running) {
   els.run.disabled = running;
+  updateTools();
   els.cancel.hidden = !running;
   els.progress.hidden = !running;
   clearInterval(state.timer);
@@ -790,7 +811,7 @@ function snippetParts() {
     files: [
       ["main_image", fileName("main", state.main?.blob)],
       ["mask_image", "mask.png"],
-      ["object_image", fileName("object", state.object?.blob)],
+      ...(erasing(false) ? [] : [["object_image", fileName("object", state.object?.blob)]]),
     ],
     params: requestParams(),
     output: `result.${OUTPUT_EXTENSIONS[els.format.value] || "png"}`,
@@ -918,6 +939,7 @@ function init() {
   wireMaskTools();
   wireParams();
   els.cancel.addEventListener("click", cancelRun);
+  els.erase.addEventListener("click", () => run(null, true));
   els.split.addEventListener("input", () => els.compare.style.setProperty("--split", `${els.split.value}%`));
   for (const button of document.querySelectorAll("button.copy")) button.addEventListener("click", () => copyText(button));
   initApiKey();

@@ -1,0 +1,101 @@
+"""Where the fill may take its patches: the ground reachable from the hole without crossing a strong edge.
+
+A strong edge is one well above the texture around the hole (so brick joints or gravel are not edges, and a
+distinct object's outline on a plain table is). What lies beyond such an edge, a cup near the hole, a person
+beside it, is not ground the hole continues, and copying from it is what makes a fill show a ghost of something.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+WORK_SIDE = 512
+EDGE_SIGMA = 3.0  # colour gradients of the image blurred this much: texture (grain, joints, fur) averages out
+RING = 15  # the texture around the hole is measured in this many pixels past it
+TEXTURE_PERCENTILE = 90  # the texture's gradient: this percentile over the ring's ground (joints included)
+STRONG_OVER_TEXTURE = 2.0  # an edge is strong at this many times the texture's gradient...
+MIN_STRONG = 3.0  # ...and at least this many levels per pixel
+UNLIKE = 6.0  # Mahalanobis distance from the ring's colours beyond which a pixel is not the hole's ground
+COLOUR_FLOOR = 6.0  # levels added to the ring's colour spread
+TYPICAL = 80  # percentile of the ring's colours its statistics are taken from
+SEED_REACH = 3  # the hole's own outline just past the mask (its old edge) is stepped over
+MIN_GROUND = 0.5  # reachable ground at least this share of the hole's area, else the edges are relaxed
+RELAXATIONS = 3
+
+
+def allowed_sources(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """Pixels of `image` (float RGB) the fill of `hole` may copy from: connected to the hole's surroundings by
+    paths that cross no strong edge and stay on ground of the surroundings' colours, with the edges bounding
+    that ground (a patch may straddle a table's edge that runs into the hole). Found at most WORK_SIDE px a
+    side: ground and outlines are large-scale things."""
+    height, width = hole.shape
+    if max(height, width) <= WORK_SIDE:
+        return _allowed(image, hole)
+    size = (
+        max(1, round(width * WORK_SIDE / max(height, width))),
+        max(1, round(height * WORK_SIDE / max(height, width))),
+    )
+    smaller = cv2.resize(image.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    smaller_hole = cv2.resize(hole.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0
+    allowed = _allowed(smaller, smaller_hole)
+    return cv2.resize(allowed.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+def _allowed(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    blurred = cv2.GaussianBlur(image.astype(np.float32), (0, 0), EDGE_SIGMA)
+    gradient = _gradient(blurred)
+    seeds = cv2.dilate(hole.astype(np.uint8), _disc(SEED_REACH)).astype(bool)
+    ring = cv2.dilate(hole.astype(np.uint8), _disc(RING)).astype(bool) & ~hole
+    if not ring.any():
+        return np.ones_like(hole)
+    unlike = _colour_distance(blurred, blurred[ring])
+    ground_ring = ring & (unlike <= UNLIKE)  # not the tyre of a bike the hole touches
+    texture = float(np.percentile(gradient[ground_ring if ground_ring.any() else ring], TEXTURE_PERCENTILE))
+    threshold = max(MIN_STRONG, STRONG_OVER_TEXTURE * texture)
+    for _ in range(RELAXATIONS):
+        ground = _reachable(((gradient <= threshold) & (unlike <= UNLIKE)) | seeds, seeds)
+        if (ground & ~hole).sum() >= MIN_GROUND * hole.sum():
+            return cv2.dilate(ground.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        threshold, unlike = threshold * 2, unlike / 2
+    return np.ones_like(hole)
+
+
+def _colour_distance(blurred: np.ndarray, ring: np.ndarray) -> np.ndarray:
+    """Each pixel's Mahalanobis distance from the ring's colours (blurred): how unlike the ground around the
+    hole it is. The ring's statistics leave out its least typical fifth (a distinct object reaching into it),
+    and the spread is floored so a plain ring does not make every shade "unlike"."""
+    if len(ring) < 8:
+        return np.zeros(blurred.shape[:2], np.float32)
+    mean, inverse = _colour_statistics(ring)
+    typical = _mahalanobis(ring, mean, inverse) <= np.percentile(_mahalanobis(ring, mean, inverse), TYPICAL)
+    mean, inverse = _colour_statistics(ring[typical])
+    return _mahalanobis(blurred.reshape(-1, 3), mean, inverse).reshape(blurred.shape[:2]).astype(np.float32)
+
+
+def _colour_statistics(colours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    covariance = np.cov(colours, rowvar=False) + np.eye(3) * COLOUR_FLOOR**2
+    return colours.mean(axis=0), np.linalg.inv(covariance)
+
+
+def _mahalanobis(colours: np.ndarray, mean: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+    centred = colours - mean
+    return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", centred, inverse, centred), 0.0))
+
+
+def _gradient(blurred: np.ndarray) -> np.ndarray:
+    """Colour gradient magnitude (over the three channels: a red bike on a grey floor of the same brightness
+    has an edge) per pixel of the blurred image."""
+    gx = cv2.Sobel(blurred, cv2.CV_32F, 1, 0, ksize=3) / 8.0
+    gy = cv2.Sobel(blurred, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+    return np.sqrt((gx * gx + gy * gy).sum(axis=2))
+
+
+def _reachable(passable: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    count, labels = cv2.connectedComponents(passable.astype(np.uint8), connectivity=8)
+    touching = np.unique(labels[seeds & passable])
+    return np.isin(labels, touching[touching > 0])
+
+
+def _disc(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))

@@ -1,0 +1,102 @@
+"""The exemplar fill (pipelines/placement/fill.py): texture carried into the hole, nothing of the erased thing
+left, nothing copied from a distinct object, nothing outside the hole touched, same seed same bytes. On the
+eval suite's photographs (pipelines/evaluation/suite, SOURCES.md)."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.evaluation.metrics import fill_texture, structure_left
+from pipelines.imageops import mask_box
+from pipelines.placement.fill import pull_push, remove_content
+from pipelines.placement.sources import allowed_sources
+
+SUITE = Path(__file__).resolve().parents[2] / "pipelines" / "evaluation" / "suite"
+
+
+def photo(name: str) -> np.ndarray:
+    return np.asarray(Image.open(SUITE / name).convert("RGB"), dtype=np.float32)
+
+
+def mask_of(name: str) -> np.ndarray:
+    return np.asarray(Image.open(SUITE / name).convert("L")) > 127
+
+
+def erase(scene: np.ndarray, mask: np.ndarray, seed: int = 0) -> np.ndarray:
+    return remove_content(scene, mask, mask_box(mask), seed)
+
+
+@pytest.mark.parametrize(
+    ("scene", "mask"),
+    [
+        ("brick.jpg", "brick_patch_mask.png"),
+        ("grass.jpg", "grass_patch_mask.png"),
+        ("chelsea.jpg", "chelsea_fur_mask.png"),
+    ],
+)
+def test_the_fill_is_as_textured_as_its_surroundings(scene, mask):
+    original, hole = photo(scene), mask_of(mask)
+    out = erase(original, hole)
+    assert 0.6 <= fill_texture(out, original, hole) <= 1.6
+    assert np.array_equal(out[~hole], original[~hole])
+    # The measure is one: a smooth fill of the same hole misses it.
+    assert fill_texture(pull_push(original, hole), original, hole) < 0.3
+
+
+def test_a_thin_structure_erased_from_the_sky_leaves_nothing_behind():
+    original, rod = photo("rocket.jpg"), mask_of("rocket_rod_mask.png")
+    assert structure_left(original, original, rod) > 0.2  # the light rod against the dark sky
+    assert structure_left(erase(original, rod), original, rod) <= 0.01
+
+
+def scene_with_a_red_cup() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Grass with a hole, and a red disc 6 px beyond the hole's edge, itself textured (the grass, tinted)."""
+    grass = photo("grass.jpg")[:256, :256].copy()
+    hole = np.zeros(grass.shape[:2], np.uint8)
+    cv2.circle(hole, (100, 128), 40, 1, -1)
+    cup = np.zeros_like(hole)
+    cv2.circle(cup, (196, 128), 50, 1, -1)
+    scene = grass.copy()
+    scene[cup > 0] = (grass[::-1, ::-1] * np.float32([1.3, 0.35, 0.35]))[cup > 0]
+    return scene, hole.astype(bool), cup.astype(bool)
+
+
+def red(image: np.ndarray) -> np.ndarray:
+    return image[..., 0] - image[..., 1:].max(axis=-1) > 40
+
+
+def test_nothing_is_copied_from_a_distinct_object_near_the_hole():
+    scene, hole, cup = scene_with_a_red_cup()
+    for seed in range(3):
+        assert not (red(erase(scene, hole, seed)) & hole).any()
+
+
+def test_sources_stop_at_a_strong_edge_and_not_at_texture():
+    scene, hole, cup = scene_with_a_red_cup()
+    allowed = allowed_sources(scene, hole)
+    inside_cup = cv2.erode(cup.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    assert not allowed[inside_cup].any()
+    grass = ~cup & ~hole & ~cv2.dilate(cup.astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool)
+    assert allowed[grass].mean() > 0.98  # blades of grass are texture, not edges
+    brick_hole = mask_of("brick_patch_mask.png")
+    assert allowed_sources(photo("brick.jpg"), brick_hole)[~brick_hole].mean() > 0.98  # nor are joints
+
+
+def test_same_seed_same_pixels_and_another_seed_another_fill():
+    original, hole = photo("grass.jpg")[:200, :200].copy(), np.zeros((200, 200), bool)
+    hole[60:140, 70:130] = True
+    first = erase(original, hole, seed=5)
+    assert np.array_equal(first, erase(original, hole, seed=5))
+    assert not np.array_equal(first, erase(original, hole, seed=6))
+
+
+def test_a_hole_with_nothing_around_it_is_filled_smoothly():
+    scene = np.full((40, 40, 3), 90.0, np.float32)
+    scene[:, :2] = (10, 200, 10)
+    hole = np.zeros((40, 40), bool)
+    hole[:, 2:] = True  # no source patch fits beside a 2 px strip
+    out = erase(scene, hole)
+    assert np.isfinite(out).all() and np.array_equal(out[:, :2], scene[:, :2])
