@@ -27,7 +27,6 @@ SEARCH_PIXELS = 60_000  # hole pixels up to which a level gets the full search (
 COARSEST_SIDE = 24  # levels are halved until the hole's box fits this (or the window gets too small)
 EM_PASSES = 3  # search + vote rounds per searched level
 SEARCH_ITERATIONS = 2  # PatchMatch passes per round
-BALANCE = 2.0  # weight of the patches' difference in spread against their squared differences (patchmatch.py)
 DETAIL_SIGMA = 1.5  # below this scale the centre copy gives the detail, above it the vote
 SEAM_SIGMA = 1.5  # the light on either side of the hole's edge is compared over this scale (wider reaches past edges)
 VOTE_SAMPLE = 7  # the vote's spread of costs is read from every this-many-th target
@@ -56,17 +55,20 @@ def remove_content(
 
 
 def fill_hole(image: np.ndarray, hole: np.ndarray, seed: int, exclude: np.ndarray | None = None) -> np.ndarray:
-    """`image` (float32 RGB) with `hole` filled, coarse to fine; no patch from `exclude`."""
-    pyramid = _pyramid(image, hole)
-    allowed = allowed_sources(image, hole)
-    if exclude is not None:
-        allowed &= ~exclude
-    previous = None
-    for level in reversed(range(len(pyramid))):
-        picture, gap = pyramid[level]
+    """`image` (float32 RGB) with `hole` filled, coarse to fine; no patch from `exclude` (nor its light)."""
+    barred = np.zeros_like(hole) if exclude is None else exclude
+    allowed = allowed_sources(image, hole) & ~barred
+    levels = []
+    for picture, gap in _pyramid(image, hole):  # down to the coarsest level that still has patches to copy
         source = _sources(gap, _resized(allowed, gap.shape))
         if not source.any():
-            return pull_push(image, hole)  # nothing outside the hole to copy from
+            break
+        levels.append((picture, gap, source))
+    if not levels:  # nothing around the hole to copy from: a smooth guess from what is there
+        return pull_push(image, hole | barred)
+    previous = None
+    for level in reversed(range(len(levels))):
+        picture, gap, source = levels[level]
         targets, is_target = _targets(gap)
         if previous is None:  # random matches: a start with the surroundings' texture, not a smooth guess
             nnf = patchmatch.random_nnf(source, targets, seed)
@@ -75,35 +77,33 @@ def fill_hole(image: np.ndarray, hole: np.ndarray, seed: int, exclude: np.ndarra
         # The hole still holds what is removed: this first estimate weighs the matches alike.
         estimate = _reestimate(picture, gap, nnf, np.zeros(gap.shape, np.float32), is_target)
         searched = int(gap.sum()) <= SEARCH_PIXELS
-        around = _around(gap, 2 * RADIUS)
-        spread = _spread(picture)  # outside the hole it stays: only the hole's box is measured again
         for round_ in range(EM_PASSES if searched else 1):
             cost = np.zeros(gap.shape, np.float32)
             iterations = SEARCH_ITERATIONS if searched else 1
-            spread[around] = _spread(estimate[around])
-            patchmatch.search(
-                estimate, spread, source, nnf, cost, targets, RADIUS, BALANCE, iterations, searched, seed + round_
-            )
+            patchmatch.search(estimate, source, nnf, cost, targets, RADIUS, iterations, searched, seed + round_)
             estimate = _reestimate(estimate, gap, nnf, cost, is_target)
         previous = (nnf, is_target)
     box = _around(hole, int(3 * SEAM_SIGMA) + 1)
     out = image.copy()
-    out[box] = seamless(image[box], hole[box], estimate[box])
+    out[box] = seamless(image[box], hole[box], estimate[box], barred[box])
     return out
 
 
-def seamless(image: np.ndarray, hole: np.ndarray, filled: np.ndarray) -> np.ndarray:
+def seamless(image: np.ndarray, hole: np.ndarray, filled: np.ndarray, barred: np.ndarray) -> np.ndarray:
     """`filled` with a smooth correction so its light meets the surroundings' at the hole's edge: the patches
     bring their own shading (a floor copied from its sunlit part into the shadow), and the mismatch along the
-    edge, interpolated across the hole, takes it out (membrane cloning)."""
+    edge, interpolated across the hole, takes it out (membrane cloning). `barred` pixels (old content a placed
+    object will hide) are no reference for the light."""
 
     def local_mean(values: np.ndarray, where: np.ndarray) -> np.ndarray:
         weight = where.astype(np.float32)
         blurred = cv2.GaussianBlur(values * weight[..., None], (0, 0), SEAM_SIGMA)
         return blurred / np.maximum(cv2.GaussianBlur(weight, (0, 0), SEAM_SIGMA)[..., None], 1e-6)
 
+    known = ~hole & ~barred
     band = hole & ~cv2.erode(hole.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
-    mismatch = local_mean(image, ~hole) - local_mean(filled, hole)
+    band &= cv2.dilate(known.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)  # next to the scene
+    mismatch = local_mean(image, known) - local_mean(filled, hole)
     correction = pull_push(np.where(band[..., None], mismatch, 0).astype(np.float32), ~band)
     return np.where(hole[..., None], filled + correction, image).astype(np.float32)
 
@@ -139,16 +139,6 @@ def _around(gap: np.ndarray, margin: int) -> tuple[slice, slice]:
         slice(max(0, rows[0] - margin), min(height, rows[-1] + margin + 1)),
         slice(max(0, cols[0] - margin), min(width, cols[-1] + margin + 1)),
     )
-
-
-def _spread(picture: np.ndarray) -> np.ndarray:
-    """Each patch's standard deviation over its pixels and channels."""
-    size = (2 * RADIUS + 1, 2 * RADIUS + 1)
-    total = picture.sum(axis=2, dtype=np.float32) / 3
-    squares = np.einsum("ijk,ijk->ij", picture, picture, dtype=np.float32) / 3
-    mean = cv2.boxFilter(total, -1, size, borderType=cv2.BORDER_REFLECT)
-    square = cv2.boxFilter(squares, -1, size, borderType=cv2.BORDER_REFLECT)
-    return np.sqrt(np.maximum(square - mean * mean, 0.0))
 
 
 def _pyramid(image: np.ndarray, hole: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -42,19 +42,8 @@ def patch_distance(image, ty, tx, sy, sx, radius, limit):
 
 
 @njit(cache=True, nogil=True)
-def match_cost(image, spread, ty, tx, sy, sx, radius, balance, limit):
-    """The patch distance plus `balance` x (difference of the patches' spreads)^2 per patch value: squared
-    differences alone prefer a flat source for a grainy target (its noise counts once, not twice), and a fill
-    found that way comes out smooth."""
-    difference = spread[ty, tx] - spread[sy, sx]
-    penalty = balance * difference * difference * (2 * radius + 1) ** 2 * 3
-    return penalty + patch_distance(image, ty, tx, sy, sx, radius, limit - penalty)
-
-
-@njit(cache=True, nogil=True)
-def search(image, spread, source, nnf, cost, targets, radius, balance, iterations, random_search, seed):
-    """Improve `nnf` and `cost` in place: `iterations` PatchMatch passes, alternating scan direction. `spread`
-    (H, W): each patch's standard deviation (see match_cost)."""
+def search(image, source, nnf, cost, targets, radius, iterations, random_search, seed):
+    """Improve `nnf` and `cost` in place: `iterations` PatchMatch passes, alternating scan direction."""
     np.random.seed(seed)
     height, width = source.shape
     is_target = np.zeros((height, width), dtype=np.bool_)
@@ -62,7 +51,7 @@ def search(image, spread, source, nnf, cost, targets, radius, balance, iteration
         is_target[targets[i, 0], targets[i, 1]] = True
     for i in range(targets.shape[0]):
         y, x = targets[i, 0], targets[i, 1]
-        cost[y, x] = match_cost(image, spread, y, x, nnf[y, x, 0], nnf[y, x, 1], radius, balance, INF)
+        cost[y, x] = patch_distance(image, y, x, nnf[y, x, 0], nnf[y, x, 1], radius, INF)
     count = targets.shape[0]
     for iteration in range(iterations):
         step = 1 if iteration % 2 == 0 else -1
@@ -76,7 +65,7 @@ def search(image, spread, source, nnf, cost, targets, radius, balance, iteration
                     continue
                 cy, cx = nnf[ny, nx, 0] + y - ny, nnf[ny, nx, 1] + x - nx
                 if 0 <= cy < height and 0 <= cx < width and source[cy, cx] and (cy != best_y or cx != best_x):
-                    distance = match_cost(image, spread, y, x, cy, cx, radius, balance, best)
+                    distance = patch_distance(image, y, x, cy, cx, radius, best)
                     if distance < best:
                         best_y, best_x, best = cy, cx, distance
             reach = max(height, width) if random_search else 0
@@ -84,7 +73,7 @@ def search(image, spread, source, nnf, cost, targets, radius, balance, iteration
                 cy = best_y + np.random.randint(-reach, reach + 1)
                 cx = best_x + np.random.randint(-reach, reach + 1)
                 if 0 <= cy < height and 0 <= cx < width and source[cy, cx]:
-                    distance = match_cost(image, spread, y, x, cy, cx, radius, balance, best)
+                    distance = patch_distance(image, y, x, cy, cx, radius, best)
                     if distance < best:
                         best_y, best_x, best = cy, cx, distance
                 reach //= 2

@@ -100,3 +100,43 @@ def test_a_hole_with_nothing_around_it_is_filled_smoothly():
     hole[:, 2:] = True  # no source patch fits beside a 2 px strip
     out = erase(scene, hole)
     assert np.isfinite(out).all() and np.array_equal(out[:, :2], scene[:, :2])
+
+
+def test_the_fill_takes_the_light_of_where_it_is():
+    """Patches copied from the lit side of a surface into its shade bring their light along; along the hole's
+    edge the fill meets the surroundings' brightness (the seam correction)."""
+    grass = photo("grass.jpg")[:256, :256]
+    light = np.linspace(1.3, 0.45, 256, dtype=np.float32)[None, :, None]  # lit on the left, in shade on the right
+    scene = np.clip(grass * light, 0, 255)
+    hole = np.zeros((256, 256), np.uint8)
+    cv2.circle(hole, (190, 128), 36, 1, -1)
+    hole = hole.astype(bool)
+    out = erase(scene, hole, seed=2)
+    grey = out @ np.float32([0.299, 0.587, 0.114])
+    disc = np.ones((9, 9), np.uint8)
+    inner = hole & ~cv2.erode(hole.astype(np.uint8), disc).astype(bool)
+    outer = cv2.dilate(hole.astype(np.uint8), disc).astype(bool) & ~hole
+    for side in (slice(0, 190), slice(190, 256)):  # the lit and the shaded half of the edge alike
+        assert (
+            abs(
+                grey[inner][:, None][np.isin(np.argwhere(inner)[:, 1], np.arange(256)[side])].mean()
+                - grey[outer][:, None][np.isin(np.argwhere(outer)[:, 1], np.arange(256)[side])].mean()
+            )
+            < 6
+        )
+
+
+def test_a_placed_objects_hidden_old_content_is_no_source():
+    """Under a swap the fill runs only where the new object leaves the scene visible; what it hides still holds the
+    old object, which must not be copied into the visible rest."""
+    from pipelines.placement.objects import place_object
+
+    scene = photo("grass.jpg")[:256, :256].copy()
+    grown = np.zeros((256, 256), bool)
+    grown[40:220, 50:210] = True
+    scene[grown] = (220, 30, 30)  # the old object fills the whole mask
+    product = Image.new("RGBA", (60, 150), (20, 60, 200, 255))  # narrow: most of the mask stays visible
+    out, alpha = place_object(scene, grown, (50, 40, 210, 220), product, 0.0, seed=0)
+    visible = grown.copy()
+    visible[40:220, 50:210] &= alpha < 0.5
+    assert visible.sum() > 5000 and not (red(out) & visible).any()
