@@ -7,8 +7,8 @@
                             and credits a flat paste with the outline's shading
     pattern_colour_carried  1 - |mean_out - mean_pattern| / |mean_orig - mean_pattern| inside the mask (RGB
                             means, Euclidean): 1 when the mask took the pattern's mean colour, 0 when it kept its own
-    backdrop_leak           share of the mask taken by its single most common colour (bins 8 values wide per
-                            channel): a product's plain backdrop brought along shows as one flat colour
+    backdrop_leak           share of the mask in the product's old backdrop colour (the median of the object
+                            image's frame, within 16 levels per channel): a plain backdrop brought along
     outside_changed         pixels outside the grown mask that differ from the original (must be 0)
     inclusion_contrast      grey levels by which the output over a hand-marked badge or tag inside the mask differs
                             from the mask just around it (the worst badge): a pale patch of the pattern stands out
@@ -36,6 +36,7 @@ from pipelines.imageops import LUMA, euclidean_distance
 CHANGED = 30  # sum of |dRGB| above which a pixel counts as visibly changed
 SHADING_SIGMA = 6.0
 COLOUR_BIN = 8
+BACKDROP_NEAR = 16  # levels on every channel within which a pixel has the old backdrop's colour
 FRINGE_BAND = 3  # the band checked for a fringe: the outline and this many pixels outside it
 FRINGE_REFERENCE = 8  # the scene around is read 4-8 px outside the outline, the object's inside 4-8 px in
 FRINGE_SECTORS = 16  # the outline is judged in this many sectors around the object's centre
@@ -94,8 +95,14 @@ def pattern_colour_carried(out: np.ndarray, original: np.ndarray, mask: np.ndarr
     return float(1.0 - np.linalg.norm(mean_out - mean_pattern) / gap)
 
 
-def backdrop_leak(out: np.ndarray, mask: np.ndarray) -> float:
-    bins = out[mask].astype(np.int32) // COLOUR_BIN
+def backdrop_leak(out: np.ndarray, mask: np.ndarray, backdrop: np.ndarray | None = None) -> float:
+    """Share of the mask in the object's old backdrop colour (within BACKDROP_NEAR on every channel); with the
+    backdrop unknown, of its single most common colour. A scene whose own ground behind the object is one flat
+    colour (a black backdrop in the photo) is not a leak of the product's white."""
+    pixels = out[mask].astype(np.int32)
+    if backdrop is not None:
+        return float(np.mean(np.abs(pixels - backdrop).max(axis=1) <= BACKDROP_NEAR))
+    bins = pixels // COLOUR_BIN
     keys = (bins[:, 0] * 64 + bins[:, 1]) * 64 + bins[:, 2]
     return float(np.bincount(keys).max() / len(keys))
 
@@ -160,14 +167,20 @@ def _sector_excess(band: list[float], sides: list[float], scene: float, backdrop
     return max(lighter if backdrop > scene else darker, 0.0)
 
 
-def backdrop_brightness(obj: np.ndarray) -> float | None:
-    """The median brightness of an object image's outer frame of pixels: its backdrop, when it was shot on one
+def backdrop_colour(obj: np.ndarray) -> np.ndarray | None:
+    """The median colour (RGB) of an object image's outer frame of pixels: its backdrop, when it was shot on one
     (None when the image has transparency: it was cut out already and its old backdrop is unknown)."""
     if obj.ndim == 3 and obj.shape[2] == 4 and obj[..., 3].min() < 250:
         return None
     rgb = obj[..., :3].astype(np.float64) if obj.ndim == 3 else np.repeat(obj[..., None], 3, axis=2)
     frame = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
-    return float(np.median(frame @ LUMA))
+    return np.median(frame, axis=0)
+
+
+def backdrop_brightness(obj: np.ndarray) -> float | None:
+    """The brightness of the object's backdrop (backdrop_colour), None when unknown."""
+    colour = backdrop_colour(obj)
+    return None if colour is None else float(colour @ LUMA)
 
 
 def fill_texture(out: np.ndarray, original: np.ndarray, mask: np.ndarray) -> float:

@@ -108,7 +108,7 @@ def measure(case: Case, job, output: Image.Image) -> dict[str, dict]:
             pattern = np.asarray(case.object.convert("RGB"))
             values[check] = metrics.pattern_colour_carried(out, original, mask, pattern)
         elif check == "backdrop_leak":
-            values[check] = metrics.backdrop_leak(out, mask)
+            values[check] = metrics.backdrop_leak(out, mask, metrics.backdrop_colour(np.asarray(case.object)))
         elif check == "shading_kept" and inclusions is not None:  # a badge is not light: folds are read on the fabric
             values[check] = metrics.shading_kept(out, original, mask & ~inclusions)
         elif check == "inclusion_contrast":

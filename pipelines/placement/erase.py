@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from pipelines.errors import InvalidInput
 from pipelines.imageops import grow_mask, mask_box, normalize_mask
 from pipelines.job import ERASE, SwapJob
 from pipelines.placement.fill import remove_content
@@ -28,6 +29,12 @@ def place_erase(job: SwapJob) -> Placement:
     main = job.main_image.convert("RGB")
     mask = normalize_mask(job.mask_image, main.size)
     grown = grow_mask(mask, job.growmask)
+    if grown.all():
+        raise InvalidInput(
+            "covers the whole image (after growmask): an erase fills the region from the scene around it, and "
+            "none is left",
+            "mask_image",
+        )
     left, top, right, bottom = mask_box(grown)
     wl, wt, wr, wb = work_window(grown)
     local_grown = grown[wt:wb, wl:wr]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from pipelines.imageops import Box
 from pipelines.placement import patchmatch
@@ -70,8 +71,8 @@ def fill_hole(image: np.ndarray, hole: np.ndarray, seed: int, exclude: np.ndarra
     for level in reversed(range(len(levels))):
         picture, gap, source = levels[level]
         targets, is_target = _targets(gap)
-        if previous is None:  # random matches: a start with the surroundings' texture, not a smooth guess
-            nnf = patchmatch.random_nnf(source, targets, seed)
+        if previous is None:  # random matches near each target: the texture beside it, not a smooth guess
+            nnf = patchmatch.nearby_nnf(source, targets, _anchors(source), 2 * RADIUS + 1, seed)
         else:
             nnf = patchmatch.upsample_nnf(previous[0], previous[1], source, targets, seed + level)
         # The hole still holds what is removed: this first estimate weighs the matches alike.
@@ -139,6 +140,12 @@ def _around(gap: np.ndarray, margin: int) -> tuple[slice, slice]:
         slice(max(0, rows[0] - margin), min(height, rows[-1] + margin + 1)),
         slice(max(0, cols[0] - margin), min(width, cols[-1] + margin + 1)),
     )
+
+
+def _anchors(source: np.ndarray) -> np.ndarray:
+    """For every pixel, the nearest allowed source centre (y, x)."""
+    _, (rows, cols) = ndimage.distance_transform_edt(~source, return_indices=True)
+    return np.ascontiguousarray(np.stack([rows, cols], axis=-1).astype(np.int32))
 
 
 def _pyramid(image: np.ndarray, hole: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:

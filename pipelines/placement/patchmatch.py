@@ -143,11 +143,28 @@ def upsample_nnf(coarse, coarse_targets, source, targets, seed):
 
 
 @njit(cache=True, nogil=True)
-def random_nnf(source, targets, seed):
+def nearby_nnf(source, targets, anchors, reach, seed):
+    """A first field: each target matched to a random allowed source near its anchor (the known pixel nearest
+    to it), the reach doubling until one is found. Sky starts from the sky beside it, a floor from the floor."""
     np.random.seed(seed)
-    nnf = np.zeros((source.shape[0], source.shape[1], 2), dtype=np.int32)
+    height, width = source.shape
+    nnf = np.zeros((height, width, 2), dtype=np.int32)
     sources = np.argwhere(source)
     for i in range(targets.shape[0]):
-        pick = sources[np.random.randint(0, sources.shape[0])]
-        nnf[targets[i, 0], targets[i, 1], 0], nnf[targets[i, 0], targets[i, 1], 1] = pick[0], pick[1]
+        y, x = targets[i, 0], targets[i, 1]
+        ay, ax = anchors[y, x, 0], anchors[y, x, 1]
+        found = False
+        radius = reach
+        while not found and radius < 2 * max(height, width):
+            for _ in range(16):
+                cy = ay + np.random.randint(-radius, radius + 1)
+                cx = ax + np.random.randint(-radius, radius + 1)
+                if 0 <= cy < height and 0 <= cx < width and source[cy, cx]:
+                    nnf[y, x, 0], nnf[y, x, 1] = cy, cx
+                    found = True
+                    break
+            radius *= 2
+        if not found:
+            pick = sources[np.random.randint(0, sources.shape[0])]
+            nnf[y, x, 0], nnf[y, x, 1] = pick[0], pick[1]
     return nnf

@@ -19,7 +19,7 @@ MIN_STRONG = 3.0  # ...and at least this many levels per pixel
 UNLIKE = 6.0  # Mahalanobis distance from the ring's colours beyond which a pixel is not the hole's ground
 COLOUR_FLOOR = 6.0  # levels added to the ring's colour spread
 TYPICAL = 80  # percentile of the ring's colours its statistics are taken from
-SEED_REACH = 3  # the hole's own outline just past the mask (its old edge) is stepped over
+MIN_SHARE = 0.08  # of the ring a region must hold to be ground the hole lies on
 MIN_GROUND = 0.5  # reachable ground at least this share of the hole's area, else the edges are relaxed
 RELAXATIONS = 3
 
@@ -45,7 +45,6 @@ def allowed_sources(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
 def _allowed(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
     blurred = cv2.GaussianBlur(image.astype(np.float32), (0, 0), EDGE_SIGMA)
     gradient = _gradient(blurred)
-    seeds = cv2.dilate(hole.astype(np.uint8), _disc(SEED_REACH)).astype(bool)
     ring = cv2.dilate(hole.astype(np.uint8), _disc(RING)).astype(bool) & ~hole
     if not ring.any():
         return np.ones_like(hole)
@@ -54,8 +53,8 @@ def _allowed(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
     texture = float(np.percentile(gradient[ground_ring if ground_ring.any() else ring], TEXTURE_PERCENTILE))
     threshold = max(MIN_STRONG, STRONG_OVER_TEXTURE * texture)
     for _ in range(RELAXATIONS):
-        ground = _reachable(((gradient <= threshold) & (unlike <= UNLIKE)) | seeds, seeds)
-        if (ground & ~hole).sum() >= MIN_GROUND * hole.sum():
+        ground = _surrounding((gradient <= threshold) & (unlike <= UNLIKE) & ~hole, ring)
+        if ground.sum() >= MIN_GROUND * hole.sum():
             return cv2.dilate(ground.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
         threshold, unlike = threshold * 2, unlike / 2
     return np.ones_like(hole)
@@ -91,10 +90,15 @@ def _gradient(blurred: np.ndarray) -> np.ndarray:
     return np.sqrt((gx * gx + gy * gy).sum(axis=2))
 
 
-def _reachable(passable: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+def _surrounding(passable: np.ndarray, ring: np.ndarray) -> np.ndarray:
+    """The regions of `passable` (8-connected) that hold at least MIN_SHARE of the ring around the hole: what the
+    hole lies on. A region that only reaches the ring at one place, the bike a kickstand joins, the cup a spoon
+    leans on, is a neighbour, not ground."""
     count, labels = cv2.connectedComponents(passable.astype(np.uint8), connectivity=8)
-    touching = np.unique(labels[seeds & passable])
-    return np.isin(labels, touching[touching > 0])
+    shares = np.bincount(labels[ring], minlength=count) / max(int(ring.sum()), 1)
+    keep = shares >= MIN_SHARE
+    keep[0] = False  # not passable
+    return keep[labels]
 
 
 def _disc(radius: int) -> np.ndarray:

@@ -146,6 +146,12 @@ class SwapRequest(Selection):
             raise ValueError("field 'mask_image' is required (or select the region by box, points or text instead)")
         return self.exactly_one(*REGION_FIELDS)
 
+    @field_validator("object_image", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value):
+        """An empty value (a form's file input left empty) is no object: ignored by an erase, missing otherwise."""
+        return None if value == "" else value
+
     @model_validator(mode="after")
     def _object_unless_erasing(self) -> SwapRequest:
         """An erase takes no object (one sent is dropped here, so it is never fetched); any other mode needs one."""

@@ -30,6 +30,12 @@ IMAGE_HINTS = {
     "object_image": f" (required unless --mode is {ERASE})",
 }
 OBJECT_ONLY = {"object_image", "mode", "fashion_strength", "horizontal_repeat", "vertical_repeat"}  # erase: no flag
+ERASE_HELP = {  # what the flags an erase keeps mean there
+    "subject_strength": "Diffusion engines: how much of the fill the model starts from (1 keeps its colour and "
+    "layout and re-draws its detail, 0 repaints the region from the prompt); the composite engine does not read it.",
+    "prompt": "Diffusion engines: what to paint in the region (default: a neutral prompt of empty background); "
+    "the composite engine does not read it.",
+}
 
 
 def add_swap_command(subparsers) -> None:
@@ -42,15 +48,17 @@ def add_erase_command(subparsers) -> None:
     parser = subparsers.add_parser(
         "erase",
         help="remove what the mask covers and write the image (swap --mode erase: no object)",
-        description="Composite engine: the region filled from its surroundings. Diffusion engines: inpainted "
-        "without an object, from --prompt, else a neutral prompt of empty background.",
+        description="Composite engine: the region filled from its surroundings (it reads the mask, --growmask and "
+        "--seed). Diffusion engines: inpainted without an object, from --prompt, else a neutral prompt of empty "
+        "background.",
     )
-    _add_request_flags(parser, skip=OBJECT_ONLY)
+    _add_request_flags(parser, skip=OBJECT_ONLY, helps=ERASE_HELP)
     parser.set_defaults(handler=run_swap, mode=ERASE)
 
 
-def _add_request_flags(parser: argparse.ArgumentParser, skip: set[str]) -> None:
-    """The contract's fields as flags (but `skip`), --replay, -o and the engine flags."""
+def _add_request_flags(parser: argparse.ArgumentParser, skip: set[str], helps: dict[str, str] | None = None) -> None:
+    """The contract's fields as flags (but `skip`; `helps` overrides descriptions), --replay, -o and the engine
+    flags."""
     fields = SwapRequest.model_fields
     for name in IMAGE_FIELDS:
         if name in skip:
@@ -67,9 +75,8 @@ def _add_request_flags(parser: argparse.ArgumentParser, skip: set[str]) -> None:
             continue
         kind = {int: int, float: float}.get(field.annotation, str)
         choices = f"; one of {', '.join(get_args(field.annotation))}" if get_origin(field.annotation) is Literal else ""
-        parser.add_argument(
-            flag(name), dest=name, type=kind, help=f"{field.description} (default {field.default}{choices})"
-        )
+        described = (helps or {}).get(name, field.description)
+        parser.add_argument(flag(name), dest=name, type=kind, help=f"{described} (default {field.default}{choices})")
     parser.add_argument("--base64", action="store_true", help="write the image as base64 text instead of bytes")
     parser.add_argument(
         "--replay",

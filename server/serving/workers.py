@@ -11,6 +11,7 @@ from functools import partial
 from PIL import Image, ImageDraw
 
 from pipelines import Engine, EngineUnavailable, SegswapError, SwapJob, WeightsError, load_engine
+from pipelines.job import ERASE
 from server.serving.lifecycle import Lifecycle
 from server.serving.work_queue import WorkQueue
 from server.settings import Settings
@@ -80,10 +81,15 @@ def start_workers(work: WorkQueue, lifecycle: Lifecycle, factory: EngineFactory,
 
 
 def warm_up(engine: Engine) -> None:
-    """One small swap before readiness, so the first client does not pay for lazy initialisation."""
+    """One small swap and one small erase before readiness, so the first client does not pay for lazy
+    initialisation (the erase, on a grainy scene, compiles the fill's loops: seconds the first time)."""
     mask = Image.new("L", (64, 64), 0)
     ImageDraw.Draw(mask).rectangle((16, 16, 47, 47), fill=255)
     engine.swap(SwapJob(Image.new("RGB", (64, 64), (128, 128, 128)), mask, Image.new("RGB", (16, 16)), steps=2, seed=0))
+    grain = Image.effect_noise((96, 96), 40).convert("RGB")
+    hole = Image.new("L", (96, 96), 0)
+    ImageDraw.Draw(hole).ellipse((24, 24, 71, 71), fill=255)
+    engine.swap(SwapJob(grain, hole, mode=ERASE, steps=2, seed=0))
 
 
 def public_reason(exc: Exception) -> str:

@@ -89,8 +89,14 @@ def test_a_flat_backdrop_counts_as_a_leak_and_outside_changes_are_counted():
     original, mask = scene_and_mask()
     leaked = original.copy()
     leaked[mask] = 250
-    assert metrics.backdrop_leak(leaked, mask) == 1.0
-    assert metrics.backdrop_leak(original, mask) < 0.2
+    white = np.full((20, 20, 3), 250, np.uint8)
+    white[5:15, 5:15] = (200, 40, 30)  # a product shot on white
+    assert metrics.backdrop_leak(leaked, mask, metrics.backdrop_colour(white)) == 1.0
+    assert metrics.backdrop_leak(original, mask, metrics.backdrop_colour(white)) < 0.2
+    night = original.copy()
+    night[mask] = 5  # the scene's own black ground behind the object: no leak of the white
+    assert metrics.backdrop_leak(night, mask, metrics.backdrop_colour(white)) == 0.0
+    assert metrics.backdrop_leak(leaked, mask) == 1.0  # backdrop unknown: the most common colour
     leaked[0, 0] = 0
     assert metrics.outside_changed(leaked, original, mask) == 1
 

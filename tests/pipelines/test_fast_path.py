@@ -166,7 +166,8 @@ def test_settings_switch_each_piece(monkeypatch):
 
 
 def test_server_warm_up_runs_at_the_native_size(tiny_weights):
-    """The server's warm-up swap is processed at the native square, so compilation happens before readiness."""
+    """The server's warm-up swap and erase are processed at the native square, so compilation happens before
+    readiness."""
     from server.serving.workers import warm_up
 
     engine = DiffusionEngine(ModelSet("sd15", tiny_weights / "sd15", "plain"))
@@ -180,7 +181,7 @@ def test_server_warm_up_runs_at_the_native_size(tiny_weights):
 
     engine.pipe = _Wrapped(engine.pipe, Spy())
     warm_up(engine)
-    assert sizes == [(engine.native_side, engine.native_side)]
+    assert sizes == [(engine.native_side, engine.native_side)] * 2
 
 
 class _Wrapped:

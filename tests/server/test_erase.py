@@ -113,3 +113,42 @@ def test_openai_one_image_with_a_mode_that_needs_an_object_says_so(client, scene
     assert "'mode' object needs the object as a second image[]" in message and "erase" in message
     three = client.post("/v1/images/edits", files=openai_form(scene, mask, scene, scene), data={"prompt": "x"})
     assert three.status_code == 400 and "the scene alone" in three.json()["error"]["message"]
+
+
+def test_an_empty_object_field_is_no_object(client, erase_body):
+    """A form's file input left empty arrives as an empty value: ignored by an erase, missing in any other mode."""
+    plain = client.post("/v1/seg-swap", json=erase_body).content
+    assert client.post("/v1/seg-swap", json={**erase_body, "object_image": ""}).content == plain
+    form = {name: str(erase_body[name]) for name in ("mode", "growmask", "seed", "steps")}
+    files = {name: base64.b64decode(erase_body[name]) for name in ("main_image", "mask_image")}
+    assert client.post("/v1/seg-swap", files=files, data={**form, "object_image": ""}).content == plain
+    swap = client.post("/v1/seg-swap", json={**erase_body, "mode": "object", "object_image": ""})
+    assert swap.status_code == 400
+    assert swap.json() == {"error": "field 'object_image' is required unless mode is erase"}
+
+
+def test_erasing_the_whole_image_is_a_400(client, erase_body, scene):
+    full = png_bytes(Image.new("L", scene.size, 255))
+    response = client.post("/v1/seg-swap", json={**erase_body, "mask_image": base64.b64encode(full).decode()})
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("field 'mask_image': covers the whole image (after growmask)")
+    assert client.post("/v1/seg-swap", json=erase_body).status_code == 200  # and the server goes on
+
+
+def test_the_warm_up_compiles_the_fill():
+    """The first erase a client sends must not pay for compiling the fill's loops (seconds): the warm-up, in a
+    fresh process, runs every one of them."""
+    import subprocess
+    import sys
+
+    script = (
+        "from pipelines.engines.composite import CompositeEngine\n"
+        "from pipelines.placement import patchmatch as pm\n"
+        "from server.serving.workers import warm_up\n"
+        "warm_up(CompositeEngine())\n"
+        "kernels = (pm.search, pm.vote, pm.copy_centres, pm.nearby_nnf, pm.upsample_nnf)\n"
+        "print(sorted(k.py_func.__name__ for k in kernels if not k.signatures))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"  # none left to compile on a client's request
