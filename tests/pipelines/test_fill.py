@@ -140,3 +140,21 @@ def test_a_placed_objects_hidden_old_content_is_no_source():
     visible = grown.copy()
     visible[40:220, 50:210] &= alpha < 0.5
     assert visible.sum() > 5000 and not (red(out) & visible).any()
+
+
+def test_a_neighbour_that_only_reaches_the_ring_at_one_place_is_no_ground():
+    """A disc of the ground's own colour, outlined, just touching the ring around the hole: the kickstand's bike,
+    the spoon's cup. The ground (a concrete-like floor: the grass photo blurred and flattened) is what holds the
+    ring; the neighbour gives no patches."""
+    grass = cv2.GaussianBlur(photo("grass.jpg")[:256, :256], (0, 0), 3) * 0.3 + 120
+    hole = np.zeros((256, 256), np.uint8)
+    cv2.circle(hole, (90, 128), 36, 1, -1)
+    disc = np.zeros((256, 256), np.uint8)
+    cv2.circle(disc, (172, 128), 40, 1, -1)  # 6 px past the hole's edge: inside its 15 px ring
+    scene = grass.copy()
+    scene[disc > 0] = grass.reshape(-1, 3).mean(axis=0)
+    cv2.circle(scene, (172, 128), 40, (0, 0, 0), 3)
+    allowed = allowed_sources(scene, hole.astype(bool))
+    inside = cv2.erode(disc, np.ones((9, 9), np.uint8)).astype(bool)
+    assert not allowed[inside].any()
+    assert allowed[(disc == 0) & (hole == 0)].mean() > 0.9
