@@ -24,7 +24,7 @@ class Placement:
     mask: np.ndarray  # the caller's mask at the scene's size
     grown: np.ndarray  # the grown mask: no pixel outside it differs from the scene
     box: Box  # the grown mask's box
-    mode: str  # "object" or "pattern"
+    mode: str  # "object", "pattern" or "erase"
     reference: Image.Image  # the cut-out (RGBA) or one tile of the pattern (RGB)
     coverage: np.ndarray  # 0..1 at the scene's size: where the object's (or pattern's) own pixels were put
 
