@@ -26,7 +26,7 @@ MIN_MARGIN = 48  # surroundings read past the mask's box: at least this, else th
 MAX_MARGIN = 384
 SEARCH_PIXELS = 60_000  # hole pixels up to which a level gets the full search (random search, several passes)
 COARSEST_SIDE = 24  # levels are halved until the hole's box fits this (or the window gets too small)
-EM_PASSES = 3  # search + vote rounds per searched level
+EM_PASSES = 3  # search + vote rounds per searched level (2 is 20 % faster; the fill beside a placed object worse)
 SEARCH_ITERATIONS = 2  # PatchMatch passes per round
 DETAIL_SIGMA = 1.5  # below this scale the centre copy gives the detail, above it the vote
 SEAM_SIGMA = 1.5  # the light on either side of the hole's edge is compared over this scale (wider reaches past edges)
@@ -64,12 +64,13 @@ def fill_hole(image: np.ndarray, hole: np.ndarray, seed: int, exclude: np.ndarra
         source = _sources(gap, _resized(allowed, gap.shape))
         if not source.any():
             break
-        levels.append((picture, gap, source))
+        unseen = np.ascontiguousarray(_shrunk(barred, gap.shape) & ~gap)
+        levels.append((picture, gap, source, unseen))
     if not levels:  # nothing around the hole to copy from: a smooth guess from what is there
         return pull_push(image, hole | barred)
     previous = None
     for level in reversed(range(len(levels))):
-        picture, gap, source = levels[level]
+        picture, gap, source, unseen = levels[level]
         targets, is_target = _targets(gap)
         if previous is None:  # random matches near each target: the texture beside it, not a smooth guess
             nnf = patchmatch.nearby_nnf(source, targets, _anchors(source), 2 * RADIUS + 1, seed)
@@ -81,7 +82,7 @@ def fill_hole(image: np.ndarray, hole: np.ndarray, seed: int, exclude: np.ndarra
         for round_ in range(EM_PASSES if searched else 1):
             cost = np.zeros(gap.shape, np.float32)
             iterations = SEARCH_ITERATIONS if searched else 1
-            patchmatch.search(estimate, source, nnf, cost, targets, RADIUS, iterations, searched, seed + round_)
+            patchmatch.search(estimate, unseen, source, nnf, cost, targets, RADIUS, iterations, searched, seed + round_)
             estimate = _reestimate(estimate, gap, nnf, cost, is_target)
         previous = (nnf, is_target)
     box = _around(hole, int(3 * SEAM_SIGMA) + 1)
@@ -175,6 +176,13 @@ def _targets(gap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     kernel = np.ones((2 * RADIUS + 1, 2 * RADIUS + 1), np.uint8)
     is_target = cv2.dilate(gap.astype(np.uint8), kernel).astype(bool)
     return np.argwhere(is_target).astype(np.int32), is_target
+
+
+def _shrunk(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """`mask` at a pyramid level's size: a coarse pixel is in it if any of its fine pixels is."""
+    if mask.shape == shape:
+        return mask
+    return cv2.resize(mask.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_AREA) > 0
 
 
 def _resized(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -20,9 +20,10 @@ INF = np.float32(3.0e38)
 
 
 @njit(cache=True, nogil=True)
-def patch_distance(image, ty, tx, sy, sx, radius, limit):
+def patch_distance(image, unseen, ty, tx, sy, sx, radius, limit):
     """Sum of squared differences of the patches at (ty, tx) and (sy, sx); stops once above `limit`. Target pixels
-    outside the image are skipped (sources lie wholly inside)."""
+    outside the image, or `unseen` (old content a placed object will hide: nothing to match), are skipped
+    (sources lie wholly inside and in view)."""
     height, width = image.shape[0], image.shape[1]
     total = 0.0
     for dy in range(-radius, radius + 1):
@@ -31,7 +32,7 @@ def patch_distance(image, ty, tx, sy, sx, radius, limit):
             continue
         for dx in range(-radius, radius + 1):
             x = tx + dx
-            if x < 0 or x >= width:
+            if x < 0 or x >= width or unseen[y, x]:
                 continue
             for c in range(3):
                 difference = image[y, x, c] - image[sy + dy, sx + dx, c]
@@ -42,7 +43,7 @@ def patch_distance(image, ty, tx, sy, sx, radius, limit):
 
 
 @njit(cache=True, nogil=True)
-def search(image, source, nnf, cost, targets, radius, iterations, random_search, seed):
+def search(image, unseen, source, nnf, cost, targets, radius, iterations, random_search, seed):
     """Improve `nnf` and `cost` in place: `iterations` PatchMatch passes, alternating scan direction."""
     np.random.seed(seed)
     height, width = source.shape
@@ -51,7 +52,7 @@ def search(image, source, nnf, cost, targets, radius, iterations, random_search,
         is_target[targets[i, 0], targets[i, 1]] = True
     for i in range(targets.shape[0]):
         y, x = targets[i, 0], targets[i, 1]
-        cost[y, x] = patch_distance(image, y, x, nnf[y, x, 0], nnf[y, x, 1], radius, INF)
+        cost[y, x] = patch_distance(image, unseen, y, x, nnf[y, x, 0], nnf[y, x, 1], radius, INF)
     count = targets.shape[0]
     for iteration in range(iterations):
         step = 1 if iteration % 2 == 0 else -1
@@ -65,7 +66,7 @@ def search(image, source, nnf, cost, targets, radius, iterations, random_search,
                     continue
                 cy, cx = nnf[ny, nx, 0] + y - ny, nnf[ny, nx, 1] + x - nx
                 if 0 <= cy < height and 0 <= cx < width and source[cy, cx] and (cy != best_y or cx != best_x):
-                    distance = patch_distance(image, y, x, cy, cx, radius, best)
+                    distance = patch_distance(image, unseen, y, x, cy, cx, radius, best)
                     if distance < best:
                         best_y, best_x, best = cy, cx, distance
             reach = max(height, width) if random_search else 0
@@ -73,7 +74,7 @@ def search(image, source, nnf, cost, targets, radius, iterations, random_search,
                 cy = best_y + np.random.randint(-reach, reach + 1)
                 cx = best_x + np.random.randint(-reach, reach + 1)
                 if 0 <= cy < height and 0 <= cx < width and source[cy, cx]:
-                    distance = patch_distance(image, y, x, cy, cx, radius, best)
+                    distance = patch_distance(image, unseen, y, x, cy, cx, radius, best)
                     if distance < best:
                         best_y, best_x, best = cy, cx, distance
                 reach //= 2

@@ -158,3 +158,37 @@ def test_a_neighbour_that_only_reaches_the_ring_at_one_place_is_no_ground():
     inside = cv2.erode(disc, np.ones((9, 9), np.uint8)).astype(bool)
     assert not allowed[inside].any()
     assert allowed[(disc == 0) & (hole == 0)].mean() > 0.9
+
+
+def test_a_patch_is_compared_only_where_the_scene_will_show():
+    """Old content a placed object will hide is nothing to match: the patch distance skips it."""
+    from pipelines.placement.patchmatch import INF, patch_distance
+
+    rng = np.random.default_rng(1)
+    image = rng.uniform(0, 255, (40, 40, 3)).astype(np.float32)
+    unseen = np.zeros((40, 40), bool)
+    unseen[10:30, 20:30] = True  # the right part of the target patch at (20, 20)
+    target, source = image[17:24, 17:24], image[7:14, 7:14]
+    visible = ~unseen[17:24, 17:24]
+    expected = float(((target - source) ** 2)[visible].sum())
+    assert patch_distance(image, unseen, 20, 20, 10, 10, 3, INF) == pytest.approx(expected, rel=1e-5)
+    everything = float(((target - source) ** 2).sum())
+    assert patch_distance(image, np.zeros_like(unseen), 20, 20, 10, 10, 3, INF) == pytest.approx(everything, rel=1e-5)
+
+
+def test_the_fill_hands_the_hidden_old_content_to_the_search_as_unseen(monkeypatch):
+    from pipelines.placement import fill, patchmatch
+
+    scene = photo("grass.jpg")[:128, :128].copy()
+    hole = np.zeros((128, 128), bool)
+    hole[40:90, 40:60] = True
+    hidden = np.zeros((128, 128), bool)
+    hidden[40:90, 60:90] = True  # beside the hole: under a placed object
+    calls = []
+    real = patchmatch.search
+    monkeypatch.setattr(
+        patchmatch, "search", lambda image, unseen, *rest: calls.append(unseen.copy()) or real(image, unseen, *rest)
+    )
+    fill.remove_content(scene, hole, mask_box(hole | hidden), 0, exclude=hole | hidden)
+    finest = [unseen for unseen in calls if unseen.shape == (128, 128)]
+    assert finest and all(np.array_equal(unseen, hidden) for unseen in finest)
