@@ -237,3 +237,14 @@ def test_the_baseline_is_handed_what_ours_hands_its_pipeline(tiny_weights, tiny_
     assert np.array_equal(mask, np.asarray(mine["mask_image"]) > 127)
     scales = {tuple(p.scale) for p in bare.pipe.unet.attn_processors.values() if hasattr(p, "to_k_ip")}
     assert scales == {(value,) for value in ip_adapter_scales(0.7, job.fashion_strength).values()}
+
+
+def test_load_test_runs_locally(tmp_path, monkeypatch):
+    """bench/load_test.py --local: a burst through a composite server, every request answered, the engine's own
+    ceiling beside it."""
+    from bench import load_test
+
+    monkeypatch.setenv("SEGSWAP_DATA_DIR", str(tmp_path))
+    report = load_test.main(["--local", "--requests", "6", "--concurrency", "3", "--size", "96"])
+    assert report["status_counts"] == {"200": 6} and positive(report["requests_per_s"])
+    assert positive(report["engine_s_per_image"]) and positive(report["share_of_engine_bound"])
