@@ -1,14 +1,16 @@
 """Removing what the mask held: the hole filled with patches of its own surroundings, so texture carries on.
 
 An exemplar fill (Wexler et al. 2007, with PatchMatch for the search; what content-aware fill does), coarse to
-fine: at the coarsest level the hole starts as a smooth pull-push guess; at each level every patch that overlaps
-the hole is matched to a patch of the surroundings (patchmatch.py), the hole is re-estimated as the weighted vote
-of the matches, a few times; each level's matches seed the next finer one. Hole pixels finally take the centre
-pixel of their own match (sharp) with the vote's low frequencies (no seams in colour).
+fine: at the coarsest level every patch that overlaps the hole is matched at random near the ground nearest to
+it (sky from the sky beside it); at each level the matches are improved by PatchMatch (patchmatch.py) and the
+hole is re-estimated from them, a few rounds: the vote of the matches for light and colour, each pixel's own
+match for detail. Each level's matches seed the next finer one. A membrane correction along the hole's edge
+takes out the light the patches bring along.
 
-Patches are taken only from what is reachable from the hole without crossing a strong edge (sources.py): the
-surfaces the hole lies on, not a distinct object near it. Only the search runs at reduced scale on a large hole;
-the finest levels copy full-resolution pixels along the upsampled matches.
+Patches come only from the ground the hole lies on (sources.py), not from a distinct object near it. Under a
+placed object, what it will hide is no source, no reference for the light, and not compared in the patch
+distances. Only the search runs at reduced scale on a large hole; the finest levels copy full-resolution pixels
+along the upsampled matches.
 """
 
 from __future__ import annotations

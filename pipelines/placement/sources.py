@@ -1,8 +1,10 @@
-"""Where the fill may take its patches: the ground reachable from the hole without crossing a strong edge.
+"""Where the fill may take its patches: the ground the hole lies on.
 
-A strong edge is one well above the texture around the hole (so brick joints or gravel are not edges, and a
-distinct object's outline on a plain table is). What lies beyond such an edge, a cup near the hole, a person
-beside it, is not ground the hole continues, and copying from it is what makes a fill show a ghost of something.
+The window around the hole is cut into regions by strong edges and by colours far from those around the hole; the
+ground is the regions that hold a good share of the ring around it. A strong edge is one well above the texture
+around the hole (so brick joints or gravel are not edges, and a distinct object's outline on a plain table is).
+What lies beyond such an edge, a cup near the hole, the bike a kickstand joins, is not ground the hole continues,
+and copying from it is what makes a fill show a ghost of something.
 """
 
 from __future__ import annotations
@@ -25,10 +27,9 @@ RELAXATIONS = 3
 
 
 def allowed_sources(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
-    """Pixels of `image` (float RGB) the fill of `hole` may copy from: connected to the hole's surroundings by
-    paths that cross no strong edge and stay on ground of the surroundings' colours, with the edges bounding
-    that ground (a patch may straddle a table's edge that runs into the hole). Found at most WORK_SIDE px a
-    side: ground and outlines are large-scale things."""
+    """Pixels of `image` (float RGB) the fill of `hole` may copy from: the regions holding at least MIN_SHARE of
+    the ring around it, with the edges bounding them (a patch may straddle a table's edge that runs into the
+    hole). Found at most WORK_SIDE px a side: ground and outlines are large-scale things."""
     height, width = hole.shape
     if max(height, width) <= WORK_SIDE:
         return _allowed(image, hole)
