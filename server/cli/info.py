@@ -15,6 +15,7 @@ from server.inputs import metadata
 from server.settings import Settings
 
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+MAX_FILE_BYTES = 512 * 2**20  # far above any output (the server's pixel cap), far below what would hurt
 
 
 def add_info_command(subparsers) -> None:
@@ -27,16 +28,22 @@ def add_info_command(subparsers) -> None:
 
 
 def _open(path: Path) -> tuple[bytes, Image.Image]:
-    """The file's bytes and the image, its header read but no pixels decoded (the record sits in the header)."""
+    """The file's bytes and the image, its header read but no pixels decoded (the record sits in the header).
+    Only a regular file, and at most MAX_FILE_BYTES of it: /dev/zero or a huge file must not fill the memory."""
+    shown = printable(str(path))
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise CliError(f"{shown} is not a regular file")
     try:
+        if path.is_file() and path.stat().st_size > MAX_FILE_BYTES:
+            raise CliError(f"{shown} is larger than {MAX_FILE_BYTES // 2**20} MiB: not an image segswap wrote")
         data = path.read_bytes()
         image = Image.open(io.BytesIO(data))
     except FileNotFoundError:
-        raise CliError(f"no such file: {path}") from None
+        raise CliError(f"no such file: {shown}") from None
     except IsADirectoryError:
-        raise CliError(f"{path} is a folder, not an image") from None
+        raise CliError(f"{shown} is a folder, not an image") from None
     except (UnidentifiedImageError, OSError, ValueError):  # ValueError: a text chunk past Pillow's limits
-        raise CliError(f"{path} is not a readable PNG, JPEG or WEBP image") from None
+        raise CliError(f"{shown} is not a readable PNG, JPEG or WEBP image") from None
     return data, image
 
 
@@ -44,7 +51,9 @@ def read_record(path: Path) -> dict:
     """The record in `path`; a CliError when the file is not an image or carries none."""
     record = metadata.read(_open(path)[1])
     if record is None:
-        raise CliError(f"{path} carries no segswap record (not written by segswap, or with output metadata off)")
+        raise CliError(
+            f"{printable(str(path))} carries no segswap record (not written by segswap, or with output metadata off)"
+        )
     return record
 
 
@@ -80,9 +89,9 @@ def run_info(args: argparse.Namespace) -> int:
     bits = found["watermark_bits"]
     watermarked = bits is not None and bits >= WATERMARK_FOUND
     if found["record"] is None and found["c2pa"] is None and not watermarked:
-        raise CliError(f"{args.image} carries no segswap record, C2PA credentials or watermark")
+        raise CliError(f"{printable(str(args.image))} carries no segswap record, C2PA credentials or watermark")
     if args.json:
-        print(json.dumps(found | {"watermarked": watermarked}, indent=2, sort_keys=True))
+        print(json.dumps(found | {"watermarked": watermarked}, indent=2, sort_keys=True))  # escapes control chars
         return 0
     if found["record"] is not None:
         _print_record(found["record"])
@@ -90,27 +99,37 @@ def run_info(args: argparse.Namespace) -> int:
         _print_credentials(found["c2pa"])
     if bits is not None:
         verdict = "found" if watermarked else "not found"
-        print(f"watermark   {verdict} ({bits}/{len(WATERMARK_BITS)} bits of SDXL's message)")
+        _say(f"watermark   {verdict} ({bits}/{len(WATERMARK_BITS)} bits of SDXL's message)")
     return 0
 
 
 def _print_record(record: dict) -> None:
-    print(f"engine      {record.get('engine')}  (segswap {record.get('segswap')})")
+    _say(f"engine      {record.get('engine')}  (segswap {record.get('segswap')})")
     for repo, revision in (record.get("model_revisions") or {}).items():
-        print(f"model       {repo} @ {revision}")
-    print(f"seed        {record.get('seed')}")
+        _say(f"model       {repo} @ {revision}")
+    _say(f"seed        {record.get('seed')}")
     for field, sha256 in (record.get("inputs") or {}).items():
-        print(f"input       {field:13} sha256 {sha256}")
+        _say(f"input       {field:13} sha256 {sha256}")
     for name, value in (record.get("parameters") or {}).items():
         if value is not None:
-            print(f"parameter   {name:18} {value}")
+            _say(f"parameter   {name:18} {value}")
 
 
 def _print_credentials(claim: dict) -> None:
     signer = claim["signer"]
-    print(f"c2pa        signed by {signer.get('common_name')} ({signer.get('issuer')}), {signer.get('alg')}")
+    _say(f"c2pa        signed by {signer.get('common_name')} ({signer.get('issuer')}), {signer.get('alg')}")
     for action in claim["actions"]:
         source = action.get("digitalSourceType", "").rsplit("/", 1)[-1]
-        print(f"c2pa        {action.get('action')}{f' ({source})' if source else ''}")
+        _say(f"c2pa        {action.get('action')}{f' ({source})' if source else ''}")
     if claim["validation"]:
-        print(f"c2pa        validation: {', '.join(claim['validation'])}")
+        _say(f"c2pa        validation: {', '.join(claim['validation'])}")
+
+
+def _say(line: str) -> None:
+    """Print a line of what the file carries, its control characters escaped: a crafted record must not clear
+    the terminal, set its title or fake other lines."""
+    print(printable(line))
+
+
+def printable(text: str) -> str:
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)

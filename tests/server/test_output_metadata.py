@@ -225,3 +225,37 @@ def test_a_c2pa_certificate_that_cannot_sign_stops_the_cli_before_any_work(files
     monkeypatch.setenv("SEGSWAP_C2PA_KEY", str(tmp_path / "junk.pem"))
     assert swap(files, tmp_path / "out.png") == 2
     assert "cannot sign" in capsys.readouterr().err and not (tmp_path / "out.png").exists()
+
+
+def test_info_escapes_control_characters_and_reads_only_regular_files(tmp_path, capsys, monkeypatch):
+    """A crafted record's ANSI escapes (clear screen, set the title) are printed escaped, never obeyed; /dev/zero
+    and a file past the size cap are one-line errors, not gigabytes read."""
+    import json
+
+    from PIL.PngImagePlugin import PngInfo
+
+    from server.cli import info as info_command
+
+    hostile = "\x1b[2J\x1b]0;owned\x07"
+    record = {
+        "engine": f"composite{hostile}",
+        "segswap": "1.0",
+        "seed": 1,
+        "inputs": {f"main_image{hostile}": "ab" * 32},
+        "parameters": {"prompt": f"a {hostile} table", f"mode{hostile}": "object"},
+    }
+    pnginfo = PngInfo()
+    pnginfo.add_itxt("segswap", json.dumps(record))
+    Image.new("RGB", (8, 8)).save(tmp_path / "crafted.png", pnginfo=pnginfo)
+    assert main(["info", str(tmp_path / "crafted.png")]) == 0
+    shown = capsys.readouterr().out
+    assert "\x1b" not in shown and "\x07" not in shown
+    assert "composite\\x1b[2J\\x1b]0;owned\\x07" in shown and "a \\x1b[2J" in shown
+    assert main(["info", str(tmp_path / "crafted.png"), "--json"]) == 0
+    assert "\x1b" not in capsys.readouterr().out
+    assert main(["info", "/dev/zero"]) == 2
+    assert "/dev/zero is not a regular file" in capsys.readouterr().err
+    monkeypatch.setattr(info_command, "MAX_FILE_BYTES", 1000)
+    (tmp_path / "big.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(2000))
+    assert main(["info", str(tmp_path / "big.png")]) == 2
+    assert "is larger than" in capsys.readouterr().err
