@@ -150,6 +150,14 @@ def _grabcut(picture: np.ndarray, labels: np.ndarray, iterations: int) -> np.nda
     return np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD))
 
 
+def _local(points, crop: Box, shape: tuple[int, int], label: int) -> list[tuple[int, int]]:
+    """The points with `label` that fall in the crop, as (row, column) in it; a point outside the crop (an outside
+    point far from the object) has nothing to say there, and must not index (or wrap around) the crop."""
+    height, width = shape
+    local = [(y - crop[1], x - crop[0]) for x, y, kind in points if kind == label]
+    return [(y, x) for y, x in local if 0 <= y < height and 0 <= x < width]
+
+
 def _keep_selected(mask: np.ndarray, selector: Selector, crop: Box) -> np.ndarray:
     """The parts the caller pointed into (for a box: the largest), with small holes filled."""
     parts, count = ndimage.label(mask)
@@ -157,7 +165,7 @@ def _keep_selected(mask: np.ndarray, selector: Selector, crop: Box) -> np.ndarra
         return mask
     if selector.points is not None:
         _, (rows, cols) = ndimage.distance_transform_edt(parts == 0, return_indices=True)
-        inside = [(y - crop[1], x - crop[0]) for x, y, label in selector.points if label == 1]
+        inside = _local(selector.points, crop, mask.shape, label=1)
         keep = {parts[rows[y, x], cols[y, x]] for y, x in inside}  # the part at (or nearest to) each point
     else:
         keep = set()
@@ -170,8 +178,7 @@ def _keep_selected(mask: np.ndarray, selector: Selector, crop: Box) -> np.ndarra
     if hole_count:
         small = ndimage.sum(holes, hole_parts, range(1, hole_count + 1)) < HOLE_SHARE * chosen.sum()
         fill = set(np.flatnonzero(small) + 1)
-        for x, y, label in selector.points or ():
-            if label == 0:  # a hole the caller made on purpose stays open
-                fill.discard(hole_parts[y - crop[1], x - crop[0]])
+        for y, x in _local(selector.points or (), crop, mask.shape, label=0):  # a hole made on purpose stays open
+            fill.discard(hole_parts[y, x])
         chosen |= np.isin(hole_parts, list(fill))
     return chosen

@@ -208,3 +208,23 @@ def test_a_16_bit_grey_photograph_is_selected_as_its_8_bit_self():
     deep = GrabCutSegmenter().select(Image.fromarray(grey), flower.selector)
     plain = GrabCutSegmenter().select(flower.image.convert("L"), flower.selector)
     assert iou(deep, plain) > 0.95
+
+
+def test_outside_points_beyond_the_grabcut_crop_are_ignored_not_an_index_error():
+    """An outside point far from the object lies past the crop GrabCut works on: it has nothing to say there.
+    Before the fix one past the crop was an IndexError (a 500 on every selecting route), one before it wrapped
+    around to another pixel. Points on every side of the crop, around a selection with a small hole."""
+    from pipelines.masks.grabcut import _keep_selected
+    from pipelines.masks.selector import Selector
+
+    crop = (200, 200, 300, 300)
+    ring = np.zeros((100, 100), bool)
+    ring[20:80, 20:80] = True
+    ring[46:48, 46:48] = False  # a small hole: filled, unless an outside point was put in it
+    alone = _keep_selected(ring, Selector(points=((230, 230, 1),)), crop)
+    assert alone[46, 46]
+    for far in ((950, 950, 0), (250, 999, 0), (999, 250, 0), (150, 150, 0), (247, 50, 0), (50, 247, 0)):
+        kept = _keep_selected(ring, Selector(points=((230, 230, 1), far)), crop)
+        assert np.array_equal(kept, alone), far
+    held_open = _keep_selected(ring, Selector(points=((230, 230, 1), (246, 246, 0))), crop)
+    assert not held_open[46, 46]  # an outside point inside the crop still keeps its hole open
