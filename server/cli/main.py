@@ -32,6 +32,17 @@ from server.cli.swap import add_erase_command, add_swap_command
 from server.cli.sweep import add_sweep_command
 from server.cli.weights import add_weights_commands
 from server.errors import ServiceError
+from server.serving.logs import CurrentStderr
+
+
+def _log_to_stderr() -> None:
+    """As logging.basicConfig, but to the stderr of each run (see CurrentStderr)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = CurrentStderr()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse's own usage errors are already one line on stderr
         return int(exit_.code or 0)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _log_to_stderr()
     try:
         return args.handler(args)
     except InvalidInput as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 
 class JsonFormatter(logging.Formatter):
@@ -21,8 +22,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, separators=(",", ":"))
 
 
+class CurrentStderr(logging.StreamHandler):
+    """A handler that writes to sys.stderr as it is at each record, not as it was when the handler was made: one
+    process can run the CLI more than once (tests capture and close stderr between runs; an embedding app may
+    swap it), and a handler bound to a closed stream loses every line after."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass  # always the current stderr
+
+
 def configure_json_logging(level: str = "info") -> None:
-    handler = logging.StreamHandler()
+    handler = CurrentStderr()
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -113,3 +113,23 @@ def test_eval_command_writes_report_and_sheet_and_passes_on_composite(tmp_path, 
     summary = json.loads(capsys.readouterr().out)
     assert summary["passed"] and summary["engine"] == "composite"
     assert (tmp_path / "report.json").is_file() and (tmp_path / "sheet.png").is_file()
+
+
+def test_log_lines_go_to_the_stderr_of_the_moment(monkeypatch):
+    """One process may run the CLI more than once (the test suite does, an embedding app may): a handler bound to
+    the stderr of the first run would write into a closed capture after ("--- Logging error ---")."""
+    import io
+    import logging
+    import sys
+
+    from server.serving.logs import CurrentStderr
+
+    handler = CurrentStderr()
+    record = logging.LogRecord("segswap", logging.INFO, __file__, 1, "hello %s", ("there",), None)
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    handler.emit(record)
+    first.close()
+    monkeypatch.setattr(sys, "stderr", second)
+    handler.emit(record)
+    assert second.getvalue() == "hello there\n"
