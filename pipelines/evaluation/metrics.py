@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from pipelines.imageops import LUMA, euclidean_distance
+from pipelines.imageops import LUMA, euclidean_distance, grow_mask
 
 CHANGED = 30  # sum of |dRGB| above which a pixel counts as visibly changed
 SHADING_SIGMA = 6.0
@@ -206,8 +206,7 @@ def _robust_spread(values: np.ndarray) -> float:
 
 
 def _ring(mask: np.ndarray) -> np.ndarray:
-    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * FILL_RING + 1, 2 * FILL_RING + 1))
-    return cv2.dilate(mask.astype(np.uint8), disc).astype(bool) & ~mask
+    return grow_mask(mask, FILL_RING) & ~mask
 
 
 def _luminance(image: np.ndarray) -> np.ndarray:

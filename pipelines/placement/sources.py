@@ -12,6 +12,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from pipelines.imageops import grow_mask
+
 WORK_SIDE = 512
 EDGE_SIGMA = 3.0  # colour gradients of the image blurred this much: texture (grain, joints, fur) averages out
 RING = 15  # the texture around the hole is measured in this many pixels past it
@@ -46,7 +48,7 @@ def allowed_sources(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
 def _allowed(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
     blurred = cv2.GaussianBlur(image.astype(np.float32), (0, 0), EDGE_SIGMA)
     gradient = _gradient(blurred)
-    ring = cv2.dilate(hole.astype(np.uint8), _disc(RING)).astype(bool) & ~hole
+    ring = grow_mask(hole, RING) & ~hole
     if not ring.any():
         return np.ones_like(hole)
     unlike = _colour_distance(blurred, blurred[ring])
@@ -100,7 +102,3 @@ def _surrounding(passable: np.ndarray, ring: np.ndarray) -> np.ndarray:
     keep = shares >= MIN_SHARE
     keep[0] = False  # not passable
     return keep[labels]
-
-
-def _disc(radius: int) -> np.ndarray:
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))

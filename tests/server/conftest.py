@@ -6,7 +6,7 @@ from fastapi.testclient import TestClient
 from pipelines import CompositeEngine
 from server.api.app import create_app
 from server.settings import Settings
-from tests.conftest import wait_ready
+from tests.conftest import png_bytes, wait_ready
 
 KEY = "test-key-0123456789"
 
@@ -43,3 +43,13 @@ def pg_url(pg_server) -> str:
 def database_url(request) -> str | None:
     """Runs a test on both stores: None (embedded SQLite), then a fresh PostgreSQL database."""
     return None if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+
+@pytest.fixture()
+def files(tmp_path, scene, mask, obj) -> dict:
+    """The scene, mask and object as PNG files (for the CLI and the batch)."""
+    paths = {}
+    for name, image in [("main", scene), ("mask", mask), ("object", obj)]:
+        paths[name] = tmp_path / f"{name}.png"
+        paths[name].write_bytes(png_bytes(image))
+    return paths

@@ -4,7 +4,6 @@ and batch and sweep lines that erase with no object."""
 import json
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from pipelines import CompositeEngine
@@ -14,18 +13,8 @@ from server.api.live_server import live_server
 from server.cli.main import main
 from server.inputs.metadata import read
 from server.settings import Settings
-from tests.conftest import png_bytes
 
 GROWMASK = 3
-
-
-@pytest.fixture()
-def files(tmp_path, scene, mask, obj):
-    paths = {}
-    for name, image in [("main", scene), ("mask", mask), ("object", obj)]:
-        paths[name] = tmp_path / f"{name}.png"
-        paths[name].write_bytes(png_bytes(image))
-    return paths
 
 
 def erase(files, out, *extra, command="erase") -> int:

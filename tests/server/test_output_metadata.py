@@ -102,15 +102,6 @@ def test_a_broken_or_foreign_record_reads_as_none():
         assert record_of(buffer.getvalue()) is None
 
 
-@pytest.fixture()
-def files(tmp_path, scene, mask, obj):
-    paths = {}
-    for name, image in [("main", scene), ("mask", mask), ("object", obj)]:
-        paths[name] = tmp_path / f"{name}.png"
-        paths[name].write_bytes(png_bytes(image))
-    return paths
-
-
 def swap(files, out, *extra):
     args = ["swap", "--main", str(files["main"]), "--mask", str(files["mask"]), "--object", str(files["object"])]
     return main([*args, "--engine", "composite", "-o", str(out), *extra])
