@@ -42,6 +42,7 @@ def test_the_repository_keeps_every_contract():
     [
         ("pipelines/leak.py", "import server.settings\n", "pipelines (the engine) never imports server"),
         ("server/inputs/leak.py", "import bench.load_test\n", "the product never imports bench/"),
+        ("pipelines/models/leak.py", "import pipelines.masks.grabcut\n", "pipelines.models (where weights live"),
         ("server/jobs/leak.py", "import fastapi\n", "only the HTTP room and the Ray deployment import FastAPI"),
         (
             "server/access/leak.py",
@@ -56,3 +57,29 @@ def test_a_forbidden_import_fails_the_lint(tree, module, source, contract):
     assert result.returncode != 0
     broken = result.stdout.split("Broken contracts")[-1]
     assert contract in broken, result.stdout
+
+
+def private_imports(root: Path) -> list[str]:
+    """`from <first-party module> import _name` anywhere in the product: a module reaching into another's
+    private names (a leading underscore means "this module's own")."""
+    import ast
+
+    found = []
+    for path in sorted(p for name in ("server", "pipelines", "bench") for p in (root / name).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("server", "pipelines"):
+                found += [
+                    f"{path.relative_to(root)}: {node.module}.{alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_") and not alias.name.startswith("__")
+                ]
+    return found
+
+
+def test_no_module_imports_another_modules_private_names():
+    assert private_imports(REPO) == []
+
+
+def test_a_private_import_is_found(tree):
+    (tree / "server" / "benchmark" / "leak.py").write_text("from pipelines.models.tiny import _secret\n")
+    assert private_imports(tree) == ["server/benchmark/leak.py: pipelines.models.tiny._secret"]

@@ -212,7 +212,8 @@ def test_the_baseline_is_handed_what_ours_hands_its_pipeline(tiny_weights, tiny_
     from pipelines.engines.diffusion.conditioning import ip_adapter_scales
     from pipelines.engines.selection import diffusion_engine
     from pipelines.models.model_sets import model_set_at
-    from server.benchmark.engine_bench import DiffusersBaseline, Flux2Baseline, LikeForLike, sample_inputs
+    from server.benchmark.baselines import DiffusersBaseline, Flux2Baseline, LikeForLike
+    from server.benchmark.scene import sample_inputs
     from tests.pipelines.recording import RecordingPipeline
 
     folder = (tiny_flux2_weights if arch.startswith("flux2") else tiny_weights) / arch

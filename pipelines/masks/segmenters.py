@@ -12,9 +12,9 @@ from PIL import Image
 
 from pipelines import paths
 from pipelines.errors import EngineUnavailable, InvalidInput, WeightsError
-from pipelines.masks import model_files
 from pipelines.masks.grabcut import grabcut_select
 from pipelines.masks.selector import Selector
+from pipelines.models import mask_files
 
 SegmenterKind = Literal["auto", "grabcut", "sam2"]
 
@@ -52,10 +52,10 @@ def load_segmenter(weights_dir: Path | None = None, kind: SegmenterKind = "auto"
     if kind == "grabcut":
         return GrabCutSegmenter()
     weights_dir = Path(weights_dir) if weights_dir is not None else paths.weights_dir()
-    sam2_dir = model_files.installed(weights_dir, model_files.SAM2)
+    sam2_dir = mask_files.installed(weights_dir, mask_files.SAM2)
     if sam2_dir is None:
         if kind == "sam2":
-            lacking = ", ".join(model_files.missing(weights_dir, model_files.SAM2))
+            lacking = ", ".join(mask_files.missing(weights_dir, mask_files.SAM2))
             raise WeightsError(
                 f"no complete sam2 model set in {weights_dir} (missing sam2/{lacking}): segswap weights download sam2"
             )
@@ -67,7 +67,7 @@ def load_segmenter(weights_dir: Path | None = None, kind: SegmenterKind = "auto"
     from pipelines.masks.sam2 import Sam2Selector
     from pipelines.torch_runtime import pick_device
 
-    detector = model_files.installed(weights_dir, model_files.DETECTOR)
+    detector = mask_files.installed(weights_dir, mask_files.DETECTOR)
     try:
         return Sam2Selector(sam2_dir, detector, pick_device(device, "float32")[0])
     except WeightsError as exc:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from pipelines.errors import WeightsError
-from pipelines.masks.model_files import DETECTOR, SAM2
+from pipelines.models.mask_files import DETECTOR, SAM2
 
 Arch = Literal["sdxl", "sd15", "flux2"]
 Variant = Literal["plus", "plain"]

@@ -516,13 +516,13 @@ def test_shipped_flux2_sets_download_into_a_complete_set(tmp_path, name):
 
 @pytest.mark.parametrize("name", ["sam2", "owlv2"])
 def test_shipped_selection_sets_download_into_what_the_segmenter_loads(tmp_path, name):
-    from pipelines.masks import model_files
+    from pipelines.models import mask_files
 
     model_set = load_manifest().get(name)
     assert model_set.arch == name and model_set.license == "apache-2.0"
-    assert model_files.installed(tmp_path, name) is None
+    assert mask_files.installed(tmp_path, name) is None
     for spec in model_set.files:
         assert re.fullmatch(r"[0-9a-f]{40}", spec.revision) and spec.size > 0 and spec.sha256, spec.dest
         (tmp_path / name / spec.dest).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name / spec.dest).write_bytes(b"{}")
-    assert model_files.installed(tmp_path, name) == tmp_path / name
+    assert mask_files.installed(tmp_path, name) == tmp_path / name

@@ -1,5 +1,5 @@
-"""Where the selection models live: `<weights_dir>/sam2/` and `<weights_dir>/owlv2/`, each a transformers model
-folder as its Hub repository ships it (see pipelines/models/manifest.toml)."""
+"""Where the selection models (pipelines/masks) live: `<weights_dir>/sam2/` and `<weights_dir>/owlv2/`, each a
+transformers model folder as its Hub repository ships it (see pipelines/models/manifest.toml)."""
 
 from __future__ import annotations
 
