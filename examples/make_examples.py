@@ -1,4 +1,5 @@
-"""Write the sample inputs used by the README: a room and a table, a garment and a pattern.
+"""Write the sample inputs used by the README: a room, its mask (also as an RGBA edit mask) and a table, a garment
+and a pattern.
 
     python examples/make_examples.py [OUT_DIR]     (default: examples/)
 
@@ -36,6 +37,13 @@ def room_mask() -> Image.Image:
     mask = Image.new("L", ROOM_SIZE, 0)
     ImageDraw.Draw(mask).rectangle((290, 250, 480, 430), fill=255)
     return mask
+
+
+def room_mask_rgba() -> Image.Image:
+    """The same region in OpenAI's mask convention (/v1/images/edits): transparent means edit."""
+    image = Image.new("RGBA", ROOM_SIZE, (0, 0, 0, 255))
+    image.putalpha(room_mask().point(lambda value: 255 - value))
+    return image
 
 
 def table() -> Image.Image:
@@ -79,6 +87,7 @@ def pattern() -> Image.Image:
 SAMPLES = {
     "room.png": room,
     "room_mask.png": room_mask,
+    "room_mask_rgba.png": room_mask_rgba,
     "table.png": table,
     "garment.png": garment,
     "garment_mask.png": garment_mask,

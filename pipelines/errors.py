@@ -32,3 +32,7 @@ class WeightsError(SegswapError):
 
 class EngineUnavailable(SegswapError):
     """The requested engine cannot run here (no weights, no device)."""
+
+
+class Stopped(SegswapError):
+    """The caller asked the work to stop before it ended (its deadline passed, its client left)."""

@@ -117,29 +117,6 @@ def mask_box(mask: np.ndarray, margin: int = 0) -> Box:
     return max(0, left - margin), max(0, top - margin), min(w, right + margin), min(h, bottom + margin)
 
 
-def tile_object(obj: Image.Image, horizontal: int, vertical: int, max_side: int | None = None) -> Image.Image:
-    """Repeat `obj` `horizontal` times across and `vertical` times down.
-
-    With `max_side`, the tile is shrunk first so the result fits in max_side x max_side;
-    this keeps a 10x10 repeat of a large photo from becoming a 100-megapixel image.
-    """
-    if not (1 <= horizontal and 1 <= vertical):
-        raise InvalidInput("repeats must be 1 or more", "horizontal_repeat" if horizontal < 1 else "vertical_repeat")
-    tile = obj
-    if max_side is not None:
-        scale = min(1.0, max_side / (tile.width * horizontal), max_side / (tile.height * vertical))
-        if scale < 1.0:
-            size = (max(1, round(tile.width * scale)), max(1, round(tile.height * scale)))
-            tile = tile.resize(size, Image.Resampling.LANCZOS)
-    if horizontal == vertical == 1:
-        return tile.copy()
-    out = Image.new(tile.mode, (tile.width * horizontal, tile.height * vertical))
-    for row in range(vertical):
-        for col in range(horizontal):
-            out.paste(tile, (col * tile.width, row * tile.height))
-    return out
-
-
 def fit_centered(image: Image.Image, size: tuple[int, int]) -> tuple[Image.Image, Box]:
     """Scale `image` to fit inside `size` keeping its aspect ratio; return it and its box, centred."""
     width, height = size

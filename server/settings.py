@@ -93,7 +93,11 @@ class Settings(BaseSettings):
         False, description="an invisible watermark in every output (SDXL's DWT-DCT; changes every pixel slightly)"
     )
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
-    keys_file: Path | None = Field(None, description="TOML key file managed by `segswap keys` (hashes, limits)")
+    keys_file: Path | None = Field(
+        None,
+        description="TOML key file managed by `segswap keys` (hashes, limits); default: keys.toml in data_dir "
+        "when it exists",
+    )
     credits_db: Path | None = Field(None, description="SQLite credit ledger (default: credits.sqlite3 in data_dir)")
     credit_cost: int = Field(1, ge=0, description="credits one delivered image costs (keys with a balance)")
 
@@ -126,6 +130,9 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(10.0, gt=0, description="time a client has to send a request's headers")
     body_timeout_s: float = Field(60.0, gt=0, description="time a client has to send a request's body")
     job_timeout_s: float = Field(3600.0, gt=0, description="how long a dispatched v2 job may wait for a worker")
+    max_streams_per_key: int = Field(
+        16, ge=1, description="v2 event streams (GET /v2/requests/{id}/events) one key may hold open; beyond, 429"
+    )
     max_pending_jobs: int = Field(10_000, ge=1, description="v2 jobs queued or running; beyond it, submits get 429")
     public_base_url: str | None = Field(None, description="base of the URLs v2 answers with, behind a proxy")
     webhook_backoff_scale: float = Field(
@@ -149,6 +156,13 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _keys_file_in_data_dir(self) -> Settings:
+        """The key file `segswap keys add` writes by default, once it exists (before the check below)."""
+        if self.keys_file is None and self.default_keys_file.is_file():
+            self.keys_file = self.default_keys_file
+        return self
 
     @model_validator(mode="after")
     def _no_open_server_without_keys(self) -> Settings:

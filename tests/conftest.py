@@ -112,6 +112,37 @@ def file_server() -> Iterator[FileServer]:
     server.close()
 
 
+# CI installs every library a test imports or skips (diffusers, c2pa, invisible-watermark, openai, ...) and sets
+# SEGSWAP_REQUIRE_EXTRAS=1: there such a skip is a failure, as a missing PostgreSQL or browser is, so a broken install
+# cannot pass as a skip.
+REQUIRE_EXTRAS = os.environ.get("SEGSWAP_REQUIRE_EXTRAS") == "1"
+
+
+def missing_library(report) -> bool:
+    """A skip by pytest.importorskip: its reason starts "could not import"."""
+    return report.skipped and "could not import" in str(report.longrepr)
+
+
+def fail_for_missing_library(report) -> None:
+    if REQUIRE_EXTRAS and missing_library(report):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome, report.longrepr = "failed", f"SEGSWAP_REQUIRE_EXTRAS=1 but {reason.removeprefix('Skipped: ')}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    report = yield  # a module-level importorskip skips the module's collection
+    fail_for_missing_library(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    fail_for_missing_library(report)
+    return report
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
     """Tiny random-weight SD1.5 and SDXL model sets and their LCM-LoRAs, in the layout of a real download."""

@@ -43,6 +43,7 @@ def test_the_repository_keeps_every_contract():
         ("pipelines/leak.py", "import server.settings\n", "pipelines (the engine) never imports server"),
         ("server/inputs/leak.py", "import bench.load_test\n", "the product never imports bench/"),
         ("pipelines/models/leak.py", "import pipelines.masks.grabcut\n", "pipelines.models (where weights live"),
+        ("server/experiments/leak.py", "import server.api.v1\n", "the CLI, batches and the benchmark reach the HTTP"),
         ("server/jobs/leak.py", "import fastapi\n", "only the HTTP room and the Ray deployment import FastAPI"),
         (
             "server/access/leak.py",

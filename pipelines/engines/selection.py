@@ -13,6 +13,7 @@ from pipelines.engines.diffusion.options import DiffusionOptions
 from pipelines.errors import EngineUnavailable
 from pipelines.interface import Engine
 from pipelines.models.model_sets import ModelSet, Variant, find_model_set, require_model_set
+from pipelines.models.revisions import note_loaded
 
 EngineKind = Literal["auto", "composite", "diffusion"]
 
@@ -68,7 +69,8 @@ def _diffusers_installed() -> bool:
 
 
 def diffusion_engine(model_set: ModelSet, options: DiffusionOptions | None = None) -> Engine:
-    """The diffusion engine for a model set's arch (FLUX.2 [klein] or SD with IP-Adapter)."""
+    """The diffusion engine for a model set's arch (FLUX.2 [klein] or SD with IP-Adapter), its files checked
+    against the manifest's pins (what an output's record may claim of them: pipelines/models/revisions.py)."""
     if not _diffusers_installed():
         raise EngineUnavailable(
             "the diffusion engine needs torch, diffusers and transformers: pip install 'segswap[diffusion]'"
@@ -77,7 +79,10 @@ def diffusion_engine(model_set: ModelSet, options: DiffusionOptions | None = Non
     if model_set.arch == "flux2":
         from pipelines.engines.diffusion.flux2 import Flux2Engine
 
-        return Flux2Engine(model_set, options)
-    from pipelines.engines.diffusion.engine import DiffusionEngine
+        engine: Engine = Flux2Engine(model_set, options)
+    else:
+        from pipelines.engines.diffusion.engine import DiffusionEngine
 
-    return DiffusionEngine(model_set, options)
+        engine = DiffusionEngine(model_set, options)
+    note_loaded(engine.name, model_set)
+    return engine

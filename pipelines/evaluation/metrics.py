@@ -5,6 +5,14 @@
                             inside the mask: the garment's folds and light survive. The blur only sees mask
                             pixels (normalised convolution): a plain blur lets the scene around the mask bleed in
                             and credits a flat paste with the outline's shading
+    shading_depth           how deep the light and folds are in the output against the original: the slope of the
+                            output's log blurred luminance (as for shading_kept) on the original's, inside the mask.
+                            1 when the folds are as deep, 0.15 when faded to 15 % (which correlation cannot see)
+    pattern_structure       the pattern's own structure in the output, not just its mean colour: the correlation of
+                            the output (RGB) with the pattern as the engine tiles it over the grown mask's box
+                            (placement's tile_grid), inside the mask; see `structure_carried`
+    object_structure        the same for an object: the output against the cut-out as the engine fits it into the
+                            grown mask's box (placement's fit_into), where its alpha is at least 0.5
     pattern_colour_carried  1 - |mean_out - mean_pattern| / |mean_orig - mean_pattern| inside the mask (RGB
                             means, Euclidean): 1 when the mask took the pattern's mean colour, 0 when it kept its own
     backdrop_leak           share of the mask in the product's old backdrop colour (the median of the object
@@ -35,6 +43,8 @@ from pipelines.imageops import LUMA, euclidean_distance, grow_mask
 
 CHANGED = 30  # sum of |dRGB| above which a pixel counts as visibly changed
 SHADING_SIGMA = 6.0
+FLAT = 0.5  # grey levels: an image whose values all lie this close to their mean has no structure to compare
+STRUCTURE_SIGMA = 1.5  # output and reference are compared at this blur: a pixel of shift or softening costs little
 COLOUR_BIN = 8
 BACKDROP_NEAR = 16  # levels on every channel within which a pixel has the old backdrop's colour
 FRINGE_BAND = 3  # the band checked for a fringe: the outline and this many pixels outside it
@@ -49,6 +59,9 @@ STANDS_OUT_MIN = 20.0
 THRESHOLDS: dict[str, tuple[str, float]] = {
     "pattern_coverage": (">=", 0.97),
     "shading_kept": (">=", 0.6),
+    "shading_depth": ("in", (0.5, 2.0)),
+    "pattern_structure": (">=", 0.5),
+    "object_structure": (">=", 0.5),
     "pattern_colour_carried": (">=", 0.8),
     "backdrop_leak": ("<=", 0.10),
     "outside_changed": ("==", 0),
@@ -79,10 +92,39 @@ def shading_kept(out: np.ndarray, original: np.ndarray, mask: np.ndarray) -> flo
     return float(np.corrcoef(blurred_out, blurred_original)[0, 1])
 
 
-def _blur_inside(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def shading_depth(out: np.ndarray, original: np.ndarray, mask: np.ndarray) -> float:
+    """The least-squares slope of log blurred luminance, output on original: light is a factor, so a pattern that
+    keeps the folds at full depth under it scores 1 whatever its colour, and one lit at 15 % of their depth 0.15."""
+    blurred_out = np.log(np.maximum(_blur_inside(out.astype(np.float64) @ LUMA, mask)[mask], 1.0))
+    blurred_original = np.log(np.maximum(_blur_inside(original.astype(np.float64) @ LUMA, mask)[mask], 1.0))
+    centred = blurred_original - blurred_original.mean()
+    spread = float((centred * centred).sum())
+    return float((centred * (blurred_out - blurred_out.mean())).sum() / spread) if spread else 0.0
+
+
+def structure_carried(out: np.ndarray, reference: np.ndarray, region: np.ndarray) -> float:
+    """Pearson correlation of the output's RGB with the reference's (all three channels together, so stripes that
+    differ only in hue count) over `region`, both blurred at STRUCTURE_SIGMA seeing only its pixels.
+
+    Shading and a colour transfer scale the pattern's contrast but keep where its light and dark fall: they lower
+    the score a little, while a flat colour, noise or the old content score about 0 whatever their mean colour.
+    """
+    if not region.any():
+        return 0.0
+    seen = _blur_inside(out.astype(np.float64), region, STRUCTURE_SIGMA)[region]
+    wanted = _blur_inside(reference.astype(np.float64), region, STRUCTURE_SIGMA)[region]
+    seen, wanted = seen - seen.mean(axis=0), wanted - wanted.mean(axis=0)
+    if min(np.abs(seen).max(), np.abs(wanted).max()) < FLAT:  # correlation would read the blur's rounding as detail
+        return 0.0
+    return float((seen * wanted).sum() / np.sqrt((seen * seen).sum() * (wanted * wanted).sum()))
+
+
+def _blur_inside(values: np.ndarray, mask: np.ndarray, sigma: float = SHADING_SIGMA) -> np.ndarray:
     weight = mask.astype(np.float64)
-    coverage = np.maximum(cv2.GaussianBlur(weight, (0, 0), SHADING_SIGMA), 1e-9)
-    return cv2.GaussianBlur(values * weight, (0, 0), SHADING_SIGMA) / coverage
+    coverage = np.maximum(cv2.GaussianBlur(weight, (0, 0), sigma), 1e-9)
+    if values.ndim == 3:
+        weight, coverage = weight[..., None], coverage[..., None]
+    return cv2.GaussianBlur(values * weight, (0, 0), sigma) / coverage
 
 
 def pattern_colour_carried(out: np.ndarray, original: np.ndarray, mask: np.ndarray, pattern: np.ndarray) -> float:

@@ -1,5 +1,6 @@
 """The selection cases: a box around an object in a real photograph, the segmenter's mask against the object's
-hand-made true outline (IoU), each written out as an overlay."""
+hand-made true outline (IoU), each written out as an overlay; beside it the IoU of the ellipse inscribed in the box,
+the baseline a segmenter must beat."""
 
 from __future__ import annotations
 
@@ -54,9 +55,20 @@ def evaluate_selections(segmenter: Segmenter, cases: list[SelectionCase], out_di
                 "segmenter": segmenter.name,
                 "seconds": round(seconds, 3),
                 "box_iou": {"value": round(value, 4), "passed": metrics.passes("box_iou", value)},
+                "ellipse_iou": round(metrics.iou(ellipse_in_box(case.truth.shape, case.selector.box), case.truth), 4),
             }
         )
     return rows
+
+
+def ellipse_in_box(shape: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
+    """The ellipse inscribed in `box` (x0, y0, x1, y1) as a mask of `shape`: what a box alone says of an object, the
+    baseline a segmenter must beat (on a round object it is already close to the outline)."""
+    x0, y0, x1, y1 = box
+    rows, cols = np.indices(shape) + 0.5  # pixel centres
+    across = (cols - (x0 + x1) / 2) / ((x1 - x0) / 2)
+    down = (rows - (y0 + y1) / 2) / ((y1 - y0) / 2)
+    return across**2 + down**2 <= 1
 
 
 def overlay(image: Image.Image, mask: np.ndarray, selector: Selector) -> Image.Image:

@@ -14,11 +14,13 @@ from PIL import Image
 from pipelines.evaluation import SUITE_DIR, metrics
 from pipelines.evaluation.selection import SelectionCase, evaluate_selections
 from pipelines.evaluation.sheet import contact_sheet
-from pipelines.imageops import grow_mask, normalize_mask
+from pipelines.imageops import grow_mask, mask_box, normalize_mask
 from pipelines.interface import Engine
 from pipelines.job import build_job
 from pipelines.masks import Segmenter
 from pipelines.placement import cut_out, place, resolve_mode
+from pipelines.placement.objects import fit_into
+from pipelines.placement.patterns import tile_grid
 
 FILE_KEYS = ("name", "main", "mask", "object", "checks", "inclusions")
 
@@ -109,8 +111,13 @@ def measure(case: Case, job, output: Image.Image) -> dict[str, dict]:
             values[check] = metrics.pattern_colour_carried(out, original, mask, pattern)
         elif check == "backdrop_leak":
             values[check] = metrics.backdrop_leak(out, mask, metrics.backdrop_colour(np.asarray(case.object)))
-        elif check == "shading_kept" and inclusions is not None:  # a badge is not light: folds are read on the fabric
-            values[check] = metrics.shading_kept(out, original, mask & ~inclusions)
+        elif check in ("shading_kept", "shading_depth") and inclusions is not None:  # a badge is not light
+            values[check] = getattr(metrics, check)(out, original, mask & ~inclusions)
+        elif check == "pattern_structure":
+            values[check] = metrics.structure_carried(out, _tiled_pattern(case, job, grown), mask)
+        elif check == "object_structure":
+            reference, alpha = _fitted_object(case, grown)
+            values[check] = metrics.structure_carried(out, reference, alpha >= 0.5)
         elif check == "inclusion_contrast":
             values[check] = metrics.inclusion_contrast(out, mask, inclusions)
         elif check == "edge_fringe":  # the object's outline is where placement put it, whatever the engine
@@ -119,6 +126,25 @@ def measure(case: Case, job, output: Image.Image) -> dict[str, dict]:
         else:
             values[check] = getattr(metrics, check)(out, original, mask)
     return {name: {"value": round(value, 4), "passed": metrics.passes(name, value)} for name, value in values.items()}
+
+
+def _tiled_pattern(case: Case, job, grown: np.ndarray) -> np.ndarray:
+    """The pattern as the engines tile it over the grown mask's box (their own tile_grid), at the scene's size."""
+    left, top, right, bottom = mask_box(grown)
+    size, tiled = (right - left, bottom - top), np.zeros((*grown.shape, 3), np.float32)
+    pattern = case.object.convert("RGB")
+    tiled[top:bottom, left:right] = tile_grid(pattern, size, job.horizontal_repeat, job.vertical_repeat)
+    return tiled
+
+
+def _fitted_object(case: Case, grown: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The cut-out as the engines fit it into the grown mask's box (their own fit_into), and its alpha, at the
+    scene's size."""
+    left, top, right, bottom = mask_box(grown)
+    layer, alpha = fit_into(cut_out(case.object), grown[top:bottom, left:right])
+    reference, coverage = np.zeros((*grown.shape, 3), np.float32), np.zeros(grown.shape, np.float32)
+    reference[top:bottom, left:right], coverage[top:bottom, left:right] = layer, alpha
+    return reference, coverage
 
 
 def _reference(case: Case, job) -> Image.Image:

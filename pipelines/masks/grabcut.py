@@ -7,7 +7,12 @@ them. It runs twice:
    the inside points: probably object, the rest background);
 2. at full resolution (or REFINE_PIXELS, whichever is smaller) on the same crop, with everything but a band
    along the first cut's edge fixed: the edge is placed on the full-size pixels.
-Only the parts touching an inside point (or, for a box, the largest part) are kept, and small holes are filled.
+Only the parts touching an inside point (or, for a box, the largest part) are kept, and small holes are filled
+(at the second pass's size, then scaled to the crop).
+
+A caller may stop the work (`stop`, asked between GrabCut's iterations and between the stages: a server's deadline
+passed, its client left): no step between two questions works on more than REFINE_PIXELS pixels, so the work ends
+within about one iteration at that size of the question answering yes.
 
 Points alone are the weaker selector here: the object is looked for in a box around them, and where similar
 objects stand close by GrabCut can take them for background and keep little more than the points. A box (with
@@ -21,8 +26,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from pipelines.errors import Stopped
 from pipelines.imageops import to_rgb
-from pipelines.masks.selector import Box, Selector
+from pipelines.masks.selector import Box, Selector, StopFn
 
 WORK_SIDE = 400  # pixels on the long side of the first pass (its cost grows with the pixels)
 REFINE_PIXELS = 2_000_000  # the second pass runs at full size up to this many pixels, else scaled down to it
@@ -37,8 +43,9 @@ ITERATIONS = 5
 REFINE_ITERATIONS = 2
 
 
-def grabcut_select(image: Image.Image, selector: Selector) -> np.ndarray:
-    """The selected region as a boolean mask of the image's size."""
+def grabcut_select(image: Image.Image, selector: Selector, stop: StopFn | None = None) -> np.ndarray:
+    """The selected region as a boolean mask of the image's size; Stopped as soon as `stop()` says so."""
+    stop = stop or _never
     rgb = np.asarray(to_rgb(image))
     height, width = rgb.shape[:2]
     region = selector.box if selector.box is not None else _points_region(selector, (width, height))
@@ -46,9 +53,13 @@ def grabcut_select(image: Image.Image, selector: Selector) -> np.ndarray:
     left, top, right, bottom = crop
     part = rgb[top:bottom, left:right]
     labels = _initial_labels(part.shape[:2], region, crop, selector)
-    first = _first_pass(part, labels)
-    refined = _refine(part, first, selector, crop)
-    chosen = _keep_selected(refined, selector, crop)
+    first = _first_pass(part, labels, stop)
+    refined, scale = _refine(part, first, selector, crop, stop)
+    _stop_if_asked(stop)
+    chosen = _keep_selected(refined, selector, crop, scale)
+    if scale != 1.0:
+        crop_size = (right - left, bottom - top)
+        chosen = cv2.resize(chosen.astype(np.float32), crop_size, interpolation=cv2.INTER_LINEAR) >= 0.5
     mask = np.zeros((height, width), bool)
     x0, y0, x1, y1 = region  # nothing outside the box: the refinement's band may reach past it
     mask[y0:y1, x0:x1] = chosen[y0 - top : y1 - top, x0 - left : x1 - left]
@@ -94,7 +105,16 @@ def _fix_points(labels: np.ndarray, selector: Selector, crop: Box, scale: float)
         cv2.circle(labels, centre, radius, int(cv2.GC_FGD if label == 1 else cv2.GC_BGD), thickness=-1)
 
 
-def _first_pass(part: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def _never() -> bool:
+    return False
+
+
+def _stop_if_asked(stop: StopFn) -> None:
+    if stop():
+        raise Stopped("the selection was stopped before it ended")
+
+
+def _first_pass(part: np.ndarray, labels: np.ndarray, stop: StopFn) -> np.ndarray:
     """Object probability (0 or 1) at the crop's size, from GrabCut at the working size."""
     height, width = labels.shape
     scale = min(1.0, WORK_SIDE / max(height, width))
@@ -106,12 +126,15 @@ def _first_pass(part: np.ndarray, labels: np.ndarray) -> np.ndarray:
         border = np.ones(small_labels.shape, bool)
         border[edge:-edge, edge:-edge] = False
         small_labels[border & (small_labels == cv2.GC_PR_FGD)] = cv2.GC_PR_BGD
-    result = _grabcut(small, small_labels, ITERATIONS)
+    result = _grabcut(small, small_labels, ITERATIONS, stop)
     return cv2.resize(result.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def _refine(part: np.ndarray, probability: np.ndarray, selector: Selector, crop: Box) -> np.ndarray:
-    """The first cut's edge placed again on the (nearly) full-size pixels: only a band along it may change."""
+def _refine(
+    part: np.ndarray, probability: np.ndarray, selector: Selector, crop: Box, stop: StopFn
+) -> tuple[np.ndarray, float]:
+    """The first cut's edge placed again on the (nearly) full-size pixels: only a band along it may change.
+    The cut at the size it was made (at most REFINE_PIXELS), and that size's scale to the crop."""
     height, width = probability.shape
     scale = min(1.0, (REFINE_PIXELS / (height * width)) ** 0.5)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -124,48 +147,49 @@ def _refine(part: np.ndarray, probability: np.ndarray, selector: Selector, crop:
     labels = np.where(shrunk, cv2.GC_FGD, np.where(grown, cv2.GC_PR_FGD, cv2.GC_BGD)).astype(np.uint8)
     labels[grown & ~shrunk & ~rough] = cv2.GC_PR_BGD
     _fix_points(labels, selector, crop, scale)
-    refined = _grabcut(picture, labels, REFINE_ITERATIONS) if (labels == cv2.GC_PR_FGD).any() else rough
-    if scale == 1.0:
-        return refined
-    return cv2.resize(refined.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR) >= 0.5
+    if not (labels == cv2.GC_PR_FGD).any():
+        return rough, scale
+    return _grabcut(picture, labels, REFINE_ITERATIONS, stop), scale
 
 
-def _grabcut(picture: np.ndarray, labels: np.ndarray, iterations: int) -> np.ndarray:
-    """Object pixels by GrabCut from `labels`; where one side has no pixels to model, the labels as they are."""
+def _grabcut(picture: np.ndarray, labels: np.ndarray, iterations: int, stop: StopFn) -> np.ndarray:
+    """Object pixels by GrabCut from `labels`; where one side has no pixels to model, the labels as they are.
+    One iteration per call (the models carried from one to the next: the same cut as all at once), so that
+    `stop` is asked between them."""
     labels = labels.copy()
     background, foreground = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    picture = np.ascontiguousarray(picture[..., ::-1])
     cv2.setRNGSeed(0)
+    mode = cv2.GC_INIT_WITH_MASK
     try:
-        cv2.grabCut(
-            np.ascontiguousarray(picture[..., ::-1]),
-            labels,
-            None,
-            background,
-            foreground,
-            iterations,
-            cv2.GC_INIT_WITH_MASK,
-        )
+        for _ in range(iterations):
+            _stop_if_asked(stop)
+            cv2.grabCut(picture, labels, None, background, foreground, 1, mode)
+            mode = cv2.GC_EVAL
     except cv2.error:
         pass
     return np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD))
 
 
-def _local(points, crop: Box, shape: tuple[int, int], label: int) -> list[tuple[int, int]]:
-    """The points with `label` that fall in the crop, as (row, column) in it; a point outside the crop (an outside
-    point far from the object) has nothing to say there, and must not index (or wrap around) the crop."""
+def _local(points, crop: Box, shape: tuple[int, int], label: int, scale: float = 1.0) -> list[tuple[int, int]]:
+    """The points with `label` that fall in the crop, as (row, column) in it at `scale`; a point outside the crop (an
+    outside point far from the object) has nothing to say there, and must not index (or wrap around) the crop."""
     height, width = shape
-    local = [(y - crop[1], x - crop[0]) for x, y, kind in points if kind == label]
-    return [(y, x) for y, x in local if 0 <= y < height and 0 <= x < width]
+    inside = [(x, y) for x, y, kind in points if kind == label and crop[0] <= x < crop[2] and crop[1] <= y < crop[3]]
+    return [
+        (min(height - 1, int((y - crop[1]) * scale)), min(width - 1, int((x - crop[0]) * scale))) for x, y in inside
+    ]
 
 
-def _keep_selected(mask: np.ndarray, selector: Selector, crop: Box) -> np.ndarray:
-    """The parts the caller pointed into (for a box: the largest), with small holes filled."""
+def _keep_selected(mask: np.ndarray, selector: Selector, crop: Box, scale: float = 1.0) -> np.ndarray:
+    """The parts the caller pointed into (for a box: the largest), with small holes filled; `mask` is the crop at
+    `scale`."""
     parts, count = ndimage.label(mask)
     if count == 0:
         return mask
     if selector.points is not None:
         _, (rows, cols) = ndimage.distance_transform_edt(parts == 0, return_indices=True)
-        inside = _local(selector.points, crop, mask.shape, label=1)
+        inside = _local(selector.points, crop, mask.shape, 1, scale)
         keep = {parts[rows[y, x], cols[y, x]] for y, x in inside}  # the part at (or nearest to) each point
     else:
         keep = set()
@@ -178,7 +202,7 @@ def _keep_selected(mask: np.ndarray, selector: Selector, crop: Box) -> np.ndarra
     if hole_count:
         small = ndimage.sum(holes, hole_parts, range(1, hole_count + 1)) < HOLE_SHARE * chosen.sum()
         fill = set(np.flatnonzero(small) + 1)
-        for y, x in _local(selector.points or (), crop, mask.shape, label=0):  # a hole made on purpose stays open
+        for y, x in _local(selector.points or (), crop, mask.shape, 0, scale):  # a hole made on purpose stays open
             fill.discard(hole_parts[y, x])
         chosen |= np.isin(hole_parts, list(fill))
     return chosen

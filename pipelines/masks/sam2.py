@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipelines.errors import InvalidInput, WeightsError
+from pipelines.errors import InvalidInput, Stopped, WeightsError
 from pipelines.imageops import to_rgb
-from pipelines.masks.selector import Box, Selector
+from pipelines.masks.selector import Box, Selector, StopFn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # transformers' SAM 2 processor defaults, used when its config is absent
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,10 +41,13 @@ class Sam2Selector:
         if detector_dir is not None:
             self.name = "sam2+owlv2"
 
-    def select(self, image: Image.Image, selector: Selector) -> np.ndarray:
+    def select(self, image: Image.Image, selector: Selector, stop: StopFn | None = None) -> np.ndarray:
+        """`stop` is asked between the detector and SAM 2 (each one forward pass at a fixed input size)."""
         selector.check(image.size)
         if selector.text is not None:
             selector = Selector(box=self._detector_for_words().best_box(image, selector.text))
+            if stop is not None and stop():
+                raise Stopped("the selection was stopped before it ended")
         return self._segment(image, selector)
 
     def _detector_for_words(self) -> Detector:

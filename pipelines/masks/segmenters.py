@@ -13,7 +13,7 @@ from PIL import Image
 from pipelines import paths
 from pipelines.errors import EngineUnavailable, InvalidInput, WeightsError
 from pipelines.masks.grabcut import grabcut_select
-from pipelines.masks.selector import Selector
+from pipelines.masks.selector import Selector, StopFn
 from pipelines.models import mask_files
 
 SegmenterKind = Literal["auto", "grabcut", "sam2"]
@@ -22,11 +22,12 @@ log = logging.getLogger("segswap.masks")
 
 
 class Segmenter(Protocol):
-    """Turns a selection on an image into a boolean mask of its size. `name` says which method did it."""
+    """Turns a selection on an image into a boolean mask of its size. `name` says which method did it. `stop`, when
+    given, is asked as the work goes on: once it answers True the selection ends with Stopped."""
 
     name: str
 
-    def select(self, image: Image.Image, selector: Selector) -> np.ndarray: ...
+    def select(self, image: Image.Image, selector: Selector, stop: StopFn | None = None) -> np.ndarray: ...
 
 
 class GrabCutSegmenter:
@@ -34,7 +35,7 @@ class GrabCutSegmenter:
 
     name = "grabcut"
 
-    def select(self, image: Image.Image, selector: Selector) -> np.ndarray:
+    def select(self, image: Image.Image, selector: Selector, stop: StopFn | None = None) -> np.ndarray:
         selector.check(image.size)
         if selector.text is not None:
             raise InvalidInput(
@@ -42,7 +43,7 @@ class GrabCutSegmenter:
                 "owlv2); without them select by box or points",
                 "text",
             )
-        return grabcut_select(image, selector)
+        return grabcut_select(image, selector, stop)
 
 
 def load_segmenter(weights_dir: Path | None = None, kind: SegmenterKind = "auto", device: str = "auto") -> Segmenter:
@@ -77,9 +78,12 @@ def load_segmenter(weights_dir: Path | None = None, kind: SegmenterKind = "auto"
         return GrabCutSegmenter()
 
 
-def select_mask(image: Image.Image, selector: Selector, segmenter: Segmenter | None = None) -> Image.Image:
-    """The selected region of `image` as a mask image (L: 255 selected, 0 not), the image's size."""
-    mask = (segmenter or GrabCutSegmenter()).select(image, selector)
+def select_mask(
+    image: Image.Image, selector: Selector, segmenter: Segmenter | None = None, stop: StopFn | None = None
+) -> Image.Image:
+    """The selected region of `image` as a mask image (L: 255 selected, 0 not), the image's size; Stopped once
+    `stop()` answers True (see Segmenter)."""
+    mask = (segmenter or GrabCutSegmenter()).select(image, selector, stop)
     if not mask.any():
         raise InvalidInput(f"the {selector.kind} selected nothing in the image; select more of the object")
     return Image.fromarray(mask.astype(np.uint8) * 255, "L")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pipelines.errors import InvalidInput
 
 Box = tuple[int, int, int, int]
 Point = tuple[int, int, int]  # x, y, 1 inside / 0 outside
+StopFn = Callable[[], bool]  # asked as a selection goes on: True ends it with Stopped (a deadline passed, ...)
 SELECTOR_FIELDS = ("box", "points", "text")
 MAX_POINTS = 64
 MAX_TEXT = 200

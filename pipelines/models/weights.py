@@ -344,7 +344,19 @@ def verify_set(
     return VerifyReport(name=name, set_dir=folder, files=checks)
 
 
-def _check_file(folder: Path, spec: FileSpec, lock: dict[str, dict], progress: Progress | None) -> FileCheck:
+def check_files(folder: Path, model_set: ManifestSet, digest: Callable[[Path], str]) -> tuple[FileCheck, ...]:
+    """verify_set's checks of the set's files in `folder` (any folder), each file's sha256 computed by `digest`."""
+    lock = _read_lock(folder)
+    return tuple(_check_file(folder, spec, lock, None, digest) for spec in model_set.files)
+
+
+def _check_file(
+    folder: Path,
+    spec: FileSpec,
+    lock: dict[str, dict],
+    progress: Progress | None,
+    digest: Callable[[Path], str] | None = None,
+) -> FileCheck:
     expected, source = _expected_sha256(spec, lock)
     target = folder / spec.dest
 
@@ -358,7 +370,7 @@ def _check_file(folder: Path, spec: FileSpec, lock: dict[str, dict], progress: P
         return result(Status.SIZE_MISMATCH, size)
     if not expected:
         return result(Status.UNVERIFIABLE, size)
-    actual = sha256_file(target, progress=progress, label=spec.dest)
+    actual = digest(target) if digest else sha256_file(target, progress=progress, label=spec.dest)
     return result(Status.OK if actual == expected else Status.SHA256_MISMATCH, size, actual)
 
 

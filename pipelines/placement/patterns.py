@@ -1,12 +1,15 @@
 """Pattern mode: the tiled pattern covers the grown mask, shaded by the original's light so folds survive.
 
-`horizontal_repeat` x `vertical_repeat` set the tile size across the mask's box: the tile keeps its aspect and is
-scaled so that the repeats cover the box in both directions (never letterboxed; in the direction the aspect
-leaves over, part of the last tile is cut). The pattern is then multiplied by the original's low-frequency
+`horizontal_repeat` x `vertical_repeat` are counts, as the contract says: the grown mask's box holds exactly
+`horizontal` tiles across and `vertical` down, each the whole pattern resized to box_w / horizontal by
+box_h / vertical (its aspect follows the box's; never letterboxed, never cut). The diffusion engines' reference
+images are the same grid (grid_reference). The pattern is then multiplied by the original's low-frequency
 luminance relative to its median inside the mask: its folds and light (not its badges: see inclusions).
 """
 
 from __future__ import annotations
+
+import itertools
 
 import cv2
 import numpy as np
@@ -19,6 +22,9 @@ from pipelines.placement.inclusions import clamp_inclusions
 # A shading factor is kept within this range: below it, the deepest creases turn black; above it, highlights
 # would burn out. Small inclusions (a badge, a name tag) are then clamped to the fabric around them (inclusions.py).
 SHADE_RANGE = (0.2, 2.5)
+# The grid as a reference image holds each tile at about the pattern's own pixel count (a small box keeps the
+# pattern's detail), up to this many pixels in all: more than any encoder reads (FLUX.2 [klein] 768^2, CLIP 224^2).
+GRID_REFERENCE_AREA = 1024 * 1024
 
 
 def place_pattern(
@@ -31,27 +37,27 @@ def place_pattern(
     vertical: int,
     fashion_strength: float,
 ) -> np.ndarray:
-    """The scene (float RGB) with the grown mask covered by the shaded, tiled pattern.
+    """The scene (float RGB) with the grown mask covered by the shaded pattern, `horizontal` x `vertical` tiles.
 
     The pattern's colour is kept over the caller's `mask`; the ring the mask was grown by lies mostly outside the
     garment, where the light is another surface's, so it does not count toward that colour.
     """
     left, top, right, bottom = box
     region, region_mask = scene[top:bottom, left:right], grown[top:bottom, left:right]
-    tile = scaled_tile(pattern, (right - left, bottom - top), horizontal, vertical)
-    colour = _harmoniser(tile, region[region_mask], fashion_strength)
-    tiled = colour(repeat(tile, (right - left, bottom - top)))
+    grid = tile_grid(pattern, (right - left, bottom - top), horizontal, vertical)
+    colour = _harmoniser(grid, region[region_mask], fashion_strength)
+    tiled = colour(grid)
     core = mask[top:bottom, left:right] if mask[top:bottom, left:right].any() else region_mask
     shade = clamp_inclusions(shading(region, region_mask), core, shading_sigma(region_mask.shape))
-    shaded = keep_colour(apply_shading(tiled, shade), colour(tile).reshape(-1, 3).mean(axis=0), core)
+    shaded = keep_colour(apply_shading(tiled, shade), tiled.reshape(-1, 3).mean(axis=0), core)
     out = scene.copy()
     out[top:bottom, left:right] = np.where(region_mask[..., None], np.clip(shaded, 0.0, 255.0), region)
     return out
 
 
-def _harmoniser(tile: np.ndarray, target: np.ndarray, fashion_strength: float):
-    """The colour transfer fashion_strength asks for, fitted on one tile, to apply to the tile and the tiling."""
-    reference = tile.reshape(-1, 3)
+def _harmoniser(grid: np.ndarray, target: np.ndarray, fashion_strength: float):
+    """The colour transfer fashion_strength asks for, fitted on the grid of whole tiles (one tile's colours)."""
+    reference = grid.reshape(-1, 3)
     mean, std = reference.mean(axis=0), reference.std(axis=0)
 
     def colour(pixels: np.ndarray) -> np.ndarray:
@@ -60,25 +66,38 @@ def _harmoniser(tile: np.ndarray, target: np.ndarray, fashion_strength: float):
     return colour
 
 
-def scaled_tile(pattern: Image.Image, size: tuple[int, int], horizontal: int, vertical: int) -> np.ndarray:
-    """One tile, aspect kept, at the scale where the repeats cover `size` (width, height) both ways: float RGB."""
+def tile_grid(pattern: Image.Image, size: tuple[int, int], horizontal: int, vertical: int) -> np.ndarray:
+    """`horizontal` x `vertical` tiles over `size` (width, height), each the whole pattern resized to its cell:
+    float RGB. Cell edges fall on whole pixels (cell_edges), so cells differ by at most a pixel."""
     width, height = size
-    tile = pattern.convert("RGB")
-    scale = max(width / (horizontal * tile.width), height / (vertical * tile.height))
-    tile_size = (max(1, round(tile.width * scale)), max(1, round(tile.height * scale)))
-    return np.asarray(tile.resize(tile_size, Image.Resampling.LANCZOS), dtype=np.float32)
+    rgb = pattern.convert("RGB")
+    out = np.empty((height, width, 3), np.float32)
+    tiles: dict[tuple[int, int], np.ndarray] = {}
+    for top, bottom in itertools.pairwise(cell_edges(height, vertical)):
+        for left, right in itertools.pairwise(cell_edges(width, horizontal)):
+            cell = (right - left, bottom - top)
+            if min(cell) == 0:  # more tiles than pixels: this one has no room
+                continue
+            if cell not in tiles:
+                tiles[cell] = np.asarray(rgb.resize(cell, Image.Resampling.LANCZOS), dtype=np.float32)
+            out[top:bottom, left:right] = tiles[cell]
+    return out
 
 
-def repeat(tile: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The tile repeated over `size` (width, height), from the top-left corner."""
-    width, height = size
-    reps = (-(-height // tile.shape[0]), -(-width // tile.shape[1]), 1)
-    return np.tile(tile, reps)[:height, :width]
+def cell_edges(length: int, count: int) -> list[int]:
+    """Where `count` cells over `length` pixels start, and the end: floor(i * length / count), as the playground's
+    preview draws them."""
+    return [i * length // count for i in range(count + 1)]
 
 
-def tile_over(pattern: Image.Image, size: tuple[int, int], horizontal: int, vertical: int) -> np.ndarray:
-    """The pattern repeated over `size` (width, height): float RGB."""
-    return repeat(scaled_tile(pattern, size, horizontal, vertical), size)
+def grid_reference(pattern: Image.Image, box: Box, horizontal: int, vertical: int) -> Image.Image:
+    """The grid a pattern is placed as, for the reference encoders: the same tiles at the box's aspect, each at
+    about the pattern's own pixel count, at most GRID_REFERENCE_AREA in all."""
+    width, height = box[2] - box[0], box[3] - box[1]
+    area = min(GRID_REFERENCE_AREA, horizontal * vertical * pattern.width * pattern.height)
+    scale = (area / (width * height)) ** 0.5
+    size = (max(horizontal, round(width * scale)), max(vertical, round(height * scale)))
+    return Image.fromarray(tile_grid(pattern, size, horizontal, vertical).astype(np.uint8), "RGB")
 
 
 def apply_shading(pattern: np.ndarray, shade: np.ndarray) -> np.ndarray:

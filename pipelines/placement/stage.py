@@ -25,7 +25,7 @@ class Placement:
     grown: np.ndarray  # the grown mask: no pixel outside it differs from the scene
     box: Box  # the grown mask's box
     mode: str  # "object", "pattern" or "erase"
-    reference: Image.Image  # the cut-out (RGBA) or one tile of the pattern (RGB)
+    reference: Image.Image  # the cut-out (RGBA) or the pattern (RGB; as tiled: grid_reference)
     coverage: np.ndarray  # 0..1 at the scene's size: where the object's (or pattern's) own pixels were put
 
 

@@ -12,7 +12,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from pipelines import IMAGE_FIELDS
-from server.api.contract import SwapRequest, describe_validation_error
+from server.contract import SwapRequest, describe_validation_error
 from server.errors import BadRequest, NotAcceptable, RequestTimeout, TooLarge
 
 UPLOADED = "(uploaded file)"

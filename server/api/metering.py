@@ -15,17 +15,22 @@ from server.access.keys import Caller
 from server.errors import NotAcceptable
 
 
-async def reserve(request: Request, caller: Caller, cost: int) -> int:
-    """Take `cost` from the caller's balance: the amount charged (0 for keys without one); 406 if not covered."""
+async def reserve(request: Request, caller: Caller, cost: int, images: int = 1) -> int:
+    """Take `images` x `cost` (credits per image) from the caller's balance: the amount charged (0 for keys without
+    one); 406 if not covered."""
     ledger: CreditLedger | None = request.app.state.credits
+    each, cost = cost, cost * images
     balance = None if ledger is None or not cost else await asyncio.to_thread(ledger.balance, caller.key_id)
     if balance is None:
+        request.state.metered = True
         return 0
     left = await asyncio.to_thread(ledger.reserve, caller.key_id, cost)
     if left is None:
         request.state.remaining_credits = balance
-        raise NotAcceptable(f"insufficient credits: this key has {balance}, an image costs {cost}")
+        price = f"an image costs {cost}" if images == 1 else f"{images} images cost {cost} ({images} x {each} each)"
+        raise NotAcceptable(f"insufficient credits: this key has {balance}, {price}")
     request.state.remaining_credits = left
+    request.state.metered = True  # paid work (a selection: server/api/masks.py) may start now
     return cost
 
 

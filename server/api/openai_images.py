@@ -34,10 +34,10 @@ from pipelines import build_job
 from pipelines.job import ERASE
 from server.api import metering
 from server.api.body import UPLOADED, read_body, read_form
-from server.api.contract import SwapRequest, describe_validation_error
 from server.api.deps import CallerDep, LifecycleDep, MetricsDep, SettingsDep, WorkDep
-from server.api.masks import select_region
+from server.api.masks import select_region, selection_turn
 from server.api.v1 import run_job
+from server.contract import SwapRequest, describe_validation_error
 from server.errors import BadRequest, NotAcceptable
 from server.inputs.decode import decode_inputs
 from server.inputs.encode import check_encodable, encode_output
@@ -169,19 +169,20 @@ async def images_edits(
         data["object_image"] = edit.images[1]
     if edit.mask is not None:
         data["mask_image"] = edit.mask
-    images = await asyncio.to_thread(decode_inputs, data, settings.max_image_pixels)
-    inputs = input_digests(images)
-    _check_size(edit.size, images["main_image"].size)
-    check_encodable(images["main_image"].size, contract.image_format)
-    if "mask_image" in images:
-        images["mask_image"] = openai_mask(images["mask_image"])
+    selector = contract.selector()
 
-    charged = await metering.reserve(request, caller, settings.credit_cost * edit.n)
+    charged = await metering.reserve(request, caller, settings.credit_cost, images=edit.n)
     try:
-        selector = contract.selector()
-        if selector is not None:
-            selected = await select_region(request, images["main_image"], selector, deadline)
-            images["mask_image"] = selected.mask
+        async with selection_turn(request, selector, deadline):  # a request that selects decodes in its turn
+            images = await asyncio.to_thread(decode_inputs, data, settings.max_image_pixels)
+            inputs = input_digests(images)
+            _check_size(edit.size, images["main_image"].size)
+            check_encodable(images["main_image"].size, contract.image_format)
+            if "mask_image" in images:
+                images["mask_image"] = openai_mask(images["mask_image"])
+            if selector is not None:
+                selected = await select_region(request, images["main_image"], selector, deadline)
+                images["mask_image"] = selected.mask
         first = build_job(contract.model_dump(), images)
         outputs = []
         for index in range(edit.n):  # one queued job each: n images go through the queue like n requests
@@ -240,10 +241,7 @@ def _contract(edit: EditRequest) -> SwapRequest:
         raise BadRequest("'prompt' is required")
     if edit.mask is None and not {"box", "points", "text"} & set(values):
         raise BadRequest("send a mask (transparent = the region to edit), or select the region by box, points or text")
-    output_format = values.pop("output_format", "png")
-    if output_format not in OUTPUT_FORMATS:
-        raise BadRequest(f"'output_format' must be png, jpeg or webp (got {output_format!r})")
-    values["image_format"] = OUTPUT_FORMATS[output_format]
+    _output_format(values)
     if "output_compression" in values:
         values["image_quality"] = str(max(10, _int(values.pop("output_compression"), "output_compression", 0, 100)))
     values["main_image"] = UPLOADED
@@ -264,6 +262,19 @@ def _contract(edit: EditRequest) -> SwapRequest:
             ) from None
         raise BadRequest(describe_validation_error(exc, lambda name: f"'{name}'")) from None
     return contract
+
+
+def _output_format(values: dict[str, str]) -> None:
+    """OpenAI's `output_format` as SegSwap's `image_format`; SegSwap's own, sent alone, as it is (default png)."""
+    if "output_format" not in values:
+        return
+    output_format = values.pop("output_format")
+    if output_format not in OUTPUT_FORMATS:
+        raise BadRequest(f"'output_format' must be png, jpeg or webp (got {output_format!r})")
+    if values.setdefault("image_format", OUTPUT_FORMATS[output_format]) != OUTPUT_FORMATS[output_format]:
+        raise BadRequest(
+            f"'output_format' {output_format} and 'image_format' {values['image_format']} disagree; send one of them"
+        )
 
 
 def openai_mask(mask: Image.Image) -> Image.Image:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from pipelines import IMAGE_FIELDS
-from server.api.contract import ErrorResponse, MaskResponse, SwapRequest, SwapResponse
+from server.contract import ErrorResponse, MaskResponse, SwapRequest, SwapResponse
 from server.inputs.encode import MEDIA_TYPES
 
 

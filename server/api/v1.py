@@ -12,15 +12,16 @@ from fastapi.responses import JSONResponse
 from pipelines import SegswapError, SwapJob, build_job
 from server.api import metering
 from server.api.body import read_swap_body
-from server.api.contract import SwapResponse
 from server.api.deps import CallerDep, LifecycleDep, MetricsDep, SettingsDep, WorkDep
 from server.api.errors import service_error_from_engine
-from server.api.masks import select_region
+from server.api.masks import select_region, selection_turn
 from server.api.openapi_docs import swap_request_body, swap_responses
+from server.contract import SwapResponse
 from server.errors import TimedOut
+from server.inputs.decode import decode_inputs
 from server.inputs.encode import MEDIA_TYPES, check_encodable, encode_output
 from server.inputs.metadata import input_digests, output_record
-from server.inputs.resolve import resolve_images
+from server.inputs.resolve import fetch_inputs
 from server.serving.admission import queue_full_error, refuse_if_unavailable
 from server.serving.metrics import Metrics
 from server.serving.work_queue import Dropped, Outcome, QueueFull, Ticket, WorkQueue
@@ -50,17 +51,20 @@ async def seg_swap(
     start = time.perf_counter()
     parsed = await read_swap_body(request, settings.max_body_bytes, settings.body_timeout_s)
     body = parsed.request
-    images = await resolve_images(parsed.image_sources(), settings)
-    check_encodable(images["main_image"].size, body.image_format)
     selector = body.selector()
-    timings["inputs_s"] = _observe(metrics, "inputs", start)
+    sent = await fetch_inputs(parsed.image_sources(), settings)
 
     charged = await metering.reserve(request, caller, settings.credit_cost)
     segmenter = None
     try:
-        if selector is not None:  # the region given by a box, points or words instead of a mask
-            selected = await select_region(request, images["main_image"], selector, deadline)
-            images["mask_image"], segmenter = selected.mask, selected.segmenter
+        async with selection_turn(request, selector, deadline):  # a request that selects decodes in its turn
+            images = await asyncio.to_thread(decode_inputs, sent, settings.max_image_pixels)
+            check_encodable(images["main_image"].size, body.image_format)
+            timings["inputs_s"] = _observe(metrics, "inputs", start)
+            if selector is not None:  # the region given by a box, points or words instead of a mask
+                selected = await select_region(request, images["main_image"], selector, deadline)
+                images["mask_image"], segmenter = selected.mask, selected.segmenter
+        del sent
         job = build_job(body.model_dump(), images)
         inputs = input_digests(images)
         del images

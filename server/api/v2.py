@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import json
 import time
+import weakref
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -16,13 +16,15 @@ from starlette.background import BackgroundTask
 
 from pipelines import IMAGE_FIELDS, resolve_seed
 from pipelines.imageops import mask_box, normalize_mask
+from pipelines.masks import Selector
 from server.access.keys import Caller
 from server.api import metering
 from server.api.body import ParsedBody, read_swap_body
-from server.api.contract import AsyncSwapRequest, ErrorResponse, JobResult, JobStatus, SubmitResponse
 from server.api.deps import CallerDep, JobsDep, LifecycleDep, SettingsDep
-from server.api.masks import select_region
+from server.api.job_events import event_stream
+from server.api.masks import select_region, selection_turn
 from server.api.openapi_docs import SWAP_HEADERS, swap_request_body
+from server.contract import AsyncSwapRequest, ErrorResponse, JobResult, JobStatus, SubmitResponse
 from server.errors import Conflict, NotFound, TooManyRequests
 from server.inputs.decode import decode_inputs
 from server.inputs.encode import check_encodable, encode_image
@@ -30,7 +32,7 @@ from server.inputs.fetch import check_url
 from server.inputs.metadata import read as read_record
 from server.inputs.resolve import fetch_inputs
 from server.inputs.ssrf import AllowList
-from server.jobs.dispatcher import JobProgress, JobRunner, media_type, status_body
+from server.jobs.dispatcher import media_type, status_body
 from server.jobs.store import DuplicateSubmit, JobRecord, JobStore
 from server.serving.admission import refuse_if_unavailable
 from server.settings import Settings
@@ -39,10 +41,12 @@ router = APIRouter(prefix="/v2")
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 406, 409, 413, 429, 503)}
 EVENTS_DOC = (
     "Server-Sent Events: `status` {request_id, status} on each change (QUEUED, PROCESSING, ...), `progress` "
-    "{request_id, step, total} as the engine denoises (with `?previews=1`, `preview` {request_id, step, image: a "
+    "{request_id, step, total} as the engine denoises, sampled (at most ten a second; the last step always comes) "
+    "(with `?previews=1`, `preview` {request_id, step, image: a "
     "data: URL of a small JPEG} every few steps, from engines that make them), then `completed` (the status body "
     "and `output`, the image's "
-    "URL), `failed` (with `error`) or `cancelled`, after which the stream ends; `: keep-alive` comments meanwhile."
+    "URL), `failed` (with `error`) or `cancelled`, after which the stream ends; `: keep-alive` comments meanwhile. "
+    "A key may hold SEGSWAP_MAX_STREAMS_PER_KEY streams open at once (16); beyond, 429."
 )
 
 
@@ -75,21 +79,17 @@ async def submit(
         existing = await asyncio.to_thread(jobs.store.find_idempotent, caller.key_id, idempotency_key)
         if existing is not None:
             return _replay(request, existing, fingerprint, settings)
-    inputs = await fetch_inputs(parsed.image_sources(), settings)
-    images = await asyncio.to_thread(decode_inputs, inputs, settings.max_image_pixels)  # refused now, not later
-    check_encodable(images["main_image"].size, body.image_format)
-    if "mask_image" in images:  # an empty mask fails on every engine: a 400 now, not a failed job later
-        mask_box(normalize_mask(images["mask_image"], images["main_image"].size))
+    deadline = time.monotonic() + settings.request_timeout_s
     selector = body.selector()
-    if selector is not None:  # selected now, stored as the job's mask: the job runs as if it had been painted
-        deadline = time.monotonic() + settings.request_timeout_s
-        selected = await select_region(request, images["main_image"], selector, deadline)
-        inputs["mask_image"] = await asyncio.to_thread(encode_image, selected.mask, "png", 95)
-    del images
+    inputs = await fetch_inputs(parsed.image_sources(), settings)
     await _check_storage(jobs.store, caller, sum(len(data) for data in inputs.values()), settings)
     charged = await metering.reserve(request, caller, settings.credit_cost)
     params = _params(body, caller, charged)
     try:
+        async with selection_turn(request, selector, deadline):  # a request that selects decodes in its turn
+            await _check_images(request, inputs, body, selector, deadline, settings)
+        if selector is not None:  # the selected mask counts towards the key's stored bytes too
+            await _check_storage(jobs.store, caller, sum(len(data) for data in inputs.values()), settings)
         record = await asyncio.to_thread(
             jobs.store.create,
             caller.key_id,
@@ -182,13 +182,6 @@ def _recorded_engine(path) -> str | None:
     return carried.get("engine") if carried else None
 
 
-EVENTS_POLL_S = 0.1
-KEEP_ALIVE_S = 15.0
-PREVIEW_EVERY = 3  # steps between previews
-PREVIEW_SIDE = 256
-TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
-
-
 @router.get(
     "/requests/{request_id}/events",
     summary="A job's progress as Server-Sent Events, until it ends",
@@ -206,57 +199,10 @@ async def job_events(
     record = await _owned(jobs.store, request_id, caller)
     output = _absolute(request, settings, f"/v2/requests/{record.id}/output")
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # proxies must not hold the stream back
-    stream = _events(request, jobs, record.id, output, previews)
+    release = jobs.watchers.admit(caller.key_id)  # 429 past the key's streams
+    stream = event_stream(request, jobs, record.id, output, previews, release)
+    weakref.finalize(stream, release)  # a stream whose client left before its first byte never runs its `finally`
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
-
-
-async def _events(request: Request, jobs: JobRunner, job_id: str, output: str, previews: bool):
-    """`status` on every change, `progress` {step, total} as the engine reports (with `preview` {step, image} every
-    PREVIEW_EVERY steps when asked), then `completed` (with the output URL) or `failed` / `cancelled`, and the
-    stream ends; a keep-alive comment when nothing happens for a while."""
-    status, step, quiet, previewed = None, None, 0.0, 0
-    while not await request.is_disconnected():
-        record = await asyncio.to_thread(jobs.store.get, job_id)
-        if record is None:
-            yield _event("failed", {"request_id": job_id, "error": "the job expired"})
-            return
-        ended = record.status in TERMINAL
-        if record.status != status and not ended:
-            status, quiet = record.status, 0.0
-            yield _event("status", {"request_id": job_id, "status": status})
-        reported = jobs.progress.get(job_id)
-        progress = reported.step if reported is not None else None
-        if progress is not None and progress != step and record.status != "QUEUED":
-            step, quiet = progress, 0.0
-            yield _event("progress", {"request_id": job_id, "step": progress[0], "total": progress[1]})
-            if previews and (progress[0] - previewed >= PREVIEW_EVERY or progress[0] == progress[1]):
-                previewed = progress[0]
-                image = await asyncio.to_thread(_preview_jpeg, reported)
-                if image is not None:
-                    yield _event("preview", {"request_id": job_id, "step": progress[0], "image": image})
-        if ended:  # the last step first, then the end
-            yield _event("status", {"request_id": job_id, "status": record.status})
-            final = status_body(record) | ({"output": output} if record.status == "COMPLETED" else {})
-            yield _event(record.status.lower(), final)
-            return
-        if quiet >= KEEP_ALIVE_S:
-            quiet = 0.0
-            yield ": keep-alive\n\n"
-        await asyncio.sleep(EVENTS_POLL_S)
-        quiet += EVENTS_POLL_S
-
-
-def _preview_jpeg(reported: JobProgress) -> str | None:
-    """The last step's preview as a data: URL (JPEG, at most PREVIEW_SIDE a side), or None if the engine makes none."""
-    image = reported.render_preview()
-    if image is None:
-        return None
-    image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
-    return "data:image/jpeg;base64," + base64.b64encode(encode_image(image, "jpeg", 80)).decode("ascii")
-
-
-def _event(name: str, data: dict) -> str:
-    return f"event: {name}\ndata: {json.dumps(data)}\n\n"
 
 
 @router.delete(
@@ -275,6 +221,25 @@ async def _owned(store: JobStore, request_id: str, caller: Caller) -> JobRecord:
     if record is None or record.key_id != caller.key_id or record.expires_at < time.time():
         raise NotFound(f"no request {request_id}")
     return record
+
+
+async def _check_images(
+    request: Request,
+    inputs: dict[str, bytes],
+    body: AsyncSwapRequest,
+    selector: Selector | None,
+    deadline: float,
+    settings: Settings,
+) -> None:
+    """The images decoded and checked now (a 400 at submit, not a failed job later); a selected region is stored
+    as the job's mask, in `inputs`: the job runs as if it had been painted."""
+    images = await asyncio.to_thread(decode_inputs, inputs, settings.max_image_pixels)
+    check_encodable(images["main_image"].size, body.image_format)
+    if "mask_image" in images:  # an empty mask fails on every engine
+        mask_box(normalize_mask(images["mask_image"], images["main_image"].size))
+    if selector is not None:
+        selected = await select_region(request, images["main_image"], selector, deadline)
+        inputs["mask_image"] = await asyncio.to_thread(encode_image, selected.mask, "png", 95)
 
 
 def _params(body: AsyncSwapRequest, caller: Caller, charged: int) -> dict:

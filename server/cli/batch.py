@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from pathlib import Path
 
-from server.cli.common import CliError, add_engine_flags, settings_from
+from server.cli.common import CliError, add_engine_flags, settings_from, writable_folder
+from server.inputs.files import printable
 
 
 def add_batch_command(subparsers) -> None:
     parser = subparsers.add_parser(
         "batch",
         help="run the swaps of a JSONL or CSV file (one a line), resumably",
-        description="Run one swap per line of JOBS (JSONL objects or CSV with a header; the contract's fields, image "
-        "fields as paths relative to JOBS or URLs, an optional `name`). Each output is written as NAME.FORMAT with "
-        "NAME.json (its parameters); a re-run skips outputs already complete. Exits 1 if a line failed.",
+        description="Run one swap per line of JOBS (JSONL objects or CSV with a header; the contract's fields, the "
+        "region as mask_image or box, points or text, image fields as paths relative to JOBS or URLs, an optional "
+        "`name` of at most 200 characters, not `summary`). Each output is written as NAME.FORMAT with NAME.json (its "
+        "parameters); a re-run skips outputs already complete. Exits 1 if a line failed.",
     )
     parser.add_argument("jobs", type=Path, help="the jobs file (.jsonl or .csv)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the outputs")
@@ -32,26 +33,30 @@ def add_batch_command(subparsers) -> None:
 def run_batch(args: argparse.Namespace) -> int:
     from server.experiments.batch import Summary, pending, run_local
     from server.experiments.jobs_file import read_jobs
+    from server.experiments.outputs import write_summary
 
     if not args.jobs.is_file():
-        raise CliError(f"no such jobs file: {args.jobs}")
-    entries = read_jobs(args.jobs)
+        raise CliError(f"no such jobs file: {printable(str(args.jobs))}")
+    try:
+        entries = read_jobs(args.jobs)
+    except UnicodeDecodeError:
+        raise CliError(f"{printable(str(args.jobs))} is not a UTF-8 text file (JSONL or CSV)") from None
+    settings = settings_from(args)  # here too with --server: the size limits of the images read for it
+    writable_folder(args.out)
     total = len(pending(entries, args.out, Summary()))
     with _progress_bar(total) as bar:
         if args.server:
             from server.experiments.remote import run_remote
 
+            concurrency = max(1, args.concurrency)
             summary = asyncio.run(
-                run_remote(
-                    entries, args.server, args.key or "", args.out, max(1, args.concurrency), args.timeout, progress=bar
-                )
+                run_remote(entries, args.server, args.key or "", args.out, concurrency, args.timeout, settings, bar)
             )
         else:
             from server.serving.workers import load_configured_engine
 
-            settings = settings_from(args)
             summary = run_local(entries, load_configured_engine(settings), args.out, settings, progress=bar)
-    (args.out / "summary.json").write_text(json.dumps(summary.as_dict(), indent=2) + "\n")
+    write_summary(args.out, summary.as_dict())
     print(
         f"done {summary.done}, skipped {summary.skipped}, failed {len(summary.failed)}; "
         f"{summary.images_per_s:.2f} images/s over {summary.seconds:.1f} s",

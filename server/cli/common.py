@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from pipelines import IMAGE_FIELDS
 from pipelines.models.model_sets import SETS
+from server.inputs.files import printable
 from server.inputs.provenance import provenance_for
 from server.settings import Settings
+
+FORMAT_BY_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 
 
 class CliError(Exception):
@@ -74,3 +78,30 @@ def settings_from(args: argparse.Namespace, **extra: object) -> Settings:
 def flag(field: str) -> str:
     """The CLI's name for a contract field."""
     return "--" + (field.removesuffix("_image") if field in IMAGE_FIELDS else field.replace("_", "-"))
+
+
+def format_named_by(output: Path) -> str | None:
+    """The image format `output`'s suffix names, None without a suffix; a suffix that names no format written
+    here is refused: PNG bytes under a .gif name mislead every program that opens them."""
+    suffix = output.suffix.lower()
+    if not suffix:
+        return None
+    if suffix not in FORMAT_BY_SUFFIX:
+        shown = printable(output.suffix)
+        raise CliError(f"-o: segswap writes PNG, JPEG or WEBP, not {shown}; name the file .png, .jpg or .webp")
+    return FORMAT_BY_SUFFIX[suffix]
+
+
+def writable_folder(path: Path, label: str = "--out") -> Path:
+    """`path`, made if need be and written to once: a folder that cannot take the outputs is said now, in one
+    line, not as a traceback after the first image."""
+    shown = printable(str(path))
+    if path.exists() and not path.is_dir():
+        raise CliError(f"{label}: {shown} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise CliError(f"{label}: cannot write to {shown} ({exc.strerror or exc})") from None
+    return path

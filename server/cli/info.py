@@ -12,6 +12,7 @@ from PIL import Image, UnidentifiedImageError
 
 from server.cli.common import CliError
 from server.inputs import metadata
+from server.inputs.files import UnreadableFile, printable, read_file
 from server.settings import Settings
 
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
@@ -29,22 +30,14 @@ def add_info_command(subparsers) -> None:
 
 def _open(path: Path) -> tuple[bytes, Image.Image]:
     """The file's bytes and the image, its header read but no pixels decoded (the record sits in the header).
-    Only a regular file, and at most MAX_FILE_BYTES of it: /dev/zero or a huge file must not fill the memory."""
-    shown = printable(str(path))
-    if path.exists() and not path.is_file() and not path.is_dir():
-        raise CliError(f"{shown} is not a regular file")
+    Only a regular file, and at most MAX_FILE_BYTES of it (server/inputs/files.py)."""
     try:
-        if path.is_file() and path.stat().st_size > MAX_FILE_BYTES:
-            raise CliError(f"{shown} is larger than {MAX_FILE_BYTES // 2**20} MiB: not an image segswap wrote")
-        data = path.read_bytes()
-        image = Image.open(io.BytesIO(data))
-    except FileNotFoundError:
-        raise CliError(f"no such file: {shown}") from None
-    except IsADirectoryError:
-        raise CliError(f"{shown} is a folder, not an image") from None
+        data = read_file(path, MAX_FILE_BYTES)
+        return data, Image.open(io.BytesIO(data))
+    except UnreadableFile as exc:
+        raise CliError(str(exc)) from None
     except (UnidentifiedImageError, OSError, ValueError):  # ValueError: a text chunk past Pillow's limits
-        raise CliError(f"{shown} is not a readable PNG, JPEG or WEBP image") from None
-    return data, image
+        raise CliError(f"{printable(str(path))} is not a readable PNG, JPEG or WEBP image") from None
 
 
 def read_record(path: Path) -> dict:
@@ -105,8 +98,13 @@ def run_info(args: argparse.Namespace) -> int:
 
 def _print_record(record: dict) -> None:
     _say(f"engine      {record.get('engine')}  (segswap {record.get('segswap')})")
-    for repo, revision in (record.get("model_revisions") or {}).items():
+    revisions = record.get("model_revisions")
+    if isinstance(revisions, str):  # "unverified local files"
+        _say(f"model       {revisions}")
+    for repo, revision in (revisions if isinstance(revisions, dict) else {}).items():
         _say(f"model       {repo} @ {revision}")
+    if "watermark" in record:
+        _say(f"watermark   {record['watermark']} (as written)")
     _say(f"seed        {record.get('seed')}")
     for field, sha256 in (record.get("inputs") or {}).items():
         _say(f"input       {field:13} sha256 {sha256}")
@@ -129,7 +127,3 @@ def _say(line: str) -> None:
     """Print a line of what the file carries, its control characters escaped: a crafted record must not clear
     the terminal, set its title or fake other lines."""
     print(printable(line))
-
-
-def printable(text: str) -> str:
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)

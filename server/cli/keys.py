@@ -57,8 +57,11 @@ def run_add(args: argparse.Namespace) -> int:
     if args.credits is not None:
         _ledger().set_balance(args.id, args.credits)
     print(secret)
+    settings = Settings()
+    serve_with = "" if path == (settings.keys_file or settings.default_keys_file) else f"SEGSWAP_KEYS_FILE={path} "
     print(
-        f"key '{args.id}' added to {path}; it is shown only now. Serve with SEGSWAP_KEYS_FILE={path}", file=sys.stderr
+        f"key '{args.id}' added to {path}; it is shown only now. `{serve_with}segswap serve` requires a key",
+        file=sys.stderr,
     )
     return 0
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -31,6 +32,7 @@ from server.cli.serve import add_serve_command
 from server.cli.swap import add_erase_command, add_swap_command
 from server.cli.sweep import add_sweep_command
 from server.cli.weights import add_weights_commands
+from server.contract import SwapRequest
 from server.errors import ServiceError
 from server.serving.logs import CurrentStderr
 
@@ -41,8 +43,14 @@ def _log_to_stderr() -> None:
     if not root.handlers:
         handler = CurrentStderr()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(_quiet_http_client)
         root.addHandler(handler)
         root.setLevel(logging.INFO)
+
+
+def _quiet_http_client(record: logging.LogRecord) -> bool:
+    """httpx logs every request at INFO (five lines an image for `batch --server`): only its warnings here."""
+    return record.levelno >= logging.WARNING or record.name.split(".")[0] not in ("httpx", "httpcore")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+FIELD_PREFIX = re.compile(r"field '(?P<field>[a-z_]+)'")
+
 # What `scripts/install.sh --diffusion` adds (the tiny model sets import them at module level).
 DIFFUSION_MODULES = {"torch", "diffusers", "transformers", "accelerate", "safetensors", "pipelines.models.tiny"}
 
@@ -80,8 +90,17 @@ def _missing_module(name: str) -> str:
     return f"the package {name} is missing from this installation; reinstall it with scripts/install.sh"
 
 
+def _flag_named(message: str) -> str:
+    """The inputs room and the contract name a field as the API does (`field 'main_image': ...`); here it is a
+    flag (`--main`)."""
+    named = FIELD_PREFIX.match(message)
+    if named is None or named["field"] not in SwapRequest.model_fields:
+        return message
+    return flag(named["field"]) + message[named.end() :]
+
+
 def _error(message: str) -> int:
-    print(f"segswap: error: {message}", file=sys.stderr)
+    print(f"segswap: error: {_flag_named(message)}", file=sys.stderr)
     return 2
 
 

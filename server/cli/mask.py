@@ -10,8 +10,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from pipelines.masks import load_segmenter, select_mask
-from server.api.contract import MaskRequest, describe_validation_error
-from server.cli.common import CliError, add_engine_flags, flag, settings_from
+from server.cli.common import CliError, add_engine_flags, flag, format_named_by, settings_from
+from server.contract import MaskRequest, describe_validation_error
 from server.inputs.decode import decode_image
 from server.inputs.resolve import read_source
 
@@ -41,6 +41,8 @@ def run_mask(args: argparse.Namespace) -> int:
         raise CliError(describe_validation_error(exc, flag)) from None
     if not args.output.parent.is_dir():
         raise CliError(f"-o: no such folder: {args.output.parent}")
+    if format_named_by(args.output) not in (None, "png"):
+        raise CliError("-o: a mask is written as PNG; name the file .png")
     image = decode_image(
         read_source(request.main_image, "main_image", settings), "main_image", settings.max_image_pixels
     )

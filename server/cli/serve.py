@@ -33,8 +33,13 @@ def run_serve(args: argparse.Namespace) -> int:
     configure_json_logging(settings.log_level)
     if not settings.auth_required:
         log.warning(
-            "no API keys configured (SEGSWAP_API_KEYS): serving WITHOUT auth, on loopback %s only", settings.host
+            "no API keys configured (SEGSWAP_API_KEYS, SEGSWAP_KEYS_FILE or %s): serving WITHOUT auth, on "
+            "loopback %s only",
+            settings.default_keys_file,
+            settings.host,
         )
+    elif settings.keys_file is not None:
+        log.info("API keys: from %s", settings.keys_file)
     if settings.engine == "diffusion":  # fail before binding when the model set is plainly missing
         require_model_set(settings.weights_dir, settings.model_set, settings.ip_adapter)
     app = create_app(settings)
@@ -47,7 +52,10 @@ def run_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=settings.drain_grace_s,
         http=header_deadline_protocol(settings.header_timeout_s),
     )
-    DrainingServer(config, app.state.lifecycle, app.state.work, settings.drain_grace_s).run()
+    lifecycle = app.state.lifecycle
+    DrainingServer(config, lifecycle, app.state.work, settings.drain_grace_s).run()
+    if lifecycle.failure:
+        raise CliError(f"the engine failed to load: {lifecycle.failure_detail}")
     return 0
 
 

@@ -14,17 +14,17 @@ from pydantic import ValidationError
 
 from pipelines import IMAGE_FIELDS, build_job
 from pipelines.job import ERASE
-from pipelines.masks import load_segmenter, select_mask
-from server.api.contract import REGION_FIELDS, SwapRequest, describe_validation_error
-from server.cli.common import CliError, add_engine_flags, flag, settings_from
+from server.cli.common import FORMAT_BY_SUFFIX, CliError, add_engine_flags, flag, format_named_by, settings_from
 from server.cli.info import read_record
+from server.contract import REGION_FIELDS, SwapRequest, describe_validation_error
+from server.experiments.regions import RegionMasks
 from server.inputs.decode import decode_inputs
 from server.inputs.encode import check_encodable, encode_output
+from server.inputs.files import printable
 from server.inputs.metadata import NOT_PARAMETERS, input_digests, output_record
 from server.inputs.resolve import read_source
 from server.serving.workers import load_configured_engine
 
-FORMAT_BY_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 IMAGE_HINTS = {
     "mask_image": " (or select it with --box, --points or --text)",
     "object_image": f" (required unless --mode is {ERASE})",
@@ -100,11 +100,9 @@ def run_swap(args: argparse.Namespace) -> int:
         {name: read_source(getattr(request, name), name, settings) for name in sent}, settings.max_image_pixels
     )
     check_encodable(images["main_image"].size, request.image_format)
-    selector = request.selector()
-    if selector is not None:
-        segmenter = load_segmenter(settings.weights_dir, settings.segmenter, settings.device)
-        images["mask_image"] = select_mask(images["main_image"], selector, segmenter)
-        print(f"selected the region by {selector.kind} ({segmenter.name})", file=sys.stderr)
+    segmenter = RegionMasks(settings).add_mask(images, request)
+    if segmenter is not None:
+        print(f"selected the region by {request.selector().kind} ({segmenter})", file=sys.stderr)
     job = build_job(request.model_dump(), images)
     inputs = input_digests(images)
 
@@ -133,8 +131,13 @@ def _validated_request(args: argparse.Namespace, recorded: dict) -> SwapRequest:
     replayable = set(SwapRequest.model_fields) - NOT_PARAMETERS  # images come from the flags only
     values = {name: value for name, value in recorded.items() if name in replayable} | given
     values["base64"] = args.base64
-    if "image_format" not in values:
-        values["image_format"] = FORMAT_BY_SUFFIX.get(args.output.suffix.lower(), "png")
+    named = None if args.base64 else format_named_by(args.output)  # base64 is text: any name
+    if named is not None:  # the file's name wins over a recorded format; a format given here must agree with it
+        chosen = given.get("image_format", named)
+        if chosen != named and chosen in FORMAT_BY_SUFFIX.values():
+            raise CliError(f"-o: a {printable(args.output.suffix)} name for a {chosen} image; name it for its format")
+        values["image_format"] = chosen
+    values.setdefault("image_format", "png")
     try:
         return SwapRequest.model_validate(values)
     except ValidationError as exc:

@@ -10,11 +10,14 @@ from typing import Literal, get_args, get_origin
 from pydantic import ValidationError
 
 from pipelines import IMAGE_FIELDS
-from server.api.contract import SwapRequest, describe_validation_error
-from server.cli.common import CliError, add_engine_flags, flag, settings_from
+from pipelines.masks.selector import SELECTOR_FIELDS
+from server.cli.common import CliError, add_engine_flags, flag, settings_from, writable_folder
+from server.cli.swap import IMAGE_HINTS
+from server.contract import Selection, SwapRequest, describe_validation_error
 
 TEXT_FIELDS = {"prompt", "negative_prompt"}  # may contain commas: repeat the flag to list several
-NOT_SWEPT = {*IMAGE_FIELDS, "base64"}
+NOT_SWEPT = {*IMAGE_FIELDS, *SELECTOR_FIELDS, "base64"}  # the scene and its region are the same in every cell
+MAX_CELLS = 256  # a few hundred: a grid past that is more likely a slip of the keyboard than a plan
 
 
 class Ordered(argparse.Action):
@@ -37,20 +40,32 @@ def add_sweep_command(subparsers) -> None:
     )
     fields = SwapRequest.model_fields
     for name in IMAGE_FIELDS:
-        needed = "" if name != "object_image" else " (not needed when every cell has --mode erase)"
         parser.add_argument(
-            flag(name), dest=name, required=name != "object_image", help=fields[name].description.split(":")[0] + needed
+            flag(name),
+            dest=name,
+            required=name == "main_image",
+            help=fields[name].description.split(":")[0] + IMAGE_HINTS.get(name, ""),
         )
+    for name in SELECTOR_FIELDS:
+        what = fields[name].description.removeprefix("Extension: ")
+        parser.add_argument(flag(name), dest=name, help=f"{what} One value: the region of every cell.")
     for name, info in fields.items():
         if name not in NOT_SWEPT:
             parser.add_argument(flag(name), dest=name, action=Ordered, default=[], help=f"{info.description}")
     parser.add_argument("--out", type=Path, required=True, help="folder for the images, the sheets and index.html")
+    parser.add_argument(
+        "--max-cells",
+        type=_positive,
+        default=MAX_CELLS,
+        help=f"refuse a grid of more combinations than this, before anything runs (default {MAX_CELLS})",
+    )
     add_engine_flags(parser)
     parser.set_defaults(handler=run_sweep_command)
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
-    from server.experiments.sweep import combinations, run_sweep, write_index, write_sheets
+    from server.experiments.regions import RegionMasks
+    from server.experiments.sweep import cell_count, combinations, run_sweep, write_index, write_sheets
     from server.inputs.decode import decode_inputs
     from server.inputs.encode import encode_output
     from server.inputs.metadata import input_digests, output_record
@@ -58,12 +73,23 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     from server.serving.workers import load_configured_engine
 
     fixed, varied = _grid(args)
+    cells = cell_count(varied)
+    if cells > args.max_cells:
+        shape = " x ".join(str(len(values)) for _, values in varied)
+        raise CliError(
+            f"the grid has {cells} cells ({shape}), more than --max-cells {args.max_cells}: list fewer values, "
+            "or raise --max-cells"
+        )
+    region = _region(args)
+    fixed.update(region.model_dump(exclude_none=True))
     settings = settings_from(args)
     sources = {name: getattr(args, name) for name in IMAGE_FIELDS if getattr(args, name) is not None}
     for combination in combinations(varied):  # every cell valid before the first one runs
         _validated({**fixed, **combination}, sources)
+    writable_folder(args.out)
     data = {name: read_source(source, name, settings) for name, source in sources.items()}
     images = decode_inputs(data, settings.max_image_pixels)
+    RegionMasks(settings).add_mask(images, region)
     engine = load_configured_engine(settings)
     inputs = input_digests(images)
 
@@ -72,6 +98,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         record = output_record(settings.output_metadata, fields, seed, engine_name, inputs)
         return encode_output(image, fields["image_format"], fields["image_quality"], record, settings)
 
+    print(f"{cells} cell(s) to run", file=sys.stderr)
     results = run_sweep(
         engine,
         fixed,
@@ -110,6 +137,25 @@ def _typed(name: str, value: str, annotation) -> object:
         return kind(value) if kind else value
     except ValueError:
         raise CliError(f"{flag(name)}: {value!r} is not a {annotation.__name__}") from None
+
+
+def _region(args: argparse.Namespace) -> Selection:
+    """The region selected by --box, --points or --text (none: the cells read --mask)."""
+    given = {name: getattr(args, name) for name in SELECTOR_FIELDS if getattr(args, name) is not None}
+    try:
+        return Selection.model_validate(given)
+    except ValidationError as exc:
+        raise CliError(describe_validation_error(exc, flag)) from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
 
 
 def _validated(values: dict, sources: dict[str, str]) -> SwapRequest:

@@ -13,6 +13,7 @@ from pipelines import Engine, InvalidInput, SegswapError, SwapJob, build_job
 from server.errors import ServiceError
 from server.experiments.jobs_file import Entry
 from server.experiments.outputs import is_complete, write_output
+from server.experiments.regions import RegionMasks
 from server.inputs.decode import decode_inputs
 from server.inputs.encode import check_encodable, encode_output
 from server.inputs.metadata import input_digests, output_record
@@ -62,6 +63,7 @@ def run_local(entries: list[Entry], engine: Engine, out_dir: Path, settings: Set
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = Summary()
     todo = deque(pending(entries, out_dir, summary))
+    regions = RegionMasks(settings)
     start = time.perf_counter()
     with ThreadPoolExecutor(AHEAD, thread_name_prefix="segswap-batch-read") as pool:
         window: deque[tuple[Entry, Future]] = deque()
@@ -69,7 +71,7 @@ def run_local(entries: list[Entry], engine: Engine, out_dir: Path, settings: Set
         def read_ahead() -> None:
             while todo and len(window) < AHEAD:
                 entry = todo.popleft()
-                window.append((entry, pool.submit(prepare, entry, settings)))
+                window.append((entry, pool.submit(prepare, entry, settings, regions)))
 
         read_ahead()
         while window:
@@ -94,11 +96,12 @@ class Prepared:
     settings: Settings
 
 
-def prepare(entry: Entry, settings: Settings) -> Prepared:
-    """The entry's images read (or fetched) and decoded, checked, as a job."""
+def prepare(entry: Entry, settings: Settings, regions: RegionMasks) -> Prepared:
+    """The entry's images read (or fetched) and decoded, checked, its region selected, as a job."""
     data = {name: read_source(source, name, settings) for name, source in entry.sources.items()}
     images = decode_inputs(data, settings.max_image_pixels)
     check_encodable(images["main_image"].size, entry.request.image_format)
+    regions.add_mask(images, entry.request)
     job = build_job(entry.request.model_dump(), images)
     return Prepared(job, input_digests(images), settings)
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from pipelines import IMAGE_FIELDS
-from server.api.contract import SwapRequest, describe_validation_error
+from server.contract import SwapRequest, describe_validation_error
+from server.experiments.outputs import MAX_NAME, refused_name
 from server.inputs.decode import is_url
 
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -38,9 +39,9 @@ def read_jobs(path: Path) -> list[Entry]:
     entries, seen = [], set()
     for line, row in rows:
         entry = _entry(line, row, path.parent)
-        if entry.name in seen:
+        if entry.name.lower() in seen:  # lower: on a case-insensitive file system `A` would overwrite `a`
             entry = Entry(line, f"{entry.name}-line{line}", error=f"the name {entry.name!r} is used by an earlier line")
-        seen.add(entry.name)
+        seen.add(entry.name.lower())
         entries.append(entry)
     return entries
 
@@ -71,6 +72,8 @@ def _entry(line: int, row: dict | str, folder: Path) -> Entry:
         return Entry(line, default_name, error=row)
     values = dict(row)
     name = SAFE_NAME.sub("_", str(values.pop("name", "") or default_name)).strip("._") or default_name
+    if (refused := refused_name(name)) is not None:
+        return Entry(line, default_name if len(name) > MAX_NAME else name, error=refused)
     try:
         request = SwapRequest.model_validate(values)
     except ValidationError as exc:

@@ -18,10 +18,13 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
+from pipelines import InvalidInput
 from server.experiments.batch import Summary, metadata, pending
 from server.experiments.jobs_file import Entry
 from server.experiments.outputs import write_output
 from server.inputs.decode import is_url
+from server.inputs.resolve import read_source
+from server.settings import Settings
 
 POLL_S = 0.5
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
@@ -34,8 +37,16 @@ class RemoteFailure(Exception):
 
 
 async def run_remote(
-    entries: list[Entry], server: str, key: str, out_dir: Path, concurrency: int, timeout_s: float, progress=None
+    entries: list[Entry],
+    server: str,
+    key: str,
+    out_dir: Path,
+    concurrency: int,
+    timeout_s: float,
+    settings: Settings,
+    progress=None,
 ) -> Summary:
+    """Every pending entry sent to `server`; image paths are read as a local batch reads them (`settings`' caps)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = Summary()
     todo = pending(entries, out_dir, summary)
@@ -47,8 +58,10 @@ async def run_remote(
         async def one(entry: Entry) -> None:
             async with gate:
                 try:
-                    await _run_one(client, entry, out_dir, timeout_s)
+                    await _run_one(client, entry, out_dir, timeout_s, settings)
                     summary.done += 1
+                except InvalidInput as exc:  # an image path that is no regular file, or too large
+                    summary.failed.append((entry.name, f"line {entry.line}: {exc.describe()}"))
                 except (RemoteFailure, httpx.HTTPError, OSError, TimeoutError) as exc:
                     summary.failed.append((entry.name, f"line {entry.line}: {exc}"))
                 if progress is not None:
@@ -59,10 +72,12 @@ async def run_remote(
     return summary
 
 
-async def _run_one(client: httpx.AsyncClient, entry: Entry, out_dir: Path, timeout_s: float) -> None:
+async def _run_one(
+    client: httpx.AsyncClient, entry: Entry, out_dir: Path, timeout_s: float, settings: Settings
+) -> None:
     body = entry.request.model_dump(exclude={"base64"})
-    for name, source in entry.sources.items():
-        body[name] = source if is_url(source) else base64.b64encode(Path(source).read_bytes()).decode()
+    for name, source in entry.sources.items():  # a URL is the server's to fetch
+        body[name] = source if is_url(source) else base64.b64encode(read_source(source, name, settings)).decode()
     request_id = _field(_answer(await client.post("/v2/seg-swap", json=body)), "request_id", str)
     if not REQUEST_ID.fullmatch(request_id):
         raise RemoteFailure(f"the server answered an unusable request id {request_id[:80]!r}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import itertools
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from server.inputs.encode import encode_image
 
 LABEL = 28
 MARGIN = 150  # room for the row labels
+SHEET_SIDE = 10  # cells a sheet holds across and down; a larger grid is split over several sheets
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,11 @@ class Result:
     name: str
     path: Path
     combination: dict  # the varied fields' values
+
+
+def cell_count(varied: list[tuple[str, list]]) -> int:
+    """How many combinations there are, counted without making them."""
+    return math.prod(len(values) for _, values in varied)
 
 
 def combinations(varied: list[tuple[str, list]]) -> list[dict]:
@@ -77,19 +84,40 @@ def run_sweep(
 
 
 def write_sheets(results: list[Result], varied: list[tuple[str, list]], out_dir: Path) -> list[Path]:
-    """One contact sheet per combination of the fields after the first two."""
+    """One contact sheet per combination of the fields after the first two, split into sheets of at most
+    SHEET_SIDE rows and columns (a 100 x 100 grid on one sheet would be 26,000 px a side)."""
     rows_field, rows = varied[0] if varied else ("", [None])
     cols_field, cols = varied[1] if len(varied) > 1 else ("", [None])
-    rest = varied[2:]
+    pages = [
+        (fixed, row_part, col_part)
+        for fixed in combinations(varied[2:]) or [{}]
+        for row_part in _parts(rows)
+        for col_part in _parts(cols)
+    ]
     sheets = []
-    for number, fixed in enumerate(combinations(rest) or [{}], start=1):
+    for number, (fixed, row_part, col_part) in enumerate(pages, start=1):
         chosen = [r for r in results if all(r.combination.get(k) == v for k, v in fixed.items())]
         title = ", ".join(f"{k}={v}" for k, v in fixed.items()) or "all"
-        sheet = _sheet(chosen, rows_field, rows, cols_field, cols, title)
-        path = out_dir / (f"sheet-{number:02d}.png" if rest else "sheet.png")
+        spans = [span for span in (_span(rows_field, rows, row_part), _span(cols_field, cols, col_part)) if span]
+        if spans:
+            title += f" ({'; '.join(spans)})"
+        sheet = _sheet(chosen, rows_field, row_part, cols_field, col_part, title)
+        path = out_dir / (f"sheet-{number:02d}.png" if len(pages) > 1 else "sheet.png")
         sheet.save(path)
         sheets.append(path)
     return sheets
+
+
+def _parts(values: list) -> list[list]:
+    return [values[start : start + SHEET_SIDE] for start in range(0, len(values), SHEET_SIDE)]
+
+
+def _span(field: str, values: list, part: list) -> str:
+    """Which of a field's values a sheet shows, when it cannot show them all."""
+    if len(values) <= SHEET_SIDE:
+        return ""
+    first = values.index(part[0]) + 1
+    return f"{field} {first}-{first + len(part) - 1} of {len(values)}"
 
 
 def _sheet(results, rows_field, rows, cols_field, cols, title) -> Image.Image:

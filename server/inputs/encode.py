@@ -34,8 +34,12 @@ def encode_image(image: Image.Image, image_format: str, quality: int, record: di
 
 def encode_output(image: Image.Image, image_format: str, quality: int, record: dict | None, settings) -> bytes:
     """An output as it is delivered: its record inside, and the operator's provenance marks (watermark, C2PA
-    credentials) where configured (server/inputs/provenance.py)."""
+    credentials) where configured (server/inputs/provenance.py). The record says what became of the watermark:
+    a lossy encode below the quality it survives leaves it unreliable, and the reader must know."""
     marks = provenance_for(settings)
+    note = marks.watermark_note(image.size, image_format, quality)
+    if record is not None and note is not None:
+        record = {**record, "watermark": note}
     data = encode_image(marks.mark_pixels(image), image_format, quality, record)
     return marks.sign(data, image_format, segswap_version())
 

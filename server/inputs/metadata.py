@@ -1,5 +1,6 @@
 """What made an output, carried inside the output file: the contract's fields (no images), the sha256 of each
-input image as it arrived, the seed, the engine, its model set's pinned revisions and segswap's version.
+input image as it arrived, the seed, the engine, its model set's pinned revisions (when the files loaded are
+the pinned ones, else "unverified local files") and segswap's version.
 
 PNG keeps it as an iTXt chunk, JPEG and WEBP as an XMP packet, both under the name `segswap` and as JSON. No
 clock time and nothing about the caller goes in: the same inputs on the same engine give the same bytes, so
@@ -17,6 +18,7 @@ from xml.etree import ElementTree
 from PIL import Image
 
 from pipelines import IMAGE_FIELDS
+from pipelines.models.revisions import UNVERIFIED, loaded_revisions
 
 log = logging.getLogger("segswap")
 
@@ -62,25 +64,15 @@ def output_record(enabled: bool, fields: dict, seed: int, engine: str, inputs: d
     return describe(fields, seed, engine, inputs) if enabled else None
 
 
-def model_revisions(engine: str) -> dict[str, str] | None:
-    """The pinned Hub revision of each repository the engine's model set comes from, as the manifest has it."""
-    pinned = _pinned_revisions(engine)
-    return dict(pinned) if pinned is not None else None
-
-
-@cache
-def _pinned_revisions(engine: str) -> tuple[tuple[str, str], ...] | None:
-    """Read from the manifest once per engine name, not on every output."""
+def model_revisions(engine: str) -> dict[str, str] | str | None:
+    """The pinned Hub revision of each repository the engine's model set comes from, when the files it loaded
+    are the manifest's (checked at load); else "unverified local files"; None for an engine without a model."""
     if not engine.startswith("diffusion/"):
         return None
-    from pipelines.errors import WeightsError
-    from pipelines.models.weights import load_manifest
-
-    try:
-        files = load_manifest().get(engine.removeprefix("diffusion/")).files
-    except WeightsError:
-        return None
-    return tuple(sorted({spec.repo: spec.revision for spec in files}.items()))
+    found = loaded_revisions(engine)
+    if found is None:  # no set of that name loaded in this process: nothing checked, nothing to claim
+        return UNVERIFIED
+    return dict(found) if isinstance(found, dict) else found
 
 
 def save_options(image_format: str, record: dict | None) -> dict:
@@ -120,7 +112,9 @@ def _well_formed(record: object) -> bool:
         return False
     inputs, revisions = record.get("inputs"), record.get("model_revisions")
     textual = (isinstance(inputs, dict) and all(isinstance(v, str) for v in inputs.values())) and (
-        revisions is None or (isinstance(revisions, dict) and all(isinstance(v, str) for v in revisions.values()))
+        revisions is None
+        or isinstance(revisions, str)
+        or (isinstance(revisions, dict) and all(isinstance(v, str) for v in revisions.values()))
     )
     return textual and all(isinstance(record.get(key), str) for key in ("engine", "segswap"))
 

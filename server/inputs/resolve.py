@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from pathlib import Path
 
 from PIL import Image
 
 from pipelines import InvalidInput
 from server.inputs.decode import decode_base64_field, decode_inputs, is_url
 from server.inputs.fetch import fetch_url
+from server.inputs.files import UnreadableFile, read_file
 from server.settings import Settings
 
 
@@ -28,13 +28,14 @@ async def image_bytes(value: str, field: str, settings: Settings) -> bytes:
 
 
 def read_source(source: str, field: str, settings: Settings) -> bytes:
-    """Offline use (CLI, batches): a URL fetched (SSRF-safe), else a file's bytes."""
+    """Offline use (CLI, batches): a URL fetched (SSRF-safe), else a regular file's bytes, at most as many as
+    the server accepts in a body."""
     if is_url(source):
         return asyncio.run(image_bytes(source, field, settings))
-    path = Path(source)
-    if not path.is_file():
-        raise InvalidInput(f"no such file: {source}", field)
-    return path.read_bytes()
+    try:
+        return read_file(source, settings.max_body_bytes)
+    except UnreadableFile as exc:
+        raise InvalidInput(str(exc), field) from None
 
 
 async def fetch_inputs(sources: Mapping[str, str | bytes], settings: Settings) -> dict[str, bytes]:

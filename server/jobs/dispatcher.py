@@ -19,6 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 
 from PIL import Image
 
@@ -30,6 +31,7 @@ from server.inputs.encode import MEDIA_TYPES, encode_output
 from server.inputs.fetch import post_pinned
 from server.inputs.metadata import input_digests, output_record
 from server.jobs.store import JobRecord, JobStore
+from server.jobs.watchers import JobWatchers
 from server.serving.lifecycle import Lifecycle
 from server.serving.metrics import Metrics
 from server.serving.work_queue import Dropped, QueueFull, Ticket, WorkQueue
@@ -58,6 +60,7 @@ class JobRunner:
         # What the jobs run here have reported, written by the worker thread as the engine works; the last report
         # stays PROGRESS_KEPT_S after the job ends (the event stream sends it with the end)
         self.progress: dict[str, JobProgress] = {}
+        self.watchers = JobWatchers(settings.max_streams_per_key)  # the event streams, woken by every change here
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
 
@@ -97,6 +100,7 @@ class JobRunner:
         try:
             purged = await asyncio.to_thread(self.store.purge_expired)
             for record in purged:
+                self.watchers.notify(record.id)
                 if record.status == "QUEUED":
                     await asyncio.to_thread(self._refund, record)
         except Exception:
@@ -126,6 +130,7 @@ class JobRunner:
             return False
         if not self.store.cancel(job_id):
             return False
+        self.watchers.notify(job_id)
         self._refund(self.store.get(job_id))
         return True
 
@@ -133,11 +138,13 @@ class JobRunner:
         """Fail a job that has not ended, refund its charge; True if this call failed it."""
         if not await asyncio.to_thread(self.store.fail, job_id, reason):
             return False
+        self.watchers.notify(job_id)
         await asyncio.to_thread(self._refund, await asyncio.to_thread(self.store.get, job_id))
         return True
 
     async def _settled_as_failed(self, job_id: str) -> None:
         """A job failed elsewhere (restart recovery): its refund and its webhook."""
+        self.watchers.notify(job_id)
         record = await asyncio.to_thread(self.store.get, job_id)
         await asyncio.to_thread(self._refund, record)
         if record and record.webhook_url:
@@ -174,8 +181,8 @@ class JobRunner:
             ticket = self.work.submit(
                 job,
                 deadline,
-                on_start=lambda: self.store.mark_started(record.id),
-                on_progress=self.progress.setdefault(record.id, JobProgress()),
+                on_start=lambda: self._mark_started(record.id),
+                on_progress=self.progress.setdefault(record.id, JobProgress(partial(self.watchers.notify, record.id))),
             )
         except (QueueFull, Unavailable):
             return False  # stays QUEUED; dispatched again when there is room (or by the next start)
@@ -215,10 +222,18 @@ class JobRunner:
             return True
         try:
             await asyncio.to_thread(self.store.complete, record.id, data, params["image_format"], outcome.engine_s)
+            self.watchers.notify(record.id)
         except Exception:  # a full or failing disk: the detail (and its paths) is for the log
             log.exception("job %s: the result could not be stored", record.id)
             await self.fail(record.id, "the result could not be stored; the server log says why")
         return True
+
+    def _mark_started(self, job_id: str) -> bool:
+        """On the worker thread, just before the engine runs: QUEUED -> PROCESSING, unless another replica or a
+        cancel came first."""
+        started = self.store.mark_started(job_id)
+        self.watchers.notify(job_id)
+        return started
 
     def _load_job(self, record: JobRecord) -> tuple[SwapJob, dict[str, str]]:
         """The job, and the sha256 of each input (what the output's record names them by)."""
@@ -250,14 +265,17 @@ class JobRunner:
 
 
 class JobProgress:
-    """A running job's last (step, total), and its last step's preview, rendered only when asked for."""
+    """A running job's last (step, total), and its last step's preview, rendered only when asked for; `on_report`
+    is called after each step (on the worker thread)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_report: Callable[[], None] = lambda: None) -> None:
         self.step: tuple[int, int] | None = None
         self._make: Callable[[], Image.Image] | None = None
+        self._on_report = on_report
 
     def __call__(self, done: int, total: int) -> None:
         self.step = (done, total)
+        self._on_report()
 
     def preview(self, make: Callable[[], Image.Image]) -> None:
         self._make = make

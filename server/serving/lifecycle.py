@@ -1,9 +1,11 @@
 """Start-up, readiness and draining.
 
 Engines load and warm up in the background so that /health/live answers at once;
-/health/ready turns 200 only when every worker is warm. On SIGTERM the server drains:
-readiness and new requests get 503 at once, queued and running jobs finish (up to a
-grace period), then the process exits with status 0.
+/health/ready turns 200 only when every worker is warm. An engine that fails to load does
+not heal (a corrupt file, a missing library): /health/ready says why, and `segswap serve`
+exits at once, non-zero, with the reason on one line, for its supervisor to report or
+restart it. On SIGTERM the server drains: readiness and new requests get 503 at once,
+queued and running jobs finish (up to a grace period), then the process exits with status 0.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ class Lifecycle:
     def __init__(self) -> None:
         self.ready = False
         self.draining = False
-        self.failure: str | None = None
+        self.failure: str | None = None  # why the engine is down, for callers (no paths)
+        self.failure_detail: str | None = None  # and in full, for the operator
         self.engine_name = "loading"
 
     def not_ready_reason(self) -> str | None:
@@ -38,7 +41,8 @@ class Lifecycle:
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn, but SIGTERM first drains the queue; a second signal (or Ctrl-C) stops at once."""
+    """uvicorn, but SIGTERM first drains the queue; a second signal (or Ctrl-C) stops at once; an engine that
+    failed to load stops it too."""
 
     def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, work: WorkQueue, grace_s: float):
         super().__init__(config)
@@ -51,6 +55,12 @@ class DrainingServer(uvicorn.Server):
             threading.Thread(target=self._exit_when_idle, name="segswap-drain", daemon=True).start()
             return
         super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.lifecycle.failure and not self.should_exit:
+            log.error("stopping: the engine failed to load")
+            self.should_exit = True
+        return await super().on_tick(counter)
 
     def _exit_when_idle(self) -> None:
         if not self.work.wait_idle(self.grace_s):

@@ -74,6 +74,7 @@ def start_workers(work: WorkQueue, lifecycle: Lifecycle, factory: EngineFactory,
     def failed(exc: Exception) -> None:
         detail = str(exc) if isinstance(exc, SegswapError | OSError | RuntimeError) else repr(exc)
         log.error("engine failed to load: %s", detail)
+        lifecycle.failure_detail = " ".join(detail.split())  # one line, for `segswap serve`'s exit
         lifecycle.failure = public_reason(exc)
 
     for device, name in zip(devices, names, strict=True):

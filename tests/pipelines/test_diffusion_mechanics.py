@@ -6,15 +6,19 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from pipelines import SwapJob
+
 pytest.importorskip("diffusers")
 
-from pipelines.engines.diffusion.conditioning import PATTERN_TILES, pad_to_square, reference_image  # noqa: E402
+from pipelines.engines.diffusion.conditioning import reference_image  # noqa: E402
 from pipelines.engines.diffusion.device_ops import match_to  # noqa: E402
 from pipelines.engines.diffusion.engine import LATENT_MARGIN, DiffusionEngine  # noqa: E402
 from pipelines.engines.diffusion.geometry import context_box, crop_geometry, crop_mask, dilate  # noqa: E402
 from pipelines.engines.diffusion.schedule import LOW_STEPS  # noqa: E402
 from pipelines.models.model_sets import ModelSet  # noqa: E402
-from pipelines.placement import place  # noqa: E402
+from pipelines.placement import grid_reference, place  # noqa: E402
+from tests.conftest import noise_image, rect_mask  # noqa: E402
+from tests.pipelines.grids import assert_grid, cell_centres, disk_tile, red_components  # noqa: E402
 from tests.pipelines.jobs import diffusion_job  # noqa: E402
 from tests.pipelines.recording import RecordingPipeline  # noqa: E402
 
@@ -87,11 +91,46 @@ def test_the_encoder_sees_the_whole_object_padded_to_a_square():
     assert rows[0] == 0 and rows[-1] == reference.height - 1  # top to bottom: the centre crop cuts nothing
 
 
-def test_a_pattern_reaches_the_encoder_as_at_most_two_by_two_tiles():
-    tile = Image.new("RGB", (30, 20), (20, 60, 200))
-    job = diffusion_job(object_image=tile, horizontal_repeat=10, vertical_repeat=2)
-    reference = reference_image(place(job), 10, 2)
-    assert reference.size == pad_to_square(Image.new("RGB", (30 * PATTERN_TILES, 20 * 2))).size
+PATTERN_SCENE = (160, 120)
+PATTERN_MASKS = {"wide": (10, 40, 149, 79), "tall": (60, 5, 99, 114)}
+
+
+def pattern_job(shape: str, horizontal: int, vertical: int) -> SwapJob:
+    return diffusion_job(
+        main_image=noise_image(PATTERN_SCENE, seed=5),
+        mask_image=rect_mask(PATTERN_SCENE, PATTERN_MASKS[shape]),
+        object_image=disk_tile(),
+        horizontal_repeat=horizontal,
+        vertical_repeat=vertical,
+    )
+
+
+@pytest.mark.parametrize("shape", PATTERN_MASKS)
+@pytest.mark.parametrize(("horizontal", "vertical"), [(4, 1), (1, 4), (3, 5)])
+def test_the_encoder_gets_the_pattern_as_the_placed_h_by_v_grid(engine, monkeypatch, shape, horizontal, vertical):
+    """What reaches IP-Adapter's image encoder (cached or not, it goes through prepare_ip_adapter_image_embeds):
+    the h x v grid at the grown box's aspect, padded to a square."""
+    seen = []
+    pipe = engine.pipe._pipe  # under the recording wrapper
+    encode = pipe.prepare_ip_adapter_image_embeds
+
+    def recording(image, *args, **kwargs):
+        if image is not None:
+            seen.append(image)
+        return encode(image, *args, **kwargs)
+
+    monkeypatch.setattr(pipe, "prepare_ip_adapter_image_embeds", recording)
+    job = pattern_job(shape, horizontal, vertical)
+    engine.swap(job)
+    assert len(seen) == 1, "the encoder was not asked for this grid (a cached reference of another box?)"
+    reference = seen[0]
+    box = place(job).box
+    width, height = grid_reference(job.object_image, box, horizontal, vertical).size
+    assert abs(width / height - (box[2] - box[0]) / (box[3] - box[1])) < 0.03
+    assert reference.width == reference.height == max(width, height)
+    left, top = (reference.width - width) // 2, (reference.height - height) // 2
+    expected = cell_centres((left, top, left + width, top + height), horizontal, vertical)
+    assert_grid(red_components(np.asarray(reference)), expected, tolerance=1.0)
 
 
 def test_cached_and_uncached_conditioning_use_the_same_reference(tiny_weights):

@@ -2,14 +2,19 @@
 
 import json
 
+import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipelines import CompositeEngine
 from pipelines.evaluation import metrics
 from pipelines.evaluation.selection import load_selections
-from pipelines.evaluation.suite import evaluate, load_suite
+from pipelines.evaluation.suite import evaluate, load_suite, measure
+from pipelines.imageops import LUMA, grow_mask, normalize_mask
+from pipelines.job import build_job
 from pipelines.masks import GrabCutSegmenter
+from pipelines.placement import resolve_mode
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +39,64 @@ def test_eval_measures_box_selection_against_true_outlines(report):
     rows = {row["case"]: row for row in result["selection"]}
     assert set(rows) == {case.name for case in load_selections()} and len(rows) >= 4
     assert all(row["segmenter"] == "grabcut" and row["box_iou"]["passed"] for row in rows.values()), rows
+    assert all(row["box_iou"]["value"] > row["ellipse_iou"] for row in rows.values()), rows  # the box's own ellipse
     assert all((out / f"select-{name}.png").is_file() for name in rows)
+
+
+def cheats(case, job) -> dict[str, Image.Image]:
+    """Outputs that fake a swap over the grown mask: a flat colour (the object's mean, or the erased region's), the
+    same lit by 15 % of the scene's shading, noise, and the input unchanged."""
+    original = np.asarray(case.main, dtype=np.float64)
+    mask = normalize_mask(case.mask, case.main.size)
+    grown = grow_mask(mask, job.growmask)
+    surface = np.asarray(case.object.convert("RGB")).reshape(-1, 3) if case.object else original[mask]
+    colour = surface.mean(axis=0)
+    light = cv2.GaussianBlur(original @ LUMA, (0, 0), 6.0)
+    light = 1 + 0.15 * (light / np.median(light[mask]) - 1)
+    outputs = {name: original.copy() for name in ("flat colour", "faded shading", "noise", "unchanged")}
+    outputs["flat colour"][grown] = colour
+    outputs["faded shading"][grown] = colour * light[grown][:, None]
+    outputs["noise"][grown] = np.random.default_rng(0).integers(0, 256, (int(grown.sum()), 3))
+    return {name: Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8)) for name, out in outputs.items()}
+
+
+@pytest.fixture(scope="module")
+def cheat_verdicts() -> dict[tuple[str, str, str], dict]:
+    """(case kind, case, cheat) -> the measures that cheat got on that case."""
+    verdicts = {}
+    for case in load_suite():
+        job = build_job(case.values, {"main_image": case.main, "mask_image": case.mask, "object_image": case.object})
+        for name, output in cheats(case, job).items():
+            verdicts[resolve_mode(job), case.name, name] = measure(case, job, output)
+    return verdicts
+
+
+def test_a_flat_colour_noise_or_the_unchanged_image_fails_every_pattern_and_object_case(cheat_verdicts):
+    passed = {
+        key: {name: row["value"] for name, row in measures.items()}
+        for key, measures in cheat_verdicts.items()
+        if key[0] in ("pattern", "object") and all(row["passed"] for row in measures.values())
+    }
+    assert not passed, passed
+    assert {kind for kind, _, _ in cheat_verdicts} == {"pattern", "object", "erase"}
+
+
+def test_no_cheat_passes_the_erase_cases(cheat_verdicts):
+    """An erase over plain ground (a patch of wall, the fur between the eyes) is one the unchanged image does well,
+    and a flat colour is a fair fill of a clear sky: each cheat fails some erase case, not necessarily all."""
+    for cheat in ("flat colour", "faded shading", "noise", "unchanged"):
+        verdicts = [m for (kind, _, name), m in cheat_verdicts.items() if kind == "erase" and name == cheat]
+        assert verdicts and not all(all(row["passed"] for row in m.values()) for m in verdicts), cheat
+
+
+def test_pattern_structure_and_shading_depth_tell_the_pattern_under_the_light_from_its_mean_colour(cheat_verdicts):
+    for (kind, case, cheat), measures in cheat_verdicts.items():
+        if kind == "pattern" and cheat in ("flat colour", "faded shading", "noise"):
+            assert measures["pattern_structure"]["value"] < 0.1, (case, cheat)
+        if kind == "pattern" and cheat == "faded shading":
+            assert measures["shading_depth"]["value"] < 0.25, case  # correlation alone (shading_kept) may pass it
+        if kind == "object":
+            assert measures["object_structure"]["value"] < 0.35, (case, cheat)
 
 
 def test_iou_means_what_it_says():
@@ -74,6 +136,40 @@ def test_a_flat_paste_loses_the_shading_and_a_shaded_one_keeps_it():
     assert metrics.shading_kept(flat, original, mask) < 0.2
     assert metrics.shading_kept(shaded, original, mask) > 0.9
     assert metrics.pattern_coverage(flat, original, mask) == 1.0
+    assert metrics.pattern_coverage(original, original, mask) == 0.0
+    half = original.copy()
+    half[:, :80][mask[:, :80]] = (20, 60, 200)
+    assert metrics.pattern_coverage(half, original, mask) == pytest.approx(0.5)
+
+
+def test_shading_depth_is_the_share_of_the_folds_depth_whatever_the_colour():
+    original, mask = scene_and_mask()
+    light = original.astype(float) @ LUMA / 100
+    for depth in (1.0, 0.15):
+        lit = original.copy()
+        lit[mask] = np.clip(np.array([20, 60, 200]) * (light[mask] ** depth)[:, None], 0, 255)
+        assert metrics.shading_depth(lit, original, mask) == pytest.approx(depth, abs=0.05)
+    flat = original.copy()
+    flat[mask] = (20, 60, 200)
+    assert metrics.shading_depth(flat, original, mask) == pytest.approx(0.0, abs=1e-6)
+    assert metrics.shading_depth(original, original, mask) == pytest.approx(1.0)
+
+
+def test_structure_carried_sees_the_pattern_through_light_and_colour_and_nothing_in_its_mean_colour():
+    original, mask = scene_and_mask()
+    ys, xs = np.mgrid[0:120, 0:160]
+    stripes = np.where((xs // 6) % 2 == 0, 1.0, 0.0)[..., None] * np.array([200.0, 30.0, 30.0]) + 20  # red on dark
+    hue_only = np.where((xs // 6) % 2 == 0, 1.0, 0.0)[..., None] * np.array([120.0, -120.0, 0.0]) + [20, 140, 60]
+    for pattern in (stripes, hue_only):
+        lit = original.copy()
+        lit[mask] = np.clip(0.6 * pattern[mask] * (original[mask].astype(float) / 180) + 30, 0, 255)
+        assert metrics.passes("pattern_structure", metrics.structure_carried(lit, pattern, mask))  # light 0.1-1
+        flat = original.copy()
+        flat[mask] = pattern[mask].mean(axis=0)
+        assert metrics.structure_carried(flat, pattern, mask) == pytest.approx(0.0, abs=1e-6)
+        noise = np.random.default_rng(1).integers(0, 256, original.shape).astype(np.uint8)
+        assert abs(metrics.structure_carried(noise, pattern, mask)) < 0.1
+        assert abs(metrics.structure_carried(original, pattern, mask)) < 0.2
 
 
 def test_colour_carried_is_one_at_the_pattern_mean_and_zero_at_the_original():

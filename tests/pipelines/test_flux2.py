@@ -24,7 +24,9 @@ from pipelines.engines.diffusion.object_look import ALIGNED_AT, ALIGNED_FROM, al
 from pipelines.engines.diffusion.options import DiffusionOptions  # noqa: E402
 from pipelines.imageops import grow_mask, normalize_mask  # noqa: E402
 from pipelines.models.model_sets import model_set_at  # noqa: E402
-from pipelines.placement import place  # noqa: E402
+from pipelines.placement import grid_reference, place  # noqa: E402
+from tests.conftest import noise_image, rect_mask  # noqa: E402
+from tests.pipelines.grids import assert_grid, cell_centres, disk_tile, red_components  # noqa: E402
 from tests.pipelines.jobs import SIZE, diffusion_job  # noqa: E402
 from tests.pipelines.recording import RecordingPipeline  # noqa: E402
 
@@ -167,10 +169,12 @@ def test_keep_own_look_adds_no_double_edges_where_the_model_moved_the_object():
 
 def test_reference_is_padded_to_whole_cells_and_capped():
     job = diffusion_job(object_image=Image.new("RGB", (1500, 900), (10, 200, 10)))
-    reference = reference_image(place(job), 16, 1024 * 1024)
+    reference = reference_image(place(job), 16, 1024 * 1024, (1, 1))
     assert reference.width % 16 == 0 and reference.height % 16 == 0
     assert REFERENCE_AREA * 0.9 <= reference.width * reference.height <= REFERENCE_AREA * 1.1
-    small = reference_image(place(diffusion_job(object_image=Image.new("RGB", (37, 21), (10, 200, 10)))), 16, 4096)
+    small = reference_image(
+        place(diffusion_job(object_image=Image.new("RGB", (37, 21), (10, 200, 10)))), 16, 4096, (1, 1)
+    )
     assert small.size == (48, 32), "padded up, never cropped"
 
 
@@ -186,6 +190,41 @@ def test_the_reference_never_has_more_tokens_than_the_scene(engine):
     reference, scene = call["image_reference"], call["image"]
     assert reference.width * reference.height <= scene.width * scene.height + 16 * (reference.width + reference.height)
     assert reference.width * reference.height < REFERENCE_AREA / 10
+
+
+PATTERN_SCENE = (160, 120)
+PATTERN_MASKS = {"wide": (10, 40, 149, 79), "tall": (60, 5, 99, 114)}
+
+
+@pytest.mark.parametrize("shape", PATTERN_MASKS)
+@pytest.mark.parametrize(("horizontal", "vertical"), [(4, 1), (1, 4), (3, 5)])
+def test_the_reference_is_the_placed_h_by_v_grid(engine, shape, horizontal, vertical):
+    """`image_reference` as the pipeline gets it: the pattern's h x v grid at the grown box's aspect, scaled to
+    the crop's area and padded to whole cells."""
+    job = diffusion_job(
+        main_image=noise_image(PATTERN_SCENE, seed=5),
+        mask_image=rect_mask(PATTERN_SCENE, PATTERN_MASKS[shape]),
+        object_image=disk_tile(),
+        horizontal_repeat=horizontal,
+        vertical_repeat=vertical,
+    )
+    recorded = RecordingPipeline(engine.pipe)
+    engine.pipe = recorded
+    try:
+        engine.swap(job)
+    finally:
+        engine.pipe = recorded._pipe
+    call = recorded.calls[-1]
+    reference, scene = call["image_reference"], call["image"]
+    box = place(job).box
+    grid = grid_reference(job.object_image, box, horizontal, vertical)
+    assert abs(grid.width / grid.height - (box[2] - box[0]) / (box[3] - box[1])) < 0.03
+    scale = min(1.0, (min(REFERENCE_AREA, scene.width * scene.height) / (grid.width * grid.height)) ** 0.5)
+    width, height = round(grid.width * scale), round(grid.height * scale)
+    left, top = (reference.width - width) // 2, (reference.height - height) // 2
+    expected = cell_centres((0, 0, grid.width, grid.height), horizontal, vertical)
+    expected = (expected + 0.5) * (width / grid.width, height / grid.height) - 0.5 + (left, top)
+    assert_grid(red_components(np.asarray(reference)), expected, tolerance=1.0)
 
 
 @pytest.mark.parametrize("width", [517, 1000, 1333, 2998])

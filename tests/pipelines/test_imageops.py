@@ -10,7 +10,6 @@ from pipelines.imageops import (
     grow_mask,
     mask_box,
     normalize_mask,
-    tile_object,
 )
 
 
@@ -70,20 +69,6 @@ def test_mask_is_resized_nearest_neighbour_to_the_main_image():
     small = Image.fromarray(np.array([[0, 255], [255, 0]], dtype=np.uint8), "L")
     big = normalize_mask(small, (4, 4))
     assert big.tolist() == [[False, False, True, True]] * 2 + [[True, True, False, False]] * 2
-
-
-def test_tiling_repeats_the_object_exactly():
-    tile = Image.fromarray(np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3), "RGB")
-    tiled = np.asarray(tile_object(tile, 4, 3))
-    assert tiled.shape == (6, 12, 3)
-    ys, xs = np.mgrid[0:6, 0:12]
-    assert np.array_equal(tiled, np.asarray(tile)[ys % 2, xs % 3])
-
-
-def test_tiling_with_max_side_shrinks_the_tile_first():
-    tiled = tile_object(Image.new("RGB", (400, 200)), 10, 10, max_side=500)
-    assert tiled.width <= 500 and tiled.height <= 500
-    assert tiled.width == 10 * (tiled.width // 10)
 
 
 def test_mask_box_with_margin_is_clamped():

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from pipelines import InvalidInput, WeightsError
+from pipelines.evaluation import SUITE_DIR
 from pipelines.evaluation.metrics import THRESHOLDS, iou
-from pipelines.evaluation.selection import load_selections
+from pipelines.evaluation.selection import ellipse_in_box, load_selections
 from pipelines.masks import GrabCutSegmenter, Selector, load_segmenter, select_mask
 
 CASES = load_selections()
@@ -23,6 +24,65 @@ def test_a_box_around_a_photographed_object_finds_its_outline(case):
     mask = GrabCutSegmenter().select(case.image, case.selector)
     assert mask.shape == case.truth.shape
     assert iou(mask, case.truth) >= 0.85
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_grabcut_beats_the_ellipse_the_box_alone_gives(case):
+    """On a round object the inscribed ellipse is a strong baseline (0.67-0.93 here): the segmenter must add to it."""
+    mask = GrabCutSegmenter().select(case.image, case.selector)
+    assert iou(mask, case.truth) > iou(ellipse_in_box(case.truth.shape, case.selector.box), case.truth) + 0.02
+
+
+SCENE = (320, 240)
+SHAPES = {  # non-convex outlines, in SCENE pixels: what an ellipse in their box cannot follow
+    "L": [("rectangle", (90, 50, 140, 190), 255), ("rectangle", (90, 140, 240, 190), 255)],
+    "ring": [("ellipse", (90, 50, 230, 190), 255), ("ellipse", (130, 90, 190, 150), 0)],
+    "star": [("star", (160, 120, 80, 32), 255)],
+    "mug": [  # a body and a handle whose hole shows the ground
+        ("ellipse", (160, 85, 245, 165), 255),
+        ("ellipse", (180, 102, 228, 148), 0),
+        ("rectangle", (100, 60, 190, 190), 255),
+    ],
+}
+GROUNDS = {  # a textured ground from one suite photograph, the object's surface from another
+    "fur-on-grass": (("grass.jpg", (0, 0, 512, 384)), ("chelsea.jpg", (100, 50, 400, 275))),
+    "coffee-on-brick": (("brick.jpg", (0, 0, 512, 384)), ("cup_studio.jpg", (150, 120, 370, 285))),
+}
+
+
+def outline(shape: str, scale: int = 4) -> np.ndarray:
+    """The shape's coverage (0..1) at SCENE size, drawn `scale` times larger and averaged down: soft edges."""
+    canvas = Image.new("L", (SCENE[0] * scale, SCENE[1] * scale), 0)
+    draw = ImageDraw.Draw(canvas)
+    for kind, (a, b, c, d), fill in SHAPES[shape]:
+        if kind == "star":  # centre (a, b), outer and inner radius
+            angles = np.pi / 2 + np.arange(10) * np.pi / 5
+            radii = np.where(np.arange(10) % 2 == 0, c, d)
+            xs, ys = scale * (a + radii * np.cos(angles)), scale * (b - radii * np.sin(angles))
+            draw.polygon(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill)
+        else:
+            getattr(draw, kind)([scale * a, scale * b, scale * c, scale * d], fill=fill)
+    return np.asarray(canvas.resize(SCENE, Image.Resampling.BOX), np.float32) / 255
+
+
+def photo_crop(name: str, box: tuple[int, int, int, int]) -> np.ndarray:
+    picture = Image.open(SUITE_DIR / name).convert("RGB").crop(box)
+    return np.asarray(picture.resize(SCENE, Image.Resampling.LANCZOS), np.float32)
+
+
+@pytest.mark.parametrize("ground", GROUNDS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_grabcut_follows_a_non_convex_outline_that_the_boxs_ellipse_cannot(shape, ground):
+    coverage = outline(shape)
+    backdrop, surface = (photo_crop(*source) for source in GROUNDS[ground])
+    scene = coverage[..., None] * surface + (1 - coverage[..., None]) * backdrop
+    image = Image.fromarray(np.clip(np.rint(scene), 0, 255).astype(np.uint8))
+    truth = coverage >= 0.5
+    rows, cols = np.nonzero(truth)
+    box = (int(cols.min()) - 4, int(rows.min()) - 4, int(cols.max()) + 5, int(rows.max()) + 5)  # as the suite's
+    found = iou(GrabCutSegmenter().select(image, Selector(box=box)), truth)
+    baseline = iou(ellipse_in_box(truth.shape, box), truth)
+    assert found >= 0.85 and found >= baseline + 0.1, (found, baseline)
 
 
 def test_nothing_outside_the_box_is_selected():
@@ -228,3 +288,25 @@ def test_outside_points_beyond_the_grabcut_crop_are_ignored_not_an_index_error()
         assert np.array_equal(kept, alone), far
     held_open = _keep_selected(ring, Selector(points=((230, 230, 1), (246, 246, 0))), crop)
     assert not held_open[46, 46]  # an outside point inside the crop still keeps its hole open
+
+
+def test_grabcut_stops_at_its_next_question_once_asked(monkeypatch):
+    """A server's selection past its deadline must stop working, not only stop being awaited: GrabCut runs one
+    iteration at a time and asks `stop` before each; once it answers yes no further iteration runs."""
+    import cv2
+
+    from pipelines.errors import Stopped
+    from pipelines.masks.grabcut import grabcut_select
+
+    flower = next(case for case in CASES if case.name == "flower-box")
+    ran, real = [], cv2.grabCut
+    monkeypatch.setattr(cv2, "grabCut", lambda *args: ran.append(args[5]) or real(*args))
+    asked = []
+
+    def stop() -> bool:
+        asked.append(True)
+        return len(asked) > 3
+
+    with pytest.raises(Stopped):
+        grabcut_select(flower.image, flower.selector, stop)
+    assert ran == [1, 1, 1]  # three single iterations, then the fourth question said stop

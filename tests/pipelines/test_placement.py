@@ -9,7 +9,7 @@ from pipelines.imageops import grow_mask, normalize_mask
 from pipelines.placement import cut_out, place, resolve_mode
 from pipelines.placement.fill import remove_content
 from pipelines.placement.objects import fit_into
-from pipelines.placement.patterns import shading, tile_over
+from pipelines.placement.patterns import shading, tile_grid
 from tests.conftest import noise_image, rect_mask
 
 
@@ -84,11 +84,13 @@ def test_an_object_sits_bottom_centre_and_inside_the_mask_shape():
 
 def test_pattern_tiles_cover_the_box_with_the_asked_repeats():
     tile = Image.new("RGB", (20, 10), (255, 255, 255))
-    ImageDraw.Draw(tile).rectangle((0, 0, 9, 9), fill=(0, 0, 0))
-    tiled = tile_over(tile, (200, 60), 4, 3)
+    ImageDraw.Draw(tile).rectangle((0, 0, 9, 9), fill=(0, 0, 0))  # the left half dark
+    tiled = tile_grid(tile, (200, 60), 4, 3)
     assert tiled.shape == (60, 200, 3)
-    dark_columns = (tiled[0, :, 0] < 128).astype(int)
-    assert np.count_nonzero(np.diff(dark_columns) == 1) + dark_columns[0] == 4  # 4 tiles across
+    dark = tiled[..., 0] < 128
+    cell = np.zeros((20, 50), bool)
+    cell[:, :25] = True  # each cell 200 / 4 by 60 / 3, the tile stretched into it
+    assert np.array_equal(dark, np.tile(cell, (3, 4)))
 
 
 def test_shading_follows_the_original_light():

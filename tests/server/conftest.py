@@ -1,4 +1,9 @@
+import os
+import resource
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -9,6 +14,7 @@ from server.settings import Settings
 from tests.conftest import png_bytes, wait_ready
 
 KEY = "test-key-0123456789"
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +59,18 @@ def files(tmp_path, scene, mask, obj) -> dict:
         paths[name] = tmp_path / f"{name}.png"
         paths[name].write_bytes(png_bytes(image))
     return paths
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`segswap ARGS` in a child process under a 2 GiB memory cap and a time limit: a regression that reads
+    /dev/zero or waits on a FIFO fails its test instead of filling the machine or hanging the suite. (The
+    child also logs as the command does: pytest's handlers are not in the way.)"""
+
+    def cap_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, 2 * 2**30))
+
+    command = [sys.executable, "-m", "server", *args]
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run(
+        command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=120, preexec_fn=cap_memory
+    )

@@ -8,7 +8,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from pipelines import SwapJob
+from pipelines import CompositeEngine, InvalidInput, SwapJob
 
 
 class GatedEngine:
@@ -80,3 +80,21 @@ class SteppingEngine:
                     progress.preview(lambda shade=shade: Image.new("RGB", (64, 48), (shade, 80, 160)))
         out.paste((250, 140, 20), mask=region)
         return out
+
+
+class FailingEngine:
+    """The composite engine for the first `succeed` jobs (the warm-up aside), then fails every job as an engine that
+    hits bad input deep inside would."""
+
+    name = "failing"
+
+    def __init__(self, succeed: int = 0):
+        self.succeed, self.composite, self.runs = succeed, CompositeEngine(), 0
+
+    def swap(self, job: SwapJob, progress=None) -> Image.Image:
+        if job.steps == 2:  # the server's warm-up
+            return job.main_image.copy()
+        self.runs += 1
+        if self.runs > self.succeed:
+            raise InvalidInput("the engine could not use this object", "object_image")
+        return self.composite.swap(job)

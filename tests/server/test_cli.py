@@ -133,3 +133,31 @@ def test_log_lines_go_to_the_stderr_of_the_moment(monkeypatch):
     monkeypatch.setattr(sys, "stderr", second)
     handler.emit(record)
     assert second.getvalue() == "hello there\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "extra", "message"),
+    [
+        ("out.gif", [], "-o: segswap writes PNG, JPEG or WEBP, not .gif; name the file .png, .jpg or .webp"),
+        ("out.jpg", ["--image-format", "png"], "-o: a .jpg name for a png image; name it for its format"),
+    ],
+)
+def test_an_output_name_the_format_does_not_match_is_refused(inputs, tmp_path, capsys, name, extra, message):
+    assert main(swap_args(inputs, tmp_path / name, *extra)) == 2
+    assert capsys.readouterr().err == f"segswap: error: {message}\n"
+    assert not (tmp_path / name).exists()
+
+
+def test_the_output_suffix_chooses_the_format(inputs, tmp_path):
+    assert main(swap_args(inputs, tmp_path / "out.JPG")) == 0
+    assert Image.open(tmp_path / "out.JPG").format == "JPEG"
+    assert main(swap_args(inputs, tmp_path / "plain")) == 0  # no suffix: the default, PNG
+    assert Image.open(tmp_path / "plain").format == "PNG"
+
+
+def test_an_unfetchable_url_names_the_flag_not_the_api_field(inputs, tmp_path, capsys):
+    args = swap_args(inputs, tmp_path / "o.png")
+    args[args.index("--main") + 1] = "http://127.0.0.1:9/scene.png"  # loopback: refused by the SSRF guard
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("segswap: error: --main: ") and "field 'main_image'" not in err

@@ -117,7 +117,7 @@ def test_every_contract_field_reaches_the_engine_or_the_encoder():
     from dataclasses import fields
 
     from pipelines import IMAGE_FIELDS, SwapJob
-    from server.api.contract import AsyncSwapRequest, Selection
+    from server.contract import AsyncSwapRequest, Selection
 
     output_only = {"image_format", "image_quality", "base64", "webhook_url"}
     job_fields = {f.name for f in fields(SwapJob)}

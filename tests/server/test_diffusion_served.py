@@ -10,6 +10,7 @@ pytest.importorskip("diffusers")
 
 from server.api.app import create_app  # noqa: E402
 from server.cli.main import main  # noqa: E402
+from server.inputs.metadata import read  # noqa: E402
 from server.settings import Settings  # noqa: E402
 from tests.conftest import wait_ready  # noqa: E402
 
@@ -27,6 +28,7 @@ def test_auto_mode_serves_seg_swap_through_the_diffusion_engine(diffusion_client
     assert response.status_code == 200, response.text
     assert response.headers["x-segswap-engine"] == "diffusion/sd15"
     assert Image.open(io.BytesIO(response.content)).size == scene.size
+    assert read(Image.open(io.BytesIO(response.content)))["model_revisions"] == "unverified local files"  # tiny
     again = diffusion_client.post("/v1/seg-swap", json={**body, "negative_prompt": "blurry", "guidance_scale": 5.0})
     assert again.content == response.content
 
@@ -47,6 +49,8 @@ def test_flux2_klein_serves_seg_swap(tiny_flux2_weights, body, scene, mask, engi
     assert first.status_code == 200, first.text
     assert first.headers["x-segswap-engine"] == "diffusion/flux2-klein"
     assert again.content == first.content
+    # random weights, not black-forest-labs/FLUX.2-klein-4B @ e7b7dc27 as the manifest pins that set
+    assert read(Image.open(io.BytesIO(first.content)))["model_revisions"] == "unverified local files"
     out = np.asarray(Image.open(io.BytesIO(first.content)).convert("RGB"))
     outside = ~grow_mask(normalize_mask(mask, scene.size), 5)
     assert out.shape[:2] == (scene.height, scene.width)
@@ -125,3 +129,28 @@ def test_previews_come_with_the_progress_when_asked(diffusion_client, body):
     assert [p["step"] for p in previews] == sorted(p["step"] for p in previews)
     picture = Image.open(io.BytesIO(base64.b64decode(previews[-1]["image"].split(",", 1)[1])))
     assert picture.format == "JPEG" and max(picture.size) <= 256
+
+
+def test_serve_exits_with_the_reason_when_its_model_set_is_corrupt(tiny_weights, tmp_path):
+    """A truncated checkpoint passes the look of a complete set but fails to load: the server must not stay up
+    answering 503 forever; `segswap serve` stops and says why, on one line, non-zero."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from server.api.live_server import free_port
+
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights / "sd15", weights / "sd15")
+    unet = weights / "sd15/base/unet/diffusion_pytorch_model.safetensors"
+    unet.write_bytes(unet.read_bytes()[: unet.stat().st_size // 2])
+    command = [sys.executable, "-m", "server", "serve", "--engine", "diffusion", "--model-set", "sd15"]
+    command += ["--weights", str(weights), "--port", str(free_port())]
+    env = {name: value for name, value in os.environ.items() if not name.startswith("SEGSWAP_")}
+    env["SEGSWAP_DATA_DIR"] = str(tmp_path / "data")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode != 0
+    assert last.startswith("segswap: error: the engine failed to load: cannot load model set"), last
+    assert "diffusion_pytorch_model.safetensors" in last

@@ -124,6 +124,51 @@ def test_a_cancelled_or_expired_unrun_job_is_refunded(tmp_path, capsys, monkeypa
         ledger.close()
 
 
+class GatedRefusingEngine:
+    """Held by `gate` like GatedEngine; refuses the jobs asking for "refuse" (a job that fails)."""
+
+    name = "gated-refusing"
+
+    def __init__(self):
+        from tests.server.engines import GatedEngine
+
+        self.held = GatedEngine()
+
+    def swap(self, job, progress=None):
+        if job.prompt == "refuse":
+            raise InvalidInput("the object image has nothing to place", "object_image")
+        return self.held.swap(job, progress)
+
+
+def test_expiry_refunds_only_the_job_that_never_ran(tmp_path, capsys, monkeypatch, body):
+    """A completed job was delivered; a failed or cancelled one got its charge back when it ended: their expiry
+    leaves the balance as it is. Only the one that expired still queued is refunded."""
+    engine = GatedRefusingEngine()
+    settings, secrets = keyed_settings(tmp_path, capsys, monkeypatch)
+    with TestClient(create_app(settings, engine), headers={"x-api-key": secrets["one"]}) as client:
+        wait_ready(client)
+        open_ledger(settings).set_balance("one", 10)
+        ended = {}
+        for status, prompt in (("COMPLETED", "a cup"), ("FAILED", "refuse")):
+            ended[status] = client.post("/v2/seg-swap", json={**body, "prompt": prompt}).json()["request_id"]
+            assert wait_for(client, ended[status])["status"] == status
+        engine.held.gate.clear()  # the worker is held on `running`; the next two wait in the store
+        running = client.post("/v2/seg-swap", json=body).json()["request_id"]
+        assert engine.held.started.wait(5)
+        ended["CANCELLED"] = client.post("/v2/seg-swap", json=body).json()["request_id"]
+        assert client.delete(f"/v2/requests/{ended['CANCELLED']}").json()["status"] == "CANCELLED"
+        queued = client.post("/v2/seg-swap", json=body).json()["request_id"]
+        assert balance(settings, "one") == 10 - 3  # completed, running, queued
+        runner = client.app.state.jobs
+        for job_id in (*ended.values(), queued):
+            runner.store.db.execute("UPDATE jobs SET expires_at = 0 WHERE id = ?", (job_id,))
+        assert client.portal.call(runner.purge_once) == 4
+        assert balance(settings, "one") == 10 - 2  # the queued job's charge back, and no other
+        engine.held.gate.set()
+        assert wait_for(client, running)["status"] == "COMPLETED"
+        assert balance(settings, "one") == 10 - 2
+
+
 # 2. permissions by endpoint family ---------------------------------------------------------------------------------
 
 
@@ -227,11 +272,23 @@ def test_a_result_that_cannot_be_written_refunds_and_fails_the_job_with_its_reas
 # 5. memory held by failed requests -----------------------------------------------------------------------------------
 
 
+def traced_once_idle(work, since: int, expected_below: int) -> int:
+    """Memory traced since `since` once the queue is idle and the worker has let go of its last job: a request's
+    answer is sent when its job settles, a moment before the worker drops its reference. Waits up to 5 s for it to
+    fall below `expected_below`; without a garbage collection, what a reference cycle holds never falls."""
+    assert work.wait_idle(10)
+    end = time.monotonic() + 5
+    while (held := tracemalloc.get_traced_memory()[0] - since) >= expected_below and time.monotonic() < end:
+        time.sleep(0.05)
+    return held
+
+
 def test_failing_requests_release_their_images_without_a_garbage_collection(tmp_path, body):
     big = Image.fromarray(np.random.default_rng(0).integers(0, 256, (1500, 1500, 3), dtype=np.uint8))
     heavy = {**body, "main_image": b64(big), "mask_image": b64(rect_mask(big.size, (100, 100, 400, 400)))}
     data = json.dumps(heavy).encode()  # encoded once: the client's own copies are not what is measured
     settings = Settings(api_keys=[KEY], jobs_dir=tmp_path / "jobs", max_body_bytes=50_000_000)
+    one_image = 1500 * 1500 * 3
     with TestClient(create_app(settings, FailingEngine()), headers={"x-api-key": KEY}) as client:
 
         def post():
@@ -246,11 +303,10 @@ def test_failing_requests_release_their_images_without_a_garbage_collection(tmp_
             before = tracemalloc.get_traced_memory()[0]
             for _ in range(6):
                 assert post().status_code == 400
-            held = tracemalloc.get_traced_memory()[0] - before
-            tracemalloc.stop()
+            held = traced_once_idle(client.app.state.work, before, one_image)
         finally:
+            tracemalloc.stop()
             gc.enable()
-    one_image = 1500 * 1500 * 3
     assert held < one_image, f"{held / 1e6:.1f} MB still held after 6 failing requests"
 
 
@@ -340,6 +396,35 @@ def test_slow_headers_are_disconnected_and_a_slow_body_gets_408(tmp_path):
         assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 0.5 s" in answer
         slow_headers.close()
         slow_body.close()
+
+
+def test_the_next_request_on_a_kept_alive_connection_has_the_same_header_deadline(tmp_path):
+    """After a response the connection waits for the next request's headers under the same deadline: a client that
+    trickles them in, a line at a time, is cut off (uvicorn's own keep-alive timer stops at the first byte)."""
+    settings = Settings(api_keys=[KEY], jobs_dir=tmp_path / "jobs", header_timeout_s=0.5)
+    with live_server(create_app(settings, CompositeEngine())) as url:
+        connection = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        connection.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        connection.settimeout(5)
+        first = b""
+        while not first.endswith(b'{"status":"live"}'):
+            first += connection.recv(4096) or pytest.fail(f"closed after {first!r}")
+        assert first.startswith(b"HTTP/1.1 200"), first
+        connection.settimeout(0.1)
+        start, closed = time.monotonic(), False
+        try:
+            connection.sendall(b"GET /health/live HTTP/1.1\r\n")
+            while not closed and time.monotonic() - start < 3:
+                connection.sendall(b"x-trickle: 1\r\n")  # each line well inside the deadline; never the end
+                try:
+                    closed = connection.recv(1024) == b""
+                except TimeoutError:
+                    pass
+        except (BrokenPipeError, ConnectionResetError):
+            closed = True
+        finally:
+            connection.close()
+    assert closed and time.monotonic() - start < 2
 
 
 # 10. one pixel limit -----------------------------------------------------------------------------------------------

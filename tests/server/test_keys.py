@@ -66,6 +66,25 @@ def test_key_file_stores_hashes_only(keyed):
     assert set(read_key_file(settings.keys_file)) == {"plain", "slow", "other", "metered"}
 
 
+def test_a_plain_serve_reads_the_key_file_keys_add_wrote_in_the_data_directory(tmp_path, monkeypatch, body, capsys):
+    """`segswap keys add` without --keys-file writes keys.toml in the data directory; the server (no
+    SEGSWAP_KEYS_FILE) must then require a key, not serve without auth."""
+    monkeypatch.setenv("SEGSWAP_DATA_DIR", str(tmp_path))
+    for name in ("SEGSWAP_KEYS_FILE", "SEGSWAP_API_KEYS", "SEGSWAP_CREDITS_DB", "SEGSWAP_JOBS_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    assert not Settings().auth_required
+    assert main(["keys", "add", "mine"]) == 0
+    secret, said = capsys.readouterr()
+    assert f"added to {tmp_path / 'keys.toml'}" in said and "`segswap serve` requires a key" in said
+    settings = Settings()
+    assert settings.keys_file == tmp_path / "keys.toml"
+    assert Settings(host="0.0.0.0").auth_required  # keys now: a public address is no longer refused
+    with client_for(settings) as client:
+        wait_ready(client)
+        assert client.post("/v1/seg-swap", json=body).status_code == 401
+        assert client.post("/v1/seg-swap", json=body, headers={"x-api-key": secret.strip()}).status_code == 200
+
+
 def test_unknown_revoked_and_other_endpoint_keys(keyed, body, capsys):
     settings, secrets = keyed
     with client_for(settings) as client:

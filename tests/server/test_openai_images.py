@@ -51,34 +51,44 @@ def decoded(text: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(text)))
 
 
-def test_the_sdk_edits_n_images_with_seeds_in_a_row(url, files):
+@pytest.fixture(scope="module")
+def diffusion_url(tiny_weights):
+    """A server on the tiny SD1.5 set: unlike the composite engine's, its images depend on the seed."""
+    settings = Settings(api_keys=[KEY], weights_dir=tiny_weights, model_set="sd15", engine="diffusion")
+    with live_server(create_app(settings)) as address:
+        yield address
+
+
+def test_the_sdk_edits_n_images_with_seeds_in_a_row(diffusion_url, files):
+    """Image i is, byte for byte, what /v1/seg-swap makes with seed 11 + i (and the two differ: the seed matters)."""
     import httpx
 
-    answer = client(url).images.edit(
+    answer = client(diffusion_url).images.edit(
         image=images(files),
-        mask=open(files / "mask.png", "rb"),
+        mask=open(files / "mask_white.png", "rb"),
         prompt="a red box",
         n=2,
-        extra_body={"seed": 11, "growmask": 0},
+        extra_body={"seed": 11, "growmask": 0, "steps": 10},
     )
     assert len(answer.data) == 2 and answer.output_format == "png" and answer.created > 0
-    outputs = [decoded(item.b64_json) for item in answer.data]
-    assert all(image.size == SIZE for image in outputs)
-    for index, image in enumerate(outputs):  # image i is what /v1/seg-swap makes with seed 11 + i
+    outputs = [base64.b64decode(item.b64_json) for item in answer.data]
+    assert outputs[0] != outputs[1]
+    for index, output in enumerate(outputs):
         direct = httpx.post(
-            f"{url}/v1/seg-swap",
+            f"{diffusion_url}/v1/seg-swap",
             headers={"x-api-key": KEY},
             files={
                 name: (files / f"{stem}.png").read_bytes()
                 for name, stem in [("main_image", "scene"), ("object_image", "object"), ("mask_image", "mask_white")]
             },
-            data={"seed": str(11 + index), "growmask": "0", "prompt": "a red box"},
+            data={"seed": str(11 + index), "growmask": "0", "prompt": "a red box", "steps": "10"},
+            timeout=60,
         )
-        assert direct.status_code == 200 and np.array_equal(
-            np.asarray(image), np.asarray(Image.open(io.BytesIO(direct.content)))
-        )
+        assert direct.status_code == 200 and direct.content == output, index
+    image = np.asarray(Image.open(io.BytesIO(outputs[0])))
+    assert image.shape[:2] == SIZE[::-1]
     outside = np.asarray(Image.open(files / "mask_white.png")) == 0
-    assert np.array_equal(np.asarray(outputs[0])[outside], np.asarray(Image.open(files / "scene.png"))[outside])
+    assert np.array_equal(image[outside], np.asarray(Image.open(files / "scene.png"))[outside])
 
 
 def test_a_wrong_key_is_a_401_in_openais_shape(url, files):
@@ -118,6 +128,10 @@ def test_the_scene_alone_is_an_erase_on_the_composite_engine(url, files):
         ({"extra_body": {"growmask": 99}}, "'growmask'"),
         ({"extra_body": {"stepz": 3}}, "unknown 'stepz'"),
         ({"output_format": "gif"}, "'output_format' must be png, jpeg or webp"),
+        (
+            {"output_format": "png", "extra_body": {"image_format": "webp"}},
+            "'output_format' png and 'image_format' webp",
+        ),
         ({"mask": None}, "send a mask (transparent = the region to edit), or select the region"),
     ],
 )
@@ -140,3 +154,44 @@ def test_a_box_instead_of_a_mask_url_answers_and_jpeg(url, files):
     )
     assert answer.data[0].url.startswith("data:image/jpeg;base64,")
     assert Image.open(io.BytesIO(base64.b64decode(answer.data[0].url.split(",", 1)[1]))).format == "JPEG"
+
+
+def test_segswaps_image_format_alone_sets_the_format(url, files):
+    answer = client(url).images.edit(
+        image=images(files), mask=open(files / "mask.png", "rb"), prompt="x", extra_body={"image_format": "webp"}
+    )
+    assert answer.output_format == "webp" and decoded(answer.data[0].b64_json).format == "WEBP"
+
+
+def test_a_failed_edit_gives_its_credits_back_and_a_short_balance_says_what_n_images_cost(
+    tmp_path, files, capsys, monkeypatch
+):
+    from server.access.credits import open_ledger
+    from server.cli.main import main
+    from tests.server.engines import FailingEngine
+
+    keys_file, ledger = tmp_path / "keys.toml", tmp_path / "credits.sqlite3"
+    monkeypatch.setenv("SEGSWAP_CREDITS_DB", str(ledger))
+    assert main(["keys", "--keys-file", str(keys_file), "add", "metered", "--credits", "2"]) == 0
+    secret = capsys.readouterr().out.strip()
+    settings = Settings(keys_file=keys_file, credits_db=ledger, jobs_dir=tmp_path / "jobs")
+    engine = FailingEngine(succeed=1)
+
+    def edit(n: int):
+        return client(address, secret).images.edit(
+            image=images(files), mask=open(files / "mask.png", "rb"), prompt="x", n=n
+        )
+
+    with live_server(create_app(settings, engine)) as address:
+        with pytest.raises(openai.BadRequestError) as failed:
+            edit(2)  # the first image is made, the second fails
+        assert engine.runs == 2 and "could not use this object" in failed.value.body["message"]
+        with pytest.raises(openai.APIStatusError) as short:
+            edit(4)
+    assert short.value.status_code == 406
+    assert short.value.body["message"] == "insufficient credits: this key has 2, 4 images cost 4 (4 x 1 each)"
+    credits = open_ledger(settings)
+    try:
+        assert credits.balance("metered") == 2
+    finally:
+        credits.close()

@@ -89,10 +89,16 @@ def test_output_metadata_off_leaves_the_pixels_and_no_record(body):
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(plain))), np.asarray(Image.open(io.BytesIO(recorded))))
 
 
-def test_a_diffusion_record_names_the_manifests_pinned_revisions():
-    revisions = model_revisions("diffusion/sdxl")
-    assert revisions["diffusers/stable-diffusion-xl-1.0-inpainting-0.1"] == "115134f363124c53c7d878647567d04daf26e41e"
-    assert model_revisions("composite") is None and model_revisions("diffusion/unknown-set") is None
+def test_a_diffusion_record_names_pinned_revisions_only_for_the_pinned_files(tmp_path):
+    """The revisions of the set loaded under the engine's name, when its files were the manifest's at load; an
+    engine name nothing was loaded under here vouches for nothing (tiny sets: tests/server/test_diffusion_served)."""
+    from pipelines.models.revisions import note_loaded
+    from tests.pipelines.test_revisions import REPO, REVISION, pinned_set
+
+    note_loaded("diffusion/pinned-test-set", *pinned_set(tmp_path))
+    assert model_revisions("diffusion/pinned-test-set") == {REPO: REVISION}
+    assert model_revisions("diffusion/sdxl-never-loaded") == "unverified local files"
+    assert model_revisions("composite") is None
 
 
 def test_a_broken_or_foreign_record_reads_as_none():
@@ -206,7 +212,7 @@ def test_replay_takes_no_image_from_the_record(files, tmp_path, capsys):
     args = ["swap", "--replay", str(tmp_path / "crafted.png"), "--main", str(files["main"])]
     capsys.readouterr()
     assert main([*args, "--object", str(files["object"]), "-o", str(tmp_path / "r.png")]) == 2
-    assert "mask_image" in capsys.readouterr().err
+    assert "--mask is required" in capsys.readouterr().err
 
 
 def test_a_c2pa_certificate_that_cannot_sign_stops_the_cli_before_any_work(files, tmp_path, monkeypatch, capsys):

@@ -26,6 +26,8 @@ from server.api.app import create_app
 from server.api.live_server import live_server
 from server.api.playground import mount_playground
 from server.settings import Settings
+from tests.conftest import rect_mask
+from tests.pipelines.grids import assert_grid, cell_centres, disk_tile, red_components
 from tests.server.engines import SteppingEngine
 
 REQUIRED = os.environ.get("SEGSWAP_REQUIRE_BROWSER") == "1"  # CI: the browser tests run or the run fails
@@ -426,6 +428,52 @@ def test_paste_drop_and_the_mask_tools(session, tmp_path):
     alpha.save(tmp_path / "alpha_mask.png")
     page.set_input_files("#mask-file", str(tmp_path / "alpha_mask.png"))
     page.wait_for_function(f"() => ({PAINTED_PIXELS})() === {100 * 50}")
+    assert session.problems == []
+
+
+def preview_pixels(page) -> np.ndarray:
+    """The tile preview canvas as an RGB array."""
+    url = page.eval_on_selector("#tile-preview", "canvas => canvas.toDataURL('image/png')")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
+
+
+def test_the_tile_preview_shows_the_grid_the_engine_places(session, tmp_path):
+    """The live preview is the engine's grid: h tiles across the grown mask's box and v down, at its aspect,
+    for wide and tall boxes; in object mode the object whole. A run puts the same grid in the image."""
+    page = session.page
+    main_path, _, _ = write_inputs(tmp_path)
+    disk_tile().save(tmp_path / "disk.png")
+    page.fill("#api-key", KEY)
+    load_inputs(page, main_path, tmp_path / "disk.png")
+    set_range(page, "#growmask", 12)
+    set_range(page, "#horizontal_repeat", 2)  # a pattern: the preview is the grid over the mask's box
+    boxes = {"wide": (100, 300, 1099, 499), "tall": (500, 40, 699, 759)}  # inclusive, as drawn
+    for shape, drawn in boxes.items():
+        Image.fromarray(np.asarray(rect_mask(MAIN_SIZE, drawn))).save(tmp_path / f"{shape}.png")
+        page.set_input_files("#mask-file", str(tmp_path / f"{shape}.png"))
+        grown = (drawn[0] - 12, drawn[1] - 12, drawn[2] + 13, drawn[3] + 13)
+        expect(page.locator("#tile-note")).to_contain_text(f"{grown[2] - grown[0]}×{grown[3] - grown[1]} px box")
+        for across, down in [(4, 2), (1, 5), (7, 1), (3, 3)]:
+            set_range(page, "#horizontal_repeat", across)
+            set_range(page, "#vertical_repeat", down)
+            preview = preview_pixels(page)
+            height, width = preview.shape[:2]
+            box_size = np.array([grown[2] - grown[0], grown[3] - grown[1]])
+            assert np.allclose((width, height), box_size * 240 / box_size.max(), atol=0.5)  # its shape, in 240 px
+            assert_grid(red_components(preview), cell_centres((0, 0, width, height), across, down), tolerance=1.0)
+
+    set_range(page, "#horizontal_repeat", 3)
+    set_range(page, "#vertical_repeat", 2)
+    page.click("#run")
+    expect(page.locator("#compare")).to_be_visible(timeout=30_000)
+    result = np.asarray(Image.open(io.BytesIO(download(page, "#download"))).convert("RGB"))
+    inside = result[grown[1] : grown[3], grown[0] : grown[2]]  # the tall box, tiled as previewed
+    assert_grid(red_components(inside), cell_centres((0, 0, *inside.shape[1::-1]), 3, 2), tolerance=1.5)
+
+    page.select_option("#mode", "object")
+    preview = preview_pixels(page)
+    assert preview.shape[:2] == (240, 240) and len(red_components(preview)) == 1  # the object whole, its aspect
+    expect(page.locator("#tile-note")).to_contain_text("placed whole")
     assert session.problems == []
 
 

@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 
 from pipelines import IMAGE_FIELDS, CompositeEngine
 from server.api.app import create_app
-from server.api.contract import SwapRequest
 from server.api.playground import STATIC_DIR, mount_playground
+from server.contract import SwapRequest
 from server.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]

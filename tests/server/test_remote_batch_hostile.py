@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -14,6 +15,7 @@ from PIL import Image
 
 from server.cli.main import main
 from tests.conftest import noise_image, rect_mask
+from tests.server.conftest import run_cli
 
 
 def png() -> bytes:
@@ -128,3 +130,28 @@ def test_every_field_of_a_server_answer_is_untrusted(jobs, capsys, answers, says
     assert code == 1 and written == []
     assert f"failed one: line 1: {says}" in err and "Traceback" not in err
     assert "\x1b" not in err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_image_paths_are_read_as_a_local_batch_reads_them_and_the_http_client_is_quiet(jobs):
+    """/dev/zero filled the memory and a FIFO blocked for ever; every request was an httpx INFO line."""
+    os.mkfifo(jobs.parent / "pipe.png")
+    good = json.loads(jobs.read_text())
+    lines = [
+        good,
+        {**good, "name": "zero", "main_image": "/dev/zero"},
+        {**good, "name": "pipe", "mask_image": "pipe.png"},
+    ]
+    jobs.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    server = Listener(a_server())
+    try:
+        command = ["batch", str(jobs), "--out", str(jobs.parent / "out"), "--server", server.url, "--key", "k"]
+        result = run_cli(*command)
+    finally:
+        server.close()
+    assert result.returncode == 1, result.stderr
+    assert "failed zero: line 2: main_image: /dev/zero is not a regular file" in result.stderr
+    assert f"failed pipe: line 3: mask_image: {jobs.parent / 'pipe.png'} is not a regular file" in result.stderr
+    assert [path for method, path, _ in server.requests if method == "POST"] == ["/v2/seg-swap"]  # the good line
+    assert (jobs.parent / "out" / "one.png").is_file()
+    assert "httpx" not in result.stderr and "HTTP Request" not in result.stderr

@@ -168,3 +168,24 @@ def test_replicas_starting_together_create_the_schema_once(tmp_path, pg_url):
         for store, ledger in opened:
             store.close()
             ledger.close()
+
+
+def test_a_stream_on_one_replica_hears_the_end_of_a_job_another_runs(tmp_path, pg_url, body):
+    """Only the replica running a job is told when it changes; a stream on another replica reads the shared store
+    every few seconds, so it ends soon after the job does (not at its 15 s keep-alive)."""
+    runner, idle = GatedEngine(), GatedEngine()
+    idle.gate.clear()  # never warm: this replica dispatches nothing, the other runs the job
+    settings = Settings(api_keys=[KEY], jobs_dir=tmp_path / "jobs", database_url=pg_url)
+    one = TestClient(create_app(settings, runner), headers={"x-api-key": KEY})
+    two = TestClient(create_app(settings, idle), headers={"x-api-key": KEY})
+    with one, two:
+        wait_ready(one)
+        runner.gate.clear()
+        job = one.post("/v2/seg-swap", json=body).json()["request_id"]
+        threading.Timer(1.0, runner.gate.set).start()
+        started = time.monotonic()
+        with two.stream("GET", f"/v2/requests/{job}/events") as stream:
+            text = "".join(stream.iter_text())
+        took = time.monotonic() - started
+        idle.gate.set()
+    assert "event: completed" in text and took < 8, (took, text)

@@ -247,3 +247,97 @@ def test_a_finished_jobs_progress_is_let_go(tmp_path, body, monkeypatch):
         while job in client.app.state.jobs.progress and time.monotonic() < end:
             time.sleep(0.02)
         assert job not in client.app.state.jobs.progress
+
+
+# -- event streams ------------------------------------------------------------------------------------------------
+
+
+def read_events(url: str, job: str, key: str = KEY, events: list | None = None) -> list[tuple[str, dict, float]]:
+    """The stream's events as (name, data, time.monotonic() when it arrived), until it ends; appended to `events`
+    as they come, if given."""
+    events, name = [] if events is None else events, None
+    with httpx.stream("GET", f"{url}/v2/requests/{job}/events", headers={"x-api-key": key}, timeout=30) as stream:
+        assert stream.status_code == 200, stream.read()
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line.removeprefix("data: ")), time.monotonic()))
+    return events
+
+
+def submit(url: str, body: dict, key: str = KEY) -> str:
+    answer = httpx.post(f"{url}/v2/seg-swap", json=body, headers={"x-api-key": key}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["request_id"]
+
+
+def test_progress_events_arrive_while_the_job_runs(tmp_path, body):
+    """Each step is sent as the engine reports it, not with the end: several arrive well before `completed`."""
+    from tests.server.engines import SteppingEngine
+
+    settings = Settings(api_keys=[KEY], jobs_dir=tmp_path / "jobs")
+    with live_server(create_app(settings, SteppingEngine(steps=8, delay=0.2))) as url:
+        events = read_events(url, submit(url, body))
+    assert [name for name, _, _ in events[-2:]] == ["status", "completed"]
+    done = events[-1][2]
+    early = [data["step"] for name, data, at in events if name == "progress" and at < done - 0.3]
+    assert len(early) >= 3 and early == sorted(set(early)), events
+    assert [data["step"] for name, data, _ in events if name == "progress"][-1] == 8
+
+
+def test_a_waiting_stream_reads_nothing_until_its_job_changes(tmp_path, body):
+    """A stream sleeps until the dispatcher says its job changed: no store reads while it waits in the queue, and
+    the end arrives at once (the only timer is the 15 s keep-alive)."""
+    from collections import Counter
+
+    engine = GatedEngine(delay=0.5)  # a job runs a while after it starts: its end is a change of its own
+    app = create_app(Settings(api_keys=[KEY], jobs_dir=tmp_path / "jobs"), engine)
+    with live_server(app) as url:
+        engine.gate.clear()
+        engine.started.clear()
+        submit(url, body)  # holds the worker
+        assert engine.started.wait(10)
+        waiting = submit(url, {**body, "seed": 7})
+        store, reads = app.state.jobs.store, Counter()
+        store.get = lambda job_id, get=store.get: reads.update([job_id]) or get(job_id)
+        events: list = []
+        stream = threading.Thread(target=read_events, args=(url, waiting, KEY, events))
+        stream.start()
+        time.sleep(2.0)
+        assert [name for name, _, _ in events] == ["status"], events
+        assert reads[waiting] <= 2, reads  # the route's and the stream's first read; polling made 20 by now
+        opened = time.monotonic()
+        engine.gate.set()
+        stream.join(10)
+    assert [data.get("status") for _, data, _ in events] == ["QUEUED", "PROCESSING", "COMPLETED", "COMPLETED"]
+    assert events[-1][0] == "completed" and events[-1][2] - opened < 4, events
+
+
+def test_a_key_holds_at_most_so_many_event_streams(tmp_path, body):
+    from contextlib import ExitStack
+
+    engine = GatedEngine()
+    settings = Settings(api_keys=[KEY, OTHER], jobs_dir=tmp_path / "jobs", max_streams_per_key=2)
+    with live_server(create_app(settings, engine)) as url, ExitStack() as held, httpx.Client(timeout=10) as http:
+        engine.gate.clear()
+        held.callback(engine.gate.set)
+        job, others = submit(url, body), submit(url, body, OTHER)
+        events = f"{url}/v2/requests/{job}/events"
+        streams = [held.enter_context(http.stream("GET", events, headers={"x-api-key": KEY})) for _ in range(2)]
+        assert [stream.status_code for stream in streams] == [200, 200]
+        refused = http.get(events, headers={"x-api-key": KEY})
+        assert refused.status_code == 429 and refused.headers["retry-after"]
+        assert "2 event streams open" in refused.json()["error"]
+        with http.stream("GET", f"{url}/v2/requests/{others}/events", headers={"x-api-key": OTHER}) as other:
+            assert other.status_code == 200  # the cap is per key
+        streams[0].close()
+        end = time.monotonic() + 5
+        while stream_status(http, events) != 200:
+            assert time.monotonic() < end, "a closed stream should give its slot back"
+            time.sleep(0.05)
+
+
+def stream_status(http: httpx.Client, events: str) -> int:
+    with http.stream("GET", events, headers={"x-api-key": KEY}) as stream:
+        return stream.status_code

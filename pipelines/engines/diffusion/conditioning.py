@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from pipelines.imageops import tile_object
-from pipelines.placement import Placement
+from pipelines.placement import Placement, grid_reference
 
 # Per-layer IP-Adapter scales, each from a source. InstantStyle (Wang et al. 2024, arXiv:2404.02733; its README
 # and infer_style.py; diffusers' IP-Adapter guide, "Style and layout control") injects the reference into one
@@ -21,20 +20,28 @@ LAYOUT_BLOCKS = {"sdxl": ("down_blocks.2.attentions.1",), "sd15": ("down_blocks.
 STYLE_SCALE = 1.0  # x fashion_strength
 LAYOUT_SCALE = 1.0  # x subject_strength
 SUBJECT_SCALE = 0.6  # x subject_strength, every other IP-Adapter layer
-PATTERN_TILES = 2  # a pattern is shown to the encoder as at most 2 x 2 tiles, never the whole tiling
 BACKGROUND = (255, 255, 255)
 
 
 def reference_image(placement: Placement, horizontal: int, vertical: int) -> Image.Image:
-    """The IP-Adapter image: the cut-out (or a few tiles of the pattern) padded to a square on white.
+    """The IP-Adapter image: the cut-out (or the pattern's grid, as it covers the box) padded to a square on white.
 
     The image encoder's processor resizes the short side and centre-crops: a square loses nothing of the
-    object, where a tall product would lose its top and bottom and a 10 x 2 tiling most of its tiles.
+    object, where a tall product would lose its top and bottom and a wide 10 x 2 grid most of its tiles.
     """
     reference = placement.reference
     if placement.mode == "pattern":
-        reference = tile_object(reference, min(horizontal, PATTERN_TILES), min(vertical, PATTERN_TILES))
+        reference = grid_reference(reference, placement.box, horizontal, vertical)
     return pad_to_square(reference)
+
+
+def reference_key(placement: Placement, digest: str, repeats: tuple[int, int]) -> tuple:
+    """What a reference image depends on: the object (its digest), the mode and, for a pattern, its grid (the
+    repeats and the box's size; an object's reference is the same whatever the mask)."""
+    if placement.mode != "pattern":
+        return (digest, placement.mode)
+    left, top, right, bottom = placement.box
+    return (digest, placement.mode, repeats, (right - left, bottom - top))
 
 
 def pad_to_square(image: Image.Image) -> Image.Image:

@@ -6,7 +6,7 @@
    processed at that bucket's size at the model's native area (geometry.py: a compiled model sees few shapes);
    the pipeline's mask is the grown mask widened by two latent cells, so that the model repaints whole latent
    cells along the edge; the paste mask stays the grown mask.
-3. Steer the model: IP-Adapter sees the cut-out (or two tiles of the pattern) padded to a square, confined to
+3. Steer the model: IP-Adapter sees the cut-out (or the pattern's grid of tiles) padded to a square, confined to
    the repainted region by token masks made once per swap on each layer's real grid (ip_masks.py); per-layer
    scales from InstantStyle and diffusers' guide: the style block follows fashion_strength, the layout block
    and the rest subject_strength (conditioning.py).
@@ -43,7 +43,7 @@ from diffusers import LCMScheduler, StableDiffusionInpaintPipeline, StableDiffus
 from PIL import Image
 
 from pipelines.engines.diffusion import fp8
-from pipelines.engines.diffusion.conditioning import reference_image, set_ip_adapter_strengths
+from pipelines.engines.diffusion.conditioning import reference_image, reference_key, set_ip_adapter_strengths
 from pipelines.engines.diffusion.device_ops import pixels
 from pipelines.engines.diffusion.embedding_cache import EmbeddingCache
 from pipelines.engines.diffusion.erase import prompts
@@ -147,10 +147,9 @@ class DiffusionEngine(StagedEngine):
             num_inference_steps=plan.length,
             timesteps=list(plan.timesteps) if plan.timesteps else None,
         )
-        key = ("ip-reference", digest, placement.mode, job.horizontal_repeat, job.vertical_repeat)
-        reference = self.objects.get(
-            key, lambda: reference_image(placement, job.horizontal_repeat, job.vertical_repeat)
-        )
+        repeats = (job.horizontal_repeat, job.vertical_repeat)
+        key = ("ip-reference", *reference_key(placement, digest, repeats))
+        reference = self.objects.get(key, lambda: reference_image(placement, *repeats))
         return Prepared(placement, crop, reference, steps, guidance, schedule, plan.scheduler, key)
 
     def finish(self, job: SwapJob, prepared: Prepared, generated) -> Image.Image:

@@ -6,10 +6,11 @@
    buckets, all within the pipeline's 1 MP, sides multiples of 16: geometry.py); the pipeline's mask is the
    grown mask widened by half a cell and then to whole 16-pixel latent cells (FLUX.2 packs 2x2 latents of the
    8x VAE), so no cell is half repainted; the paste mask stays the grown mask.
-3. Steer the model: `image_reference` is the object's cut-out on white (one tile for patterns), padded to whole
-   cells; the model reads it in attention next to the scene. It is capped at REFERENCE_AREA pixels and at the
-   crop's own area: its tokens join the scene's in every attention, so a reference larger than the scene
-   costs more than the scene itself and shows the model no detail the crop can hold.
+3. Steer the model: `image_reference` is the object's cut-out on white (for a pattern, its grid of tiles as it
+   covers the box), padded to whole cells; the model reads it in attention next to the scene. It is capped at
+   REFERENCE_AREA pixels and at the crop's own area: its tokens join the scene's in every attention, so a
+   reference larger than the scene costs more than the scene itself and shows the model no detail the crop can
+   hold.
 4. Denoise the placed crop from the start SNR subject_strength sets, the same as on SD (schedule.py): explicit
    `sigmas` whose first, after the pipeline's resolution shift, is that level, spaced below it as the model
    was trained (uniform in unshifted time, then shifted). The base model runs exactly `steps` steps with
@@ -41,6 +42,7 @@ from diffusers.pipelines.flux2.pipeline_flux2_klein_inpaint import compute_empir
 from PIL import Image
 
 from pipelines.engines.diffusion import fp8
+from pipelines.engines.diffusion.conditioning import reference_key
 from pipelines.engines.diffusion.device_ops import pixels
 from pipelines.engines.diffusion.embedding_cache import EmbeddingCache
 from pipelines.engines.diffusion.erase import prompts
@@ -54,11 +56,10 @@ from pipelines.engines.diffusion.staged import StagedEngine
 from pipelines.engines.diffusion.step_cache import enable_transformer_cache
 from pipelines.engines.diffusion.stitch import Prepared, crop_around, stitch
 from pipelines.errors import WeightsError
-from pipelines.imageops import tile_object
 from pipelines.interface import ProgressFn
 from pipelines.job import ERASE, SwapJob
 from pipelines.models.model_sets import ModelSet
-from pipelines.placement import Placement
+from pipelines.placement import Placement, grid_reference
 from pipelines.placement.cache import ImageCache
 from pipelines.torch_runtime import first_line, pick_device, quiet_libraries
 
@@ -138,10 +139,11 @@ class Flux2Engine(StagedEngine):
             num_inference_steps=steps,
         )
         area = crop.size[0] * crop.size[1]
-        key = ("flux2-reference", digest, placement.mode, area)
+        repeats = (job.horizontal_repeat, job.vertical_repeat)
+        key = ("flux2-reference", area, *reference_key(placement, digest, repeats))
         reference = None
         if placement.mode != ERASE:
-            reference = self.objects.get(key, lambda: reference_image(placement, self.cell, area))
+            reference = self.objects.get(key, lambda: reference_image(placement, self.cell, area, repeats))
         return Prepared(placement, crop, reference, steps, self.guidance_for(job), schedule, reference_key=key)
 
     def finish(self, job: SwapJob, prepared: Prepared, generated) -> Image.Image:
@@ -206,12 +208,13 @@ class Flux2Engine(StagedEngine):
         return self.embeddings.get(("flux2-prompt", prompt), encode)
 
 
-def reference_image(placement: Placement, cell: int, scene_area: int) -> Image.Image:
-    """The object as the model reads it: the cut-out on white (or one tile of the pattern), at most
-    REFERENCE_AREA pixels and at most `scene_area` (the crop's), padded (never cropped) to whole latent cells."""
+def reference_image(placement: Placement, cell: int, scene_area: int, repeats: tuple[int, int]) -> Image.Image:
+    """The object as the model reads it: the cut-out on white (or the pattern's grid of `repeats` tiles, as it
+    covers the box), at most REFERENCE_AREA pixels and at most `scene_area` (the crop's), padded (never cropped)
+    to whole latent cells."""
     reference = placement.reference
     if placement.mode == "pattern":
-        reference = tile_object(reference, 1, 1)
+        reference = grid_reference(reference, placement.box, *repeats)
     rgba = reference.convert("RGBA")
     area = min(REFERENCE_AREA, scene_area)
     scale = min(1.0, (area / (rgba.width * rgba.height)) ** 0.5)

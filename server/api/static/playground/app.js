@@ -58,6 +58,7 @@ const state = {
   stroke: null, // last point of the stroke being painted
   undo: [],
   drag: null, // the select tool's drag: {start, end} in image pixels and screen pixels
+  maskBox: null, // [left, top, right, bottom] of the painted mask (right, bottom exclusive), null when empty
   points: [], // the select tool's clicks: [x, y, 1 inside | 0 outside] in image pixels
 };
 
@@ -443,14 +444,26 @@ function updateTools() {
   const noMain = !state.main;
   for (const button of [els.clear, els.invert, els.saveMask, els.maskFile]) button.disabled = noMain;
   els.undo.disabled = state.undo.length === 0;
-  els.erase.disabled = Boolean(state.controller) || noMain || !maskHasPixels();
+  state.maskBox = noMain ? null : paintedBox();
+  els.erase.disabled = Boolean(state.controller) || !state.maskBox;
+  drawTiles();
 }
 
-function maskHasPixels() {
+// The box of the painted pixels, as the server's mask box: right and bottom exclusive; null when none is painted.
+function paintedBox() {
   const { width, height } = els.maskCanvas;
   const data = mask.getImageData(0, 0, width, height).data;
-  for (let i = 3; i < data.length; i += 4) if (data[i] >= MASK_THRESHOLD) return true;
-  return false;
+  let [left, top, right, bottom] = [width, height, 0, 0];
+  for (let y = 0; y < height; y += 1) {
+    for (let x = 0, i = y * width * 4 + 3; x < width; x += 1, i += 4) {
+      if (data[i] < MASK_THRESHOLD) continue;
+      if (x < left) left = x;
+      if (x >= right) right = x + 1;
+      top = Math.min(top, y);
+      bottom = y + 1;
+    }
+  }
+  return right > left ? [left, top, right, bottom] : null;
 }
 
 // ---------- parameters ----------
@@ -509,24 +522,61 @@ function intIn(el, low, high) {
   return Math.min(high, Math.max(low, Number.parseInt(el.value, 10) || low));
 }
 
-// Live preview of what the engine receives: the object repeated across and down.
+// Live preview of what the engine receives. A pattern (mode pattern, or auto with a repeat above 1) is `across`
+// tiles over the grown mask's box and `down` tiles down, each box width / across by box height / down: the
+// tile's aspect follows the box's (pipelines/placement/patterns.py, the same cell edges). Before a mask is
+// painted, the tiles keep the object's aspect. An object is placed whole.
 function drawTiles() {
   const object = state.object;
-  els.tilePreview.hidden = !object;
+  const mode = $("mode").value;
+  els.tilePreview.hidden = !object || mode === "erase";
   if (!object) return;
+  const { naturalWidth: width, naturalHeight: height } = object.image;
+  if (mode === "erase") {
+    els.tileNote.textContent = `Object ${width}×${height}: not used by an erase.`;
+    return;
+  }
   const across = intIn($("horizontal_repeat"), 1, 10);
   const down = intIn($("vertical_repeat"), 1, 10);
-  const { naturalWidth: width, naturalHeight: height } = object.image;
-  const scale = Math.min(TILE_BOX / (width * across), TILE_BOX / (height * down));
-  const tileWidth = width * scale;
-  const tileHeight = height * scale;
-  els.tilePreview.width = Math.max(1, Math.round(tileWidth * across));
-  els.tilePreview.height = Math.max(1, Math.round(tileHeight * down));
+  const pattern = mode === "pattern" || (mode === "auto" && (across > 1 || down > 1));
+  const [cols, rows] = pattern ? [across, down] : [1, 1];
+  const box = pattern ? grownBox() : null;
+  const [areaWidth, areaHeight] = box ? [box[2] - box[0], box[3] - box[1]] : [width * cols, height * rows];
+  const scale = Math.min(TILE_BOX / areaWidth, TILE_BOX / areaHeight);
+  els.tilePreview.width = Math.max(1, Math.round(areaWidth * scale));
+  els.tilePreview.height = Math.max(1, Math.round(areaHeight * scale));
+  const xs = cellEdges(els.tilePreview.width, cols);
+  const ys = cellEdges(els.tilePreview.height, rows);
   const ctx = els.tilePreview.getContext("2d");
-  for (let row = 0; row < down; row += 1) {
-    for (let col = 0; col < across; col += 1) ctx.drawImage(object.image, col * tileWidth, row * tileHeight, tileWidth, tileHeight);
+  for (let row = 0; row < rows; row += 1) {
+    for (let col = 0; col < cols; col += 1) {
+      ctx.drawImage(object.image, xs[col], ys[row], xs[col + 1] - xs[col], ys[row + 1] - ys[row]);
+    }
   }
-  els.tileNote.textContent = `Object ${width}×${height}, tiled ${across}×${down}: ${width * across}×${height * down} px.`;
+  els.tileNote.textContent = `Object ${width}×${height}, ${tilingNote(pattern, box, across, down)}.`;
+}
+
+function tilingNote(pattern, box, across, down) {
+  if (!pattern) return "placed whole (a repeat above 1, or mode pattern, tiles it)";
+  if (!box) return `${across}×${down} tiles: paint the mask to see them at its box's shape`;
+  const [width, height] = [box[2] - box[0], box[3] - box[1]];
+  const tile = `${Math.round(width / across)}×${Math.round(height / down)}`;
+  return `${across}×${down} tiles over the grown mask's ${width}×${height} px box, each about ${tile} px`;
+}
+
+// Where `count` cells over `length` pixels start, and the end: as patterns.cell_edges.
+function cellEdges(length, count) {
+  return Array.from({ length: count + 1 }, (_, i) => Math.floor((i * length) / count));
+}
+
+// The painted mask's box grown by growmask (a disk grows it by its radius each way), within the image.
+function grownBox() {
+  if (!state.maskBox) return null;
+  const grow = intIn($("growmask"), 0, 20);
+  const [left, top, right, bottom] = state.maskBox;
+  const { width, height } = els.maskCanvas;
+  return [Math.max(0, left - grow), Math.max(0, top - grow),
+    Math.min(width, right + grow), Math.min(height, bottom + grow)];
 }
 
 // ---------- API key ----------
