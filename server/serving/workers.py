@@ -19,6 +19,9 @@ from server.settings import Settings
 
 log = logging.getLogger("segswap")
 
+# One load at a time in a process: accelerate's low-memory loading patches torch globally while a model loads
+# (parameters made on the meta device), so two sets loading at once on two threads break each other.
+LOADING = threading.Lock()
 EngineFactory = Callable[[str], Engine]
 """Builds the engine of one worker, given its device ("cpu", "cuda:1", ...)."""
 
@@ -66,7 +69,8 @@ def start_sets(sets: ServedSets, lifecycle: Lifecycle, factories: dict[str, Engi
     lock = threading.Lock()
 
     def prepare(factory: EngineFactory, device: str) -> Engine:
-        engine = factory(device)
+        with LOADING:
+            engine = factory(device)
         warm_up(engine)
         return engine
 

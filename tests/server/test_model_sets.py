@@ -60,7 +60,8 @@ def test_v1_models_lists_every_served_set_in_openais_shape(client):
         "flux2",
         "composite",
     )
-    assert cards["sd15"]["license"].startswith("creativeml-openrail-m") and cards["flux2-klein"]["license"] == "apache-2.0"
+    assert cards["sd15"]["license"].startswith("creativeml-openrail-m")
+    assert cards["flux2-klein"]["license"] == "apache-2.0"
     assert client.get("/v1/models", headers={"x-api-key": "wrong"}).status_code == 401
 
 
@@ -175,3 +176,17 @@ def test_several_sets_are_named_once_each_and_composite_engine_serves_only_compo
     ]:
         with pytest.raises(ValidationError, match=message):
             Settings(model_set=value, engine=engine)
+
+
+def test_a_local_batch_line_naming_another_set_fails_and_the_others_run(files, tmp_path, capsys):
+    import json
+
+    from server.cli.main import main
+
+    common = {"main_image": str(files["main"]), "mask_image": str(files["mask"]), "object_image": str(files["object"])}
+    lines = [{**common, "name": "here"}, {**common, "name": "there", "model_set": "sd15"}]
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert main(["batch", str(jobs), "--out", str(tmp_path / "out"), "--engine", "composite"]) == 1
+    assert "this batch runs the model set composite, not sd15" in capsys.readouterr().err
+    assert (tmp_path / "out" / "here.png").is_file() and not (tmp_path / "out" / "there.png").exists()
