@@ -1,8 +1,8 @@
 """The /v1/seg-swap contract: the request body with its types, defaults and ranges.
 
 Field names, defaults and ranges are those of the hosted SegSwap v0.1 API;
-`negative_prompt`, `guidance_scale` and `mode` are our documented extensions. `mode: erase` removes what the
-mask covers: `object_image` is then optional, and ignored (never fetched) if sent.
+`negative_prompt`, `guidance_scale`, `mode` and `model_set` are our documented extensions. `mode: erase` removes
+what the mask covers: `object_image` is then optional, and ignored (never fetched) if sent.
 """
 
 from __future__ import annotations
@@ -139,6 +139,13 @@ class SwapRequest(Selection):
     image_format: Literal["png", "jpeg", "webp"] = Field("png", description="Output image format.")
     image_quality: int = Field(95, ge=10, le=100, description="Output quality for jpeg and webp.")
     base64: bool = Field(False, description="false: the raw image bytes; true: JSON with the image as base64.")
+    model_set: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="Extension: the model set that makes the image (sd15, sdxl, flux2-klein, flux2-klein-base, "
+        "composite), among those the server serves (GET /v1/models); default: the server's default set.",
+    )
 
     @model_validator(mode="after")
     def _one_region(self) -> SwapRequest:
@@ -231,6 +238,26 @@ class SwapResponse(BaseModel):
     seed: int = Field(description="The seed used.")
     generation_time: float = Field(description="Seconds spent producing the image.")
     engine: str = Field(description="The engine that made the image (composite, diffusion/sdxl, diffusion/sd15).")
+
+
+class ModelCard(BaseModel):
+    """One model set in GET /v1/models: OpenAI's model object, with what a SegSwap client needs besides."""
+
+    id: str = Field(description="The set's name, as `model_set` (or OpenAI's `model`) takes it.")
+    object: Literal["model"] = "model"
+    created: int = Field(description="Unix time the set was loaded (configured, while it loads).")
+    owned_by: str = "segswap"
+    arch: str = Field(description="sd15, sdxl, flux2, or composite (no weights).")
+    license: str = Field(description="The licences of its weights, as the weights manifest states them.")
+    loaded: bool = Field(description="Its workers are warm: requests may name it.")
+    default: bool = Field(description="It runs requests that name no set.")
+
+
+class ModelList(BaseModel):
+    """Body of GET /v1/models, in OpenAI's list shape."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
 
 
 class ErrorResponse(BaseModel):

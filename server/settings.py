@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipelines import paths
 from pipelines.engines.diffusion.options import VAE_TILING_ABOVE_PIXELS, DiffusionOptions
-from pipelines.models.model_sets import SETS
+from pipelines.models.model_sets import COMPOSITE, SETS
 from pipelines.placement.cache import OBJECT_CACHE_BYTES
 
 
@@ -30,7 +30,14 @@ class Settings(BaseSettings):
     )
     model_set: str | None = Field(
         None,
-        description=f"model set to load ({', '.join(SETS)}); default: the first complete one in that order",
+        description=f"model set to load ({', '.join(SETS)}); default: the first complete one in that order. "
+        f"Several, comma-separated ({next(iter(SETS))},{COMPOSITE}), serve them side by side, each on its own "
+        "workers and queue, picked per request (`model_set`); the first is the default",
+    )
+    memory_budget_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="memory the model sets may take on each device, instead of what the device has free at start",
     )
     ip_adapter: Literal["plus", "plain"] = "plus"
     device: str = Field("auto", description="torch device: auto, cuda, cuda:1, mps, cpu")
@@ -145,10 +152,26 @@ class Settings(BaseSettings):
 
     @field_validator("model_set")
     @classmethod
-    def _known_model_set(cls, value: str | None) -> str | None:
-        if value is not None and value not in SETS:
-            raise ValueError(f"unknown model set {value!r}; known: {', '.join(SETS)}")
-        return value
+    def _known_model_sets(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        known = [*SETS, COMPOSITE]
+        for name in names:
+            if name not in known:
+                raise ValueError(f"unknown model set {name!r}; known: {', '.join(known)}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"model set listed twice in {value!r}; name each once")
+        return ",".join(names) or None
+
+    @model_validator(mode="after")
+    def _composite_engine_serves_composite(self) -> Settings:
+        if self.engine == "composite" and len(self.model_set_names) > 1:
+            raise ValueError(
+                "--engine composite serves only the composite set; for several sets use --engine auto "
+                f"(composite may be one of them: --model-set {self.model_set_names[0]},{COMPOSITE})"
+            )
+        return self
 
     @field_validator("api_keys", "fetch_allow", "devices", mode="before")
     @classmethod
@@ -189,6 +212,11 @@ class Settings(BaseSettings):
     def default_keys_file(self) -> Path:
         """Where `segswap keys` writes when SEGSWAP_KEYS_FILE is not set."""
         return self.data_dir / "keys.toml"
+
+    @property
+    def model_set_names(self) -> list[str]:
+        """The sets named by `model_set`, the default first; empty when none is named."""
+        return self.model_set.split(",") if self.model_set else []
 
     @property
     def auth_required(self) -> bool:

@@ -30,6 +30,8 @@ ARCHS: tuple[Arch, ...] = ("sdxl", "sd15", "flux2")
 # (the reference image in attention keeps identity and patterns best, 4 steps), SDXL + IP-Adapter, the
 # undistilled klein base (same fidelity at 10x the model evaluations), SD1.5 + IP-Adapter (lightest).
 SETS: dict[str, Arch] = {"flux2-klein": "flux2", "sdxl": "sdxl", "flux2-klein-base": "flux2", "sd15": "sd15"}
+# The composite engine (placement only, no weights) served as a set of its own, beside the diffusion sets.
+COMPOSITE = "composite"
 # The selection models' sets (pipelines/masks): each named for its arch, laid out as its Hub repository.
 MASK_SETS: tuple[str, ...] = (SAM2, DETECTOR)
 IMAGE_ENCODER = "models/image_encoder"
@@ -143,6 +145,11 @@ class ModelSet:
             if (self.base / part).is_dir() and not _has_weights(self.base / part):
                 missing.append(self.base / part / "diffusion_pytorch_model.safetensors")
         return [str(path.relative_to(self.folder)) for path in missing]
+
+
+def set_of_engine(engine_name: str) -> str:
+    """The model set an engine runs, from its name: diffusion/sd15 runs sd15; composite is a set of its own."""
+    return engine_name.removeprefix("diffusion/")
 
 
 def _has_weights(folder: Path) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 
@@ -18,6 +19,7 @@ from server.api.docs import mount_docs
 from server.api.errors import install_error_handlers
 from server.api.health import router as router_health
 from server.api.masks import router as router_masks
+from server.api.models import router as router_models
 from server.api.openai_images import router as router_openai
 from server.api.playground import mount_playground
 from server.api.v1 import router as router_v1
@@ -26,31 +28,38 @@ from server.inputs.provenance import provenance_for
 from server.jobs.dispatcher import JobRunner
 from server.jobs.store import open_job_store
 from server.serving.lifecycle import Lifecycle
+from server.serving.memory_check import check_memory
 from server.serving.metrics import Metrics
 from server.serving.selection import SelectionService
-from server.serving.work_queue import WorkQueue
-from server.serving.workers import EngineFactory, load_configured_engine, same_engine, start_workers, visible_devices
+from server.serving.served_sets import ServedSets, served_set_names
+from server.serving.work_queue import Outcome, WorkQueue
+from server.serving.workers import EngineFactory, load_configured_engine, same_engine, start_sets, visible_devices
 from server.settings import Settings
 
 
 def create_app(
     settings: Settings | None = None, engine: Engine | None = None, engine_factory: EngineFactory | None = None
 ) -> FastAPI:
-    """The app. `engine` (one worker) or `engine_factory` (one per device) override the configured engine."""
+    """The app. `engine` (one worker) or `engine_factory` (one per device) override the configured engine (one
+    set); otherwise each configured set must fit its devices' memory (DoesNotFit) before anything loads."""
     settings = settings or Settings()
     provenance_for(settings)  # a certificate that cannot sign stops the start, not the first request
     if engine is not None:
         engine_factory = same_engine(engine)
-    factory = engine_factory or (lambda device: load_configured_engine(settings, device))
+    names, named = served_set_names(settings)
+    devices = settings.devices or visible_devices()
+    if engine_factory is None:
+        check_memory(settings, names, devices)
+    factories = {name: engine_factory or partial(_set_engine, settings, name, named) for name in names}
     metrics = Metrics()
-    work = WorkQueue(settings.max_queue, on_drop=metrics.dropped.inc, on_idle_gap=metrics.worker_idle_seconds.observe)
+    sets = ServedSets(names, partial(_set_queue, settings, metrics))
+    work = sets.default.work  # the default set's queue: the single-set server's one queue
     lifecycle = Lifecycle()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        devices = settings.devices or visible_devices()
-        starting = asyncio.create_task(asyncio.to_thread(start_workers, work, lifecycle, factory, devices))
-        jobs = JobRunner(open_job_store(settings), work, lifecycle, settings, metrics, app.state.credits)
+        starting = asyncio.create_task(asyncio.to_thread(start_sets, sets, lifecycle, factories, devices))
+        jobs = JobRunner(open_job_store(settings), sets, lifecycle, settings, metrics, app.state.credits)
         app.state.jobs = jobs
         background = [asyncio.create_task(jobs.run()), asyncio.create_task(jobs.purge_forever())]
         try:
@@ -59,7 +68,7 @@ def create_app(
             for task in background:
                 task.cancel()
             await starting
-            await asyncio.to_thread(work.stop)
+            await asyncio.to_thread(sets.stop)
             await asyncio.to_thread(jobs.store.close)
 
     app = FastAPI(
@@ -71,18 +80,36 @@ def create_app(
         redoc_url=None,
     )
     app.state.settings, app.state.work, app.state.lifecycle, app.state.metrics = settings, work, lifecycle, metrics
+    app.state.sets = sets
     app.state.key_file = KeyFile(settings.keys_file) if settings.keys_file else None
     app.state.credits = open_ledger(settings) if settings.keys_file else None
     app.state.limiter = RateLimiter()
     app.state.selection = SelectionService(settings)
-    metrics.watch_queue(lambda: work.depth, lambda: work.in_flight)
+    metrics.watch_queue(lambda: sets.depth, lambda: sets.in_flight)
+    metrics.watch_sets(lambda: [(each.name, each.work.depth, each.work.in_flight, each.loaded) for each in sets])
     install_error_handlers(app)
     app.include_router(router_v1)
     app.include_router(router_masks)
     app.include_router(router_openai)
+    app.include_router(router_models)
     app.include_router(router_health)
     app.include_router(router_v2)
     mount_playground(app)
     mount_docs(app)
     app.add_middleware(AccessMiddleware, metrics=metrics)
     return app
+
+
+def _set_queue(settings: Settings, metrics: Metrics, name: str) -> WorkQueue:
+    """One set's queue, its images timed under its name."""
+
+    def observe(outcome: Outcome) -> None:
+        metrics.model_set_seconds.labels(name).observe(outcome.queue_s + outcome.engine_s)
+
+    idle = metrics.worker_idle_seconds.observe
+    return WorkQueue(settings.max_queue, on_drop=metrics.dropped.inc, on_idle_gap=idle, on_image=observe)
+
+
+def _set_engine(settings: Settings, name: str, named: bool, device: str) -> Engine:
+    """A set's engine on `device`: the named set, or (unnamed) what the settings' engine picks."""
+    return load_configured_engine(settings, device, name if named else None)

@@ -12,6 +12,7 @@ from server.access.keys import Caller
 from server.jobs.dispatcher import JobRunner
 from server.serving.lifecycle import Lifecycle
 from server.serving.metrics import Metrics
+from server.serving.served_sets import ServedSets
 from server.serving.work_queue import WorkQueue
 from server.settings import Settings
 
@@ -22,6 +23,10 @@ def get_settings(request: Request) -> Settings:
 
 def get_work(request: Request) -> WorkQueue:
     return request.app.state.work
+
+
+def get_sets(request: Request) -> ServedSets:
+    return request.app.state.sets
 
 
 def get_lifecycle(request: Request) -> Lifecycle:
@@ -62,6 +67,7 @@ def require_api_key(
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CallerDep = Annotated[Caller, Depends(require_api_key)]
 WorkDep = Annotated[WorkQueue, Depends(get_work)]
+SetsDep = Annotated[ServedSets, Depends(get_sets)]
 LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 JobsDep = Annotated[JobRunner, Depends(get_jobs)]

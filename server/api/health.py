@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from server.api.deps import LifecycleDep, MetricsDep, WorkDep
+from server.api.deps import LifecycleDep, MetricsDep, SetsDep
 
 router = APIRouter()
 
@@ -16,13 +16,24 @@ async def live() -> dict:
     return {"status": "live"}
 
 
-@router.get("/health/ready", summary="Engine loaded and warm, not draining (503 otherwise)")
-async def ready(lifecycle: LifecycleDep, work: WorkDep) -> JSONResponse:
+@router.get("/health/ready", summary="Every model set loaded and warm, not draining (503 otherwise)")
+async def ready(lifecycle: LifecycleDep, sets: SetsDep) -> JSONResponse:
+    loaded = {
+        served.name: {"loaded": served.loaded, "engine": served.engine_name, "queue_depth": served.work.depth}
+        for served in sets
+    }
     reason = lifecycle.not_ready_reason()
     if reason:
-        return JSONResponse({"status": "not ready", "error": reason}, status_code=503)
+        return JSONResponse({"status": "not ready", "error": reason, "model_sets": loaded}, status_code=503)
     return JSONResponse(
-        {"status": "ready", "engine": lifecycle.engine_name, "workers": work.workers, "queue_depth": work.depth}
+        {
+            "status": "ready",
+            "engine": lifecycle.engine_name,
+            "workers": sets.workers,
+            "queue_depth": sets.depth,
+            "default_model_set": sets.default.name,
+            "model_sets": loaded,
+        }
     )
 
 

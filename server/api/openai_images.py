@@ -11,8 +11,10 @@ OpenAI's fields, as SegSwap reads them:
   scene's own size; `response_format`: `b64_json`, or `url` (a `data:` URL: this server keeps no files for
   this route); `output_format` png, jpeg or webp; `output_compression` 0-100 (the jpeg/webp quality, at
   least 10);
-- `model`, `quality`, `background`, `input_fidelity`, `user` and the other generation hints are accepted and
-  ignored: the server's engine decides.
+- `model`: a model set this server serves (GET /v1/models), as `model_set`; OpenAI's own model names
+  (gpt-image-1, dall-e-2, ...) run the server's default set;
+- `quality`, `background`, `input_fidelity`, `user` and the other generation hints are accepted and ignored: the
+  server's engine decides.
 SegSwap's own parameters (seed, steps, growmask, strengths, repeats, mode, ...) come as extra form fields, which
 is what the SDK's `extra_body` sends. Errors on this route have OpenAI's shape (server/api/errors.py).
 """
@@ -34,7 +36,7 @@ from pipelines import build_job
 from pipelines.job import ERASE
 from server.api import metering
 from server.api.body import UPLOADED, read_body, read_form
-from server.api.deps import CallerDep, LifecycleDep, MetricsDep, SettingsDep, WorkDep
+from server.api.deps import CallerDep, LifecycleDep, MetricsDep, SetsDep, SettingsDep
 from server.api.masks import select_region, selection_turn
 from server.api.v1 import run_job
 from server.contract import SwapRequest, describe_validation_error
@@ -42,13 +44,13 @@ from server.errors import BadRequest, NotAcceptable
 from server.inputs.decode import decode_inputs
 from server.inputs.encode import check_encodable, encode_output
 from server.inputs.metadata import input_digests, output_record
-from server.serving.admission import refuse_if_unavailable
+from server.serving.admission import admit_to_set, refuse_if_unavailable
 
 router = APIRouter()
 MAX_N = 4
 MAX_FILES = 4  # two images, a mask, one spare for clients that send a markup image
+OPENAI_MODELS = ("gpt-image", "dall-e", "chatgpt-image")  # OpenAI's model names start so: the default set runs
 IGNORED = {
-    "model",
     "quality",
     "background",
     "input_fidelity",
@@ -106,6 +108,10 @@ def _request_body() -> dict:
         "response_format": {"type": "string", "enum": ["b64_json", "url"]},
         "output_format": {"type": "string", "enum": ["png", "jpeg", "webp"]},
         "output_compression": {"type": "integer", "minimum": 0, "maximum": 100},
+        "model": {
+            "type": "string",
+            "description": "A model set this server serves (GET /v1/models); OpenAI's names run the default set.",
+        },
     }
     schema = {"type": "object", "required": ["image[]", "prompt"], "properties": fields}
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
@@ -152,18 +158,19 @@ async def images_edits(
     request: Request,
     caller: CallerDep,
     settings: SettingsDep,
-    work: WorkDep,
+    sets: SetsDep,
     lifecycle: LifecycleDep,
     metrics: MetricsDep,
 ) -> JSONResponse:
     deadline = time.monotonic() + settings.request_timeout_s
-    refuse_if_unavailable(lifecycle, work)
+    refuse_if_unavailable(lifecycle, sets.default.work, check_queue=len(sets.names) == 1)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "multipart/form-data":
         raise NotAcceptable("send the edit as multipart/form-data, as OpenAI's images API takes it")
     body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
     edit = _edit_request(await read_form(request, body, settings.max_body_bytes, MAX_FILES))
     contract = _contract(edit)
+    served = admit_to_set(sets, contract.model_set)
     data = {"main_image": edit.images[0]}
     if contract.object_image is not None:  # an erase leaves a second image out: not even decoded
         data["object_image"] = edit.images[1]
@@ -187,7 +194,7 @@ async def images_edits(
         outputs = []
         for index in range(edit.n):  # one queued job each: n images go through the queue like n requests
             job = dataclasses.replace(first, seed=(first.seed + index) % (2**32))
-            outcome = await run_job(request, work, job, deadline, settings.request_timeout_s)
+            outcome = await run_job(request, served.work, job, deadline, settings.request_timeout_s)
             metrics.images.labels(outcome.engine).inc()
             record = output_record(settings.output_metadata, contract.model_dump(), job.seed, outcome.engine, inputs)
             outputs.append(
@@ -242,6 +249,7 @@ def _contract(edit: EditRequest) -> SwapRequest:
     if edit.mask is None and not {"box", "points", "text"} & set(values):
         raise BadRequest("send a mask (transparent = the region to edit), or select the region by box, points or text")
     _output_format(values)
+    _model_set(values)
     if "output_compression" in values:
         values["image_quality"] = str(max(10, _int(values.pop("output_compression"), "output_compression", 0, 100)))
     values["main_image"] = UPLOADED
@@ -275,6 +283,15 @@ def _output_format(values: dict[str, str]) -> None:
         raise BadRequest(
             f"'output_format' {output_format} and 'image_format' {values['image_format']} disagree; send one of them"
         )
+
+
+def _model_set(values: dict[str, str]) -> None:
+    """OpenAI's `model` as SegSwap's `model_set`; one of OpenAI's own names is the default set (no `model_set`)."""
+    model = values.pop("model", "") or ""
+    if not model or model.startswith(OPENAI_MODELS):
+        return
+    if values.setdefault("model_set", model) != model:
+        raise BadRequest(f"'model' {model} and 'model_set' {values['model_set']} disagree; send one of them")
 
 
 def openai_mask(mask: Image.Image) -> Image.Image:

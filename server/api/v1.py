@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from pipelines import SegswapError, SwapJob, build_job
 from server.api import metering
 from server.api.body import read_swap_body
-from server.api.deps import CallerDep, LifecycleDep, MetricsDep, SettingsDep, WorkDep
+from server.api.deps import CallerDep, LifecycleDep, MetricsDep, SetsDep, SettingsDep
 from server.api.errors import service_error_from_engine
 from server.api.masks import select_region, selection_turn
 from server.api.openapi_docs import swap_request_body, swap_responses
@@ -22,7 +22,7 @@ from server.inputs.decode import decode_inputs
 from server.inputs.encode import MEDIA_TYPES, check_encodable, encode_output
 from server.inputs.metadata import input_digests, output_record
 from server.inputs.resolve import fetch_inputs
-from server.serving.admission import queue_full_error, refuse_if_unavailable
+from server.serving.admission import admit_to_set, queue_full_error, refuse_if_unavailable
 from server.serving.metrics import Metrics
 from server.serving.work_queue import Dropped, Outcome, QueueFull, Ticket, WorkQueue
 
@@ -41,16 +41,17 @@ async def seg_swap(
     request: Request,
     caller: CallerDep,
     settings: SettingsDep,
-    work: WorkDep,
+    sets: SetsDep,
     lifecycle: LifecycleDep,
     metrics: MetricsDep,
 ) -> Response:
     deadline = time.monotonic() + settings.request_timeout_s
-    refuse_if_unavailable(lifecycle, work)
+    refuse_if_unavailable(lifecycle, sets.default.work, check_queue=len(sets.names) == 1)
     timings = request.state.log
     start = time.perf_counter()
     parsed = await read_swap_body(request, settings.max_body_bytes, settings.body_timeout_s)
     body = parsed.request
+    served = admit_to_set(sets, body.model_set)
     selector = body.selector()
     sent = await fetch_inputs(parsed.image_sources(), settings)
 
@@ -68,7 +69,7 @@ async def seg_swap(
         job = build_job(body.model_dump(), images)
         inputs = input_digests(images)
         del images
-        outcome = await run_job(request, work, job, deadline, settings.request_timeout_s)
+        outcome = await run_job(request, served.work, job, deadline, settings.request_timeout_s)
         start = time.perf_counter()
         record = output_record(settings.output_metadata, body.model_dump(), job.seed, outcome.engine, inputs)
         data = await asyncio.to_thread(

@@ -20,7 +20,7 @@ from pipelines.masks import Selector
 from server.access.keys import Caller
 from server.api import metering
 from server.api.body import ParsedBody, read_swap_body
-from server.api.deps import CallerDep, JobsDep, LifecycleDep, SettingsDep
+from server.api.deps import CallerDep, JobsDep, LifecycleDep, SetsDep, SettingsDep
 from server.api.job_events import event_stream
 from server.api.masks import select_region, selection_turn
 from server.api.openapi_docs import SWAP_HEADERS, swap_request_body
@@ -63,15 +63,17 @@ async def submit(
     settings: SettingsDep,
     lifecycle: LifecycleDep,
     jobs: JobsDep,
+    sets: SetsDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JSONResponse:
-    refuse_if_unavailable(lifecycle, jobs.work, check_queue=False)
+    refuse_if_unavailable(lifecycle, sets.default.work, check_queue=False)
     if await asyncio.to_thread(jobs.store.count_pending) >= settings.max_pending_jobs:
         raise TooManyRequests(
             f"too many jobs pending ({settings.max_pending_jobs}); retry later", {"Retry-After": "30"}
         )
     parsed = await read_swap_body(request, settings.max_body_bytes, settings.body_timeout_s, AsyncSwapRequest)
     body: AsyncSwapRequest = parsed.request  # type: ignore[assignment]
+    model_set = sets.pick(body.model_set).name  # named in the job: it runs on that set even if the default changes
     if body.webhook_url:
         await check_url(body.webhook_url, "webhook_url", AllowList(settings.fetch_allow))
     fingerprint = _fingerprint(parsed)
@@ -84,7 +86,7 @@ async def submit(
     inputs = await fetch_inputs(parsed.image_sources(), settings)
     await _check_storage(jobs.store, caller, sum(len(data) for data in inputs.values()), settings)
     charged = await metering.reserve(request, caller, settings.credit_cost)
-    params = _params(body, caller, charged)
+    params = _params(body, caller, charged) | {"model_set": model_set}
     try:
         async with selection_turn(request, selector, deadline):  # a request that selects decodes in its turn
             await _check_images(request, inputs, body, selector, deadline, settings)

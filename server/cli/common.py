@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from pipelines import IMAGE_FIELDS
-from pipelines.models.model_sets import SETS
+from pipelines.models.model_sets import COMPOSITE, SETS
 from server.inputs.files import printable
 from server.inputs.provenance import provenance_for
 from server.settings import Settings
@@ -29,7 +29,11 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
         help="folder holding model sets (default: SEGSWAP_WEIGHTS_DIR, else weights/ in the data directory)",
     )
     parser.add_argument(
-        "--model-set", choices=list(SETS), help="model set to load (default: the first complete one in this order)"
+        "--model-set",
+        metavar="SET[,SET...]",
+        help=f"model set to load: {', '.join(SETS)} (default: the first complete one in this order); `serve` "
+        f"takes several, comma-separated, the first the default ({COMPOSITE} may be one); the other commands run "
+        "the first",
     )
     parser.add_argument("--ip-adapter", choices=["plus", "plain"], help="IP-Adapter variant (default: plus)")
     parser.add_argument(

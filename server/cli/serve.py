@@ -7,6 +7,7 @@ import logging
 import socket
 
 from pipelines import require_model_set
+from pipelines.models.model_sets import COMPOSITE
 from server.cli.common import CliError, add_engine_flags, settings_from
 
 log = logging.getLogger("segswap")
@@ -40,8 +41,9 @@ def run_serve(args: argparse.Namespace) -> int:
         )
     elif settings.keys_file is not None:
         log.info("API keys: from %s", settings.keys_file)
-    if settings.engine == "diffusion":  # fail before binding when the model set is plainly missing
-        require_model_set(settings.weights_dir, settings.model_set, settings.ip_adapter)
+    if settings.engine == "diffusion" or len(settings.model_set_names) > 1:  # fail before binding: a set missing
+        for name in [name for name in settings.model_set_names or [None] if name != COMPOSITE]:
+            require_model_set(settings.weights_dir, name, settings.ip_adapter)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -53,7 +55,7 @@ def run_serve(args: argparse.Namespace) -> int:
         http=header_deadline_protocol(settings.header_timeout_s),
     )
     lifecycle = app.state.lifecycle
-    DrainingServer(config, lifecycle, app.state.work, settings.drain_grace_s).run()
+    DrainingServer(config, lifecycle, app.state.sets, settings.drain_grace_s).run()
     if lifecycle.failure:
         raise CliError(f"the engine failed to load: {lifecycle.failure_detail}")
     return 0

@@ -29,6 +29,9 @@ IMAGE_HINTS = {
     "mask_image": " (or select it with --box, --points or --text)",
     "object_image": f" (required unless --mode is {ERASE})",
 }
+# Not request flags: --base64 is the file's encoding; the model set is --model-set's, an engine flag (the set
+# loaded here), so a replay runs the set the command names and warns when the record's engine differs.
+ENGINE_CHOSEN = {"base64", "model_set"}
 OBJECT_ONLY = {"object_image", "mode", "fashion_strength", "horizontal_repeat", "vertical_repeat"}  # erase: no flag
 ERASE_HELP = {  # what the flags an erase keeps mean there
     "subject_strength": "Diffusion engines: how much of the fill the model starts from (1 keeps its colour and "
@@ -71,7 +74,7 @@ def _add_request_flags(parser: argparse.ArgumentParser, skip: set[str], helps: d
             help=f"{what}: a path or URL{IMAGE_HINTS.get(name, '')}",
         )
     for name, field in fields.items():
-        if name in IMAGE_FIELDS or name in skip or name == "base64":
+        if name in IMAGE_FIELDS or name in skip or name in ENGINE_CHOSEN:
             continue
         kind = {int: int, float: float}.get(field.annotation, str)
         choices = f"; one of {', '.join(get_args(field.annotation))}" if get_origin(field.annotation) is Literal else ""
@@ -125,10 +128,14 @@ def run_swap(args: argparse.Namespace) -> int:
 
 
 def _validated_request(args: argparse.Namespace, recorded: dict) -> SwapRequest:
-    given = {name: getattr(args, name) for name in SwapRequest.model_fields if getattr(args, name, None) is not None}
+    given = {
+        name: getattr(args, name)
+        for name in SwapRequest.model_fields
+        if getattr(args, name, None) is not None and name not in ENGINE_CHOSEN
+    }
     if set(given) & set(REGION_FIELDS):  # a region given here replaces the recorded one, whichever kind it was
         recorded = {name: value for name, value in recorded.items() if name not in REGION_FIELDS}
-    replayable = set(SwapRequest.model_fields) - NOT_PARAMETERS  # images come from the flags only
+    replayable = set(SwapRequest.model_fields) - NOT_PARAMETERS - ENGINE_CHOSEN  # images come from the flags only
     values = {name: value for name, value in recorded.items() if name in replayable} | given
     values["base64"] = args.base64
     named = None if args.base64 else format_named_by(args.output)  # base64 is text: any name

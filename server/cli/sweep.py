@@ -16,7 +16,8 @@ from server.cli.swap import IMAGE_HINTS
 from server.contract import Selection, SwapRequest, describe_validation_error
 
 TEXT_FIELDS = {"prompt", "negative_prompt"}  # may contain commas: repeat the flag to list several
-NOT_SWEPT = {*IMAGE_FIELDS, *SELECTOR_FIELDS, "base64"}  # the scene and its region are the same in every cell
+# The scene and its region are the same in every cell; the model set is the one --model-set loads (an engine flag).
+NOT_SWEPT = {*IMAGE_FIELDS, *SELECTOR_FIELDS, "base64", "model_set"}
 MAX_CELLS = 256  # a few hundred: a grid past that is more likely a slip of the keyboard than a plan
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines import Engine, InvalidInput, SegswapError, SwapJob, build_job
+from pipelines.models.model_sets import set_of_engine
 from server.errors import ServiceError
 from server.experiments.jobs_file import Entry
 from server.experiments.outputs import is_complete, write_output
@@ -108,6 +109,12 @@ def prepare(entry: Entry, settings: Settings, regions: RegionMasks) -> Prepared:
 
 def _run_one(entry: Entry, prepared: Prepared, engine: Engine, out_dir: Path) -> None:
     request, job = entry.request, prepared.job
+    if request.model_set not in (None, set_of_engine(engine.name)):  # one engine here: a line never runs another
+        raise InvalidInput(
+            f"this batch runs the model set {set_of_engine(engine.name)}, not {request.model_set}: run it with "
+            "--model-set, or send the batch to a server that serves both (--server)",
+            "model_set",
+        )
     started = time.perf_counter()
     image = engine.swap(job)
     seconds = time.perf_counter() - started

@@ -1,6 +1,7 @@
 """What made an output, carried inside the output file: the contract's fields (no images), the sha256 of each
-input image as it arrived, the seed, the engine, its model set's pinned revisions (when the files loaded are
-the pinned ones, else "unverified local files") and segswap's version.
+input image as it arrived, the seed, the engine and the model set that ran (in the parameters, as `model_set`),
+its pinned revisions (when the files loaded are the pinned ones, else "unverified local files") and segswap's
+version.
 
 PNG keeps it as an iTXt chunk, JPEG and WEBP as an XMP packet, both under the name `segswap` and as JSON. No
 clock time and nothing about the caller goes in: the same inputs on the same engine give the same bytes, so
@@ -18,6 +19,7 @@ from xml.etree import ElementTree
 from PIL import Image
 
 from pipelines import IMAGE_FIELDS
+from pipelines.models.model_sets import set_of_engine
 from pipelines.models.revisions import UNVERIFIED, loaded_revisions
 
 log = logging.getLogger("segswap")
@@ -48,6 +50,7 @@ def describe(fields: dict, seed: int, engine: str, inputs: dict[str, str]) -> di
         name: value for name, value in sorted(fields.items()) if name not in NOT_PARAMETERS and not name.startswith("_")
     }
     parameters["seed"] = seed
+    parameters["model_set"] = set_of_engine(engine)  # the set that ran, asked for or the default
     return {
         "schema": SCHEMA,
         "segswap": segswap_version(),

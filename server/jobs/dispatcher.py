@@ -25,7 +25,7 @@ from PIL import Image
 
 from pipelines import SegswapError, SwapJob, build_job
 from server.access.credits import CreditLedger
-from server.errors import ServiceError, Unavailable
+from server.errors import BadRequest, ServiceError, Unavailable
 from server.inputs.decode import decode_inputs
 from server.inputs.encode import MEDIA_TYPES, encode_output
 from server.inputs.fetch import post_pinned
@@ -34,6 +34,7 @@ from server.jobs.store import JobRecord, JobStore
 from server.jobs.watchers import JobWatchers
 from server.serving.lifecycle import Lifecycle
 from server.serving.metrics import Metrics
+from server.serving.served_sets import ServedSets
 from server.serving.work_queue import Dropped, QueueFull, Ticket, WorkQueue
 from server.settings import Settings
 
@@ -48,15 +49,16 @@ class JobRunner:
     def __init__(
         self,
         store: JobStore,
-        work: WorkQueue,
+        sets: ServedSets,
         lifecycle: Lifecycle,
         settings: Settings,
         metrics: Metrics,
         ledger: CreditLedger | None = None,
     ):
-        self.store, self.work, self.lifecycle, self.settings, self.metrics = store, work, lifecycle, settings, metrics
+        self.store, self.sets, self.lifecycle, self.settings, self.metrics = store, sets, lifecycle, settings, metrics
         self.ledger = ledger  # where a failed, cancelled or unrun job's charge goes back
         self.tickets: dict[str, Ticket | None] = {}  # dispatched jobs (None: inputs still loading)
+        self.queues: dict[str, WorkQueue] = {}  # the queue each dispatched job waits in (its model set's)
         # What the jobs run here have reported, written by the worker thread as the engine works; the last report
         # stays PROGRESS_KEPT_S after the job ends (the event stream sends it with the end)
         self.progress: dict[str, JobProgress] = {}
@@ -111,7 +113,7 @@ class JobRunner:
         return len(purged)
 
     async def _dispatch(self) -> None:
-        room = self.work.workers + 1 - len(self.tickets)
+        room = self.sets.workers + 1 - len(self.tickets)
         if room <= 0:
             return
         for record in await asyncio.to_thread(self.store.queued, set(self.tickets), room):
@@ -125,8 +127,8 @@ class JobRunner:
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a job no worker has started; True if it is now CANCELLED."""
-        ticket = self.tickets.get(job_id)
-        if ticket is not None and not self.work.cancel(ticket, "cancelled by the client"):
+        ticket, work = self.tickets.get(job_id), self.queues.get(job_id)
+        if ticket is not None and work is not None and not work.cancel(ticket, "cancelled by the client"):
             return False
         if not self.store.cancel(job_id):
             return False
@@ -160,6 +162,7 @@ class JobRunner:
             settled = await self._run_once(record)
         finally:
             self.tickets.pop(record.id, None)
+            self.queues.pop(record.id, None)
             self.wake()
         if not settled:  # not run here (queue full, cancelled, or another replica started it): not ours to announce
             return
@@ -178,7 +181,12 @@ class JobRunner:
             return True
         deadline = time.monotonic() + self.settings.job_timeout_s
         try:
-            ticket = self.work.submit(
+            work = self.sets.pick(params.get("model_set")).work
+        except BadRequest as exc:  # a set served when it was submitted, not since this server started
+            await self.fail(record.id, exc.message)
+            return True
+        try:
+            ticket = work.submit(
                 job,
                 deadline,
                 on_start=lambda: self._mark_started(record.id),
@@ -186,7 +194,7 @@ class JobRunner:
             )
         except (QueueFull, Unavailable):
             return False  # stays QUEUED; dispatched again when there is room (or by the next start)
-        self.tickets[record.id] = ticket
+        self.tickets[record.id], self.queues[record.id] = ticket, work
         job_seed = job.seed
         try:
             outcome = await ticket.future

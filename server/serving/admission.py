@@ -1,4 +1,5 @@
-"""Whether a request may come in now: refused while loading or draining, and when the queue is full."""
+"""Whether a request may come in now: refused while loading or draining, when its set is not served, and when its
+queue is full."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import time
 
 from server.errors import TooManyRequests, Unavailable
 from server.serving.lifecycle import Lifecycle
+from server.serving.served_sets import ServedSet, ServedSets
 from server.serving.work_queue import QueueFull, WorkQueue
 
 
@@ -20,6 +22,17 @@ def refuse_if_unavailable(lifecycle: Lifecycle, work: WorkQueue, check_queue: bo
         work.check_capacity()
     except QueueFull as full:
         raise queue_full_error(full) from None
+
+
+def admit_to_set(sets: ServedSets, name: str | None) -> ServedSet:
+    """The set a request names (the default if none; a 400 listing those served if not served), refused with
+    429 when its queue is full: before any input is fetched."""
+    served = sets.pick(name)
+    try:
+        served.work.check_capacity()
+    except QueueFull as full:
+        raise queue_full_error(full) from None
+    return served
 
 
 def refuse_if_draining(lifecycle: Lifecycle) -> None:

@@ -14,10 +14,9 @@ import logging
 import signal
 import threading
 from types import FrameType
+from typing import Protocol
 
 import uvicorn
-
-from server.serving.work_queue import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +39,17 @@ class Lifecycle:
         return None
 
 
+class Idle(Protocol):
+    """What draining waits on: a queue, or every model set's queue."""
+
+    def wait_idle(self, timeout: float) -> bool: ...
+
+
 class DrainingServer(uvicorn.Server):
     """uvicorn, but SIGTERM first drains the queue; a second signal (or Ctrl-C) stops at once; an engine that
     failed to load stops it too."""
 
-    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, work: WorkQueue, grace_s: float):
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, work: Idle, grace_s: float):
         super().__init__(config)
         self.lifecycle, self.work, self.grace_s = lifecycle, work, grace_s
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -47,11 +47,42 @@ class Metrics:
             registry=r,
         )
         self.dropped = Counter("segswap_dropped_jobs", "Queued jobs dropped before running.", registry=r)
+        self.model_set_seconds = Histogram(
+            "segswap_model_set_job_seconds",
+            "Time from a job's queueing to its image, by model set (its queue wait and its engine time).",
+            ["model_set"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         r.register(DeviceMemoryCollector())
 
     def watch_queue(self, depth: Callable[[], int], in_flight: Callable[[], int]) -> None:
+        """The totals over every model set (the per-set figures: watch_sets)."""
         self.queue_depth.set_function(depth)
         self.in_flight.set_function(in_flight)
+
+    def watch_sets(self, sets: Callable[[], Iterable[tuple[str, int, int, bool]]]) -> None:
+        """Queue depth, jobs running and loaded or not, by model set: `sets()` gives (name, depth, running,
+        loaded) for each."""
+        self.registry.register(ModelSetCollector(sets))
+
+
+class ModelSetCollector(Collector):
+    def __init__(self, sets: Callable[[], Iterable[tuple[str, int, int, bool]]]):
+        self.sets = sets
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["model_set"]
+        depth = GaugeMetricFamily("segswap_model_set_queue_depth", "Jobs waiting, by model set.", labels=labels)
+        running = GaugeMetricFamily("segswap_model_set_in_flight", "Jobs running, by model set.", labels=labels)
+        loaded = GaugeMetricFamily(
+            "segswap_model_set_loaded", "1 when the model set's workers are warm, by model set.", labels=labels
+        )
+        for name, waiting, busy, warm in self.sets():
+            depth.add_metric([name], float(waiting))
+            running.add_metric([name], float(busy))
+            loaded.add_metric([name], float(warm))
+        yield from (depth, running, loaded)
 
 
 class DeviceMemoryCollector(Collector):

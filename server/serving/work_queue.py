@@ -99,6 +99,7 @@ class WorkQueue:
         max_queue: int,
         on_drop: Callable[[], None] | None = None,
         on_idle_gap: Callable[[float], None] | None = None,
+        on_image: Callable[[Outcome], None] | None = None,
     ):
         self.max_queue = max_queue
         self._tickets: queue.Queue = queue.Queue()
@@ -113,6 +114,7 @@ class WorkQueue:
         # Seconds a worker spent between finishing a job and starting the next one that was
         # already waiting: the device's idle time between back-to-back requests.
         self._on_idle_gap = on_idle_gap or (lambda seconds: None)
+        self._on_image = on_image or (lambda outcome: None)  # a job that gave its image
 
     # -- the event loop's side --------------------------------------------------------
 
@@ -325,6 +327,8 @@ class WorkQueue:
             self._running -= 1
             self._service_times.append(time.monotonic() - started)
             self._notify_if_idle()
+        if outcome is not None:
+            self._on_image(outcome)
         ticket.settle(outcome, error)
 
     def _start(self, ticket: Ticket) -> str:

@@ -1,4 +1,4 @@
-"""The workers' engines: which engine each device gets, loading and warming it, readiness when all are warm."""
+"""The workers' engines: which engine each set and device gets, loading and warming it, readiness when all are warm."""
 
 from __future__ import annotations
 
@@ -12,12 +12,16 @@ from PIL import Image, ImageDraw
 
 from pipelines import Engine, EngineUnavailable, SegswapError, SwapJob, WeightsError, load_engine
 from pipelines.job import ERASE
+from pipelines.models.model_sets import COMPOSITE
 from server.serving.lifecycle import Lifecycle
-from server.serving.work_queue import WorkQueue
+from server.serving.served_sets import ServedSets
 from server.settings import Settings
 
 log = logging.getLogger("segswap")
 
+# One load at a time in a process: accelerate's low-memory loading patches torch globally while a model loads
+# (parameters made on the meta device), so two sets loading at once on two threads break each other.
+LOADING = threading.Lock()
 EngineFactory = Callable[[str], Engine]
 """Builds the engine of one worker, given its device ("cpu", "cuda:1", ...)."""
 
@@ -29,12 +33,18 @@ def same_engine(engine: Engine) -> EngineFactory:
     return factory
 
 
-def load_configured_engine(settings: Settings, device: str | None = None) -> Engine:
-    """The engine the settings ask for, on `device`; logs which one and why."""
+def load_configured_engine(settings: Settings, device: str | None = None, model_set: str | None = None) -> Engine:
+    """The engine of the set `model_set` (default: the first the settings name), on `device`; logs which and why.
+
+    One set named alone keeps `engine`'s meaning (auto: composite when the set is missing); among several, each
+    loads as named or the server does not start (a set asked for never silently becomes another)."""
+    names = settings.model_set_names
+    name = model_set or (names[0] if names else None)
+    kind = "composite" if name == COMPOSITE else "diffusion" if len(names) > 1 else settings.engine
     choice = load_engine(
-        settings.engine,
+        kind,
         settings.weights_dir,
-        model_set=settings.model_set,
+        model_set=None if name == COMPOSITE else name,
         variant=settings.ip_adapter,
         options=settings.diffusion_options(device),
     )
@@ -52,24 +62,27 @@ def visible_devices() -> list[str]:
     return ["cpu"]
 
 
-def start_workers(work: WorkQueue, lifecycle: Lifecycle, factory: EngineFactory, devices: list[str]) -> None:
-    """One worker per device, each loading and warming up its engine; ready when all are."""
+def start_sets(sets: ServedSets, lifecycle: Lifecycle, factories: dict[str, EngineFactory], devices: list[str]) -> None:
+    """One worker per device for each set, each loading and warming up its engine; ready when all are."""
     names = [f"{device}-{i}" if devices.count(device) > 1 else device for i, device in enumerate(devices)]
-    waiting = set(names)
+    waiting = {(served.name, name) for served in sets for name in names}
     lock = threading.Lock()
 
-    def prepare(device: str) -> Engine:
-        engine = factory(device)
+    def prepare(factory: EngineFactory, device: str) -> Engine:
+        with LOADING:
+            engine = factory(device)
         warm_up(engine)
         return engine
 
-    def ready(name: str, engine: Engine) -> None:
+    def ready(set_name: str, name: str, engine: Engine) -> None:
         with lock:
-            waiting.discard(name)
-            lifecycle.engine_name = engine.name
+            waiting.discard((set_name, name))
+            if not any(waiting_set == set_name for waiting_set, _ in waiting):
+                sets.warm(set_name, engine.name)
+            lifecycle.engine_name = sets.default.engine_name or lifecycle.engine_name
             if not waiting and not lifecycle.failure:
                 lifecycle.ready = True
-                log.info("ready: %d worker(s) on %s", len(devices), ", ".join(devices))
+                log.info("ready: %s, %d worker(s) each on %s", ", ".join(sets.names), len(devices), ", ".join(devices))
 
     def failed(exc: Exception) -> None:
         detail = str(exc) if isinstance(exc, SegswapError | OSError | RuntimeError) else repr(exc)
@@ -77,8 +90,12 @@ def start_workers(work: WorkQueue, lifecycle: Lifecycle, factory: EngineFactory,
         lifecycle.failure_detail = " ".join(detail.split())  # one line, for `segswap serve`'s exit
         lifecycle.failure = public_reason(exc)
 
-    for device, name in zip(devices, names, strict=True):
-        work.start_worker(partial(prepare, device), name, partial(ready, name), failed)
+    for served in sets:
+        factory = factories[served.name]
+        for device, name in zip(devices, names, strict=True):
+            served.work.start_worker(
+                partial(prepare, factory, device), f"{served.name}-{name}", partial(ready, served.name, name), failed
+            )
 
 
 def warm_up(engine: Engine) -> None:
