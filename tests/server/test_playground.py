@@ -55,7 +55,15 @@ SCREENSHOT = REPO / "test-output" / "playground.png"
 KEY = "playground-key-0123456789"
 MAIN_SIZE = (1200, 800)  # larger than its place on the page: painting must map display to natural pixels
 OBJECT_SIZE = (60, 40)
-PAGE_PATHS = {"/", "/playground/app.js", "/playground/style.css", "/v1/seg-swap", "/v1/seg-mask", "/v2/seg-swap"}
+PAGE_PATHS = {
+    "/",
+    "/playground/app.js",
+    "/playground/style.css",
+    "/v1/seg-swap",
+    "/v1/seg-mask",
+    "/v2/seg-swap",
+    "/v1/models",
+}
 JOB_PATH = re.compile(r"/v2/requests/[0-9a-f-]+(/events|/output)?")  # a run's job: its events, its output
 expect = sync_api.expect
 
@@ -158,6 +166,8 @@ def test_paint_run_and_get_the_result(session, tmp_path):
     page = session.page
     main_path, object_path, main = write_inputs(tmp_path)
     page.fill("#api-key", KEY)
+    page.dispatch_event("#api-key", "change")
+    expect(page.locator("#model_set option").first).to_have_text("server default (composite)")  # GET /v1/models
     load_inputs(page, main_path, object_path)
     set_range(page, "#horizontal_repeat", 3)
     width, height = page.eval_on_selector("#tile-preview", "canvas => [canvas.width, canvas.height]")

@@ -7,6 +7,7 @@ const API_PATH = "v1/seg-swap"; // relative, so the page also works behind a pat
 const JOBS_PATH = "v2/seg-swap";
 const REQUESTS_PATH = "v2/requests";
 const SELECT_PATH = "v1/seg-mask";
+const MODELS_PATH = "v1/models";
 const CLICK_PX = 4; // a drag shorter than this (screen pixels) is a click: a point, not a box
 const KEY_STORAGE = "segswap.apiKey";
 const SENDABLE_TYPES = { "image/png": "png", "image/jpeg": "jpg", "image/webp": "webp" };
@@ -585,6 +586,28 @@ function apiKey() {
   return els.apiKey.value.trim();
 }
 
+// The Model list: the sets GET /v1/models names (it needs the key), the server's default first and not sent.
+async function loadModelSets() {
+  const select = $("model_set");
+  const chosen = select.value;
+  try {
+    const headers = apiKey() ? { "x-api-key": apiKey() } : {};
+    const response = await fetch(MODELS_PATH, { headers });
+    if (!response.ok) return;
+    const sets = (await response.json()).data || [];
+    select.replaceChildren(select.options[0]);
+    for (const set of sets) {
+      if (set.default) {
+        select.options[0].textContent = `server default (${set.id})`;
+        continue;
+      }
+      select.append(new Option(`${set.id} (${set.arch})`, set.id, false, set.id === chosen));
+    }
+  } catch {
+    // the list stays as it is: the server's default still runs
+  }
+}
+
 function initApiKey() {
   try {
     els.apiKey.value = localStorage.getItem(KEY_STORAGE) || "";
@@ -993,6 +1016,8 @@ function init() {
   els.split.addEventListener("input", () => els.compare.style.setProperty("--split", `${els.split.value}%`));
   for (const button of document.querySelectorAll("button.copy")) button.addEventListener("click", () => copyText(button));
   initApiKey();
+  els.apiKey.addEventListener("change", loadModelSets);
+  loadModelSets();
   initHints();
   refreshControls();
   updateTools();
