@@ -1,0 +1,98 @@
+"""Per-request LoRAs on SD1.5, SDXL and FLUX.2 [klein]: loaded once, switched without a trace."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("diffusers")
+
+from diffusers import Flux2Transformer2DModel, UNet2DConditionModel
+from diffusers.models.attention_processor import FusedAttnProcessor2_0
+
+from pipelines.engines.composite import CompositeEngine
+from pipelines.engines.diffusion.engine import DiffusionEngine
+from pipelines.engines.diffusion.flux2 import Flux2Engine
+from pipelines.engines.diffusion.options import DiffusionOptions
+from pipelines.errors import InvalidInput
+from pipelines.models.loras import lora_digest, lora_names, lora_path
+from pipelines.models.model_sets import ModelSet, model_set_at
+from pipelines.models.tiny_lora import write_request_lora
+from pipelines.models.weights import sha256_file
+from tests.pipelines.jobs import diffusion_job
+
+CPU = DiffusionOptions(device="cpu")
+
+
+def with_loras(source, folder, engine_class, model_set, denoiser, prefix: str):
+    """The set copied with two LoRAs in its loras/ folder (written before the engine loads, as an operator's)."""
+    shutil.copytree(source, folder)
+    model = denoiser.from_pretrained(folder / "base" / prefix)
+    for seed, name in enumerate(("style-a", "style.b")):
+        write_request_lora(folder / "loras" / f"{name}.safetensors", model, prefix, seed)
+    return engine_class(model_set(folder), CPU)
+
+
+@pytest.fixture(scope="module", params=["sd15", "sdxl", "flux2-klein"])
+def engine(request, tiny_weights, tiny_flux2_weights, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lora-sets") / request.param
+    if request.param == "flux2-klein":
+        source = tiny_flux2_weights / request.param
+        return with_loras(source, folder, Flux2Engine, model_set_at, Flux2Transformer2DModel, "transformer")
+    arch = request.param
+    set_at = lambda f: ModelSet(arch, f)  # noqa: E731
+    return with_loras(tiny_weights / arch, folder, DiffusionEngine, set_at, UNet2DConditionModel, "unet")
+
+
+def pixels(engine, **overrides) -> np.ndarray:
+    return np.asarray(engine.swap(diffusion_job(**overrides)))
+
+
+def test_a_lora_changes_the_output_and_switching_back_leaves_no_trace(engine):
+    plain = pixels(engine)
+    styled = pixels(engine, lora="style-a")
+    assert not np.array_equal(plain, styled)
+    assert np.array_equal(pixels(engine), plain)
+    assert np.array_equal(pixels(engine, lora="style-a"), styled)
+
+
+def test_two_loras_give_different_outputs_and_each_its_own_again(engine):
+    first, second = pixels(engine, lora="style-a"), pixels(engine, lora="style.b")
+    assert not np.array_equal(first, second)
+    assert np.array_equal(pixels(engine, lora="style-a"), first)
+
+
+def test_lora_scale_weighs_it_and_zero_is_none(engine):
+    assert np.array_equal(pixels(engine, lora="style-a", lora_scale=0.0), pixels(engine))
+    assert not np.array_equal(pixels(engine, lora="style-a", lora_scale=0.5), pixels(engine, lora="style-a"))
+
+
+def test_a_set_with_loras_keeps_q_k_v_apart_so_every_lora_layer_runs(engine):
+    if isinstance(engine, DiffusionEngine):
+        assert not any(isinstance(p, FusedAttnProcessor2_0) for p in engine.pipe.unet.attn_processors.values())
+
+
+def test_an_unknown_lora_names_the_available_ones(engine):
+    with pytest.raises(InvalidInput, match=r"available: style-a, style\.b") as caught:
+        engine.swap(diffusion_job(lora="nope"))
+    assert caught.value.field == "lora"
+
+
+@pytest.mark.parametrize("name", ["../sd15/loras/style-a", "loras/style-a", "..", ".hidden", "a\\b", "/etc/passwd"])
+def test_a_path_like_name_is_refused(engine, name):
+    with pytest.raises(InvalidInput, match="plain file name"):
+        engine.swap(diffusion_job(lora=name))
+
+
+def test_the_loaded_lora_is_noted_with_its_sha256(engine):
+    engine.swap(diffusion_job(lora="style.b"))
+    path = lora_path(engine.model_set.folder, "style.b")
+    assert lora_digest(engine.name, "style.b") == sha256_file(path)
+    assert lora_names(engine.model_set.folder) == ["style-a", "style.b"]
+
+
+def test_the_composite_engine_says_loras_need_a_diffusion_set():
+    with pytest.raises(InvalidInput, match="need a diffusion model set"):
+        CompositeEngine().swap(diffusion_job(lora="style-a"))
