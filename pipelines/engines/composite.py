@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from pipelines.errors import InvalidInput
+from pipelines.engines.loras import check_lora
 from pipelines.interface import ProgressFn
 from pipelines.job import SwapJob
 from pipelines.placement.cache import OBJECT_CACHE_BYTES, ImageCache
@@ -25,8 +25,7 @@ class CompositeEngine:
         self.objects = ImageCache(object_cache_bytes)
 
     def swap(self, job: SwapJob, progress: ProgressFn | None = None) -> Image.Image:
-        if job.lora:
-            raise InvalidInput("LoRAs need a diffusion model set; this server runs the composite engine", "lora")
+        check_lora(self, job.lora)
         result = self.objects.place(job)[0].image
         if progress is not None:
             progress(1, 1)

@@ -72,6 +72,7 @@ async def submit(
         )
     parsed = await read_swap_body(request, settings.max_body_bytes, settings.body_timeout_s, AsyncSwapRequest)
     body: AsyncSwapRequest = parsed.request  # type: ignore[assignment]
+    lifecycle.check_lora(body.lora)  # a 400 now, not a failed job later
     if body.webhook_url:
         await check_url(body.webhook_url, "webhook_url", AllowList(settings.fetch_allow))
     fingerprint = _fingerprint(parsed)

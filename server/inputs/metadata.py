@@ -1,6 +1,7 @@
 """What made an output, carried inside the output file: the contract's fields (no images), the sha256 of each
 input image as it arrived, the seed, the engine, its model set's pinned revisions (when the files loaded are
-the pinned ones, else "unverified local files") and segswap's version.
+the pinned ones, else "unverified local files"), the LoRA a request named with the sha256 of its file, and
+segswap's version.
 
 PNG keeps it as an iTXt chunk, JPEG and WEBP as an XMP packet, both under the name `segswap` and as JSON. No
 clock time and nothing about the caller goes in: the same inputs on the same engine give the same bytes, so
@@ -18,6 +19,7 @@ from xml.etree import ElementTree
 from PIL import Image
 
 from pipelines import IMAGE_FIELDS
+from pipelines.models.loras import lora_digest
 from pipelines.models.revisions import UNVERIFIED, loaded_revisions
 
 log = logging.getLogger("segswap")
@@ -48,7 +50,7 @@ def describe(fields: dict, seed: int, engine: str, inputs: dict[str, str]) -> di
         name: value for name, value in sorted(fields.items()) if name not in NOT_PARAMETERS and not name.startswith("_")
     }
     parameters["seed"] = seed
-    return {
+    record = {
         "schema": SCHEMA,
         "segswap": segswap_version(),
         "engine": engine,
@@ -57,6 +59,10 @@ def describe(fields: dict, seed: int, engine: str, inputs: dict[str, str]) -> di
         "parameters": parameters,
         "inputs": dict(sorted(inputs.items())),
     }
+    if parameters.get("lora"):
+        name = parameters["lora"]
+        record["lora"] = {"name": name, "scale": parameters.get("lora_scale", 1.0), "sha256": lora_digest(engine, name)}
+    return record
 
 
 def output_record(enabled: bool, fields: dict, seed: int, engine: str, inputs: dict[str, str]) -> dict | None:

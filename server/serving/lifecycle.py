@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
@@ -29,6 +30,7 @@ class Lifecycle:
         self.failure: str | None = None  # why the engine is down, for callers (no paths)
         self.failure_detail: str | None = None  # and in full, for the operator
         self.engine_name = "loading"
+        self.check_lora: Callable[[str], None] = lambda name: None  # the engine's, once loaded (v2 checks at submit)
 
     def not_ready_reason(self) -> str | None:
         if self.failure:

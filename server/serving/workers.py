@@ -11,6 +11,7 @@ from functools import partial
 from PIL import Image, ImageDraw
 
 from pipelines import Engine, EngineUnavailable, SegswapError, SwapJob, WeightsError, load_engine
+from pipelines.engines.loras import check_lora
 from pipelines.job import ERASE
 from server.serving.lifecycle import Lifecycle
 from server.serving.work_queue import WorkQueue
@@ -67,6 +68,7 @@ def start_workers(work: WorkQueue, lifecycle: Lifecycle, factory: EngineFactory,
         with lock:
             waiting.discard(name)
             lifecycle.engine_name = engine.name
+            lifecycle.check_lora = partial(check_lora, engine)
             if not waiting and not lifecycle.failure:
                 lifecycle.ready = True
                 log.info("ready: %d worker(s) on %s", len(devices), ", ".join(devices))
