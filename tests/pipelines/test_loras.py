@@ -26,13 +26,13 @@ from tests.pipelines.jobs import diffusion_job
 CPU = DiffusionOptions(device="cpu")
 
 
-def with_loras(source, folder, engine_class, model_set, denoiser, prefix: str):
+def with_loras(source, folder, engine_class, model_set, denoiser, prefix: str, options=CPU):
     """The set copied with two LoRAs in its loras/ folder (written before the engine loads, as an operator's)."""
     shutil.copytree(source, folder)
     model = denoiser.from_pretrained(folder / "base" / prefix)
     for seed, name in enumerate(("style-a", "style.b")):
         write_request_lora(folder / "loras" / f"{name}.safetensors", model, prefix, seed)
-    return engine_class(model_set(folder), CPU)
+    return engine_class(model_set(folder), options)
 
 
 @pytest.fixture(scope="module", params=["sd15", "sdxl", "flux2-klein"])
@@ -96,3 +96,45 @@ def test_the_loaded_lora_is_noted_with_its_sha256(engine):
 def test_the_composite_engine_says_loras_need_a_diffusion_set():
     with pytest.raises(InvalidInput, match="need a diffusion model set"):
         CompositeEngine().swap(diffusion_job(lora="style-a"))
+
+
+def test_switching_loras_on_a_compiled_unet_compiles_nothing_new(tiny_weights, tmp_path):
+    """Hot-swap: after warm-up (none, a LoRA, another, another scale), switching among them and back to none
+    compiles no new graph, and each output matches the eager engine's."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    compiled_options = DiffusionOptions(device="cpu", compile=True)
+    set_at = lambda f: ModelSet("sd15", f)  # noqa: E731
+    engine = with_loras(
+        tiny_weights / "sd15",
+        tmp_path / "sd15",
+        DiffusionEngine,
+        set_at,
+        UNet2DConditionModel,
+        "unet",
+        compiled_options,
+    )
+    eager = DiffusionEngine(set_at(tmp_path / "sd15"), CPU)
+    for fields in ({}, {"lora": "style-a"}, {}, {"lora": "style.b"}, {"lora": "style-a", "lora_scale": 0.5}):
+        pixels(engine, **fields)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0 and engine.options.compile, "nothing was compiled"
+    for fields in ({"lora": "style.b"}, {}, {"lora": "style-a", "lora_scale": 1.5}, {}):
+        difference = pixels(engine, **fields).astype(int) - pixels(eager, **fields).astype(int)
+        assert np.abs(difference).max() <= 1, fields  # the compiled kernels round a little differently
+    assert counters["stats"]["unique_graphs"] == graphs and engine.options.compile
+    torch._dynamo.reset()
+
+
+def test_a_request_lora_applies_on_top_of_the_fused_few_step_lora(tiny_weights, tmp_path):
+    shutil.copytree(tiny_weights / "sd15-lcm", tmp_path / "sd15-lcm")
+    set_at = lambda f: ModelSet("sd15", f)  # noqa: E731
+    few = DiffusionOptions(device="cpu", few_step=True)
+    engine = with_loras(
+        tiny_weights / "sd15", tmp_path / "sd15", DiffusionEngine, set_at, UNet2DConditionModel, "unet", few
+    )
+    plain = pixels(engine)
+    assert not np.array_equal(pixels(engine, lora="style-a"), plain)
+    assert np.array_equal(pixels(engine), plain)
