@@ -99,8 +99,8 @@ def test_the_composite_engine_says_loras_need_a_diffusion_set():
 
 
 def test_switching_loras_on_a_compiled_unet_compiles_nothing_new(tiny_weights, tmp_path):
-    """Hot-swap: after warm-up (none, a LoRA, another, another scale), switching among them and back to none
-    compiles no new graph, and each output matches the eager engine's."""
+    """Hot-swap: after warm-up (none, one LoRA, none again: the slot at scale 0 is a graph of its own), another
+    LoRA, other scales and none compile no new graph, and each output matches the eager engine's."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
@@ -117,11 +117,16 @@ def test_switching_loras_on_a_compiled_unet_compiles_nothing_new(tiny_weights, t
         compiled_options,
     )
     eager = DiffusionEngine(set_at(tmp_path / "sd15"), CPU)
-    for fields in ({}, {"lora": "style-a"}, {}, {"lora": "style.b"}, {"lora": "style-a", "lora_scale": 0.5}):
+    for fields in ({}, {"lora": "style-a"}, {}):
         pixels(engine, **fields)
     graphs = counters["stats"]["unique_graphs"]
     assert graphs > 0 and engine.options.compile, "nothing was compiled"
-    for fields in ({"lora": "style.b"}, {}, {"lora": "style-a", "lora_scale": 1.5}, {}):
+    for fields in (
+        {"lora": "style.b"},
+        {},
+        {"lora": "style-a", "lora_scale": 1.5},
+        {"lora": "style.b", "lora_scale": 0.5},
+    ):
         difference = pixels(engine, **fields).astype(int) - pixels(eager, **fields).astype(int)
         assert np.abs(difference).max() <= 1, fields  # the compiled kernels round a little differently
     assert counters["stats"]["unique_graphs"] == graphs and engine.options.compile

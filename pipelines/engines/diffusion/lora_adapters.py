@@ -7,7 +7,8 @@ which skips every LoRA branch: the base weights are never changed, so switching 
 Compiled denoiser (the fast path's regional torch.compile): one adapter slot, "request", prepared with
 `enable_lora_hotswap(target_rank=...)` before its first load; another LoRA is copied into the slot in place
 (`load_lora_weights(..., hotswap=True)`), and no LoRA is the slot at scale 0, so the compiled graphs see the
-same modules and shapes every time. A LoRA of rank above HOTSWAP_RANK cannot be hot-swapped and is refused.
+same modules and shapes every time (the slot, and the slot at scale 0, each compile once per processing shape).
+A LoRA of rank above HOTSWAP_RANK cannot be hot-swapped and is refused.
 """
 
 from __future__ import annotations
