@@ -98,25 +98,22 @@ def test_the_composite_engine_says_loras_need_a_diffusion_set():
         CompositeEngine().swap(diffusion_job(lora="style-a"))
 
 
-def test_switching_loras_on_a_compiled_unet_compiles_nothing_new(tiny_weights, tmp_path):
+@pytest.mark.parametrize("name", ["sd15", "flux2-klein"])
+def test_switching_loras_on_a_compiled_denoiser_compiles_nothing_new(name, tiny_weights, tiny_flux2_weights, tmp_path):
     """Hot-swap: after warm-up (none, one LoRA, none again: the slot at scale 0 is a graph of its own), another
     LoRA, other scales and none compile no new graph, and each output matches the eager engine's."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
-    compiled_options = DiffusionOptions(device="cpu", compile=True)
-    set_at = lambda f: ModelSet("sd15", f)  # noqa: E731
-    engine = with_loras(
-        tiny_weights / "sd15",
-        tmp_path / "sd15",
-        DiffusionEngine,
-        set_at,
-        UNet2DConditionModel,
-        "unet",
-        compiled_options,
-    )
-    eager = DiffusionEngine(set_at(tmp_path / "sd15"), CPU)
+    if name == "flux2-klein":
+        parts = (tiny_flux2_weights / name, Flux2Engine, model_set_at, Flux2Transformer2DModel, "transformer")
+    else:
+        parts = (tiny_weights / name, DiffusionEngine, lambda f: ModelSet("sd15", f), UNet2DConditionModel, "unet")
+    source, engine_class, set_at, denoiser, prefix = parts
+    compiled = DiffusionOptions(device="cpu", compile=True)
+    engine = with_loras(source, tmp_path / name, engine_class, set_at, denoiser, prefix, compiled)
+    eager = engine_class(set_at(tmp_path / name), CPU)
     for fields in ({}, {"lora": "style-a"}, {}):
         pixels(engine, **fields)
     graphs = counters["stats"]["unique_graphs"]
