@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import shutil
 
 import pytest
@@ -121,3 +122,22 @@ def test_the_cli_takes_lora_flags_and_replay_repeats_it(weights, tmp_path, body)
     assert main(swap_args(paths, again, *engine, "--replay", str(first))) == 0
     assert again.read_bytes() == first.read_bytes() != plain.read_bytes()
     assert read(Image.open(again))["lora"]["name"] == "style-a"
+
+
+def test_batch_and_sweep_take_the_lora_fields(weights, tmp_path, body):
+    for name, field in (("main", "main_image"), ("mask", "mask_image"), ("object", "object_image")):
+        (tmp_path / f"{name}.png").write_bytes(base64.b64decode(body[field]))
+    line = {"main_image": "main.png", "mask_image": "mask.png", "object_image": "object.png", "steps": 10}
+    lines = [{**line, "name": "plain"}, {**line, "name": "styled", "lora": "style-a", "lora_scale": 0.5}]
+    (tmp_path / "jobs.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in lines))
+    engine = ["--weights", str(weights)]
+    assert main(["batch", str(tmp_path / "jobs.jsonl"), "--out", str(tmp_path / "out"), *engine]) == 0
+    styled = read(Image.open(tmp_path / "out" / "styled.png"))
+    assert styled["lora"]["name"] == "style-a" and styled["lora"]["scale"] == 0.5
+    assert (tmp_path / "out" / "styled.png").read_bytes() != (tmp_path / "out" / "plain.png").read_bytes()
+    images = [f"--{name}" for name in ("main", "mask", "object")]
+    paths = [str(tmp_path / f"{name}.png") for name in ("main", "mask", "object")]
+    sweep = ["sweep", *[arg for pair in zip(images, paths, strict=True) for arg in pair], "--steps", "10"]
+    assert main([*sweep, "--lora", "style-a,style-b", "--out", str(tmp_path / "sweep"), *engine]) == 0
+    cells = [json.loads(path.read_text())["varied"] for path in sorted((tmp_path / "sweep").glob("sweep-*.json"))]
+    assert sorted(cell["lora"] for cell in cells) == ["style-a", "style-b"]
