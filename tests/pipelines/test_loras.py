@@ -140,3 +140,14 @@ def test_a_request_lora_applies_on_top_of_the_fused_few_step_lora(tiny_weights, 
     plain = pixels(engine)
     assert not np.array_equal(pixels(engine, lora="style-a"), plain)
     assert np.array_equal(pixels(engine), plain)
+
+
+def test_a_lora_that_cannot_load_is_refused_and_the_engine_keeps_working(tiny_weights, tmp_path):
+    set_at = lambda f: ModelSet("sd15", f)  # noqa: E731
+    engine = with_loras(tiny_weights / "sd15", tmp_path / "sd15", DiffusionEngine, set_at, UNet2DConditionModel, "unet")
+    (tmp_path / "sd15" / "loras" / "broken.safetensors").write_bytes(b"not a LoRA")
+    plain, styled = pixels(engine), pixels(engine, lora="style-a")
+    with pytest.raises(InvalidInput, match="cannot apply LoRA 'broken'"):
+        engine.swap(diffusion_job(lora="broken"))
+    assert np.array_equal(pixels(engine), plain) and np.array_equal(pixels(engine, lora="style-a"), styled)
+    assert not np.array_equal(pixels(engine, lora="style.b"), styled)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pipelines.errors import InvalidInput
 from pipelines.models.loras import lora_path, note_lora
+from pipelines.torch_runtime import first_line
 
 HOTSWAP_RANK = 128  # the slot's rank: every LoRA up to it swaps in without a recompile
 SLOT = "request"
@@ -28,7 +29,8 @@ class LoraAdapters:
     def __init__(self, pipe, set_folder: Path, engine_name: str, compiled: bool):
         self.pipe, self.set_folder, self.engine_name, self.compiled = pipe, set_folder, engine_name, compiled
         self.adapters: dict[str, str] = {}  # LoRA name -> adapter name (eager)
-        self.in_slot: str | None = None  # the LoRA in the hot-swap slot (compiled)
+        self.in_slot: str | None = None  # the LoRA in the hot-swap slot (compiled); "" after a failed swap
+        self.loads = 0
 
     def check(self, name: str) -> None:
         """An InvalidInput (field lora) when `name` is not a LoRA of the set: before any work is done."""
@@ -43,8 +45,10 @@ class LoraAdapters:
             if self.adapters:
                 self.pipe.disable_lora()
         else:
-            adapter = self.adapters.get(name) or self._load(name, f"lora{len(self.adapters)}", hotswap=False)
-            self.adapters[name] = adapter
+            if name not in self.adapters:
+                self.loads += 1  # a fresh adapter name each load: a failed one may have left its layers behind
+                self.adapters[name] = self._load(name, f"lora{self.loads}", hotswap=False)
+            adapter = self.adapters[name]
             self.pipe.enable_lora()
             self.pipe.set_adapters([adapter], adapter_weights=[scale])
 
@@ -56,7 +60,9 @@ class LoraAdapters:
         if self.in_slot is None:
             self.pipe.enable_lora_hotswap(target_rank=HOTSWAP_RANK, check_compiled="ignore")
         if self.in_slot != name:
-            self._load(name, SLOT, hotswap=self.in_slot is not None)
+            hotswap = self.in_slot is not None
+            self.in_slot = "" if hotswap else None  # until the copy completes, the slot holds neither LoRA
+            self._load(name, SLOT, hotswap=hotswap)
             self.in_slot = name
         self.pipe.set_adapters([SLOT], adapter_weights=[scale])
 
@@ -64,7 +70,7 @@ class LoraAdapters:
         path = lora_path(self.set_folder, name)
         try:
             self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter, hotswap=hotswap)
-        except (ValueError, RuntimeError, KeyError) as exc:  # not a LoRA for this model, or a rank past the slot's
-            raise InvalidInput(f"cannot apply LoRA {name!r} to this model set: {exc}", "lora") from exc
+        except Exception as exc:  # not a LoRA file, not for this model, a rank past the slot's: many types
+            raise InvalidInput(f"cannot apply LoRA {name!r} to this model set: {first_line(exc)}", "lora") from exc
         note_lora(self.engine_name, name, path)
         return adapter
