@@ -38,6 +38,8 @@ class SwapJob:
     vertical_repeat: int = 1
     guidance_scale: float = 7.5
     mode: str = "auto"  # object, pattern, auto (pattern when a repeat is above 1), or erase
+    lora: str = ""  # a LoRA of the model set's loras/ folder (pipelines/models/loras.py); "" = none
+    lora_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.seed <= MAX_SEED:

@@ -1,8 +1,8 @@
 """The /v1/seg-swap contract: the request body with its types, defaults and ranges.
 
 Field names, defaults and ranges are those of the hosted SegSwap v0.1 API;
-`negative_prompt`, `guidance_scale`, `mode` and `model_set` are our documented extensions. `mode: erase` removes
-what the mask covers: `object_image` is then optional, and ignored (never fetched) if sent.
+`negative_prompt`, `guidance_scale`, `mode`, `model_set`, `lora` and `lora_scale` are our documented extensions.
+`mode: erase` removes what the mask covers: `object_image` is then optional, and ignored (never fetched) if sent.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from pipelines.job import ERASE, MAX_SEED
 from pipelines.masks import Selector
 from pipelines.masks.selector import MAX_POINTS, MAX_TEXT
+from pipelines.models.loras import MAX_SCALE as LORA_MAX_SCALE
 
 IMAGE_DESCRIPTION = "an http(s) URL, raw base64, or a data:image/...;base64, URI (PNG, JPEG or WEBP)"
 
@@ -136,6 +137,13 @@ class SwapRequest(Selection):
         "object, from `prompt`, else a neutral prompt of empty background; `subject_strength` is how much of the "
         "fill the model starts from).",
     )
+    lora: str = Field(
+        "",
+        max_length=128,
+        description="Extension (diffusion engine): a LoRA of the model set's loras/ folder, by file name without "
+        "`.safetensors` (a plain name: no path); empty = none. An unknown name is a 400 naming the available ones.",
+    )
+    lora_scale: float = Field(1.0, ge=0, le=LORA_MAX_SCALE, description="Extension: the LoRA's weight; 0 = none.")
     image_format: Literal["png", "jpeg", "webp"] = Field("png", description="Output image format.")
     image_quality: int = Field(95, ge=10, le=100, description="Output quality for jpeg and webp.")
     base64: bool = Field(False, description="false: the raw image bytes; true: JSON with the image as base64.")
@@ -251,6 +259,7 @@ class ModelCard(BaseModel):
     license: str = Field(description="The licences of its weights, as the weights manifest states them.")
     loaded: bool = Field(description="Its workers are warm: requests may name it.")
     default: bool = Field(description="It runs requests that name no set.")
+    loras: list[str] = Field(description="The LoRAs a request may name for it (`lora`): its loras/ folder.")
 
 
 class ModelList(BaseModel):

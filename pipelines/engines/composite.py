@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from PIL import Image
 
+from pipelines.engines.loras import check_lora
 from pipelines.interface import ProgressFn
 from pipelines.job import SwapJob
 from pipelines.placement.cache import OBJECT_CACHE_BYTES, ImageCache
@@ -24,6 +25,7 @@ class CompositeEngine:
         self.objects = ImageCache(object_cache_bytes)
 
     def swap(self, job: SwapJob, progress: ProgressFn | None = None) -> Image.Image:
+        check_lora(self, job.lora)
         result = self.objects.place(job)[0].image
         if progress is not None:
             progress(1, 1)

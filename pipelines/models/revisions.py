@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from pipelines.errors import WeightsError
+from pipelines.models.loras import FOLDER as LORAS
 from pipelines.models.model_sets import ModelSet
 from pipelines.models.weights import LOCK_NAME, Manifest, Status, check_files, load_manifest, sha256_file
 
@@ -52,11 +53,12 @@ def set_revisions(model_set: ModelSet, manifest: Manifest | None = None) -> Revi
 
 
 def _other_weights(folder: Path, expected: set[str]) -> bool:
-    """Whether the folder holds a weight file the manifest does not name (a diffusers loader might pick it)."""
+    """Whether the folder holds a weight file the manifest does not name (a diffusers loader might pick it).
+    The operator's LoRAs (loras/) are not the set's: a request names one, and its record gives its sha256."""
     return any(
         path.suffix in WEIGHT_SUFFIXES and path.relative_to(folder).as_posix() not in expected
         for path in folder.rglob("*")
-        if path.is_file() and path.name != LOCK_NAME
+        if path.is_file() and path.name != LOCK_NAME and path.relative_to(folder).parts[0] != LORAS
     )
 
 

@@ -54,3 +54,26 @@ def write_lora(folder: Path, unet: UNet2DConditionModel, seed: int, rank: int = 
     path = folder / LORA_FILE
     save_file({key: value.to(torch.float16).contiguous() for key, value in tensors.items()}, str(path))
     return path
+
+
+# The attention projections a style LoRA usually targets, in the UNet's and FLUX.2's transformer blocks.
+REQUEST_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+
+
+def write_request_lora(
+    path: Path, model: nn.Module, prefix: str, seed: int, rank: int = RANK, scale: float = 0.3
+) -> Path:
+    """A random LoRA for a request (pipelines/models/loras.py) in diffusers' PEFT key format
+    (`<prefix>.<module>.lora_A.weight` / `lora_B.weight`; prefix "unet" or "transformer"), on the attention
+    projections of `model`, IP-Adapter's excluded; non-zero both ways so it changes the output."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules():
+        if not name.endswith(REQUEST_TARGETS) or "processor" in name or not isinstance(module, nn.Linear):
+            continue
+        key = f"{prefix}.{name}"
+        tensors[f"{key}.lora_A.weight"] = torch.randn((rank, module.in_features), generator=generator) * scale
+        tensors[f"{key}.lora_B.weight"] = torch.randn((module.out_features, rank), generator=generator) * scale
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({key: value.contiguous() for key, value in tensors.items()}, str(path))
+    return path

@@ -29,7 +29,13 @@ async def list_models(caller: CallerDep, sets: SetsDep) -> ModelList:
 def _card(served: ServedSet, default: bool) -> ModelCard:
     arch, licence = _described(served.name)
     return ModelCard(
-        id=served.name, created=int(served.since), arch=arch, license=licence, loaded=served.loaded, default=default
+        id=served.name,
+        created=int(served.since),
+        arch=arch,
+        license=licence,
+        loaded=served.loaded,
+        default=default,
+        loras=served.lora_names(),
     )
 
 

@@ -1,7 +1,7 @@
 """What made an output, carried inside the output file: the contract's fields (no images), the sha256 of each
 input image as it arrived, the seed, the engine and the model set that ran (in the parameters, as `model_set`),
-its pinned revisions (when the files loaded are the pinned ones, else "unverified local files") and segswap's
-version.
+its pinned revisions (when the files loaded are the pinned ones, else "unverified local files"), the LoRA a
+request named with the sha256 of its file, and segswap's version.
 
 PNG keeps it as an iTXt chunk, JPEG and WEBP as an XMP packet, both under the name `segswap` and as JSON. No
 clock time and nothing about the caller goes in: the same inputs on the same engine give the same bytes, so
@@ -19,6 +19,7 @@ from xml.etree import ElementTree
 from PIL import Image
 
 from pipelines import IMAGE_FIELDS
+from pipelines.models.loras import lora_digest
 from pipelines.models.model_sets import set_of_engine
 from pipelines.models.revisions import UNVERIFIED, loaded_revisions
 
@@ -51,7 +52,7 @@ def describe(fields: dict, seed: int, engine: str, inputs: dict[str, str]) -> di
     }
     parameters["seed"] = seed
     parameters["model_set"] = set_of_engine(engine)  # the set that ran, asked for or the default
-    return {
+    record = {
         "schema": SCHEMA,
         "segswap": segswap_version(),
         "engine": engine,
@@ -60,6 +61,10 @@ def describe(fields: dict, seed: int, engine: str, inputs: dict[str, str]) -> di
         "parameters": parameters,
         "inputs": dict(sorted(inputs.items())),
     }
+    if parameters.get("lora"):
+        name = parameters["lora"]
+        record["lora"] = {"name": name, "scale": parameters.get("lora_scale", 1.0), "sha256": lora_digest(engine, name)}
+    return record
 
 
 def output_record(enabled: bool, fields: dict, seed: int, engine: str, inputs: dict[str, str]) -> dict | None:

@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from pipelines import find_model_set
+from pipelines import Engine, find_model_set
+from pipelines.engines.loras import check_lora
 from pipelines.models.model_sets import COMPOSITE
 from server.errors import BadRequest
 from server.serving.work_queue import WorkQueue
@@ -24,11 +25,22 @@ class ServedSet:
     name: str
     work: WorkQueue
     engine_name: str | None = None  # the engine its workers run, once every one of them is warm
+    engine: Engine | None = None  # one of them, for what a request can be checked against before it queues
     since: float = field(default_factory=time.time)  # when it was configured, then when it became ready
 
     @property
     def loaded(self) -> bool:
         return self.engine_name is not None
+
+    def lora_names(self) -> list[str]:
+        """The LoRAs a request may name for this set (none until it is loaded, or on an engine without LoRAs)."""
+        loras = getattr(self.engine, "loras", None)
+        return loras.names() if loras is not None else []
+
+    def check_lora(self, name: str) -> None:
+        """An InvalidInput (field lora) unless the set's engine runs LoRA `name` ("" = none)."""
+        if self.engine is not None:
+            check_lora(self.engine, name)
 
 
 class ServedSets:
@@ -60,10 +72,10 @@ class ServedSets:
             )
         return found
 
-    def warm(self, name: str, engine_name: str) -> None:
-        """All of the set's workers are warm."""
+    def warm(self, name: str, engine: Engine) -> None:
+        """All of the set's workers are warm (`engine`: one of them)."""
         served = self._sets[name]
-        served.engine_name, served.since = engine_name, time.time()
+        served.engine, served.engine_name, served.since = engine, engine.name, time.time()
 
     @property
     def depth(self) -> int:

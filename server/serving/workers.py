@@ -78,7 +78,7 @@ def start_sets(sets: ServedSets, lifecycle: Lifecycle, factories: dict[str, Engi
         with lock:
             waiting.discard((set_name, name))
             if not any(waiting_set == set_name for waiting_set, _ in waiting):
-                sets.warm(set_name, engine.name)
+                sets.warm(set_name, engine)
             lifecycle.engine_name = sets.default.engine_name or lifecycle.engine_name
             if not waiting and not lifecycle.failure:
                 lifecycle.ready = True

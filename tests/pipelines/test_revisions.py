@@ -37,6 +37,13 @@ def test_the_pinned_files_give_the_manifests_revisions(tmp_path):
     assert set_revisions(model_set, manifest) == {REPO: REVISION}
 
 
+def test_the_operators_loras_leave_the_set_verified(tmp_path):
+    model_set, manifest = pinned_set(tmp_path)
+    (model_set.folder / "loras").mkdir()
+    (model_set.folder / "loras/style.safetensors").write_bytes(b"a LoRA a request may name")
+    assert set_revisions(model_set, manifest) == {REPO: REVISION}
+
+
 def test_a_changed_missing_or_extra_weight_file_is_unverified(tmp_path):
     model_set, manifest = pinned_set(tmp_path)
     weights = model_set.folder / "base/unet/w.safetensors"

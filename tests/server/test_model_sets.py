@@ -66,6 +66,15 @@ def test_v1_models_lists_every_served_set_in_openais_shape(client):
 
 
 @pytest.mark.parametrize(
+    ("model_set", "says"),
+    [("composite", "LoRAs need a diffusion model set"), ("flux2-klein", "no LoRA named 'style' in this model set")],
+)
+def test_v2_checks_a_lora_against_the_set_the_request_names(client, body, model_set, says):
+    response = client.post("/v2/seg-swap", json={**body, "model_set": model_set, "lora": "style"})
+    assert response.status_code == 400 and says in response.json()["error"]
+
+
+@pytest.mark.parametrize(
     ("model_set", "engine"),
     [(None, "diffusion/sd15"), ("flux2-klein", "diffusion/flux2-klein"), ("composite", "composite")],
 )

@@ -21,7 +21,8 @@ filled (pipelines/placement/erase.py), every IP-Adapter scale is 0 (the referenc
 nothing), and the prompt is the job's or a neutral one (erase.py).
 
 Fewer model evaluations (options.py, off by default): few-step mode fuses the set's LCM-LoRA into the UNet at
-load and runs 4-8 steps with the LCM scheduler and no guidance (pipelines/models/few_step.py); the step cache
+load and runs 4-8 steps with the LCM scheduler and no guidance (pipelines/models/few_step.py; a request's own
+LoRA, lora_adapters.py, then applies on top of the fused weights); the step cache
 reuses the UNet's deep features between full steps (step_cache.py).
 
 The fast path (options.py, each piece a setting and measured on and off by `segswap bench --ablate`): SDPA
@@ -50,6 +51,7 @@ from pipelines.engines.diffusion.erase import prompts
 from pipelines.engines.diffusion.fast_path import apply_fast_path, with_eager_fallback
 from pipelines.engines.diffusion.geometry import dilate
 from pipelines.engines.diffusion.ip_masks import token_grids, token_masks
+from pipelines.engines.diffusion.lora_adapters import LoraAdapters
 from pipelines.engines.diffusion.options import DiffusionOptions
 from pipelines.engines.diffusion.preview import latent_preview
 from pipelines.engines.diffusion.runtime import step_callback
@@ -69,6 +71,7 @@ from pipelines.errors import WeightsError
 from pipelines.interface import ProgressFn
 from pipelines.job import ERASE, SwapJob
 from pipelines.models.few_step import few_steps, lora_file
+from pipelines.models.loras import lora_names
 from pipelines.models.model_sets import ModelSet
 from pipelines.placement.cache import ImageCache
 from pipelines.torch_runtime import first_line, pick_device, quiet_libraries
@@ -102,6 +105,7 @@ class DiffusionEngine(StagedEngine):
         )
         self.embeddings = EmbeddingCache(self.options.embed_cache_size)
         self.objects = ImageCache(self.options.object_cache_bytes)
+        self.loras = LoraAdapters(self.pipe, model_set.folder, self.name, compiled=bool(self.options.compile))
         self.last_timings: dict[str, float] = {}
 
     def steps_for(self, job: SwapJob) -> int:
@@ -115,6 +119,7 @@ class DiffusionEngine(StagedEngine):
     def generate(self, job: SwapJob, prepared: Prepared, progress: ProgressFn | None = None) -> torch.Tensor:
         """The model on the prepared crop (IP-Adapter scales and masks, the planned scheduler, embeddings); its
         output (3, H, W in 0..1) stays on the device."""
+        self.loras.use(job.lora, job.lora_scale)
         strengths = (0.0, 0.0) if job.mode == ERASE else (job.subject_strength, job.fashion_strength)
         set_ip_adapter_strengths(self.pipe.unet, self.model_set.arch, *strengths)
         self.pipe.scheduler = prepared.scheduler
@@ -136,6 +141,7 @@ class DiffusionEngine(StagedEngine):
 
     def prepare(self, job: SwapJob) -> Prepared:
         """Placement, crop, reference and start plan: everything up to the model."""
+        self.loras.check(job.lora)
         placement, digest = self.objects.place(job)
         crop = crop_around(placement, self.native_side, self.cell, lambda grown: dilate(grown, LATENT_MARGIN))
         steps, guidance = self.steps_for(job), self.guidance_for(job)
@@ -276,6 +282,8 @@ def load_pipeline(model_set: ModelSet, device: torch.device, dtype: torch.dtype,
         pipe.enable_model_cpu_offload(device=device)
     elif device.type != "cpu":
         pipe.to(device)
+    if lora_names(model_set.folder):  # a LoRA on to_q/to_k/to_v would be skipped by the fused q/k/v matmul
+        options = dataclasses.replace(options, fuse_qkv=False)
     apply_fast_path(pipe, options, offload=offload)
     return pipe
 

@@ -48,6 +48,7 @@ from pipelines.engines.diffusion.embedding_cache import EmbeddingCache
 from pipelines.engines.diffusion.erase import prompts
 from pipelines.engines.diffusion.fast_path import compile_blocks, with_eager_fallback
 from pipelines.engines.diffusion.geometry import dilate, whole_cells
+from pipelines.engines.diffusion.lora_adapters import LoraAdapters
 from pipelines.engines.diffusion.object_look import keep_own_look
 from pipelines.engines.diffusion.options import DiffusionOptions
 from pipelines.engines.diffusion.runtime import step_callback
@@ -102,6 +103,7 @@ class Flux2Engine(StagedEngine):
             enable_transformer_cache(self.pipe.transformer, self.options.step_cache_interval)
         elif self.options.compile:  # TaylorSeer's hooks break the blocks' graphs: one or the other
             compile_blocks(self.pipe.transformer)
+        self.loras = LoraAdapters(self.pipe, model_set.folder, self.name, compiled=self.compiled)
         if self.options.few_step and not self.distilled:
             log.warning(
                 "few-step mode: %s has no few-step weights and runs every step; flux2-klein is the "
@@ -116,6 +118,7 @@ class Flux2Engine(StagedEngine):
     def generate(self, job: SwapJob, prepared: Prepared, progress: ProgressFn | None = None) -> torch.Tensor:
         """The model on the prepared crop, with the prompt's embeddings; its output (3, H, W in 0..1) stays on
         the device."""
+        self.loras.use(job.lora, job.lora_scale)
         started = time.perf_counter()
         prompts = self._prompt_embeddings(job)
         self.embeds_s = time.perf_counter() - started
@@ -130,6 +133,7 @@ class Flux2Engine(StagedEngine):
 
     def prepare(self, job: SwapJob) -> Prepared:
         """Placement, crop, reference and sigmas: everything up to the model."""
+        self.loras.check(job.lora)
         placement, digest = self.objects.place(job)
         crop = crop_around(placement, self.native_side, self.cell, self._repainted, PIPELINE_MAX_AREA)
         steps = self.steps_for(job)

@@ -61,6 +61,7 @@ const state = {
   drag: null, // the select tool's drag: {start, end} in image pixels and screen pixels
   maskBox: null, // [left, top, right, bottom] of the painted mask (right, bottom exclusive), null when empty
   points: [], // the select tool's clicks: [x, y, 1 inside | 0 outside] in image pixels
+  modelSets: [], // GET /v1/models' cards: {id, arch, loras, default, ...}
 };
 
 // ---------- images in ----------
@@ -595,6 +596,7 @@ async function loadModelSets() {
     const response = await fetch(MODELS_PATH, { headers });
     if (!response.ok) return;
     const sets = (await response.json()).data || [];
+    state.modelSets = sets;
     select.replaceChildren(select.options[0]);
     for (const set of sets) {
       if (set.default) {
@@ -606,6 +608,18 @@ async function loadModelSets() {
   } catch {
     // the list stays as it is: the server's default still runs
   }
+  fillLoras();
+}
+
+// The LoRA list: those of the chosen model set (the default's when none is chosen); "none" first and not sent.
+function fillLoras() {
+  const select = $("lora");
+  const chosen = select.value;
+  const modelSet = $("model_set").value;
+  const set = state.modelSets.find((card) => (modelSet ? card.id === modelSet : card.default));
+  select.replaceChildren(select.options[0]);
+  for (const name of set?.loras || []) select.append(new Option(name, name, false, name === chosen));
+  updateSnippets();
 }
 
 function initApiKey() {
@@ -1017,6 +1031,7 @@ function init() {
   for (const button of document.querySelectorAll("button.copy")) button.addEventListener("click", () => copyText(button));
   initApiKey();
   els.apiKey.addEventListener("change", loadModelSets);
+  $("model_set").addEventListener("change", fillLoras);
   loadModelSets();
   initHints();
   refreshControls();

@@ -1,0 +1,80 @@
+"""Per-request LoRAs on a loaded pipeline, switched with diffusers' adapter API.
+
+Eager denoiser: each LoRA is loaded once, as its own adapter, the first time a request names it; a request
+activates its own with `set_adapters` at its scale, and a request without one runs with `disable_lora()`,
+which skips every LoRA branch: the base weights are never changed, so switching leaves no trace.
+
+Compiled denoiser (the fast path's regional torch.compile): one adapter slot, "request", prepared with
+`enable_lora_hotswap(target_rank=...)` before its first load; another LoRA is copied into the slot in place
+(`load_lora_weights(..., hotswap=True)`), and no LoRA is the slot at scale 0, so the compiled graphs see the
+same modules and shapes every time (the slot, and the slot at scale 0, each compile once per processing shape).
+A LoRA of rank above HOTSWAP_RANK cannot be hot-swapped and is refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipelines.errors import InvalidInput
+from pipelines.models.loras import lora_names, lora_path, note_lora
+from pipelines.torch_runtime import first_line
+
+HOTSWAP_RANK = 128  # the slot's rank: every LoRA up to it swaps in without a recompile
+SLOT = "request"
+
+
+class LoraAdapters:
+    """The LoRAs of one engine's pipeline, from its set's `loras/` folder."""
+
+    def __init__(self, pipe, set_folder: Path, engine_name: str, compiled: bool):
+        self.pipe, self.set_folder, self.engine_name, self.compiled = pipe, set_folder, engine_name, compiled
+        self.adapters: dict[str, str] = {}  # LoRA name -> adapter name (eager)
+        self.in_slot: str | None = None  # the LoRA in the hot-swap slot (compiled); "" after a failed swap
+        self.loads = 0
+
+    def names(self) -> list[str]:
+        """The LoRAs a request may name: the set's loras/ folder as it is now."""
+        return lora_names(self.set_folder)
+
+    def check(self, name: str) -> None:
+        """An InvalidInput (field lora) when `name` is not a LoRA of the set: before any work is done."""
+        if name:
+            lora_path(self.set_folder, name)
+
+    def use(self, name: str, scale: float) -> None:
+        """Make LoRA `name` at `scale` the one the next denoise runs with ("" or scale 0: none)."""
+        if self.compiled:
+            self._use_slot(name, scale)
+        elif not name or scale == 0:
+            if self.adapters:
+                self.pipe.disable_lora()
+        else:
+            if name not in self.adapters:
+                self.loads += 1  # a fresh adapter name each load: a failed one may have left its layers behind
+                self.adapters[name] = self._load(name, f"lora{self.loads}", hotswap=False)
+            adapter = self.adapters[name]
+            self.pipe.enable_lora()
+            self.pipe.set_adapters([adapter], adapter_weights=[scale])
+
+    def _use_slot(self, name: str, scale: float) -> None:
+        if not name or scale == 0:
+            if self.in_slot is not None:
+                self.pipe.set_adapters([SLOT], adapter_weights=[0.0])
+            return
+        if self.in_slot is None:
+            self.pipe.enable_lora_hotswap(target_rank=HOTSWAP_RANK, check_compiled="ignore")
+        if self.in_slot != name:
+            hotswap = self.in_slot is not None
+            self.in_slot = "" if hotswap else None  # until the copy completes, the slot holds neither LoRA
+            self._load(name, SLOT, hotswap=hotswap)
+            self.in_slot = name
+        self.pipe.set_adapters([SLOT], adapter_weights=[scale])
+
+    def _load(self, name: str, adapter: str, hotswap: bool) -> str:
+        path = lora_path(self.set_folder, name)
+        try:
+            self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter, hotswap=hotswap)
+        except Exception as exc:  # not a LoRA file, not for this model, a rank past the slot's: many types
+            raise InvalidInput(f"cannot apply LoRA {name!r} to this model set: {first_line(exc)}", "lora") from exc
+        note_lora(self.engine_name, name, path)
+        return adapter
