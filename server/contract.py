@@ -258,8 +258,25 @@ class ModelCard(BaseModel):
     arch: str = Field(description="sd15, sdxl, flux2, or composite (no weights).")
     license: str = Field(description="The licences of its weights, as the weights manifest states them.")
     loaded: bool = Field(description="Its workers are warm: requests may name it.")
+    state: Literal["loading", "loaded", "unloading", "unloaded", "failed"] = Field(
+        description="Where its load stands (an admin key changes it: POST /v1/models/{id}/load or /unload)."
+    )
+    reason: str | None = Field(None, description="Why its last load failed (state failed).")
     default: bool = Field(description="It runs requests that name no set.")
     loras: list[str] = Field(description="The LoRAs a request may name for it (`lora`): its loras/ folder.")
+
+
+class UnloadResult(BaseModel):
+    """Body of POST /v1/models/{id}/unload: the set, and the memory its devices held before and after."""
+
+    model: ModelCard
+    seconds: float = Field(description="Waiting for its jobs, stopping its workers and freeing its memory.")
+    freed_bytes: int | None = Field(
+        description="What its devices hold less now, summed (CUDA: allocated tensors; CPU: the process's resident "
+        "size); null where it cannot be read, 0 when it was not loaded."
+    )
+    held_before: dict[str, int | None] = Field(description="Bytes held per device before.")
+    held_after: dict[str, int | None] = Field(description="Bytes held per device after.")
 
 
 class ModelList(BaseModel):

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
         ge=0,
         description="memory the model sets may take on each device, instead of what the device has free at start",
     )
+    lazy_load: bool = Field(
+        False,
+        description="load only the default model set at start, each other one on its first request, unloading "
+        "the least recently used idle sets to make room",
+    )
     ip_adapter: Literal["plus", "plain"] = "plus"
     device: str = Field("auto", description="torch device: auto, cuda, cuda:1, mps, cpu")
     segmenter: Literal["auto", "grabcut", "sam2"] = Field(

@@ -14,9 +14,12 @@ native_side² x 128 x 6 x 4 x 1.5 bytes: 4.5 GiB at 1024 (SDXL, FLUX.2 [klein]),
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import re
 import struct
+import sys
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
@@ -81,14 +84,19 @@ def parameter_count(model_set: ModelSet) -> int:
 
 
 def _parameters_in(path: Path) -> int:
+    """The parameters a weight file holds, from its safetensors header; else its size over 2 bytes (a file
+    whose header cannot be read is the loader's to explain, in its own words)."""
     if path.suffix != ".safetensors":
         return path.stat().st_size // 2
-    with path.open("rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        if length > MAX_HEADER_BYTES:
-            return path.stat().st_size // 2
-        header = json.loads(handle.read(length))
-    return sum(prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
+    try:
+        with path.open("rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > MAX_HEADER_BYTES:
+                return path.stat().st_size // 2
+            header = json.loads(handle.read(length))
+        return sum(prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
+    except (struct.error, ValueError, TypeError, KeyError, AttributeError):
+        return path.stat().st_size // 2
 
 
 def _config(path: Path) -> dict:
@@ -116,3 +124,29 @@ def available_bytes(device: str) -> int | None:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     return None
+
+
+def held_bytes(device: str) -> int | None:
+    """Memory this process holds on `device` now: CUDA's allocated tensors, the process's resident size on the
+    CPU (tensors that large are mapped and unmapped whole, so freeing them shows); None elsewhere."""
+    kind = device.split(":")[0]
+    if kind == "cuda":
+        import torch
+
+        return int(torch.cuda.memory_allocated(torch.device(device)))
+    if kind == "cpu":
+        try:
+            resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            return None
+        return resident_pages * os.sysconf("SC_PAGE_SIZE")
+    return None
+
+
+def release_memory() -> None:
+    """Hand memory no object holds any more back: a full collection (a pipeline's modules sit in cycles), then
+    CUDA's cached blocks back to the driver, where other sets and processes can take them."""
+    gc.collect()
+    torch = sys.modules.get("torch")  # never imported (the composite engine alone): no device memory to hand back
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

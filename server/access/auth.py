@@ -10,7 +10,7 @@ from server.errors import Forbidden, TooManyRequests, Unauthorized
 from server.settings import Settings, is_loopback
 
 QUERY_KEY_NAMES = ("x-api-key", "api_key", "apikey", "key")
-ANONYMOUS = Caller("anonymous-loopback")
+ANONYMOUS = Caller("anonymous-loopback", operator=True)
 
 
 @dataclass(frozen=True)

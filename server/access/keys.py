@@ -43,9 +43,10 @@ class Caller:
     rate_per_minute: int | None = None
     endpoints: tuple[str, ...] = ()
     key_sha256: str = ""  # signs this caller's webhooks: the caller can compute it from its own key
+    operator: bool = False  # the operator's own key (SEGSWAP_API_KEYS, or none on loopback): admin too
 
     def allows(self, path: str) -> bool:
-        return permissions.allows(self.endpoints, path)
+        return permissions.allows(self.endpoints, path, self.operator)
 
 
 def digest(key: str) -> str:
@@ -108,7 +109,7 @@ def identify(given: str, env_keys: list[str], key_file: KeyFile | None) -> Calle
     caller: Caller | None = None
     for key in env_keys:
         if hmac.compare_digest(given_digest, digest(key).encode()):
-            caller = Caller(env_key_id(key), key_sha256=digest(key))
+            caller = Caller(env_key_id(key), key_sha256=digest(key), operator=True)
     revoked = False
     for record in (key_file.records() if key_file else {}).values():
         if hmac.compare_digest(given_digest, record.sha256.encode()):

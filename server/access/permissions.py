@@ -3,9 +3,17 @@
 A key allowed `jobs` may submit v2 jobs and also poll, fetch and cancel them; allowing the submit path alone
 would leave it unable to read its own results. Key files written before families named paths; a path
 stands for its family.
+
+`admin` (loading and unloading model sets) is never implied: a key-file key has it only when its endpoints
+name it; the operator's keys (SEGSWAP_API_KEYS, or no keys at all on loopback) have it. Which sets are
+served (GET /v1/models) any key may read.
 """
 
 from __future__ import annotations
+
+from fnmatch import fnmatchcase
+
+ADMIN = "admin"
 
 FAMILIES: dict[str, tuple[str, ...]] = {
     "swap": (
@@ -14,16 +22,25 @@ FAMILIES: dict[str, tuple[str, ...]] = {
         "/v1/images/edits",
     ),  # the synchronous swap (also OpenAI-style), and selecting its region
     "jobs": ("/v2/seg-swap", "/v2/requests/"),  # v2: submit, status, result, output, cancel
+    ADMIN: ("/v1/models/*/load", "/v1/models/*/unload"),
 }
+EVERY_KEY = ("/v1/models", "/v1/models/*")
 FAMILY_HELP = "; ".join(f"{name}: {', '.join(prefixes)}" for name, prefixes in FAMILIES.items())
 
 
 def family_of(path: str) -> str | None:
     """The family a request path belongs to (a prefix ending in / covers the routes under it)."""
     for name, prefixes in FAMILIES.items():
-        if any(path == prefix or (prefix.endswith("/") and path.startswith(prefix)) for prefix in prefixes):
+        if any(_matches(path, prefix) for prefix in prefixes):
             return name
     return None
+
+
+def _matches(path: str, prefix: str) -> bool:
+    """A path, a prefix ending in / (the routes under it), or a pattern with * (one path segment or more)."""
+    if "*" in prefix:
+        return fnmatchcase(path, prefix)
+    return path == prefix or (prefix.endswith("/") and path.startswith(prefix))
 
 
 def normalise(endpoint: str) -> str:
@@ -36,9 +53,13 @@ def normalise(endpoint: str) -> str:
     return family
 
 
-def allows(endpoints: tuple[str, ...], path: str) -> bool:
-    """Whether a key limited to `endpoints` (empty: all) may call `path`."""
-    if not endpoints:
-        return True
+def allows(endpoints: tuple[str, ...], path: str, operator: bool = False) -> bool:
+    """Whether a key limited to `endpoints` (empty: all but admin) may call `path`; `operator`: an operator's
+    key, which may call everything."""
     family = family_of(path)
-    return family is not None and family in {normalise(endpoint) for endpoint in endpoints}
+    allowed = {normalise(endpoint) for endpoint in endpoints}
+    if family == ADMIN:
+        return operator or ADMIN in allowed
+    if not endpoints or operator or any(_matches(path, pattern) for pattern in EVERY_KEY):
+        return True
+    return family is not None and family in allowed

@@ -32,6 +32,7 @@ from server.serving.memory_check import check_memory
 from server.serving.metrics import Metrics
 from server.serving.selection import SelectionService
 from server.serving.served_sets import ServedSets, served_set_names
+from server.serving.set_loading import SetLoader
 from server.serving.work_queue import Outcome, WorkQueue
 from server.serving.workers import EngineFactory, load_configured_engine, same_engine, start_sets, visible_devices
 from server.settings import Settings
@@ -48,16 +49,22 @@ def create_app(
         engine_factory = same_engine(engine)
     names, named = served_set_names(settings)
     devices = settings.devices or visible_devices()
-    if engine_factory is None:
-        check_memory(settings, names, devices)
-    factories = {name: engine_factory or partial(_set_engine, settings, name, named) for name in names}
     metrics = Metrics()
     sets = ServedSets(names, partial(_set_queue, settings, metrics))
     work = sets.default.work  # the default set's queue: the single-set server's one queue
+
+    def factory_for(name: str) -> EngineFactory:
+        return engine_factory or partial(_set_engine, settings, name if named or name not in names else None)
+
+    loader = SetLoader(sets, settings, devices, factory_for, metrics)
+    initial = loader.initial()
+    if engine_factory is None:
+        check_memory(settings, initial, devices)
     lifecycle = Lifecycle()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        factories = {name: factory_for(name) for name in initial}
         starting = asyncio.create_task(asyncio.to_thread(start_sets, sets, lifecycle, factories, devices))
         jobs = JobRunner(open_job_store(settings), sets, lifecycle, settings, metrics, app.state.credits)
         app.state.jobs = jobs
@@ -80,7 +87,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.settings, app.state.work, app.state.lifecycle, app.state.metrics = settings, work, lifecycle, metrics
-    app.state.sets = sets
+    app.state.sets, app.state.loader = sets, loader
     app.state.key_file = KeyFile(settings.keys_file) if settings.keys_file else None
     app.state.credits = open_ledger(settings) if settings.keys_file else None
     app.state.limiter = RateLimiter()
@@ -110,6 +117,8 @@ def _set_queue(settings: Settings, metrics: Metrics, name: str) -> WorkQueue:
     return WorkQueue(settings.max_queue, on_drop=metrics.dropped.inc, on_idle_gap=idle, on_image=observe)
 
 
-def _set_engine(settings: Settings, name: str, named: bool, device: str) -> Engine:
-    """A set's engine on `device`: the named set, or (unnamed) what the settings' engine picks."""
-    return load_configured_engine(settings, device, name if named else None)
+def _set_engine(settings: Settings, name: str | None, device: str) -> Engine:
+    """A set's engine on `device`: the set named (exactly that one when the settings did not name it: loaded at
+    runtime), or (None) what the settings' engine picks."""
+    exact = name is not None and name not in settings.model_set_names
+    return load_configured_engine(settings, device, name, exact=exact)

@@ -13,6 +13,7 @@ from server.jobs.dispatcher import JobRunner
 from server.serving.lifecycle import Lifecycle
 from server.serving.metrics import Metrics
 from server.serving.served_sets import ServedSets
+from server.serving.set_loading import SetLoader
 from server.serving.work_queue import WorkQueue
 from server.settings import Settings
 
@@ -27,6 +28,10 @@ def get_work(request: Request) -> WorkQueue:
 
 def get_sets(request: Request) -> ServedSets:
     return request.app.state.sets
+
+
+def get_loader(request: Request) -> SetLoader:
+    return request.app.state.loader
 
 
 def get_lifecycle(request: Request) -> Lifecycle:
@@ -68,6 +73,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 CallerDep = Annotated[Caller, Depends(require_api_key)]
 WorkDep = Annotated[WorkQueue, Depends(get_work)]
 SetsDep = Annotated[ServedSets, Depends(get_sets)]
+LoaderDep = Annotated[SetLoader, Depends(get_loader)]
 LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 JobsDep = Annotated[JobRunner, Depends(get_jobs)]

@@ -19,7 +19,12 @@ async def live() -> dict:
 @router.get("/health/ready", summary="Every model set loaded and warm, not draining (503 otherwise)")
 async def ready(lifecycle: LifecycleDep, sets: SetsDep) -> JSONResponse:
     loaded = {
-        served.name: {"loaded": served.loaded, "engine": served.engine_name, "queue_depth": served.work.depth}
+        served.name: {
+            "loaded": served.loaded,
+            "state": served.state,
+            "engine": served.engine_name,
+            "queue_depth": served.work.depth,
+        }
         for served in sets
     }
     reason = lifecycle.not_ready_reason()

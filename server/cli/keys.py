@@ -26,7 +26,7 @@ def add_keys_commands(parser: argparse.ArgumentParser) -> None:
         "--endpoint",
         action="append",
         default=[],
-        help=f"endpoint family the key may use, repeatable (default: all). Families: {FAMILY_HELP}",
+        help=f"endpoint family the key may use, repeatable (default: all but admin). Families: {FAMILY_HELP}",
     )
     add.set_defaults(handler=run_add)
     commands.add_parser("list", help="list keys (ids, limits, balances; never the keys)").set_defaults(handler=run_list)

@@ -28,6 +28,7 @@ from server.cli.eval import add_eval_command
 from server.cli.info import add_info_command
 from server.cli.keys import add_keys_commands
 from server.cli.mask import add_mask_command
+from server.cli.models import add_models_command
 from server.cli.serve import add_serve_command
 from server.cli.swap import add_erase_command, add_swap_command
 from server.cli.sweep import add_sweep_command
@@ -116,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_command(commands)
     add_weights_commands(commands.add_parser("weights", help="list, download, verify or make model sets"))
     add_keys_commands(commands.add_parser("keys", help="add, list, revoke API keys; set credit balances"))
+    add_models_command(commands)
     add_bench_command(commands)
     add_eval_command(commands)
     return parser

@@ -59,6 +59,7 @@ class JobRunner:
         self.ledger = ledger  # where a failed, cancelled or unrun job's charge goes back
         self.tickets: dict[str, Ticket | None] = {}  # dispatched jobs (None: inputs still loading)
         self.queues: dict[str, WorkQueue] = {}  # the queue each dispatched job waits in (its model set's)
+        self.parked: dict[str, str | None] = {}  # queued jobs whose model set is not loaded now, by id: the set
         # What the jobs run here have reported, written by the worker thread as the engine works; the last report
         # stays PROGRESS_KEPT_S after the job ends (the event stream sends it with the end)
         self.progress: dict[str, JobProgress] = {}
@@ -116,9 +117,14 @@ class JobRunner:
         room = self.sets.workers + 1 - len(self.tickets)
         if room <= 0:
             return
-        for record in await asyncio.to_thread(self.store.queued, set(self.tickets), room):
+        self.parked = {job: name for job, name in self.parked.items() if not self._loaded(name)}
+        for record in await asyncio.to_thread(self.store.queued, set(self.tickets) | set(self.parked), room):
             self.tickets[record.id] = None
             self._spawn(self._execute(record))
+
+    def _loaded(self, name: str | None) -> bool:
+        served = self.sets.default if name is None else self.sets.get(name)
+        return served.loaded
 
     def _spawn(self, coroutine) -> None:
         task = asyncio.create_task(coroutine)
@@ -185,6 +191,9 @@ class JobRunner:
         except BadRequest as exc:  # a set served when it was submitted, not since this server started
             await self.fail(record.id, exc.message)
             return True
+        except Unavailable:  # its set was unloaded (or failed to load) since: the job waits for it, still queued
+            self.parked[record.id] = params.get("model_set")
+            return False
         try:
             ticket = work.submit(
                 job,

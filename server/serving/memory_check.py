@@ -72,3 +72,9 @@ def _refusal(name: str, device: str, need: MemoryEstimate, workers: int, left: i
 
 def gigabytes(count: int) -> str:
     return f"{count / 1e9:.2f} GB" if count >= 10**7 else f"{count / 1e6:.1f} MB"
+
+
+def check_fits(settings: Settings, name: str, loaded: list[str], devices: list[str]) -> None:
+    """Before a set loads at runtime: DoesNotFit unless `name` fits next to the `loaded` sets; against the budget
+    they are counted in, against the devices' free memory they already are."""
+    check_memory(settings, [*loaded, name] if settings.memory_budget_bytes is not None else [name], devices)

@@ -54,6 +54,15 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.model_set_loads = Counter(
+            "segswap_model_set_loads",
+            "Model set loads completed, by model set.",
+            ["model_set"],
+            registry=r,
+        )
+        self.model_set_unloads = Counter(
+            "segswap_model_set_unloads", "Model sets unloaded while serving, by model set.", ["model_set"], registry=r
+        )
         r.register(DeviceMemoryCollector())
 
     def watch_queue(self, depth: Callable[[], int], in_flight: Callable[[], int]) -> None:

@@ -4,6 +4,11 @@
 the OpenAI route) and waits in that set's queue only. A name not served is a 400 that lists those served. One
 set named, or none, is the single-set server: the set `--engine` picks (named by the complete set it finds,
 else composite).
+
+A set's state: loading -> loaded -> unloading -> unloaded (-> loading again), or failed (its load failed at
+runtime: the reason is kept). Only a loaded set takes requests; one that is not is a 503 saying so, unless
+the server loads sets lazily (server/serving/set_loading.py), in which case naming it starts its load and
+the request waits in its queue.
 """
 
 from __future__ import annotations
@@ -15,22 +20,27 @@ from dataclasses import dataclass, field
 from pipelines import Engine, find_model_set
 from pipelines.engines.loras import check_lora
 from pipelines.models.model_sets import COMPOSITE
-from server.errors import BadRequest
+from server.errors import BadRequest, Unavailable
 from server.serving.work_queue import WorkQueue
 from server.settings import Settings
+
+LOADING, LOADED, UNLOADING, UNLOADED, FAILED = "loading", "loaded", "unloading", "unloaded", "failed"
 
 
 @dataclass(eq=False)
 class ServedSet:
     name: str
     work: WorkQueue
+    state: str = LOADING
+    reason: str | None = None  # why its last runtime load failed
     engine_name: str | None = None  # the engine its workers run, once every one of them is warm
     engine: Engine | None = None  # one of them, for what a request can be checked against before it queues
     since: float = field(default_factory=time.time)  # when it was configured, then when it became ready
+    last_used: float = field(default_factory=time.monotonic)  # for least-recently-used unloading
 
     @property
     def loaded(self) -> bool:
-        return self.engine_name is not None
+        return self.state == LOADED
 
     def lora_names(self) -> list[str]:
         """The LoRAs a request may name for this set (none until it is loaded, or on an engine without LoRAs)."""
@@ -45,7 +55,9 @@ class ServedSet:
 
 class ServedSets:
     def __init__(self, names: list[str], make_queue: Callable[[str], WorkQueue]):
+        self._make_queue = make_queue
         self._sets = {name: ServedSet(name, make_queue(name)) for name in names}
+        self.load_on_demand: Callable[[ServedSet], None] | None = None  # lazy loading: starts a set's load
 
     @property
     def default(self) -> ServedSet:
@@ -61,20 +73,35 @@ class ServedSets:
     def get(self, name: str) -> ServedSet:
         return self._sets[name]
 
+    def fresh_queue(self, name: str) -> WorkQueue:
+        """An empty queue for set `name`, with no workers yet (its next load starts them)."""
+        return self._make_queue(name)
+
+    def add(self, name: str) -> ServedSet:
+        """The set `name`, made known (unloaded) if it was not."""
+        if name not in self._sets:
+            self._sets[name] = ServedSet(name, self._make_queue(name), state=UNLOADED)
+        return self._sets[name]
+
     def pick(self, name: str | None) -> ServedSet:
-        """The set a request names (the default when it names none); a 400 listing the sets served otherwise."""
-        if name is None:
-            return self.default
-        found = self._sets.get(name)
-        if found is None or not found.loaded:
+        """The set a request names (the default when it names none): a 400 listing the sets served when it is
+        none of them, a 503 when it is not loaded (unless it loads on demand: then it is loading)."""
+        found = self.default if name is None else self._sets.get(name)
+        if found is None:
             raise BadRequest(
                 f"model set {name!r} is not served here; served: {', '.join(self.names)} (default {self.default.name})"
             )
+        if found.state in (UNLOADED, FAILED) and self.load_on_demand is not None:
+            self.load_on_demand(found)
+        if found.state not in (LOADED, LOADING) or (found.state == LOADING and self.load_on_demand is None):
+            raise Unavailable(_not_loaded(found), {"Retry-After": "10"})
+        found.last_used = time.monotonic()
         return found
 
     def warm(self, name: str, engine: Engine) -> None:
         """All of the set's workers are warm (`engine`: one of them)."""
         served = self._sets[name]
+        served.state, served.reason = LOADED, None
         served.engine, served.engine_name, served.since = engine, engine.name, time.time()
 
     @property
@@ -97,6 +124,13 @@ class ServedSets:
     def stop(self) -> None:
         for served in self:
             served.work.stop()
+
+
+def _not_loaded(served: ServedSet) -> str:
+    if served.state == FAILED:
+        return f"model set {served.name!r} failed to load: {served.reason}"
+    doing = {LOADING: "is loading", UNLOADING: "is being unloaded"}.get(served.state, "is not loaded")
+    return f"model set {served.name!r} {doing}; an admin key loads it with POST /v1/models/{served.name}/load"
 
 
 def served_set_names(settings: Settings) -> tuple[list[str], bool]:

@@ -138,6 +138,28 @@ class WorkQueue:
 
     def cancel(self, ticket: Ticket, reason: str) -> bool:
         """Drop `ticket` if no worker has started it (it frees its queue slot at once); True if dropped."""
+        if not self._drop(ticket):
+            return False
+        ticket.settle(exception=Dropped(reason))
+        self._on_drop()
+        return True
+
+    def fail_waiting(self, error: Exception) -> int:
+        """Settle every ticket still queued with `error` (its queue has stopped: no worker will take it); the
+        number settled."""
+        failed = 0
+        while True:
+            try:
+                ticket = self._tickets.get_nowait()
+            except queue.Empty:
+                return failed
+            if ticket is _STOP or not self._drop(ticket):
+                continue
+            ticket.settle(exception=error)
+            failed += 1
+
+    def _drop(self, ticket: Ticket) -> bool:
+        """queued -> dropped, freeing its slot; False if it was not queued."""
         with ticket.lock:
             if ticket.state != "queued":
                 return False
@@ -145,8 +167,6 @@ class WorkQueue:
         with self._count_lock:
             self._queued -= 1
             self._notify_if_idle()
-        ticket.settle(exception=Dropped(reason))
-        self._on_drop()
         return True
 
     def check_capacity(self) -> None:

@@ -33,14 +33,17 @@ def same_engine(engine: Engine) -> EngineFactory:
     return factory
 
 
-def load_configured_engine(settings: Settings, device: str | None = None, model_set: str | None = None) -> Engine:
+def load_configured_engine(
+    settings: Settings, device: str | None = None, model_set: str | None = None, exact: bool = False
+) -> Engine:
     """The engine of the set `model_set` (default: the first the settings name), on `device`; logs which and why.
 
-    One set named alone keeps `engine`'s meaning (auto: composite when the set is missing); among several, each
-    loads as named or the server does not start (a set asked for never silently becomes another)."""
+    One set named alone keeps `engine`'s meaning (auto: composite when the set is missing); among several, or
+    `exact` (a set loaded at runtime), each loads as named or fails (a set asked for never silently becomes
+    another)."""
     names = settings.model_set_names
     name = model_set or (names[0] if names else None)
-    kind = "composite" if name == COMPOSITE else "diffusion" if len(names) > 1 else settings.engine
+    kind = "composite" if name == COMPOSITE else "diffusion" if len(names) > 1 or exact else settings.engine
     choice = load_engine(
         kind,
         settings.weights_dir,
@@ -63,39 +66,60 @@ def visible_devices() -> list[str]:
 
 
 def start_sets(sets: ServedSets, lifecycle: Lifecycle, factories: dict[str, EngineFactory], devices: list[str]) -> None:
-    """One worker per device for each set, each loading and warming up its engine; ready when all are."""
-    names = [f"{device}-{i}" if devices.count(device) > 1 else device for i, device in enumerate(devices)]
-    waiting = {(served.name, name) for served in sets for name in names}
+    """At start: one worker per device for each of `factories`' sets, each loading and warming up its engine;
+    ready when all are. A set that fails to load stops the server (lifecycle.failure)."""
+    waiting = set(factories)
     lock = threading.Lock()
 
-    def prepare(factory: EngineFactory, device: str) -> Engine:
-        with LOADING:
-            engine = factory(device)
-        warm_up(engine)
-        return engine
-
-    def ready(set_name: str, name: str, engine: Engine) -> None:
+    def ready(set_name: str, engine: Engine) -> None:
         with lock:
-            waiting.discard((set_name, name))
-            if not any(waiting_set == set_name for waiting_set, _ in waiting):
-                sets.warm(set_name, engine)
+            waiting.discard(set_name)
             lifecycle.engine_name = sets.default.engine_name or lifecycle.engine_name
             if not waiting and not lifecycle.failure:
                 lifecycle.ready = True
-                log.info("ready: %s, %d worker(s) each on %s", ", ".join(sets.names), len(devices), ", ".join(devices))
+                loaded = ", ".join(served.name for served in sets if served.loaded)
+                log.info("ready: %s, %d worker(s) each on %s", loaded, len(devices), ", ".join(devices))
 
-    def failed(exc: Exception) -> None:
+    def failed(set_name: str, exc: Exception) -> None:
         detail = str(exc) if isinstance(exc, SegswapError | OSError | RuntimeError) else repr(exc)
         log.error("engine failed to load: %s", detail)
         lifecycle.failure_detail = " ".join(detail.split())  # one line, for `segswap serve`'s exit
         lifecycle.failure = public_reason(exc)
 
-    for served in sets:
-        factory = factories[served.name]
-        for device, name in zip(devices, names, strict=True):
-            served.work.start_worker(
-                partial(prepare, factory, device), f"{served.name}-{name}", partial(ready, served.name, name), failed
-            )
+    for name, factory in factories.items():
+        start_set(sets, name, factory, devices, partial(ready, name), partial(failed, name))
+
+
+def start_set(
+    sets: ServedSets,
+    set_name: str,
+    factory: EngineFactory,
+    devices: list[str],
+    on_ready: Callable[[Engine], None],
+    on_failure: Callable[[Exception], None],
+) -> None:
+    """One worker per device for the set, each loading and warming up its engine; when all are warm the set
+    is loaded (sets.warm) and `on_ready` hears of it; the first failure goes to `on_failure`."""
+    names = [f"{device}-{i}" if devices.count(device) > 1 else device for i, device in enumerate(devices)]
+    waiting, lock = set(names), threading.Lock()
+
+    def prepare(device: str) -> Engine:
+        with LOADING:
+            engine = factory(device)
+        warm_up(engine)
+        return engine
+
+    def ready(name: str, engine: Engine) -> None:
+        with lock:
+            waiting.discard(name)
+            if waiting:
+                return
+            sets.warm(set_name, engine)
+        on_ready(engine)
+
+    served = sets.get(set_name)
+    for device, name in zip(devices, names, strict=True):
+        served.work.start_worker(partial(prepare, device), f"{set_name}-{name}", partial(ready, name), on_failure)
 
 
 def warm_up(engine: Engine) -> None:
