@@ -2,6 +2,7 @@
 
 import base64
 import io
+import json
 
 import numpy as np
 import pytest
@@ -304,3 +305,35 @@ def test_a_broken_detector_set_fails_words_with_a_503_and_nothing_else(tmp_path,
         assert words.status_code == 503 and "selection by text is unavailable" in words.json()["error"]
         box = client.post("/v1/seg-mask", json={"main_image": flower, "box": [165, 82, 450, 365]})
         assert box.status_code == 200 and box.headers["x-segswap-segmenter"] == "sam2+owlv2"
+
+
+def test_an_outside_point_far_from_the_object_selects_on_every_route(client):
+    """As reported: a red disk with small white dots, an outside point near the far corner (past the crop GrabCut
+    works on). It was a 500 on every selecting route; now the disk is selected, the far point ignored."""
+    from PIL import ImageDraw
+
+    scene = Image.new("RGB", (1000, 1000), (255, 255, 255))
+    draw = ImageDraw.Draw(scene)
+    draw.ellipse((100, 100, 700, 700), fill=(220, 30, 30))
+    for x, y in ((300, 300), (400, 550), (550, 350)):
+        draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=(255, 255, 255))
+    points = [[400, 400, 1], [950, 950, 0]]
+    main = png_b64(scene)
+    obj = b64(Image.new("RGB", (40, 40), (20, 60, 220)))
+    mask = client.post("/v1/seg-mask", json={"main_image": main, "points": points})
+    assert mask.status_code == 200, mask.text
+    selected = np.asarray(Image.open(io.BytesIO(mask.content)).convert("L")) > 127
+    assert selected[400, 400] and selected[250, 400] and not selected[850, 850] and not selected[950, 950]
+    for route, body in (
+        ("/v1/seg-swap", {"main_image": main, "object_image": obj, "points": points}),
+        ("/v2/seg-swap", {"main_image": main, "object_image": obj, "points": points}),
+    ):
+        answer = client.post(route, json=body)
+        assert answer.status_code == 200, (route, answer.text)
+    edit = client.post(
+        "/v1/images/edits",
+        data={"prompt": "", "points": json.dumps(points)},
+        files=[("image[]", ("scene.png", base64.b64decode(main), "image/png")),
+               ("image[]", ("object.png", base64.b64decode(obj), "image/png"))],
+    )  # fmt: skip
+    assert edit.status_code == 200, edit.text
