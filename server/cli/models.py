@@ -10,6 +10,7 @@ import httpx
 
 from server.cli.common import CliError
 from server.inputs.files import printable
+from server.serving.memory_check import gigabytes
 
 LOAD_POLL_S = 1.0
 
@@ -55,7 +56,7 @@ def run_load(args: argparse.Namespace) -> int:
 def run_unload(args: argparse.Namespace) -> int:
     done = _call(args, "POST", f"/v1/models/{args.name}/unload", timeout=None)
     freed = done.get("freed_bytes")
-    freed_text = "not measurable here" if freed is None else f"{freed / 1e9:.2f} GB freed"
+    freed_text = "not measurable here" if freed is None else f"{gigabytes(freed)} freed"
     print(f"{args.name}: unloaded in {done.get('seconds', 0):.1f} s, {freed_text}")
     return 0
 

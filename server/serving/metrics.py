@@ -56,7 +56,7 @@ class Metrics:
         )
         self.model_set_loads = Counter(
             "segswap_model_set_loads",
-            "Model set loads completed, by model set.",
+            "Model sets loaded while serving, by model set.",
             ["model_set"],
             registry=r,
         )
