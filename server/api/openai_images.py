@@ -170,7 +170,7 @@ async def images_edits(
     body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
     edit = _edit_request(await read_form(request, body, settings.max_body_bytes, MAX_FILES))
     contract = _contract(edit)
-    served = admit_to_set(sets, contract.model_set)
+    served = await admit_to_set(sets, contract.model_set)
     data = {"main_image": edit.images[0]}
     if contract.object_image is not None:  # an erase leaves a second image out: not even decoded
         data["object_image"] = edit.images[1]

@@ -51,7 +51,7 @@ async def seg_swap(
     start = time.perf_counter()
     parsed = await read_swap_body(request, settings.max_body_bytes, settings.body_timeout_s)
     body = parsed.request
-    served = admit_to_set(sets, body.model_set)
+    served = await admit_to_set(sets, body.model_set)
     selector = body.selector()
     sent = await fetch_inputs(parsed.image_sources(), settings)
 

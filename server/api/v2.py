@@ -73,7 +73,7 @@ async def submit(
         )
     parsed = await read_swap_body(request, settings.max_body_bytes, settings.body_timeout_s, AsyncSwapRequest)
     body: AsyncSwapRequest = parsed.request  # type: ignore[assignment]
-    served = sets.pick(body.model_set)
+    served = await sets.pick_async(body.model_set)
     served.check_lora(body.lora)  # a 400 now, not a failed job later
     model_set = served.name  # named in the job: it runs on that set even if the default changes
     if body.webhook_url:

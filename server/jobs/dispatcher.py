@@ -187,7 +187,7 @@ class JobRunner:
             return True
         deadline = time.monotonic() + self.settings.job_timeout_s
         try:
-            work = self.sets.pick(params.get("model_set")).work
+            work = (await self.sets.pick_async(params.get("model_set"))).work
         except BadRequest as exc:  # a set served when it was submitted, not since this server started
             await self.fail(record.id, exc.message)
             return True

@@ -24,10 +24,10 @@ def refuse_if_unavailable(lifecycle: Lifecycle, work: WorkQueue, check_queue: bo
         raise queue_full_error(full) from None
 
 
-def admit_to_set(sets: ServedSets, name: str | None) -> ServedSet:
+async def admit_to_set(sets: ServedSets, name: str | None) -> ServedSet:
     """The set a request names (the default if none; a 400 listing those served if not served), refused with
     429 when its queue is full: before any input is fetched."""
-    served = sets.pick(name)
+    served = await sets.pick_async(name)
     try:
         served.work.check_capacity()
     except QueueFull as full:

@@ -13,6 +13,7 @@ the request waits in its queue.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -97,6 +98,13 @@ class ServedSets:
             raise Unavailable(_not_loaded(found), {"Retry-After": "10"})
         found.last_used = time.monotonic()
         return found
+
+    async def pick_async(self, name: str | None) -> ServedSet:
+        """`pick` for the event loop: in a thread when it may load a set on demand (making room unloads others,
+        which waits for their workers to stop)."""
+        if self.load_on_demand is None:
+            return self.pick(name)
+        return await asyncio.to_thread(self.pick, name)
 
     def warm(self, name: str, engine: Engine) -> None:
         """All of the set's workers are warm (`engine`: one of them)."""

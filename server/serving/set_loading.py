@@ -154,6 +154,7 @@ class SetLoader:
         work.stop(timeout=self.settings.job_timeout_s)
         with self.lock:
             served.work = self.sets.fresh_queue(served.name)
+            served.work.close(reason.message)  # a request that picked the set just before is refused, not left waiting
             served.engine, served.engine_name = None, None
         work.fail_waiting(reason)
 

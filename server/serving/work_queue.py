@@ -33,6 +33,7 @@ from server.errors import Unavailable
 log = logging.getLogger(__name__)
 
 _STOP = object()
+SHUTTING_DOWN = "the server is shutting down: its workers have stopped"
 
 
 class QueueFull(Exception):
@@ -109,6 +110,7 @@ class WorkQueue:
         self._service_times: deque[float] = deque(maxlen=20)
         self._workers: list[threading.Thread] = []
         self._stopped = False  # after stop(), nothing would run a job: refuse it instead of letting it wait
+        self._stopped_because = SHUTTING_DOWN
         self._idle = threading.Condition(self._count_lock)
         self._on_drop = on_drop or (lambda: None)  # a job dropped unrun (cancelled, deadline, disconnect)
         # Seconds a worker spent between finishing a job and starting the next one that was
@@ -191,7 +193,12 @@ class WorkQueue:
 
     def _refuse_if_stopped(self) -> None:
         if self._stopped:
-            raise Unavailable("the server is shutting down: its workers have stopped", {"Retry-After": "5"})
+            raise Unavailable(self._stopped_because, {"Retry-After": "5"})
+
+    def close(self, reason: str) -> None:
+        """Refuse new jobs with `reason` (a 503) until a worker starts: a queue whose set is not loaded."""
+        with self._count_lock:
+            self._stopped, self._stopped_because = True, reason
 
     def _retry_after_locked(self) -> int:
         """Seconds until a queue slot is likely free: the work ahead over the workers, at recent speed."""
@@ -243,7 +250,7 @@ class WorkQueue:
 
     def stop(self, timeout: float = 5.0) -> None:
         with self._count_lock:
-            self._stopped = True
+            self._stopped, self._stopped_because = True, SHUTTING_DOWN
         for _ in self._workers:
             self._tickets.put(_STOP)
         for thread in self._workers:

@@ -21,6 +21,7 @@ from server.access.keys import add_key  # noqa: E402
 from server.api.app import create_app  # noqa: E402
 from server.api.live_server import live_server  # noqa: E402
 from server.cli.main import main  # noqa: E402
+from server.errors import Unavailable  # noqa: E402
 from server.settings import Settings  # noqa: E402
 from tests.conftest import wait_ready  # noqa: E402
 
@@ -81,6 +82,8 @@ def test_unloading_a_set_answers_503_for_it_while_the_other_serves_and_loading_i
 
     refused = swap(client, body, "sd15")
     assert refused.status_code == 503 and "POST /v1/models/sd15/load" in refused.json()["error"]
+    with pytest.raises(Unavailable, match="was unloaded"):  # a request that picked the set just before the unload
+        client.app.state.sets.get("sd15").work.check_capacity()
     assert client.post("/v2/seg-swap", json={**body, "model_set": "sd15"}).status_code == 503
     assert swap(client, body, "composite").status_code == 200
     assert client.get("/health/ready").json()["model_sets"]["sd15"]["state"] == "unloaded"
