@@ -1,8 +1,9 @@
 """Running v2 jobs: from the durable store into the shared work queue, and their webhooks.
 
-The backlog lives in the store, not in memory: the dispatcher keeps only a few v2 jobs in
-the work queue at a time (enough to keep every worker busy), so a batch of thousands never
-fills the queue that v1 requests also wait in.
+The backlog lives in the store, not in memory: the dispatcher keeps only a few v2 jobs of each
+priority class in the work queue at a time (enough to keep every worker busy), so a batch of
+thousands never fills the queue that v1 requests also wait in, and an interactive v2 job never
+waits in the store behind that batch: the work queue orders what it holds (server/serving/priority.py).
 
 Replicas sharing one store (PostgreSQL) may dispatch the same job: the store's `mark_started`,
 called by the worker just before the engine runs, lets only one of them run it; the others
@@ -34,6 +35,7 @@ from server.jobs.store import JobRecord, JobStore
 from server.jobs.watchers import JobWatchers
 from server.serving.lifecycle import Lifecycle
 from server.serving.metrics import Metrics
+from server.serving.priority import PRIORITIES, Priority
 from server.serving.served_sets import ServedSets
 from server.serving.work_queue import Dropped, QueueFull, Ticket, WorkQueue
 from server.settings import Settings
@@ -58,6 +60,7 @@ class JobRunner:
         self.store, self.sets, self.lifecycle, self.settings, self.metrics = store, sets, lifecycle, settings, metrics
         self.ledger = ledger  # where a failed, cancelled or unrun job's charge goes back
         self.tickets: dict[str, Ticket | None] = {}  # dispatched jobs (None: inputs still loading)
+        self.classes: dict[str, Priority] = {}  # the priority of each dispatched job
         self.queues: dict[str, WorkQueue] = {}  # the queue each dispatched job waits in (its model set's)
         # What the jobs run here have reported, written by the worker thread as the engine works; the last report
         # stays PROGRESS_KEPT_S after the job ends (the event stream sends it with the end)
@@ -113,12 +116,13 @@ class JobRunner:
         return len(purged)
 
     async def _dispatch(self) -> None:
-        room = self.sets.workers + 1 - len(self.tickets)
-        if room <= 0:
-            return
-        for record in await asyncio.to_thread(self.store.queued, set(self.tickets), room):
-            self.tickets[record.id] = None
-            self._spawn(self._execute(record))
+        for priority in PRIORITIES:
+            room = self.sets.workers + 1 - sum(each == priority for each in self.classes.values())
+            if room <= 0:
+                continue
+            for record in await asyncio.to_thread(self.store.queued, set(self.tickets), room, priority):
+                self.tickets[record.id], self.classes[record.id] = None, priority
+                self._spawn(self._execute(record))
 
     def _spawn(self, coroutine) -> None:
         task = asyncio.create_task(coroutine)
@@ -162,6 +166,7 @@ class JobRunner:
             settled = await self._run_once(record)
         finally:
             self.tickets.pop(record.id, None)
+            self.classes.pop(record.id, None)
             self.queues.pop(record.id, None)
             self.wake()
         if not settled:  # not run here (queue full, cancelled, or another replica started it): not ours to announce
@@ -191,6 +196,7 @@ class JobRunner:
                 deadline,
                 on_start=lambda: self._mark_started(record.id),
                 on_progress=self.progress.setdefault(record.id, JobProgress(partial(self.watchers.notify, record.id))),
+                priority=record.priority,
             )
         except (QueueFull, Unavailable):
             return False  # stays QUEUED; dispatched again when there is room (or by the next start)
