@@ -197,6 +197,7 @@ class JobRunner:
                 on_start=lambda: self._mark_started(record.id),
                 on_progress=self.progress.setdefault(record.id, JobProgress(partial(self.watchers.notify, record.id))),
                 priority=record.priority,
+                since=record.created_at,  # its place among jobs whose inputs load side by side
             )
         except (QueueFull, Unavailable):
             return False  # stays QUEUED; dispatched again when there is room (or by the next start)

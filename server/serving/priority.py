@@ -1,16 +1,18 @@
 """Which waiting ticket a worker starts next: interactive work before batch work, with a bound against starvation.
 
 Two classes. `interactive`: someone is waiting for the answer (v1, the OpenAI route, the playground, a v2 job that
-asks for it). `batch`: v2's default. A worker starts the oldest interactive ticket, first in, first out within each
-class, except that once `batch_every` interactive tickets in a row have started while batch work waited, the next
-start is the oldest batch ticket: under any stream of interactive work, batch work gets at least one start in
-every `batch_every + 1` (SEGSWAP_BATCH_EVERY, 4 by default).
+asks for it). `batch`: v2's default. A worker starts the oldest interactive ticket, oldest first within each class
+(by `since`, when the work was asked for: a v2 job's submission, not when the dispatcher queued it, so jobs loaded
+side by side keep their order), except that once `batch_every` interactive tickets in a row have started while
+batch work waited, the next start is the oldest batch ticket: under any stream of interactive work, batch work gets
+at least one start in every `batch_every + 1` (SEGSWAP_BATCH_EVERY, 4 by default).
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
-from collections import deque
 from typing import Literal, Protocol
 
 Priority = Literal["interactive", "batch"]
@@ -23,6 +25,7 @@ STOP = object()  # what `next` gives a worker told to stop, once nothing is left
 
 class Waiting(Protocol):
     priority: Priority
+    since: float  # when the work was asked for (time.time()): the order within a class
     state: str  # "queued" while it may still start
 
 
@@ -36,7 +39,8 @@ class TicketOrder:
 
     def __init__(self, batch_every: int = BATCH_EVERY):
         self.batch_every = batch_every
-        self._waiting: dict[str, deque] = {priority: deque() for priority in PRIORITIES}
+        self._waiting: dict[str, list] = {priority: [] for priority in PRIORITIES}  # heaps of (since, n, ticket)
+        self._arrivals = itertools.count()  # n: equal `since`, first in first out
         self._batch_ahead = 0  # batch tickets out on take_ahead: waiting still, though not in the queue
         self._passed = 0  # interactive starts in a row while batch work waited
         self._stops = 0
@@ -44,7 +48,7 @@ class TicketOrder:
 
     def put(self, ticket: Waiting) -> None:
         with self._changed:
-            self._waiting[ticket.priority].append(ticket)
+            self._push(ticket)
             self._changed.notify()
 
     def stop_one(self) -> None:
@@ -63,10 +67,10 @@ class TicketOrder:
 
     def next(self, ahead: Waiting | None = None) -> Waiting | object:
         """The ticket to start now, waiting for one if none waits; STOP for a worker told to stop. `ahead` (from
-        `take_ahead`) goes back to the front of its class first, so it starts now only if it is still next."""
+        `take_ahead`) goes back among the waiting first, so it starts now only if it is still next."""
         with self._changed:
             if ahead is not None:
-                self._waiting[ahead.priority].appendleft(ahead)
+                self._push(ahead)
                 self._batch_ahead -= ahead.priority == BATCH
             while (ticket := self._pick()) is None:
                 if self._stops:
@@ -80,8 +84,11 @@ class TicketOrder:
         """Pop the ticket that goes next: the oldest batch one when none interactive waits or the bound is due."""
         interactive, batch = (_live(self._waiting[priority]) for priority in PRIORITIES)
         if batch and (not interactive or self._passed >= self.batch_every):
-            return batch.popleft()
-        return interactive.popleft() if interactive else None
+            return heapq.heappop(batch)[-1]
+        return heapq.heappop(interactive)[-1] if interactive else None
+
+    def _push(self, ticket: Waiting) -> None:
+        heapq.heappush(self._waiting[ticket.priority], (ticket.since, next(self._arrivals), ticket))
 
     def _count_start(self, ticket: Waiting) -> None:
         if ticket.priority == INTERACTIVE and (_live(self._waiting[BATCH]) or self._batch_ahead):
@@ -90,8 +97,8 @@ class TicketOrder:
             self._passed = 0
 
 
-def _live(waiting: deque) -> deque:
-    """`waiting` without the cancelled tickets at its head (their slots were freed when they were cancelled)."""
-    while waiting and waiting[0].state != "queued":
-        waiting.popleft()
+def _live(waiting: list) -> list:
+    """The heap `waiting` without the cancelled tickets at its top (their slots were freed when they were cancelled)."""
+    while waiting and waiting[0][-1].state != "queued":
+        heapq.heappop(waiting)
     return waiting

@@ -1,7 +1,7 @@
 """The bounded queue between the HTTP side and the workers that own the devices.
 
 The event loop only enqueues tickets and awaits their futures; each worker is a thread
-with its own engine (one per GPU, or one on the CPU) taking tickets in arrival order within
+with its own engine (one per GPU, or one on the CPU) taking tickets oldest first within
 their class: interactive ones first, batch ones (v2's default) after them, but never more than
 SEGSWAP_BATCH_EVERY interactive starts in a row while batch work waits (server/serving/priority.py).
 A ticket whose deadline has passed, or whose client has gone, is dropped when a worker
@@ -69,6 +69,7 @@ class Ticket:
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     priority: Priority = INTERACTIVE
+    since: float = field(default_factory=time.time)  # when the work was asked for: its place within its class
     enqueued_at: float = field(default_factory=time.monotonic)
     state: str = "queued"
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -129,11 +130,14 @@ class WorkQueue:
         on_start: Callable[[], bool] | None = None,
         on_progress: ProgressFn | None = None,
         priority: Priority = INTERACTIVE,
+        since: float | None = None,
     ) -> Ticket:
-        """Enqueue `job`, or raise QueueFull (or Unavailable once stopped) at once."""
+        """Enqueue `job` (asked for at `since`, time.time(); default now), or raise QueueFull (or Unavailable once
+        stopped) at once."""
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        ticket = Ticket(job, deadline, future, loop, priority, on_start=on_start, on_progress=on_progress)
+        ticket = Ticket(job, deadline, loop.create_future(), loop, priority, on_start=on_start, on_progress=on_progress)
+        if since is not None:
+            ticket.since = since
         with self._count_lock:
             self._refuse_if_stopped()
             if self._queued >= self.max_queue:

@@ -19,7 +19,8 @@ from tests.conftest import wait_ready
 from tests.server.engines import GatedEngine
 
 KEY = {"x-api-key": "key-one"}
-BACKLOG = (1, 2, 3, 4)  # seeds of the batch jobs; the first is held at the gate, the second waits in the queue
+BACKLOG = (1, 2, 3)  # seeds of the batch jobs: the first held at the gate, the second in the work queue, the third
+# in the store (one, so that no two batch jobs load side by side for an idle worker: either may then start first)
 URGENT = 10
 
 

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image
 
@@ -15,11 +16,14 @@ from server.serving.priority import BATCH, INTERACTIVE, STOP, TicketOrder
 from server.serving.work_queue import WorkQueue
 from tests.server.engines import GatedEngine
 
+CLOCK = itertools.count(1)
+
 
 @dataclass(eq=False)
 class Waiting:
     name: str
     priority: str
+    since: float = field(default_factory=lambda: float(next(CLOCK)))
     state: str = "queued"
 
 
@@ -55,6 +59,12 @@ def test_after_batch_every_interactive_starts_in_a_row_the_oldest_batch_ticket_s
         *("i9", "i10"),
     ]
     assert order_of(tickets, batch_every=1)[:6] == ["i1", "b1", "i2", "b2", "i3", "i4"]
+
+
+def test_within_a_class_the_work_asked_for_first_starts_first_whatever_order_it_was_queued_in():
+    """The dispatcher loads v2 jobs side by side: the one submitted first may reach the queue second."""
+    late, early = Waiting("b2", BATCH, since=2.0), Waiting("b1", BATCH, since=1.0)
+    assert order_of([late, early, Waiting("i1", INTERACTIVE, since=3.0)]) == ["i1", "b1", "b2"]
 
 
 def test_cancelled_tickets_are_passed_over_and_a_stop_waits_for_the_tickets_still_queued():
