@@ -18,6 +18,7 @@ from pipelines.job import ERASE, MAX_SEED
 from pipelines.masks import Selector
 from pipelines.masks.selector import MAX_POINTS, MAX_TEXT
 from pipelines.models.loras import MAX_SCALE as LORA_MAX_SCALE
+from server.serving.priority import BATCH, BATCH_EVERY, Priority
 
 IMAGE_DESCRIPTION = "an http(s) URL, raw base64, or a data:image/...;base64, URI (PNG, JPEG or WEBP)"
 
@@ -202,13 +203,20 @@ class MaskResponse(BaseModel):
 
 
 class AsyncSwapRequest(SwapRequest):
-    """Body of POST /v2/seg-swap: the v1 body, plus where to send the outcome."""
+    """Body of POST /v2/seg-swap: the v1 body, plus where to send the outcome and the job's priority class."""
 
     webhook_url: str | None = Field(
         None,
         max_length=2000,
         description="Extension: a public http(s) URL that receives the status body (POST, JSON) when the job completes "
         "or fails, signed in x-segswap-signature as sha256=HMAC-SHA256(key=sha256_hex(your API key), body).",
+    )
+    priority: Priority = Field(
+        BATCH,
+        description="Extension: `interactive` when someone waits for this job (it goes before batch work, as v1 "
+        "requests do), `batch` (the default) for bulk work. Batch work is never starved: after "
+        f"SEGSWAP_BATCH_EVERY ({BATCH_EVERY} by default) interactive jobs in a row have started while a batch job "
+        "waited, the oldest batch job starts next.",
     )
 
 

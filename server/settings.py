@@ -16,6 +16,7 @@ from pipelines import paths
 from pipelines.engines.diffusion.options import VAE_TILING_ABOVE_PIXELS, DiffusionOptions
 from pipelines.models.model_sets import COMPOSITE, SETS
 from pipelines.placement.cache import OBJECT_CACHE_BYTES
+from server.serving.priority import BATCH_EVERY
 
 
 class Settings(BaseSettings):
@@ -124,6 +125,12 @@ class Settings(BaseSettings):
     log_level: str = "info"
 
     max_queue: int = Field(32, ge=1, description="jobs that may wait for a worker; beyond it, 429")
+    batch_every: int = Field(
+        BATCH_EVERY,
+        ge=1,
+        description="interactive jobs (v1, OpenAI route, v2 priority=interactive) go before batch ones (v2's default), "
+        "but after this many interactive starts in a row while batch work waits, the oldest batch job starts",
+    )
     request_timeout_s: float = Field(300.0, gt=0, description="deadline of a request from arrival; past it, 504")
     drain_grace_s: float = Field(120.0, ge=0, description="how long SIGTERM waits for queued and running jobs")
     jobs_dir: Path | None = Field(None, description="v2 job store, SQLite + files (default: jobs/ in data_dir)")

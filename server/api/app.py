@@ -92,7 +92,7 @@ def create_app(
     app.state.credits = open_ledger(settings) if settings.keys_file else None
     app.state.limiter = RateLimiter()
     app.state.selection = SelectionService(settings)
-    metrics.watch_queue(lambda: sets.depth, lambda: sets.in_flight)
+    metrics.watch_queue(lambda: sets.depth, lambda: sets.in_flight, sets.depth_of)
     metrics.watch_sets(lambda: [(each.name, each.work.depth, each.work.in_flight, each.loaded) for each in sets])
     install_error_handlers(app)
     app.include_router(router_v1)
@@ -114,7 +114,13 @@ def _set_queue(settings: Settings, metrics: Metrics, name: str) -> WorkQueue:
         metrics.model_set_seconds.labels(name).observe(outcome.queue_s + outcome.engine_s)
 
     idle = metrics.worker_idle_seconds.observe
-    return WorkQueue(settings.max_queue, on_drop=metrics.dropped.inc, on_idle_gap=idle, on_image=observe)
+    return WorkQueue(
+        settings.max_queue,
+        on_drop=metrics.dropped.inc,
+        on_idle_gap=idle,
+        on_image=observe,
+        batch_every=settings.batch_every,
+    )
 
 
 def _set_engine(settings: Settings, name: str | None, device: str) -> Engine:

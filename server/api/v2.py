@@ -103,6 +103,7 @@ async def submit(
             idempotency_key,
             fingerprint,
             body.webhook_url,
+            body.priority,
         )
     except DuplicateSubmit as duplicate:  # a concurrent submit with the same key won the race
         await metering.refund(request, caller, charged)
@@ -247,7 +248,7 @@ async def _check_images(
 
 
 def _params(body: AsyncSwapRequest, caller: Caller, charged: int) -> dict:
-    params = body.model_dump(exclude={*IMAGE_FIELDS, "webhook_url"})
+    params = body.model_dump(exclude={*IMAGE_FIELDS, "webhook_url", "priority"})  # those two are the job's columns
     params["seed"] = resolve_seed(body.seed)
     params["_webhook_secret"] = caller.key_sha256
     params["_charged"] = charged  # refunded if the job fails, is cancelled or expires unrun

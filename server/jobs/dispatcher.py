@@ -1,8 +1,9 @@
 """Running v2 jobs: from the durable store into the shared work queue, and their webhooks.
 
-The backlog lives in the store, not in memory: the dispatcher keeps only a few v2 jobs in
-the work queue at a time (enough to keep every worker busy), so a batch of thousands never
-fills the queue that v1 requests also wait in.
+The backlog lives in the store, not in memory: the dispatcher keeps only a few v2 jobs of each
+priority class in the work queue at a time (enough to keep every worker busy), so a batch of
+thousands never fills the queue that v1 requests also wait in, and an interactive v2 job never
+waits in the store behind that batch: the work queue orders what it holds (server/serving/priority.py).
 
 Replicas sharing one store (PostgreSQL) may dispatch the same job: the store's `mark_started`,
 called by the worker just before the engine runs, lets only one of them run it; the others
@@ -34,6 +35,7 @@ from server.jobs.store import JobRecord, JobStore
 from server.jobs.watchers import JobWatchers
 from server.serving.lifecycle import Lifecycle
 from server.serving.metrics import Metrics
+from server.serving.priority import PRIORITIES, Priority
 from server.serving.served_sets import ServedSets
 from server.serving.work_queue import Dropped, QueueFull, Ticket, WorkQueue
 from server.settings import Settings
@@ -58,6 +60,7 @@ class JobRunner:
         self.store, self.sets, self.lifecycle, self.settings, self.metrics = store, sets, lifecycle, settings, metrics
         self.ledger = ledger  # where a failed, cancelled or unrun job's charge goes back
         self.tickets: dict[str, Ticket | None] = {}  # dispatched jobs (None: inputs still loading)
+        self.classes: dict[str, Priority] = {}  # the priority of each dispatched job
         self.queues: dict[str, WorkQueue] = {}  # the queue each dispatched job waits in (its model set's)
         self.parked: dict[str, str | None] = {}  # queued jobs whose model set is not loaded now, by id: the set
         # What the jobs run here have reported, written by the worker thread as the engine works; the last report
@@ -114,13 +117,16 @@ class JobRunner:
         return len(purged)
 
     async def _dispatch(self) -> None:
-        room = self.sets.workers + 1 - len(self.tickets)
-        if room <= 0:
-            return
         self.parked = {job: name for job, name in self.parked.items() if not self._loaded(name)}
-        for record in await asyncio.to_thread(self.store.queued, set(self.tickets) | set(self.parked), room):
-            self.tickets[record.id] = None
-            self._spawn(self._execute(record))
+        for priority in PRIORITIES:
+            room = self.sets.workers + 1 - sum(each == priority for each in self.classes.values())
+            if room <= 0:
+                continue
+            for record in await asyncio.to_thread(
+                self.store.queued, set(self.tickets) | set(self.parked), room, priority
+            ):
+                self.tickets[record.id], self.classes[record.id] = None, priority
+                self._spawn(self._execute(record))
 
     def _loaded(self, name: str | None) -> bool:
         served = self.sets.default if name is None else self.sets.get(name)
@@ -168,6 +174,7 @@ class JobRunner:
             settled = await self._run_once(record)
         finally:
             self.tickets.pop(record.id, None)
+            self.classes.pop(record.id, None)
             self.queues.pop(record.id, None)
             self.wake()
         if not settled:  # not run here (queue full, cancelled, or another replica started it): not ours to announce
@@ -200,6 +207,8 @@ class JobRunner:
                 deadline,
                 on_start=lambda: self._mark_started(record.id),
                 on_progress=self.progress.setdefault(record.id, JobProgress(partial(self.watchers.notify, record.id))),
+                priority=record.priority,
+                since=record.created_at,  # its place among jobs whose inputs load side by side
             )
         except (QueueFull, Unavailable):
             return False  # stays QUEUED; dispatched again when there is room (or by the next start)

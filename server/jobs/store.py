@@ -4,7 +4,9 @@ A job's inputs are stored already fetched, as the bytes that were received (so a
 later cannot change a queued job; decoded images would take ten times the space), its result next
 to them; `stored_bytes` counts both, for the per-key caps. Statuses: QUEUED -> PROCESSING -> COMPLETED |
 FAILED, or QUEUED -> CANCELLED. `attempts` counts starts: after a crash a job found PROCESSING
-is queued again once, and failed if it was already retried.
+is queued again once, and failed if it was already retried. `priority` (interactive or batch) is a
+column, not a parameter: the dispatcher asks for the oldest QUEUED jobs of each class, and a
+job queued again after a crash keeps its class.
 
 Rows: by default an SQLite file in `jobs_dir`, for one server. With `SEGSWAP_DATABASE_URL`
 they live in PostgreSQL, shared by several replicas: `mark_started` (one conditional UPDATE,
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.db import open_database
+from server.serving.priority import BATCH, Priority
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -58,10 +61,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     expires_at {float} NOT NULL,
     owner TEXT,
     stored_bytes BIGINT NOT NULL DEFAULT 0,
+    {priority},
     UNIQUE (key_id, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
 """
+PRIORITY_COLUMN = f"priority TEXT NOT NULL DEFAULT '{BATCH}'"  # in a store made before priorities, all was batch
+PRIORITY_INDEX = "CREATE INDEX IF NOT EXISTS jobs_to_dispatch ON jobs (status, priority, created_at)"
 REPLICAS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS replicas (
     owner TEXT PRIMARY KEY,
@@ -91,6 +97,7 @@ class JobRecord:
     finished_at: float | None
     inference_time: float | None
     expires_at: float
+    priority: Priority = BATCH
 
     @property
     def metrics(self) -> dict:
@@ -120,18 +127,27 @@ class JobStore:
         self._steady_since = 0.0  # renewing without gaps since
         self.db = open_database(database_url, self.folder / "jobs.sqlite3", synchronous="NORMAL", name="segswap-jobs")
         self.shared = self.db.dialect == "postgres"
+        schema = SCHEMA.format(float=self.db.float_type, priority=PRIORITY_COLUMN)
         if self.shared:
-            self.db.script(SCHEMA.format(float=self.db.float_type) + ";" + REPLICAS_SCHEMA)
+            added = f"ALTER TABLE jobs ADD COLUMN IF NOT EXISTS {PRIORITY_COLUMN}"
+            self.db.script(";".join((schema, REPLICAS_SCHEMA, added, PRIORITY_INDEX)))
             self.db.execute("ALTER TABLE jobs ADD COLUMN IF NOT EXISTS stored_bytes BIGINT NOT NULL DEFAULT 0")
             self._renew()
         else:
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.script(SCHEMA.format(float=self.db.float_type))
-            columns = {row["name"] for row in self.db.execute("PRAGMA table_info(jobs)")}
-            if "owner" not in columns:
-                self.db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")  # a store made before replicas
-            if "stored_bytes" not in columns:  # a store made before the per-key caps
-                self.db.execute("ALTER TABLE jobs ADD COLUMN stored_bytes BIGINT NOT NULL DEFAULT 0")
+            self.db.script(schema)
+            self._add_sqlite_columns()
+            self.db.execute(PRIORITY_INDEX)
+
+    def _add_sqlite_columns(self) -> None:
+        """The columns a store made by an earlier version lacks."""
+        columns = {row["name"] for row in self.db.execute("PRAGMA table_info(jobs)")}
+        if "owner" not in columns:
+            self.db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")  # a store made before replicas
+        if "stored_bytes" not in columns:  # a store made before the per-key caps
+            self.db.execute("ALTER TABLE jobs ADD COLUMN stored_bytes BIGINT NOT NULL DEFAULT 0")
+        if "priority" not in columns:
+            self.db.execute(f"ALTER TABLE jobs ADD COLUMN {PRIORITY_COLUMN}")
 
     def _db(self):
         return self.db
@@ -160,6 +176,7 @@ class JobStore:
         idempotency_key: str | None = None,
         body_hash: str | None = None,
         webhook_url: str | None = None,
+        priority: Priority = BATCH,
     ) -> JobRecord:
         """Store the inputs, then the row; a repeated idempotency key raises DuplicateSubmit with the first job."""
         job_id = uuid.uuid4().hex
@@ -172,7 +189,7 @@ class JobStore:
         try:
             self._db().execute(
                 "INSERT INTO jobs (id, key_id, status, params, idempotency_key, body_hash, webhook_url, created_at, "
-                "expires_at, stored_bytes) VALUES (?, ?, 'QUEUED', ?, ?, ?, ?, ?, ?, ?)",
+                "expires_at, stored_bytes, priority) VALUES (?, ?, 'QUEUED', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     key_id,
@@ -183,6 +200,7 @@ class JobStore:
                     now,
                     now + retention_s,
                     stored,
+                    priority,
                 ),
             )
         except self.db.unique_violation:
@@ -309,11 +327,11 @@ class JobStore:
         )
         return _record(row) if row else None
 
-    def queued(self, exclude: set[str], limit: int) -> list[JobRecord]:
-        rows = (
-            self._db()
-            .execute("SELECT * FROM jobs WHERE status = 'QUEUED' ORDER BY created_at LIMIT ?", (limit + len(exclude),))
-            .fetchall()
+    def queued(self, exclude: set[str], limit: int, priority: Priority) -> list[JobRecord]:
+        """The oldest `limit` jobs of class `priority` still QUEUED, but those in `exclude` (already dispatched)."""
+        rows = self._db().execute(
+            "SELECT * FROM jobs WHERE status = 'QUEUED' AND priority = ? ORDER BY created_at LIMIT ?",
+            (priority, limit + len(exclude)),
         )
         return [_record(row) for row in rows if row["id"] not in exclude][:limit]
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from server.serving.priority import PRIORITIES, Priority
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
 
@@ -17,6 +20,9 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.queue_depth = Gauge("segswap_queue_depth", "Jobs waiting for a worker.", registry=r)
+        self.queue_depth_by_priority = Gauge(
+            "segswap_queue_depth_by_priority", "Jobs waiting for a worker, by priority class.", ["priority"], registry=r
+        )
         self.in_flight = Gauge("segswap_in_flight", "Jobs a worker is running now.", registry=r)
         self.workers = Gauge("segswap_workers", "Worker threads, one per device.", registry=r)
         self.request_seconds = Histogram(
@@ -65,10 +71,14 @@ class Metrics:
         )
         r.register(DeviceMemoryCollector())
 
-    def watch_queue(self, depth: Callable[[], int], in_flight: Callable[[], int]) -> None:
-        """The totals over every model set (the per-set figures: watch_sets)."""
+    def watch_queue(
+        self, depth: Callable[[], int], in_flight: Callable[[], int], depth_of: Callable[[Priority], int]
+    ) -> None:
+        """The totals over every model set (the per-set figures: watch_sets); `depth_of(priority)` by class."""
         self.queue_depth.set_function(depth)
         self.in_flight.set_function(in_flight)
+        for priority in PRIORITIES:
+            self.queue_depth_by_priority.labels(priority).set_function(partial(depth_of, priority))
 
     def watch_sets(self, sets: Callable[[], Iterable[tuple[str, int, int, bool]]]) -> None:
         """Queue depth, jobs running and loaded or not, by model set: `sets()` gives (name, depth, running,

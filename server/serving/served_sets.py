@@ -22,6 +22,7 @@ from pipelines import Engine, find_model_set
 from pipelines.engines.loras import check_lora
 from pipelines.models.model_sets import COMPOSITE
 from server.errors import BadRequest, Unavailable
+from server.serving.priority import Priority
 from server.serving.work_queue import WorkQueue
 from server.settings import Settings
 
@@ -115,6 +116,9 @@ class ServedSets:
     @property
     def depth(self) -> int:
         return sum(served.work.depth for served in self)
+
+    def depth_of(self, priority: Priority) -> int:
+        return sum(served.work.depth_of(priority) for served in self)
 
     @property
     def in_flight(self) -> int:

@@ -1,7 +1,9 @@
-"""The bounded FIFO queue between the HTTP side and the workers that own the devices.
+"""The bounded queue between the HTTP side and the workers that own the devices.
 
 The event loop only enqueues tickets and awaits their futures; each worker is a thread
-with its own engine (one per GPU, or one on the CPU) taking tickets in arrival order.
+with its own engine (one per GPU, or one on the CPU) taking tickets oldest first within
+their class: interactive ones first, batch ones (v2's default) after them, but never more than
+SEGSWAP_BATCH_EVERY interactive starts in a row while batch work waits (server/serving/priority.py).
 A ticket whose deadline has passed, or whose client has gone, is dropped when a worker
 reaches it: the engine never runs it.
 
@@ -9,7 +11,8 @@ An engine in stages (prepare, generate, finish: pipelines/engines/diffusion/stag
 busy: while the worker thread runs one job's model, two helper threads prepare the next job waiting (its
 placement, crop, reference and schedule) and finish the last one (colour match, paste). At most one job is
 prepared ahead and one finishing behind, so memory stays flat; a job prepared ahead is still started (its
-deadline and cancellation checked) only when its turn comes.
+deadline and cancellation checked) only when its turn comes, and only if it still goes next: an interactive job
+that came meanwhile goes first, and the preparation ahead is dropped (done again when its turn comes).
 """
 
 from __future__ import annotations
@@ -17,22 +20,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field
 
 from PIL import Image
 
 from pipelines import Engine, ProgressFn, SegswapError, SwapJob
 from server.errors import Unavailable
+from server.serving.priority import BATCH_EVERY, INTERACTIVE, PRIORITIES, STOP, Priority, TicketOrder
 
 log = logging.getLogger(__name__)
 
-_STOP = object()
 SHUTTING_DOWN = "the server is shutting down: its workers have stopped"
 
 
@@ -67,6 +70,8 @@ class Ticket:
     deadline: float  # time.monotonic()
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    priority: Priority = INTERACTIVE
+    since: float = field(default_factory=time.time)  # when the work was asked for: its place within its class
     enqueued_at: float = field(default_factory=time.monotonic)
     state: str = "queued"
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -93,7 +98,7 @@ class Ticket:
 
 
 class WorkQueue:
-    """A bounded FIFO of tickets served by one worker thread per engine."""
+    """A bounded queue of tickets, in priority order, served by one worker thread per engine."""
 
     def __init__(
         self,
@@ -101,10 +106,11 @@ class WorkQueue:
         on_drop: Callable[[], None] | None = None,
         on_idle_gap: Callable[[float], None] | None = None,
         on_image: Callable[[Outcome], None] | None = None,
+        batch_every: int = BATCH_EVERY,
     ):
-        self.max_queue = max_queue
-        self._tickets: queue.Queue = queue.Queue()
-        self._queued = 0
+        self.max_queue = max_queue  # both classes together
+        self._tickets = TicketOrder(batch_every)
+        self._queued_by: dict[str, int] = dict.fromkeys(PRIORITIES, 0)  # tickets waiting (not dropped), by class
         self._running = 0
         self._count_lock = threading.Lock()
         self._service_times: deque[float] = deque(maxlen=20)
@@ -126,15 +132,20 @@ class WorkQueue:
         deadline: float,
         on_start: Callable[[], bool] | None = None,
         on_progress: ProgressFn | None = None,
+        priority: Priority = INTERACTIVE,
+        since: float | None = None,
     ) -> Ticket:
-        """Enqueue `job`, or raise QueueFull (or Unavailable once stopped) at once."""
+        """Enqueue `job` (asked for at `since`, time.time(); default now), or raise QueueFull (or Unavailable once
+        stopped) at once."""
         loop = asyncio.get_running_loop()
-        ticket = Ticket(job, deadline, loop.create_future(), loop, on_start=on_start, on_progress=on_progress)
+        ticket = Ticket(job, deadline, loop.create_future(), loop, priority, on_start=on_start, on_progress=on_progress)
+        if since is not None:
+            ticket.since = since
         with self._count_lock:
             self._refuse_if_stopped()
             if self._queued >= self.max_queue:
                 raise QueueFull(self._retry_after_locked())
-            self._queued += 1
+            self._queued_by[priority] += 1
         self._tickets.put(ticket)
         return ticket
 
@@ -150,15 +161,11 @@ class WorkQueue:
         """Settle every ticket still queued with `error` (its queue has stopped: no worker will take it); the
         number settled."""
         failed = 0
-        while True:
-            try:
-                ticket = self._tickets.get_nowait()
-            except queue.Empty:
-                return failed
-            if ticket is _STOP or not self._drop(ticket):
-                continue
-            ticket.settle(exception=error)
-            failed += 1
+        for ticket in self._tickets.drain():
+            if self._drop(ticket):
+                ticket.settle(exception=error)
+                failed += 1
+        return failed
 
     def _drop(self, ticket: Ticket) -> bool:
         """queued -> dropped, freeing its slot; False if it was not queued."""
@@ -167,7 +174,7 @@ class WorkQueue:
                 return False
             ticket.state = "dropped"
         with self._count_lock:
-            self._queued -= 1
+            self._queued_by[ticket.priority] -= 1
             self._notify_if_idle()
         return True
 
@@ -182,6 +189,13 @@ class WorkQueue:
     @property
     def depth(self) -> int:
         return self._queued
+
+    def depth_of(self, priority: Priority) -> int:
+        return self._queued_by[priority]
+
+    @property
+    def _queued(self) -> int:
+        return sum(self._queued_by.values())
 
     @property
     def in_flight(self) -> int:
@@ -252,7 +266,7 @@ class WorkQueue:
         with self._count_lock:
             self._stopped, self._stopped_because = True, SHUTTING_DOWN
         for _ in self._workers:
-            self._tickets.put(_STOP)
+            self._tickets.stop_one()
         for thread in self._workers:
             thread.join(timeout)
         self._workers = []
@@ -263,8 +277,8 @@ class WorkQueue:
             return
         finished = None
         while True:
-            ticket = self._tickets.get()
-            if ticket is _STOP:
+            ticket = self._tickets.next()
+            if ticket is STOP:
                 return
             verdict = self._start(ticket)
             if verdict == "run":
@@ -280,13 +294,13 @@ class WorkQueue:
     def _work_in_stages(self, engine) -> None:
         """The staged loop: generate here, prepare ahead and finish behind on two helper threads."""
         helpers = ThreadPoolExecutor(2, thread_name_prefix=f"{threading.current_thread().name}-cpu")
-        ahead: tuple[object, Future | None] | None = None  # the next ticket, and its preparation if started
+        ahead: tuple[Ticket, Future] | None = None  # the next ticket, and its preparation
         finishing: Future | None = None
         finished: float | None = None  # when the device last ended a job
         try:
             while True:
-                ticket, preparing = ahead if ahead is not None else (self._tickets.get(), None)
-                if ticket is _STOP:
+                ticket, preparing = self._next_staged(ahead)
+                if ticket is STOP:
                     return
                 ahead, finishing, finished = self._run_stages(engine, helpers, ticket, preparing, finishing, finished)
                 del ticket, preparing  # waiting for the next one must not keep this job's images alive
@@ -303,6 +317,7 @@ class WorkQueue:
             ticket.settle(exception=Dropped("deadline passed in the queue", expired=True))
             self._on_drop()
         if verdict != "run":
+            _drop_preparation(preparing)
             return None, finishing, finished
         if finished is not None and ticket.enqueued_at <= finished:
             self._on_idle_gap(time.monotonic() - finished)
@@ -321,15 +336,24 @@ class WorkQueue:
             finishing.result()  # one job finishing behind at most
         return ahead, helpers.submit(self._finish, engine, ticket, prepared, generated, started), ended
 
-    def _prepare_ahead(self, engine, helpers: ThreadPoolExecutor) -> tuple[object, Future | None] | None:
+    def _prepare_ahead(self, engine, helpers: ThreadPoolExecutor) -> tuple[Ticket, Future] | None:
         """The next ticket waiting, with its preparation started on a helper; None if none waits."""
-        try:
-            ticket = self._tickets.get_nowait()
-        except queue.Empty:
+        ticket = self._tickets.take_ahead()
+        if ticket is None:
             return None
-        if ticket is _STOP or ticket.state != "queued":
-            return ticket, None
         return ticket, helpers.submit(engine.prepare, ticket.job)
+
+    def _next_staged(self, ahead: tuple[Ticket, Future] | None) -> tuple[object, Future | None]:
+        """The ticket to start now, with its preparation if it is the one prepared ahead (else that one is dropped:
+        an interactive ticket came and goes first)."""
+        if ahead is None:
+            return self._tickets.next(), None
+        taken, preparing = ahead
+        ticket = self._tickets.next(taken)
+        if ticket is taken:
+            return ticket, preparing
+        _drop_preparation(preparing)
+        return ticket, None
 
     def _finish(self, engine, ticket: Ticket, prepared, generated, started: float) -> None:
         outcome, error = None, None
@@ -366,7 +390,7 @@ class WorkQueue:
             running = time.monotonic() <= ticket.deadline
             ticket.state = "running" if running else "dropped"
         with self._count_lock:
-            self._queued -= 1
+            self._queued_by[ticket.priority] -= 1
             self._running += running
             self._notify_if_idle()
         return "run" if running else "expired"
@@ -386,3 +410,9 @@ class WorkQueue:
         except Exception as exc:  # handed to the waiting request, which maps it to a status
             error = self._failure(engine, exc)
         self._end(ticket, started, outcome, error)
+
+
+def _drop_preparation(preparing: Future | None) -> None:
+    """Let go of a preparation not used, once it no longer runs: one preparation at a time, as the stages expect."""
+    if preparing is not None and not preparing.cancel():
+        wait_for_futures([preparing])

@@ -122,6 +122,6 @@ def test_every_contract_field_reaches_the_engine_or_the_encoder():
     output_only = {"image_format", "image_quality", "base64", "webhook_url"}
     job_fields = {f.name for f in fields(SwapJob)}
     selectors = set(Selection.model_fields)  # they become the mask before the job is built
-    routing = {"model_set"}  # picks the queue (the engine) the job goes to
+    routing = {"model_set", "priority"}  # pick the queue (the engine) the job goes to, and its place in it
     for name in AsyncSwapRequest.model_fields:
         assert name in job_fields | output_only | selectors | routing or name in IMAGE_FIELDS, name

@@ -11,6 +11,7 @@ pytest.importorskip("diffusers")
 
 from pipelines.engines.diffusion.engine import DiffusionEngine  # noqa: E402
 from pipelines.models.model_sets import ModelSet  # noqa: E402
+from server.serving.priority import BATCH, INTERACTIVE  # noqa: E402
 from server.serving.work_queue import Dropped, WorkQueue  # noqa: E402
 from tests.pipelines.jobs import diffusion_job  # noqa: E402
 
@@ -40,13 +41,13 @@ class Stages:
         return next((start, end) for name, s, start, end in self.events if (name, s) == (stage, seed))
 
 
-def serve(engine, jobs, during=None) -> list:
-    """Queue every job first, then start one worker on `engine`; the outcomes (or errors), in order.
-    `during(work, tickets)`, a coroutine, runs while they are served."""
+def serve(engine, jobs, during=None, priority=INTERACTIVE) -> list:
+    """Queue every job first (of class `priority`), then start one worker on `engine`; the outcomes (or errors),
+    in order. `during(work, tickets)`, a coroutine, runs while they are served (and may add tickets)."""
     work = WorkQueue(8)
 
     async def scenario():
-        tickets = [work.submit(job, time.monotonic() + 120) for job in jobs]
+        tickets = [work.submit(job, time.monotonic() + 120, priority=priority) for job in jobs]
         work.start_worker(lambda: engine, "cpu", lambda engine: None, lambda exc: None)
         if during is not None:
             await during(work, tickets)
@@ -93,6 +94,28 @@ def test_a_job_cancelled_while_prepared_ahead_never_reaches_the_model(engine):
     assert cancelled == [True] and isinstance(outcomes[1], Dropped)
     assert {seed for stage, seed, *_ in stages.events if stage == "generate"} == {11, 13}
     assert outcomes[0].image.size == outcomes[2].image.size == jobs[0].main_image.size
+
+
+def test_an_interactive_job_goes_before_the_batch_job_prepared_ahead_with_the_same_bytes(engine, tiny_weights):
+    """Batch job 2 is prepared while job 1's (long) model runs; interactive job 3 comes then, and runs next."""
+    stages = Stages(engine)
+    jobs = [diffusion_job(seed=11, steps=40), diffusion_job(seed=12, steps=4)]
+    late = diffusion_job(seed=13, steps=4)
+
+    async def interactive_once_prepared(work, tickets):
+        while not any(event[:2] == ("prepare", 12) for event in stages.events):
+            await asyncio.sleep(0.005)
+        tickets.append(work.submit(late, time.monotonic() + 120))
+
+    outcomes = serve(engine, jobs, during=interactive_once_prepared, priority=BATCH)
+    assert [seed for stage, seed, *_ in sorted(stages.events, key=lambda e: e[2]) if stage == "generate"] == [
+        11,
+        13,
+        12,
+    ]
+    alone = DiffusionEngine(ModelSet("sd15", tiny_weights / "sd15"))
+    for job, outcome in zip([*jobs, late], outcomes, strict=True):
+        assert outcome.image.tobytes() == alone.swap(job).tobytes(), "not the bytes of one swap at a time"
 
 
 def test_a_failing_preparation_fails_its_job_only(engine):

@@ -77,11 +77,17 @@ class Session:
 
 
 @pytest.fixture(scope="module")
-def server_url(tmp_path_factory) -> str:
+def served(tmp_path_factory):
+    """The app and its URL."""
     app = create_app(Settings(api_keys=[KEY], jobs_dir=tmp_path_factory.mktemp("jobs")), CompositeEngine())
     mount_playground(app)
     with live_server(app) as url:
-        yield url
+        yield app, url
+
+
+@pytest.fixture(scope="module")
+def server_url(served) -> str:
+    return served[1]
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +168,7 @@ def run_snippet(command: list[str], folder: Path) -> bytes:
     return (folder / "result.png").read_bytes()
 
 
-def test_paint_run_and_get_the_result(session, tmp_path):
+def test_paint_run_and_get_the_result(session, served, tmp_path):
     page = session.page
     main_path, object_path, main = write_inputs(tmp_path)
     page.fill("#api-key", KEY)
@@ -209,6 +215,8 @@ def test_paint_run_and_get_the_result(session, tmp_path):
     assert not changed[: MAIN_SIZE[1] // 4, : MAIN_SIZE[0] // 4].any()  # far from it
 
     assert_the_snippets_make_the_same_image(page, tmp_path, mask, result_bytes)
+    jobs = served[0].state.jobs.store.db.execute("SELECT priority FROM jobs").fetchall()
+    assert jobs and {job["priority"] for job in jobs} == {"interactive"}  # someone waits: ahead of batch work
     for url in session.requests:
         if not url.startswith(("blob:", "data:")):
             path = urlsplit(url).path

@@ -13,6 +13,7 @@ from PIL import Image
 from server.access.credits import CreditLedger
 from server.api.app import create_app
 from server.jobs.store import DuplicateSubmit, JobStore
+from server.serving.priority import BATCH, INTERACTIVE
 from server.settings import Settings
 from tests.conftest import png_bytes, wait_ready
 from tests.server.engines import GatedEngine
@@ -51,11 +52,47 @@ def test_restart_requeues_an_interrupted_job_once_then_fails_it(tmp_path, databa
         assert recover_eventually(third) == (0, [twice.id])
         failed = third.get(twice.id)
         assert failed.status == "FAILED" and failed.attempts == 2 and "interrupted twice" in failed.error
-        assert third.get(once.id).status == "QUEUED" and [r.id for r in third.queued(set(), 5)] == [once.id]
+        assert third.get(once.id).status == "QUEUED" and [r.id for r in third.queued(set(), 5, BATCH)] == [once.id]
         assert third.load_inputs(once.id)["main_image"] == IMAGES["main_image"]
     finally:
         for store in stores:
             store.close()
+
+
+def test_a_job_keeps_its_priority_class_when_it_is_queued_again_after_a_restart(tmp_path, database_url):
+    first = JobStore(tmp_path / "jobs", database_url, lease_s=0.4)
+    second = None
+    try:
+        batch = [first.create("k", {"n": n}, IMAGES, 3600) for n in (1, 2)]
+        interactive = first.create("k", {"n": 3}, IMAGES, 3600, priority=INTERACTIVE)
+        assert [r.id for r in first.queued(set(), 5, INTERACTIVE)] == [interactive.id]  # not behind the batch
+        assert [r.id for r in first.queued({batch[0].id}, 5, BATCH)] == [batch[1].id]
+        assert first.mark_started(interactive.id)
+        second = JobStore(tmp_path / "jobs", database_url, lease_s=0.4)
+        assert recover_eventually(second) == (1, [])
+        recovered = second.get(interactive.id)
+        assert recovered.status == "QUEUED" and recovered.priority == INTERACTIVE and "priority" not in recovered.params
+        assert [r.id for r in second.queued(set(), 5, INTERACTIVE)] == [interactive.id]
+    finally:
+        for store in (first, second):
+            if store is not None:
+                store.close()
+
+
+def test_a_store_made_before_priorities_reads_its_jobs_as_batch_work(tmp_path, database_url):
+    store = JobStore(tmp_path / "jobs", database_url)
+    try:
+        job = store.create("k", {}, IMAGES, 3600, priority=INTERACTIVE)
+        store.db.execute("DROP INDEX jobs_to_dispatch")
+        store.db.execute("ALTER TABLE jobs DROP COLUMN priority")  # as an earlier version made it
+    finally:
+        store.close()
+    reopened = JobStore(tmp_path / "jobs", database_url)
+    try:
+        assert reopened.get(job.id).priority == BATCH
+        assert [r.id for r in reopened.queued(set(), 5, BATCH)] == [job.id]
+    finally:
+        reopened.close()
 
 
 def test_duplicate_idempotency_key_raises_with_the_first_job(tmp_path, database_url):

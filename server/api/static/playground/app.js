@@ -667,6 +667,7 @@ async function buildBody(erase) {
   form.append("mask_image", await maskPng(), "mask.png");
   if (!erasing(erase)) form.append("object_image", state.object.blob, fileName("object", state.object.blob));
   for (const [name, value] of requestParams(erase)) form.append(name, value);
+  form.append("priority", "interactive"); // someone is watching: ahead of batch jobs (v2 only, not in the snippets)
   return form;
 }
 
