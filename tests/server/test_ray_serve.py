@@ -8,10 +8,12 @@ random-weight sd15, sdxl and flux2-klein sets are those routed by set, one at a 
 
 from __future__ import annotations
 
+import gc
 import io
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -90,16 +92,15 @@ def test_two_replicas_running_one_per_logical_gpu(proxy_url):
 
 
 def test_deployment_options_leave_backpressure_to_the_app(proxy_url):
-    from server.deployment.ray_serve import PROBE_HEADROOM, app
+    from server.deployment.ray_serve import DEFAULT_MAX_SETS, PROBE_HEADROOM, app
 
     config = app({"max_replicas": 3})._bound_deployment._deployment_config
     assert config.max_ongoing_requests == 4 + 1 + PROBE_HEADROOM  # the app's queue, its worker, probes
     autoscaling = config.autoscaling_config
     assert (autoscaling.min_replicas, autoscaling.max_replicas, autoscaling.target_ongoing_requests) == (1, 3, 2)
     assert app({})._bound_deployment._deployment_config.autoscaling_config.max_replicas == 2  # the cluster's GPUs
-    assert app({})._bound_deployment.init_args == (2,) and app(
-        {"max_sets_per_replica": 3}
-    )._bound_deployment.init_args == (3,)
+    assert app({})._bound_deployment.init_args == (DEFAULT_MAX_SETS,)  # to each replica's __init__
+    assert app({"max_sets_per_replica": 3})._bound_deployment.init_args == (3,)
 
 
 def test_swap_through_the_proxy_is_a_png_of_the_main_image_size(proxy_url, body, scene):
@@ -210,6 +211,20 @@ def test_with_one_set_per_replica_the_next_set_unloads_the_least_recently_used(p
     assert back.status_code == 200 and back.headers["x-segswap-engine"] == f"diffusion/{evicted}"
 
 
+def test_a_held_set_is_unloaded_when_ray_evicts_it_never_when_it_is_collected():
+    from server.deployment.multiplexing import HeldSet
+
+    unloaded = []
+    loader = SimpleNamespace(unload=unloaded.append)
+    collected, evicted = HeldSet(loader, SimpleNamespace(name="sd15")), HeldSet(loader, SimpleNamespace(name="sdxl"))
+    assert hasattr(evicted, "__del__")  # Ray's eviction calls it only then
+    evicted.__del__()
+    evicted.__del__ = lambda _: None  # as Ray's eviction does next
+    del collected, evicted
+    gc.collect()
+    assert unloaded == ["sdxl"]
+
+
 def test_the_header_decides_the_set_and_a_body_naming_another_is_a_400(proxy_url, body):
     routed = httpx.post(
         f"{proxy_url}/v1/seg-swap",
@@ -248,6 +263,7 @@ def test_the_serve_config_is_valid_and_names_this_app(monkeypatch):
     assert getattr(importlib.import_module(module), name) is build_app
     built = build_app(application.args)
     deployment = built._bound_deployment
+    assert deployment.init_args == (application.args["max_sets_per_replica"],)
     (override,) = application.deployments
     assert override.name == deployment.name
     assert override.ray_actor_options.num_gpus == 1
