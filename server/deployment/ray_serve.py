@@ -14,6 +14,10 @@ The replica's `check_health` waits for the engine to be warm before Ray first ma
 the proxy never routes to a replica that is still loading; later, an engine that failed to load
 fails the check and Ray replaces the replica.
 
+Several model sets (SEGSWAP_MODEL_SET) are routed by set with Ray Serve's model multiplexing
+(server/deployment/multiplexing.py): a replica starts with the default set only (lazy loading) and holds
+at most `max_sets_per_replica` others, those the requests sent to it named.
+
 Each replica keeps its own bounded queue: `max_ongoing_requests` is set above the queue size plus
 its workers, so a full replica still answers 429 with Retry-After itself instead of Ray holding
 requests; the autoscaler adds replicas when the replicas' queues are half full.
@@ -33,12 +37,14 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api.app import create_app
+from server.deployment.multiplexing import RouteBySet, SetMultiplexer
 from server.serving.logs import JsonFormatter
 from server.settings import Settings
 
 log = logging.getLogger("segswap")
 
 READY_POLL_S = 0.25
+DEFAULT_MAX_SETS = 2
 PROBE_HEADROOM = 8
 """Ongoing requests a replica accepts beyond its queue and workers: health probes, /metrics, the 429s themselves."""
 
@@ -56,6 +62,12 @@ class RayArgs(BaseModel):
     min_replicas: int = Field(1, ge=1)
     max_replicas: int | None = Field(None, ge=1, description="default: the cluster's GPUs / num_gpus when deployed")
     target_ongoing_requests: float | None = Field(None, gt=0, description="default: half of SEGSWAP_MAX_QUEUE")
+    max_sets_per_replica: int = Field(
+        DEFAULT_MAX_SETS,
+        ge=1,
+        description="model sets a replica holds besides the default, routed by the serve_multiplexed_model_id "
+        "header; they and the default must fit its GPU's memory together",
+    )
 
 
 def replica_devices(settings: Settings) -> list[str]:
@@ -67,9 +79,12 @@ def replica_devices(settings: Settings) -> list[str]:
 
 
 def build_replica_app() -> FastAPI:
-    """Runs inside each replica: the plain app, on this replica's devices."""
+    """Runs inside each replica: the plain app, on this replica's devices.
+
+    Sets load lazily, so that a replica holds the default set and only those requests routed to it name.
+    """
     settings = Settings()
-    settings = settings.model_copy(update={"devices": replica_devices(settings)})
+    settings = settings.model_copy(update={"devices": replica_devices(settings), "lazy_load": True})
     _log_to_stderr(settings.log_level)
     if not settings.auth_required:
         log.warning(
@@ -111,9 +126,21 @@ def _log_to_stderr(level: str) -> None:
 
 
 @serve.deployment(name="segswap")
-@serve.ingress(build_replica_app)
+@serve.ingress()
 class SegSwapReplica:
-    """One replica: the app (built by `build_replica_app`, its lifespan run by Ray) and Ray's health check."""
+    """One replica: the app (built by `build_replica_app`, its lifespan run by Ray), the sets it holds for
+    requests routed by set, and Ray's health check."""
+
+    def __init__(self, max_sets_per_replica: int = DEFAULT_MAX_SETS):
+        self.max_sets = max_sets_per_replica
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """Ray calls this in the replica after `__init__`, then runs the app's lifespan."""
+        app = build_replica_app()
+        multiplexer = SetMultiplexer(app.state.loader, app.state.sets, self.max_sets)
+        replica = serve.get_replica_context().replica_id.unique_id
+        app.add_middleware(RouteBySet, hold=multiplexer.hold, replica=replica)
+        return app
 
     async def check_health(self) -> None:
         """Ray calls this once before the replica takes traffic, then every `health_check_period_s`.
@@ -146,7 +173,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         graceful_shutdown_timeout_s=settings.drain_grace_s,
         health_check_period_s=10,
         health_check_timeout_s=30,
-    ).bind()
+    ).bind(options.max_sets_per_replica)
 
 
 def _replicas_the_cluster_fits(num_gpus: float) -> int:

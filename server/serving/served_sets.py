@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from pipelines import Engine, find_model_set
@@ -27,6 +28,10 @@ from server.serving.work_queue import WorkQueue
 from server.settings import Settings
 
 LOADING, LOADED, UNLOADING, UNLOADED, FAILED = "loading", "loaded", "unloading", "unloaded", "failed"
+
+routed_set: ContextVar[str | None] = ContextVar("routed_set", default=None)
+"""The set a router sent this request to, if any (Ray Serve: the `serve_multiplexed_model_id` header,
+server/deployment/multiplexing.py): the request runs on it when it names no set itself."""
 
 
 @dataclass(eq=False)
@@ -88,6 +93,7 @@ class ServedSets:
     def pick(self, name: str | None) -> ServedSet:
         """The set a request names (the default when it names none): a 400 listing the sets served when it is
         none of them, a 503 when it is not loaded (unless it loads on demand: then it is loading)."""
+        name = _with_route(name)
         found = self.default if name is None else self._sets.get(name)
         if found is None:
             raise BadRequest(
@@ -136,6 +142,17 @@ class ServedSets:
     def stop(self) -> None:
         for served in self:
             served.work.stop()
+
+
+def _with_route(name: str | None) -> str | None:
+    """The set a request names, else the one it was routed to; a 400 when it names another than its route."""
+    routed = routed_set.get()
+    if routed is None or name in (None, routed):
+        return routed or name
+    raise BadRequest(
+        f"model_set {name!r} and the serve_multiplexed_model_id header {routed!r} disagree; "
+        "send the same set in both, or only the header"
+    )
 
 
 def _not_loaded(served: ServedSet) -> str:
