@@ -99,7 +99,7 @@ class ServedSets:
             raise BadRequest(
                 f"model set {name!r} is not served here; served: {', '.join(self.names)} (default {self.default.name})"
             )
-        if found.state in (UNLOADED, FAILED) and self.load_on_demand is not None:
+        if found.state == UNLOADED and self.load_on_demand is not None:  # a failed set waits for an admin's load
             self.load_on_demand(found)
         if found.state not in (LOADED, LOADING) or (found.state == LOADING and self.load_on_demand is None):
             raise Unavailable(_not_loaded(found), {"Retry-After": "10"})

@@ -179,6 +179,24 @@ def test_a_runtime_load_that_fails_leaves_the_others_serving(tiny_weights, keys,
         assert client.get("/health/ready").status_code == 200
 
 
+def test_a_set_that_failed_to_load_lazily_is_not_loaded_again_by_each_request(
+    tiny_weights, keys, body, tmp_path, caplog
+):
+    """Else any key could make the server read a broken set from disk on every request."""
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights / "sd15", weights / "sd15")
+    broken = next((weights / "sd15").rglob("unet/*.safetensors"))
+    broken.write_bytes(broken.read_bytes()[:100])
+    with served_app(weights, keys, model_set="composite,sd15", lazy_load=True, jobs_dir=tmp_path / "jobs") as client:
+        wait_ready(client)
+        with caplog.at_level("ERROR", logger="segswap"):
+            answers = [swap(client, body, "sd15") for _ in range(3)]
+        assert all(answer.status_code == 503 for answer in answers)
+        assert all("failed to load" in answer.json()["error"] for answer in answers)
+        assert sum("model set sd15 failed to load" in record.getMessage() for record in caplog.records) == 1
+        assert card(client, "sd15")["state"] == "failed"
+
+
 def set_bytes(weights, name: str) -> int:
     return estimate(find_model_set(weights, name, "plus"), dtype_bytes("cpu", None)).total
 
