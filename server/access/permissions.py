@@ -55,9 +55,10 @@ def normalise(endpoint: str) -> str:
 
 def allows(endpoints: tuple[str, ...], path: str, operator: bool = False) -> bool:
     """Whether a key limited to `endpoints` (empty: all but admin) may call `path`; `operator`: an operator's
-    key, which may call everything."""
+    key, which may call everything. An endpoint of no family (a hand-edited key file, a route since removed)
+    allows nothing more."""
     family = family_of(path)
-    allowed = {normalise(endpoint) for endpoint in endpoints}
+    allowed = {endpoint if endpoint in FAMILIES else family_of(endpoint) for endpoint in endpoints}
     if family == ADMIN:
         return operator or ADMIN in allowed
     if not endpoints or operator or any(_matches(path, pattern) for pattern in EVERY_KEY):

@@ -32,10 +32,13 @@ def add_models_command(commands) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    cards = _call(args, "GET", "/v1/models").get("data", [])
+    cards = _call(args, "GET", "/v1/models").get("data")
+    if not isinstance(cards, list) or not all(isinstance(card, dict) for card in cards):
+        raise CliError(f"{args.server} answered GET /v1/models without a list of model sets in `data`")
     for card in cards:
         default = " (default)" if card.get("default") else ""
-        loras = ", ".join(_text(lora) for lora in card.get("loras") or []) or "-"
+        loras = card.get("loras")
+        loras = ", ".join(_text(lora) for lora in loras) if isinstance(loras, list) and loras else "-"
         name, state, arch = (_text(card.get(field)) for field in ("id", "state", "arch"))
         print(f"{name}{default}\t{state}\t{arch}\tLoRAs: {loras}")
     return 0
@@ -55,9 +58,11 @@ def run_load(args: argparse.Namespace) -> int:
 
 def run_unload(args: argparse.Namespace) -> int:
     done = _call(args, "POST", f"/v1/models/{args.name}/unload", timeout=None)
-    freed = done.get("freed_bytes")
+    seconds, freed = done.get("seconds", 0), done.get("freed_bytes")
+    if not isinstance(seconds, int | float) or not isinstance(freed, int | None):
+        raise CliError(f"{args.server} answered the unload without numbers for `seconds` and `freed_bytes`")
     freed_text = "not measurable here" if freed is None else f"{gigabytes(freed)} freed"
-    print(f"{args.name}: unloaded in {done.get('seconds', 0):.1f} s, {freed_text}")
+    print(f"{args.name}: unloaded in {seconds:.1f} s, {freed_text}")
     return 0
 
 

@@ -36,7 +36,7 @@ from server.jobs.watchers import JobWatchers
 from server.serving.lifecycle import Lifecycle
 from server.serving.metrics import Metrics
 from server.serving.priority import PRIORITIES, Priority
-from server.serving.served_sets import ServedSets
+from server.serving.served_sets import UNLOADED, ServedSets
 from server.serving.work_queue import Dropped, QueueFull, Ticket, WorkQueue
 from server.settings import Settings
 
@@ -86,6 +86,7 @@ class JobRunner:
                         )
                     for job_id in failed:
                         await self._settled_as_failed(job_id)
+                    self._retry_lazy_loads()
                 if self.lifecycle.ready and not self.lifecycle.draining:
                     await self._dispatch()
             except Exception:  # the database is out of reach for a while: keep trying, do not stop dispatching
@@ -131,6 +132,16 @@ class JobRunner:
     def _loaded(self, name: str | None) -> bool:
         served = self.sets.default if name is None else self.sets.get(name)
         return served.loaded
+
+    def _retry_lazy_loads(self) -> None:
+        """Lazy loading: a job parked because its set could not make room (the sets loaded were busy) tries again
+        every few seconds, not only when an admin loads the set: its pick loads it once those sets are idle. A
+        failed set waits for an admin's load."""
+        if self.sets.load_on_demand is not None:
+            self.parked = {job: name for job, name in self.parked.items() if self._state(name) != UNLOADED}
+
+    def _state(self, name: str | None) -> str:
+        return (self.sets.default if name is None else self.sets.get(name)).state
 
     def _spawn(self, coroutine) -> None:
         task = asyncio.create_task(coroutine)

@@ -5,6 +5,7 @@ import io
 import subprocess
 import sys
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -161,3 +162,21 @@ def test_an_unfetchable_url_names_the_flag_not_the_api_field(inputs, tmp_path, c
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("segswap: error: --main: ") and "field 'main_image'" not in err
+
+
+@pytest.mark.parametrize(
+    ("action", "answer"),
+    [
+        ("list", {"data": "sd15"}),
+        ("list", {"data": None}),
+        ("list", {"data": [1]}),
+        ("unload", {"seconds": "fast", "freed_bytes": 1}),
+        ("unload", {"seconds": 1.0, "freed_bytes": "lots"}),
+    ],
+)
+def test_the_models_command_says_so_when_a_server_answers_json_of_another_shape(monkeypatch, capsys, action, answer):
+    """Not a traceback: whatever answers on that port (a proxy, another service) is not a segswap server."""
+    monkeypatch.setattr(httpx, "request", lambda *args, **kwargs: httpx.Response(200, json=answer))
+    assert main(["models", "--server", "http://127.0.0.1:9", action, *(["sd15"] if action == "unload" else [])]) == 2
+    said = capsys.readouterr().err
+    assert "segswap: error: http://127.0.0.1:9 answered" in said and "Traceback" not in said

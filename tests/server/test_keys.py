@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from pipelines import CompositeEngine
 from server.access.credits import open_ledger
-from server.access.keys import read_key_file
+from server.access.keys import KeyRecord, digest, read_key_file, write_key_file
 from server.access.ratelimit import RateLimiter
 from server.api.app import create_app
 from server.api.live_server import live_server
@@ -100,6 +100,20 @@ def test_unknown_revoked_and_other_endpoint_keys(keyed, body, capsys):
     assert main(["keys", "--keys-file", str(settings.keys_file), "list"]) == 0
     listing = capsys.readouterr().out
     assert "plain" in listing and "REVOKED" in listing and all(s not in listing for s in secrets.values())
+
+
+def test_a_key_file_endpoint_of_no_family_allows_nothing_more_and_breaks_nothing(tmp_path, body):
+    """A hand-edited key file, or one naming a route since removed: the key's requests got a 500, every one."""
+    keys_file = tmp_path / "keys.toml"
+    records = {"old": KeyRecord("old", digest("ss-old"), endpoints=("/v1/seg-swap", "/v1/removed"))}
+    write_key_file(keys_file, records | {"odd": KeyRecord("odd", digest("ss-odd"), endpoints=("/v1/removed",))})
+    with client_for(Settings(keys_file=keys_file, jobs_dir=tmp_path / "jobs")) as client:
+        wait_ready(client)
+        assert client.post("/v1/seg-swap", json=body, headers={"x-api-key": "ss-old"}).status_code == 200
+        assert client.get("/v1/models", headers={"x-api-key": "ss-odd"}).status_code == 200
+        refused = client.post("/v1/seg-swap", json=body, headers={"x-api-key": "ss-odd"})
+        assert refused.status_code == 403 and "not allowed to use /v1/seg-swap" in refused.json()["error"]
+        assert client.post("/v1/models/composite/unload", headers={"x-api-key": "ss-odd"}).status_code == 403
 
 
 def test_rate_limit_answers_429_with_retry_after(keyed, body):

@@ -222,6 +222,43 @@ def test_lazy_loading_loads_on_the_first_request_and_unloads_the_least_recently_
         assert card(client, "sdxl")["state"] == "unloaded"
 
 
+def test_a_v2_job_whose_set_could_not_make_room_runs_once_the_other_set_is_idle(tiny_weights, keys, body, tmp_path):
+    """Lazy loading: a stored job met its set unloaded while another set was busy (so not unloaded to make room
+    for it); it must not wait queued for good once that set is idle."""
+    sd15, sdxl = set_bytes(tiny_weights, "sd15"), set_bytes(tiny_weights, "sdxl")
+    budget = max(sd15, sdxl) + min(sd15, sdxl) // 2  # one at a time
+    with served_app(
+        tiny_weights, keys, model_set="composite,sd15,sdxl", lazy_load=True, memory_budget_bytes=budget,
+        jobs_dir=tmp_path / "jobs",
+    ) as client:  # fmt: skip
+        wait_ready(client)
+        jobs = client.app.state.jobs
+        model = client.post("/v2/seg-swap", json={**body, "model_set": "composite"}).json()["request_id"]
+        assert wait_status(client, model, ("COMPLETED",)) == "COMPLETED"
+        assert swap(client, body, "sdxl").status_code == 200
+        engine, release = client.app.state.sets.get("sdxl").engine, threading.Event()
+        generate = engine.generate
+
+        def busy(*args, **kwargs):  # sdxl's next request holds it until released
+            release.wait(30)
+            return generate(*args, **kwargs)
+
+        engine.generate = busy
+        thread = threading.Thread(target=lambda: swap(client, body, "sdxl"))
+        thread.start()
+        params = jobs.store.get(model).params | {"model_set": "sd15"}
+        job = jobs.store.create(jobs.store.get(model).key_id, params, jobs.store.load_inputs(model), 3600).id
+        jobs.wake()
+        end = time.monotonic() + 10
+        while job not in jobs.parked:  # it met sdxl busy
+            assert time.monotonic() < end
+            time.sleep(0.01)
+        release.set()
+        thread.join()
+        assert wait_status(client, job, ("COMPLETED", "FAILED"), timeout_s=30) == "COMPLETED"
+        assert card(client, "sdxl")["state"] == "unloaded"
+
+
 def test_a_set_too_large_for_the_budget_is_refused_in_one_sentence(tiny_weights, keys, body, tmp_path):
     budget = set_bytes(tiny_weights, "sd15") // 2
     with served_app(

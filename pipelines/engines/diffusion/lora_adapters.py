@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipelines.errors import InvalidInput
-from pipelines.models.loras import lora_names, lora_path, note_lora
+from pipelines.models.loras import FOLDER, lora_names, lora_path, note_lora
 from pipelines.torch_runtime import first_line
 
 HOTSWAP_RANK = 128  # the slot's rank: every LoRA up to it swaps in without a recompile
@@ -75,6 +75,7 @@ class LoraAdapters:
         try:
             self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter, hotswap=hotswap)
         except Exception as exc:  # not a LoRA file, not for this model, a rank past the slot's: many types
-            raise InvalidInput(f"cannot apply LoRA {name!r} to this model set: {first_line(exc)}", "lora") from exc
+            why = first_line(exc).replace(str(path.parent), FOLDER)  # the client's answer: no server paths in it
+            raise InvalidInput(f"cannot apply LoRA {name!r} to this model set: {why}", "lora") from exc
         note_lora(self.engine_name, name, path)
         return adapter
