@@ -152,3 +152,11 @@ def test_a_lora_that_cannot_load_is_refused_and_the_engine_keeps_working(tiny_we
     assert str(tmp_path) not in str(refused.value)  # the client's answer names no server folder
     assert np.array_equal(pixels(engine), plain) and np.array_equal(pixels(engine, lora="style-a"), styled)
     assert not np.array_equal(pixels(engine, lora="style.b"), styled)
+    reads = []
+    engine.pipe.load_lora_weights = lambda *args, **kwargs: reads.append(args)  # any read from here on
+    for _ in range(3):  # refused again without reading the file again
+        with pytest.raises(InvalidInput, match="cannot apply LoRA 'broken'"):
+            engine.swap(diffusion_job(lora="broken"))
+    assert reads == []
+    (tmp_path / "sd15" / "loras" / "broken.safetensors").write_bytes(b"replaced by the operator")
+    engine.loras.check("broken")  # a changed file is no longer refused before it is read again

@@ -31,15 +31,21 @@ class LoraAdapters:
         self.adapters: dict[str, str] = {}  # LoRA name -> adapter name (eager)
         self.in_slot: str | None = None  # the LoRA in the hot-swap slot (compiled); "" after a failed swap
         self.loads = 0
+        self.refused: dict[str, tuple[tuple[int, int], str]] = {}  # LoRA name -> (its file's stamp, why it failed)
 
     def names(self) -> list[str]:
         """The LoRAs a request may name: the set's loras/ folder as it is now."""
         return lora_names(self.set_folder)
 
     def check(self, name: str) -> None:
-        """An InvalidInput (field lora) when `name` is not a LoRA of the set: before any work is done."""
-        if name:
-            lora_path(self.set_folder, name)
+        """An InvalidInput (field lora) when `name` is not a LoRA of the set, or one that failed to load and has
+        not changed since (a request cannot make the server read a broken file again): before any work is done."""
+        if not name:
+            return
+        path = lora_path(self.set_folder, name)
+        stamp, why = self.refused.get(name, (None, ""))
+        if stamp is not None and stamp == _stamp(path):
+            raise InvalidInput(why, "lora")
 
     def use(self, name: str, scale: float) -> None:
         """Make LoRA `name` at `scale` the one the next denoise runs with ("" or scale 0: none)."""
@@ -71,11 +77,19 @@ class LoraAdapters:
         self.pipe.set_adapters([SLOT], adapter_weights=[scale])
 
     def _load(self, name: str, adapter: str, hotswap: bool) -> str:
+        self.check(name)
         path = lora_path(self.set_folder, name)
         try:
             self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter, hotswap=hotswap)
         except Exception as exc:  # not a LoRA file, not for this model, a rank past the slot's: many types
             why = first_line(exc).replace(str(path.parent), FOLDER)  # the client's answer: no server paths in it
-            raise InvalidInput(f"cannot apply LoRA {name!r} to this model set: {why}", "lora") from exc
+            self.refused[name] = (_stamp(path), f"cannot apply LoRA {name!r} to this model set: {why}")
+            raise InvalidInput(self.refused[name][1], "lora") from exc
         note_lora(self.engine_name, name, path)
         return adapter
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """What changes when the operator replaces a LoRA file: its modification time and size."""
+    status = path.stat()
+    return status.st_mtime_ns, status.st_size
