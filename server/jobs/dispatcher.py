@@ -36,7 +36,7 @@ from server.jobs.watchers import JobWatchers
 from server.serving.lifecycle import Lifecycle
 from server.serving.metrics import Metrics
 from server.serving.priority import PRIORITIES, Priority
-from server.serving.served_sets import UNLOADED, ServedSets
+from server.serving.served_sets import LOADED, UNLOADED, ServedSets
 from server.serving.work_queue import Dropped, QueueFull, Ticket, WorkQueue
 from server.settings import Settings
 
@@ -118,7 +118,7 @@ class JobRunner:
         return len(purged)
 
     async def _dispatch(self) -> None:
-        self.parked = {job: name for job, name in self.parked.items() if not self._loaded(name)}
+        self.parked = {job: name for job, name in self.parked.items() if self._state(name) != LOADED}
         for priority in PRIORITIES:
             room = self.sets.workers + 1 - sum(each == priority for each in self.classes.values())
             if room <= 0:
@@ -128,10 +128,6 @@ class JobRunner:
             ):
                 self.tickets[record.id], self.classes[record.id] = None, priority
                 self._spawn(self._execute(record))
-
-    def _loaded(self, name: str | None) -> bool:
-        served = self.sets.default if name is None else self.sets.get(name)
-        return served.loaded
 
     def _retry_lazy_loads(self) -> None:
         """Lazy loading: a job parked because its set could not make room (the sets loaded were busy) tries again

@@ -201,15 +201,20 @@ def set_bytes(weights, name: str) -> int:
     return estimate(find_model_set(weights, name, "plus"), dtype_bytes("cpu", None)).total
 
 
+def one_diffusion_set_at_a_time(weights, keys, tmp_path) -> TestClient:
+    """Lazy loading of composite, sd15 and sdxl under a budget that holds only one of the two diffusion sets."""
+    sd15, sdxl = set_bytes(weights, "sd15"), set_bytes(weights, "sdxl")
+    budget = max(sd15, sdxl) + min(sd15, sdxl) // 2
+    return served_app(
+        weights, keys, model_set="composite,sd15,sdxl", lazy_load=True, memory_budget_bytes=budget,
+        jobs_dir=tmp_path / "jobs",
+    )  # fmt: skip
+
+
 def test_lazy_loading_loads_on_the_first_request_and_unloads_the_least_recently_used_to_make_room(
     tiny_weights, keys, body, tmp_path
 ):
-    sd15, sdxl = set_bytes(tiny_weights, "sd15"), set_bytes(tiny_weights, "sdxl")
-    budget = max(sd15, sdxl) + min(sd15, sdxl) // 2  # one at a time
-    with served_app(
-        tiny_weights, keys, model_set="composite,sd15,sdxl", lazy_load=True, memory_budget_bytes=budget,
-        jobs_dir=tmp_path / "jobs",
-    ) as client:  # fmt: skip
+    with one_diffusion_set_at_a_time(tiny_weights, keys, tmp_path) as client:
         wait_ready(client)
         states = {card["id"]: card["state"] for card in client.get("/v1/models").json()["data"]}
         assert states == {"composite": "loaded", "sd15": "unloaded", "sdxl": "unloaded"}
@@ -225,12 +230,7 @@ def test_lazy_loading_loads_on_the_first_request_and_unloads_the_least_recently_
 def test_a_v2_job_whose_set_could_not_make_room_runs_once_the_other_set_is_idle(tiny_weights, keys, body, tmp_path):
     """Lazy loading: a stored job met its set unloaded while another set was busy (so not unloaded to make room
     for it); it must not wait queued for good once that set is idle."""
-    sd15, sdxl = set_bytes(tiny_weights, "sd15"), set_bytes(tiny_weights, "sdxl")
-    budget = max(sd15, sdxl) + min(sd15, sdxl) // 2  # one at a time
-    with served_app(
-        tiny_weights, keys, model_set="composite,sd15,sdxl", lazy_load=True, memory_budget_bytes=budget,
-        jobs_dir=tmp_path / "jobs",
-    ) as client:  # fmt: skip
+    with one_diffusion_set_at_a_time(tiny_weights, keys, tmp_path) as client:
         wait_ready(client)
         jobs = client.app.state.jobs
         model = client.post("/v2/seg-swap", json={**body, "model_set": "composite"}).json()["request_id"]
