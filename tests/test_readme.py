@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from server.api.live_server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 NOT_RUN = re.compile(r"<!-- not run by tests/test_readme.py: (.+?) -->")
@@ -80,7 +81,7 @@ def clone(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(clone):
-    port = _free_port()
+    port = free_port()
     env = _environment(clone, port)
     log = (clone / "server.log").open("w")
     process = subprocess.Popen(
@@ -130,12 +131,6 @@ def _environment(clone: Path, port: int) -> dict[str, str]:
         "SEGSWAP_PORT": str(port),
         "PATH": f"{clone / '.venv' / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}",
     }
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _wait_ready(url: str, process: subprocess.Popen, log: Path) -> None:

@@ -72,7 +72,9 @@ def test_cli_swap_with_tiny_sdxl(tiny_weights, tmp_path, body, capsys):
 
 
 def test_serve_with_diffusion_and_no_weights_refuses_to_start(tmp_path, capsys):
-    assert main(["serve", "--engine", "diffusion", "--weights", str(tmp_path)]) == 2
+    from server.api.live_server import free_port
+
+    assert main(["serve", "--engine", "diffusion", "--weights", str(tmp_path), "--port", str(free_port())]) == 2
     err = capsys.readouterr().err
     assert "no model set in" in err and "segswap weights download" in err
 

@@ -24,6 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pipelines.engines.composite import CompositeEngine
 from server.api.app import create_app
+from server.api.live_server import free_port
 from server.cli.main import main
 from server.inputs.encode import encode_image
 from server.inputs.metadata import read
@@ -203,7 +204,8 @@ def test_a_certificate_or_key_that_is_no_small_readable_file_is_one_line_at_star
         assert message in str(raised.value) and "\n" not in str(raised.value)
     monkeypatch.setenv("SEGSWAP_C2PA_CERT", "/dev/zero")
     monkeypatch.setenv("SEGSWAP_C2PA_KEY", str(signing["c2pa_key"]))
-    for command in (["serve", "--engine", "composite"], ["swap", "--main", "m.png", "--mask", "k.png", "-o", "o.png"]):
+    serve = ["serve", "--engine", "composite", "--port", str(free_port())]
+    for command in (serve, ["swap", "--main", "m.png", "--mask", "k.png", "-o", "o.png"]):
         assert main(command) == 2
         error = capsys.readouterr().err
         assert error.count("\n") == 1 and "/dev/zero is not a regular file" in error

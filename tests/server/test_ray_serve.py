@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import io
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,6 +25,7 @@ pytest.importorskip("diffusers")
 
 from pipelines import CompositeEngine  # noqa: E402
 from server.api.app import create_app  # noqa: E402
+from server.api.live_server import free_port  # noqa: E402
 from server.settings import Settings  # noqa: E402
 from tests.conftest import wait_ready  # noqa: E402
 
@@ -39,12 +39,6 @@ REPLICA_ENV = {
     "SEGSWAP_MAX_QUEUE": "4",
 }
 SET_HEADER = "serve_multiplexed_model_id"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

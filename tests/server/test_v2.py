@@ -286,6 +286,17 @@ def test_progress_events_arrive_while_the_job_runs(tmp_path, body):
     assert [data["step"] for name, data, _ in events if name == "progress"][-1] == 8
 
 
+def test_a_composite_job_reports_its_one_step_before_it_completes(tmp_path, body):
+    """The composite engine has no steps: its stream still shows one progress event, 1 of 1, then the end."""
+    with live_server(create_app(Settings(api_keys=[KEY], jobs_dir=tmp_path / "jobs"), CompositeEngine())) as url:
+        events = read_events(url, submit(url, body))
+    names = [name for name, _, _ in events]
+    assert names[-1] == "completed" and "progress" in names, events
+    progress = [data for name, data, _ in events if name == "progress"]
+    assert [(data["step"], data["total"]) for data in progress] == [(1, 1)], events
+    assert names.index("progress") < names.index("completed")
+
+
 def test_a_waiting_stream_reads_nothing_until_its_job_changes(tmp_path, body):
     """A stream sleeps until the dispatcher says its job changed: no store reads while it waits in the queue, and
     the end arrives at once (the only timer is the 15 s keep-alive)."""

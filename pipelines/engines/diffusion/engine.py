@@ -43,7 +43,6 @@ import torch
 from diffusers import LCMScheduler, StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
 from PIL import Image
 
-from pipelines.engines.diffusion import fp8
 from pipelines.engines.diffusion.conditioning import reference_image, reference_key, set_ip_adapter_strengths
 from pipelines.engines.diffusion.device_ops import pixels
 from pipelines.engines.diffusion.embedding_cache import EmbeddingCache
@@ -74,7 +73,7 @@ from pipelines.models.few_step import few_steps, lora_file
 from pipelines.models.loras import lora_names
 from pipelines.models.model_sets import ModelSet
 from pipelines.placement.cache import ImageCache
-from pipelines.torch_runtime import first_line, pick_device, quiet_libraries
+from pipelines.torch_runtime import first_line, quiet_libraries
 
 LATENT_MARGIN = 16  # processing pixels the pipeline's mask reaches past the grown mask: two latent cells
 
@@ -84,12 +83,7 @@ class DiffusionEngine(StagedEngine):
     stages of staged.py, `generate` on one thread)."""
 
     def __init__(self, model_set: ModelSet, options: DiffusionOptions | None = None):
-        options = options or DiffusionOptions()
-        self.model_set = model_set
-        self.device, self.dtype = pick_device(options.device, options.dtype)
-        self.options = options.resolved(self.device.type)
-        if self.options.fp8:
-            fp8.require(self.device)
+        self._configure(model_set, options)
         self.pipe = load_pipeline(model_set, self.device, self.dtype, self.options)
         self.name = f"diffusion/{model_set.name}"
         self.native_side = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor

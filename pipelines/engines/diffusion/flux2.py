@@ -62,7 +62,7 @@ from pipelines.job import ERASE, SwapJob
 from pipelines.models.model_sets import ModelSet
 from pipelines.placement import Placement, grid_reference
 from pipelines.placement.cache import ImageCache
-from pipelines.torch_runtime import first_line, pick_device, quiet_libraries
+from pipelines.torch_runtime import first_line, quiet_libraries
 
 log = logging.getLogger("segswap.diffusion")
 
@@ -77,12 +77,7 @@ class Flux2Engine(StagedEngine):
     the three stages of staged.py, `generate` on one thread)."""
 
     def __init__(self, model_set: ModelSet, options: DiffusionOptions | None = None):
-        options = options or DiffusionOptions()
-        self.model_set = model_set
-        self.device, self.dtype = pick_device(options.device, options.dtype)
-        self.options = options.resolved(self.device.type)
-        if self.options.fp8:
-            fp8.require(self.device)
+        self._configure(model_set, options)
         self.pipe = load_flux2_pipeline(model_set, self.device, self.dtype, self.options)
         self.name = f"diffusion/{model_set.name}"
         self.distilled = bool(self.pipe.config.is_distilled)

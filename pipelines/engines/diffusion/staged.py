@@ -10,9 +10,13 @@ import time
 
 from PIL import Image
 
+from pipelines.engines.diffusion import fp8
+from pipelines.engines.diffusion.options import DiffusionOptions
 from pipelines.engines.diffusion.stitch import Prepared
 from pipelines.interface import ProgressFn
 from pipelines.job import SwapJob
+from pipelines.models.model_sets import ModelSet
+from pipelines.torch_runtime import pick_device
 
 
 class StagedEngine:
@@ -21,6 +25,16 @@ class StagedEngine:
 
     last_timings: dict[str, float]
     embeds_s: float = 0.0  # set by generate: its share spent on embeddings
+
+    def _configure(self, model_set: ModelSet, options: DiffusionOptions | None) -> None:
+        """The set, the device and dtype it runs in, and the options resolved for that device (FP8 refused at
+        once where the device has no float8 tensor cores)."""
+        options = options or DiffusionOptions()
+        self.model_set = model_set
+        self.device, self.dtype = pick_device(options.device, options.dtype)
+        self.options = options.resolved(self.device.type)
+        if self.options.fp8:
+            fp8.require(self.device)
 
     def swap(self, job: SwapJob, progress: ProgressFn | None = None) -> Image.Image:
         start = time.perf_counter()
