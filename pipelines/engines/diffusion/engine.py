@@ -207,7 +207,7 @@ class DiffusionEngine(StagedEngine):
 
         image_key = ("image", self.model_set.arch, self.model_set.variant, *prepared.reference_key)
         image_embeds = self.embeddings.get(image_key, encode_image)
-        prompt_key = ("prompt", prompt, negative_prompt)
+        prompt_key = ("prompt", prompt, negative_prompt, *self.loras.text_encoder_key(job.lora, job.lora_scale))
         arguments = dict(self.embeddings.get(prompt_key, lambda: self._encode_prompt(prompt, negative_prompt)))
         arguments["ip_adapter_image_embeds"] = [e if guided else e.chunk(2)[1] for e in image_embeds]
         return arguments

@@ -9,6 +9,9 @@ Compiled denoiser (the fast path's regional torch.compile): one adapter slot, "r
 (`load_lora_weights(..., hotswap=True)`), and no LoRA is the slot at scale 0, so the compiled graphs see the
 same modules and shapes every time (the slot, and the slot at scale 0, each compile once per processing shape).
 A LoRA of rank above HOTSWAP_RANK cannot be hot-swapped and is refused.
+
+A LoRA may carry text-encoder layers too (many SD/SDXL LoRAs do; diffusers loads them with the denoiser's): the
+prompt embeddings then depend on it, and `text_encoder_key` says so to the embedding cache.
 """
 
 from __future__ import annotations
@@ -61,6 +64,18 @@ class LoraAdapters:
             adapter = self.adapters[name]
             self.pipe.enable_lora()
             self.pipe.set_adapters([adapter], adapter_weights=[scale])
+
+    def text_encoder_key(self, name: str, scale: float) -> tuple:
+        """What prompt embeddings depend on besides the prompt once `use(name, scale)` ran: the LoRA and its scale
+        where it reaches a text encoder; nothing for no LoRA, scale 0 or a LoRA of the denoiser alone."""
+        if not name or scale == 0:
+            return ()
+        adapter = SLOT if self.compiled else self.adapters.get(name)
+        for part in ("text_encoder", "text_encoder_2"):
+            encoder = getattr(self.pipe, part, None)
+            if adapter in (getattr(encoder, "peft_config", None) or {}):
+                return (name, scale)
+        return ()
 
     def _use_slot(self, name: str, scale: float) -> None:
         if not name or scale == 0:
