@@ -230,3 +230,19 @@ def test_a_lora_on_the_text_encoders_conditions_the_unet_with_the_embedding_cach
             if key in expected:
                 assert torch.equal(got[key], expected[key]), (fields, key)
     assert not torch.equal(unet_inputs(uncached, lora="words")["text"], unet_inputs(uncached)["text"])
+
+
+def test_a_lora_added_after_load_runs_every_layer_of_the_unet(tiny_weights, tmp_path):
+    """An operator may add a LoRA file while the engine runs (the folder is read as it is now): its layers on the
+    self-attention's q, k and v run, as on an engine that found it at load (no fused q/k/v matmul skips them)."""
+    folder = tmp_path / "sd15"
+    shutil.copytree(tiny_weights / "sd15", folder)
+    engine = DiffusionEngine(ModelSet("sd15", folder), CPU)
+    assert any(isinstance(p, FusedAttnProcessor2_0) for p in engine.pipe.unet.attn_processors.values())
+    plain = unet_inputs(engine)["output"]
+    unet = UNet2DConditionModel.from_pretrained(folder / "base" / "unet")
+    write_request_lora(folder / "loras" / "late.safetensors", unet, "unet", 0)
+    found_at_load = DiffusionEngine(ModelSet("sd15", folder), CPU)
+    styled = unet_inputs(engine, lora="late")["output"]
+    assert torch.allclose(styled, unet_inputs(found_at_load, lora="late")["output"], atol=1e-5)
+    assert torch.allclose(unet_inputs(engine)["output"], plain, atol=1e-5)  # and none is none again

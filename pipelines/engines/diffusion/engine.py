@@ -48,7 +48,7 @@ from pipelines.engines.diffusion.conditioning import reference_image, reference_
 from pipelines.engines.diffusion.device_ops import pixels
 from pipelines.engines.diffusion.embedding_cache import EmbeddingCache
 from pipelines.engines.diffusion.erase import prompts
-from pipelines.engines.diffusion.fast_path import apply_fast_path, with_eager_fallback
+from pipelines.engines.diffusion.fast_path import apply_fast_path, unfuse_self_attention, with_eager_fallback
 from pipelines.engines.diffusion.geometry import dilate
 from pipelines.engines.diffusion.ip_masks import token_grids, token_masks
 from pipelines.engines.diffusion.lora_adapters import LoraAdapters
@@ -105,7 +105,13 @@ class DiffusionEngine(StagedEngine):
         )
         self.embeddings = EmbeddingCache(self.options.embed_cache_size)
         self.objects = ImageCache(self.options.object_cache_bytes)
-        self.loras = LoraAdapters(self.pipe, model_set.folder, self.name, compiled=bool(self.options.compile))
+        self.loras = LoraAdapters(
+            self.pipe,
+            model_set.folder,
+            self.name,
+            compiled=bool(self.options.compile),
+            before_load=lambda: unfuse_self_attention(self.pipe.unet),
+        )
         self.last_timings: dict[str, float] = {}
 
     def steps_for(self, job: SwapJob) -> int:
