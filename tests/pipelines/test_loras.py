@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("diffusers")
 
@@ -160,3 +161,88 @@ def test_a_lora_that_cannot_load_is_refused_and_the_engine_keeps_working(tiny_we
     assert reads == []
     (tmp_path / "sd15" / "loras" / "broken.safetensors").write_bytes(b"replaced by the operator")
     engine.loras.check("broken")  # a changed file is no longer refused before it is read again
+
+
+# ---------------------------------------------------------------- what the denoiser receives with a LoRA
+
+
+def write_text_encoder_lora(path, unet_folder, text_encoders: dict, seed: int = 0):
+    """A request LoRA with layers on the UNet and on the text encoders (CLIP's attention projections), as many
+    kohya SD/SDXL LoRAs ship: diffusers loads every part of it."""
+    from safetensors.torch import load_file, save_file
+
+    write_request_lora(path, UNet2DConditionModel.from_pretrained(unet_folder), "unet", seed)
+    tensors = load_file(str(path))
+    generator = torch.Generator().manual_seed(seed)
+    for prefix, encoder in text_encoders.items():
+        for name, module in encoder.named_modules():
+            if name.endswith(("q_proj", "k_proj", "v_proj", "out_proj")) and isinstance(module, torch.nn.Linear):
+                tensors[f"{prefix}.{name}.lora_A.weight"] = torch.randn((4, module.in_features), generator=generator)
+                tensors[f"{prefix}.{name}.lora_B.weight"] = torch.randn((module.out_features, 4), generator=generator)
+    save_file({key: value.contiguous() for key, value in tensors.items()}, str(path))
+
+
+def unet_inputs(engine, **overrides) -> dict[str, torch.Tensor]:
+    """The text conditioning the UNet receives at its first call of a swap (and its first output)."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def before(module, args, kwargs):
+        if not seen:
+            seen["text"] = kwargs["encoder_hidden_states"].detach().clone()
+            added = kwargs.get("added_cond_kwargs") or {}
+            if "text_embeds" in added:
+                seen["pooled"] = added["text_embeds"].detach().clone()
+
+    def after(module, args, output):
+        seen.setdefault("output", output[0].detach().clone())
+
+    handles = [
+        engine.pipe.unet.register_forward_pre_hook(before, with_kwargs=True),
+        engine.pipe.unet.register_forward_hook(after),
+    ]
+    try:
+        engine.swap(diffusion_job(**overrides))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sdxl"])
+def test_a_lora_on_the_text_encoders_conditions_the_unet_with_the_embedding_cache_on(tiny_weights, tmp_path, arch):
+    """The prompt embeddings a cached swap hands the UNet are those the pipeline computes with the request's LoRA
+    (and scale) on the text encoders, and without it when the request names none, whatever ran before."""
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    folder = tmp_path / arch
+    shutil.copytree(tiny_weights / arch, folder)
+    encoders = {"text_encoder": CLIPTextModel.from_pretrained(folder / "base" / "text_encoder")}
+    if arch == "sdxl":
+        encoders["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(folder / "base" / "text_encoder_2")
+    write_text_encoder_lora(folder / "loras" / "words.safetensors", folder / "base" / "unet", encoders)
+    cached = DiffusionEngine(ModelSet(arch, folder), CPU)
+    uncached = DiffusionEngine(ModelSet(arch, folder), DiffusionOptions(device="cpu", embed_cache_size=0))
+    runs = ({}, {"lora": "words"}, {"lora": "words", "lora_scale": 0.5}, {}, {"lora": "words"})
+    for fields in runs:
+        got, expected = unet_inputs(cached, **fields), unet_inputs(uncached, **fields)
+        assert set(got) == set(expected)
+        for key in ("text", "pooled"):
+            if key in expected:
+                assert torch.equal(got[key], expected[key]), (fields, key)
+    assert not torch.equal(unet_inputs(uncached, lora="words")["text"], unet_inputs(uncached)["text"])
+
+
+def test_a_lora_added_after_load_runs_every_layer_of_the_unet(tiny_weights, tmp_path):
+    """An operator may add a LoRA file while the engine runs (the folder is read as it is now): its layers on the
+    self-attention's q, k and v run, as on an engine that found it at load (no fused q/k/v matmul skips them)."""
+    folder = tmp_path / "sd15"
+    shutil.copytree(tiny_weights / "sd15", folder)
+    engine = DiffusionEngine(ModelSet("sd15", folder), CPU)
+    assert any(isinstance(p, FusedAttnProcessor2_0) for p in engine.pipe.unet.attn_processors.values())
+    plain = unet_inputs(engine)["output"]
+    unet = UNet2DConditionModel.from_pretrained(folder / "base" / "unet")
+    write_request_lora(folder / "loras" / "late.safetensors", unet, "unet", 0)
+    found_at_load = DiffusionEngine(ModelSet("sd15", folder), CPU)
+    styled = unet_inputs(engine, lora="late")["output"]
+    assert torch.allclose(styled, unet_inputs(found_at_load, lora="late")["output"], atol=1e-5)
+    assert torch.allclose(unet_inputs(engine)["output"], plain, atol=1e-5)  # and none is none again

@@ -47,7 +47,7 @@ from pipelines.engines.diffusion.conditioning import reference_image, reference_
 from pipelines.engines.diffusion.device_ops import pixels
 from pipelines.engines.diffusion.embedding_cache import EmbeddingCache
 from pipelines.engines.diffusion.erase import prompts
-from pipelines.engines.diffusion.fast_path import apply_fast_path, with_eager_fallback
+from pipelines.engines.diffusion.fast_path import apply_fast_path, unfuse_self_attention, with_eager_fallback
 from pipelines.engines.diffusion.geometry import dilate
 from pipelines.engines.diffusion.ip_masks import token_grids, token_masks
 from pipelines.engines.diffusion.lora_adapters import LoraAdapters
@@ -99,7 +99,13 @@ class DiffusionEngine(StagedEngine):
         )
         self.embeddings = EmbeddingCache(self.options.embed_cache_size)
         self.objects = ImageCache(self.options.object_cache_bytes)
-        self.loras = LoraAdapters(self.pipe, model_set.folder, self.name, compiled=bool(self.options.compile))
+        self.loras = LoraAdapters(
+            self.pipe,
+            model_set.folder,
+            self.name,
+            compiled=bool(self.options.compile),
+            before_load=lambda: unfuse_self_attention(self.pipe.unet),
+        )
         self.last_timings: dict[str, float] = {}
 
     def steps_for(self, job: SwapJob) -> int:
@@ -201,7 +207,7 @@ class DiffusionEngine(StagedEngine):
 
         image_key = ("image", self.model_set.arch, self.model_set.variant, *prepared.reference_key)
         image_embeds = self.embeddings.get(image_key, encode_image)
-        prompt_key = ("prompt", prompt, negative_prompt)
+        prompt_key = ("prompt", prompt, negative_prompt, *self.loras.text_encoder_key(job.lora, job.lora_scale))
         arguments = dict(self.embeddings.get(prompt_key, lambda: self._encode_prompt(prompt, negative_prompt)))
         arguments["ip_adapter_image_embeds"] = [e if guided else e.chunk(2)[1] for e in image_embeds]
         return arguments

@@ -100,6 +100,18 @@ def fuse_self_attention(unet) -> int:
     return count
 
 
+def unfuse_self_attention(unet) -> int:
+    """Undo `fuse_self_attention`: every fused self-attention runs its own to_q/to_k/to_v again (the views of the
+    fused weight), so that a LoRA loaded on them runs; returns how many."""
+    count = 0
+    for module in unet.modules():
+        if isinstance(module, Attention) and isinstance(module.processor, FusedAttnProcessor2_0):
+            module.set_processor(AttnProcessor2_0())
+            module.fused_projections = False
+            count += 1
+    return count
+
+
 def compile_blocks(model) -> None:
     """Regional compilation: `torch.compile` each repeated transformer block, not the whole model (the UNet's
     transformer blocks, FLUX.2's double and single blocks).

@@ -9,10 +9,16 @@ Compiled denoiser (the fast path's regional torch.compile): one adapter slot, "r
 (`load_lora_weights(..., hotswap=True)`), and no LoRA is the slot at scale 0, so the compiled graphs see the
 same modules and shapes every time (the slot, and the slot at scale 0, each compile once per processing shape).
 A LoRA of rank above HOTSWAP_RANK cannot be hot-swapped and is refused.
+
+A LoRA may carry text-encoder layers too (many SD/SDXL LoRAs do; diffusers loads them with the denoiser's): the
+prompt embeddings then depend on it, and `text_encoder_key` says so to the embedding cache. `before_load` runs
+before each load: the SD engine undoes its fused self-attention q/k/v there, whose one matmul would skip a
+LoRA's to_q/to_k/to_v layers (a LoRA added to the folder after the engine loaded).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from pipelines.errors import InvalidInput
@@ -26,8 +32,11 @@ SLOT = "request"
 class LoraAdapters:
     """The LoRAs of one engine's pipeline, from its set's `loras/` folder."""
 
-    def __init__(self, pipe, set_folder: Path, engine_name: str, compiled: bool):
+    def __init__(
+        self, pipe, set_folder: Path, engine_name: str, compiled: bool, before_load: Callable[[], object] | None = None
+    ):
         self.pipe, self.set_folder, self.engine_name, self.compiled = pipe, set_folder, engine_name, compiled
+        self.before_load = before_load
         self.adapters: dict[str, str] = {}  # LoRA name -> adapter name (eager)
         self.in_slot: str | None = None  # the LoRA in the hot-swap slot (compiled); "" after a failed swap
         self.loads = 0
@@ -62,6 +71,18 @@ class LoraAdapters:
             self.pipe.enable_lora()
             self.pipe.set_adapters([adapter], adapter_weights=[scale])
 
+    def text_encoder_key(self, name: str, scale: float) -> tuple:
+        """What prompt embeddings depend on besides the prompt once `use(name, scale)` ran: the LoRA and its scale
+        where it reaches a text encoder; nothing for no LoRA, scale 0 or a LoRA of the denoiser alone."""
+        if not name or scale == 0:
+            return ()
+        adapter = SLOT if self.compiled else self.adapters.get(name)
+        for part in ("text_encoder", "text_encoder_2"):
+            encoder = getattr(self.pipe, part, None)
+            if adapter in (getattr(encoder, "peft_config", None) or {}):
+                return (name, scale)
+        return ()
+
     def _use_slot(self, name: str, scale: float) -> None:
         if not name or scale == 0:
             if self.in_slot is not None:
@@ -79,6 +100,8 @@ class LoraAdapters:
     def _load(self, name: str, adapter: str, hotswap: bool) -> str:
         self.check(name)
         path = lora_path(self.set_folder, name)
+        if self.before_load is not None:
+            self.before_load()
         try:
             self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter, hotswap=hotswap)
         except Exception as exc:  # not a LoRA file, not for this model, a rank past the slot's: many types
