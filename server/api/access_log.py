@@ -16,6 +16,7 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.serving.heap import IdleTrimmer
 from server.serving.metrics import Metrics
 
 access_log = logging.getLogger("segswap.access")
@@ -24,8 +25,8 @@ ROUTES_MEASURED = ("/v1/seg-swap", "/v2/seg-swap")
 
 
 class AccessMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics):
-        self.app, self.metrics = app, metrics
+    def __init__(self, app: ASGIApp, metrics: Metrics, heap: IdleTrimmer):
+        self.app, self.metrics, self.heap = app, metrics, heap
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -48,9 +49,14 @@ class AccessMiddleware:
                     headers["x-remaining-credits"] = str(state["remaining_credits"])
             await send(message)
 
+        counted = not scope["path"].endswith("/events")  # an open event stream holds no images: trims go on
+        if counted:
+            self.heap.begin()
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            if counted:
+                self.heap.end()
             self._record(scope, request_id, status, time.perf_counter() - started, state["log"])
 
     def _record(self, scope: Scope, request_id: str, status: int, seconds: float, extra: dict) -> None:

@@ -27,6 +27,7 @@ from server.api.v2 import router as router_v2
 from server.inputs.provenance import provenance_for
 from server.jobs.dispatcher import JobRunner
 from server.jobs.store import open_job_store
+from server.serving.heap import IdleTrimmer
 from server.serving.lifecycle import Lifecycle
 from server.serving.memory_check import check_memory
 from server.serving.metrics import Metrics
@@ -61,6 +62,7 @@ def create_app(
     if engine_factory is None:
         check_memory(settings, initial, devices)
     lifecycle = Lifecycle()
+    heap = IdleTrimmer(busy=lambda: bool(sets.depth or sets.in_flight))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -69,6 +71,7 @@ def create_app(
         jobs = JobRunner(open_job_store(settings), sets, lifecycle, settings, metrics, app.state.credits)
         app.state.jobs = jobs
         background = [asyncio.create_task(jobs.run()), asyncio.create_task(jobs.purge_forever())]
+        background.append(asyncio.create_task(heap.run()))
         try:
             yield
         finally:
@@ -87,7 +90,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.settings, app.state.work, app.state.lifecycle, app.state.metrics = settings, work, lifecycle, metrics
-    app.state.sets, app.state.loader = sets, loader
+    app.state.sets, app.state.loader, app.state.heap = sets, loader, heap
     app.state.key_file = KeyFile(settings.keys_file) if settings.keys_file else None
     app.state.credits = open_ledger(settings) if settings.keys_file else None
     app.state.limiter = RateLimiter()
@@ -103,7 +106,7 @@ def create_app(
     app.include_router(router_v2)
     mount_playground(app)
     mount_docs(app)
-    app.add_middleware(AccessMiddleware, metrics=metrics)
+    app.add_middleware(AccessMiddleware, metrics=metrics, heap=heap)
     return app
 
 
