@@ -16,7 +16,11 @@ async def live() -> dict:
     return {"status": "live"}
 
 
-@router.get("/health/ready", summary="Every model set loaded and warm, not draining (503 otherwise)")
+@router.get(
+    "/health/ready",
+    summary="The model sets warm, the default one loaded (or loading on demand), not draining (503 otherwise)",
+)
+@router.get("/health", summary="The same as /health/ready")
 async def ready(lifecycle: LifecycleDep, sets: SetsDep) -> JSONResponse:
     loaded = {
         served.name: {
@@ -27,7 +31,7 @@ async def ready(lifecycle: LifecycleDep, sets: SetsDep) -> JSONResponse:
         }
         for served in sets
     }
-    reason = lifecycle.not_ready_reason()
+    reason = lifecycle.not_ready_reason() or sets.default_refused()
     if reason:
         return JSONResponse({"status": "not ready", "error": reason, "model_sets": loaded}, status_code=503)
     return JSONResponse(

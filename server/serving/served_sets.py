@@ -106,6 +106,14 @@ class ServedSets:
         found.last_used = time.monotonic()
         return found
 
+    def default_refused(self) -> str | None:
+        """Why a request that names no set is refused now (the default set is not loaded and does not load on
+        demand), or None: what readiness answers, since the hosted contract's requests name no set."""
+        served = self.default
+        if served.state == LOADED or (self.load_on_demand is not None and served.state in (UNLOADED, LOADING)):
+            return None
+        return f"the default {_not_loaded(served)}"
+
     async def pick_async(self, name: str | None) -> ServedSet:
         """`pick` for the event loop: in a thread when it may load a set on demand (making room unloads others,
         which waits for their workers to stop)."""

@@ -86,9 +86,13 @@ def test_unloading_a_set_answers_503_for_it_while_the_other_serves_and_loading_i
         client.app.state.sets.get("sd15").work.check_capacity()
     assert client.post("/v2/seg-swap", json={**body, "model_set": "sd15"}).status_code == 503
     assert swap(client, body, "composite").status_code == 200
-    assert client.get("/health/ready").json()["model_sets"]["sd15"]["state"] == "unloaded"
+    readiness = client.get("/health/ready")  # sd15 is the default: requests that name no set are refused
+    assert readiness.status_code == 503 and readiness.json()["model_sets"]["sd15"]["state"] == "unloaded"
+    assert readiness.json()["error"].startswith("the default model set 'sd15' is not loaded")
+    assert client.get("/health").status_code == 503
 
     assert load_and_wait(client, "sd15")["state"] == "loaded"
+    assert client.get("/health/ready").status_code == 200 and client.get("/health").status_code == 200
     again = swap(client, body, "sd15")
     assert again.status_code == 200 and again.content == before.content
     metrics = client.get("/metrics").text
