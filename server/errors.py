@@ -59,5 +59,10 @@ class TimedOut(ServiceError):
     """The request did not finish within its deadline."""
 
 
+class ClientGone(ServiceError):
+    """The client closed the connection before its answer was ready (its job dropped if it had not started):
+    nothing reaches it; the log and the metrics say 499, as nginx does, not a timeout of ours."""
+
+
 class InternalError(ServiceError):
     """Something failed on our side; the log has the details."""

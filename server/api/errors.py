@@ -13,6 +13,7 @@ from starlette.routing import Match
 from pipelines.errors import EngineUnavailable, InvalidInput, SegswapError
 from server.errors import (
     BadRequest,
+    ClientGone,
     Conflict,
     Forbidden,
     InternalError,
@@ -43,6 +44,7 @@ STATUS: dict[type[ServiceError], int] = {
     InternalError: 500,
     Unavailable: 503,
     TimedOut: 504,
+    ClientGone: 499,
 }
 
 

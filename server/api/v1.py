@@ -17,7 +17,7 @@ from server.api.errors import service_error_from_engine
 from server.api.masks import select_region, selection_turn
 from server.api.openapi_docs import swap_request_body, swap_responses
 from server.contract import SwapResponse
-from server.errors import TimedOut
+from server.errors import ClientGone, TimedOut
 from server.inputs.decode import decode_inputs
 from server.inputs.encode import MEDIA_TYPES, check_encodable, encode_output
 from server.inputs.metadata import input_digests, output_record
@@ -104,6 +104,8 @@ async def run_job(request: Request, work: WorkQueue, job: SwapJob, deadline: flo
     except (TimeoutError, Dropped):
         work.cancel(ticket, "deadline passed")
         failure = TimedOut(f"the request did not finish within {timeout_s:g} s")
+        if await request.is_disconnected():
+            failure = ClientGone("the client closed the connection")
     except SegswapError as exc:
         failure = service_error_from_engine(exc)
         exc.__traceback__ = None  # it would point back at this frame, which holds the job: a cycle (see work_queue)

@@ -111,6 +111,8 @@ def test_client_that_disconnects_while_queued_has_its_job_dropped(body):
     assert first.status_code == 200
     assert 2 not in engine.ran
     assert metric(text, "segswap_dropped_jobs_total") == 1
+    assert metric(text, "segswap_responses_total", route="/v1/seg-swap", status="499") == 1  # not a 504 of ours
+    assert metric(text, "segswap_responses_total", route="/v1/seg-swap", status="504") == 0
 
 
 def test_readiness_flips_after_warm_up(body):

@@ -919,7 +919,7 @@ function curlSnippet({ url, files, params, output, withKey }) {
 
 function pythonSnippet({ url, files, params, output, withKey }) {
   const lines = withKey ? ["import os", ""] : [];
-  lines.push("import requests", "", "response = requests.post(", `    ${pyString(url)},`);
+  lines.push("import httpx", "", "response = httpx.post(", `    ${pyString(url)},`);
   if (withKey) lines.push('    headers={"x-api-key": os.environ["SEGSWAP_API_KEY"]},');
   lines.push("    files={", ...files.map(([name, file]) => `        ${pyString(name)}: open(${pyString(file)}, "rb"),`), "    },");
   if (params.length) {
@@ -929,7 +929,7 @@ function pythonSnippet({ url, files, params, output, withKey }) {
   lines.push(
     "    timeout=600,",
     ")",
-    "if not response.ok:",
+    "if response.is_error:",
     '    raise SystemExit(f"{response.status_code}: {response.text}")',
     `with open(${pyString(output)}, "wb") as out:`,
     "    out.write(response.content)",
