@@ -3,8 +3,9 @@
 GrabCut models the object's and the background's colours (Gaussian mixtures) and cuts along the edges between
 them. It runs twice:
 1. at a working size (WORK_SIDE on the long side of the box plus context), from the box (outside: background,
-   inside: probably object) or from the points (inside points: object, outside points: background, a box around
-   the inside points: probably object, the rest background);
+   inside: probably object) or from the points (inside points: object, outside points: background; a wide box
+   around the inside points is searched: near them probably object, the rest of it probably background, beyond
+   it background);
 2. at full resolution (or REFINE_PIXELS, whichever is smaller) on the same crop, with everything but a band
    along the first cut's edge fixed: the edge is placed on the full-size pixels.
 Only the parts touching an inside point (or, for a box, the largest part) are kept, and small holes are filled
@@ -35,6 +36,8 @@ REFINE_PIXELS = 2_000_000  # the second pass runs at full size up to this many p
 CONTEXT = 0.1  # background around the box the colour model learns from, as a share of the box's longer side
 POINTS_REACH = 0.75  # points alone: the object is looked for in the inside points' box grown by this share of
 POINTS_MIN_REACH = 0.3  # its longer side, and by at least this share of the image's longer side
+POINTS_LIKELY = 0.35  # points alone: a disk of this share of that region's longer side around each inside point
+# starts as probably object, the rest of the region as probably background (either may change sides)
 POINT_RADIUS = 0.012  # the disk each point fixes, as a share of the crop's longer side
 BAND = 0.01  # the refined band's half width, as a share of the crop's longer side (at least 2 px)
 BORDER = 0.03  # a box over the whole image: this share of the side along the border starts as background
@@ -86,11 +89,21 @@ def _with_context(region: Box, size: tuple[int, int]) -> Box:
 
 
 def _initial_labels(shape: tuple[int, int], region: Box, crop: Box, selector: Selector) -> np.ndarray:
-    """GrabCut's starting labels over the crop: background outside the region, probably object inside, and a
-    fixed disk at each point."""
+    """GrabCut's starting labels over the crop: background outside the region, probably object inside (points
+    alone: near the inside points; the rest of their wide region would teach the object's model the floor or wall
+    around it), and a fixed disk at each point."""
     labels = np.full(shape, cv2.GC_BGD, np.uint8)
     x0, y0, x1, y1 = (region[0] - crop[0], region[1] - crop[1], region[2] - crop[0], region[3] - crop[1])
-    labels[y0:y1, x0:x1] = cv2.GC_PR_FGD
+    if selector.box is not None:
+        labels[y0:y1, x0:x1] = cv2.GC_PR_FGD
+    else:
+        labels[y0:y1, x0:x1] = cv2.GC_PR_BGD
+        likely = np.zeros(shape, np.uint8)
+        radius = max(3, round(POINTS_LIKELY * max(x1 - x0, y1 - y0)))
+        for x, y, label in selector.points:
+            if label == 1:
+                cv2.circle(likely, (x - crop[0], y - crop[1]), radius, 1, thickness=-1)
+        labels[(likely == 1) & (labels == cv2.GC_PR_BGD)] = cv2.GC_PR_FGD
     _fix_points(labels, selector, crop, 1.0)
     return labels
 
