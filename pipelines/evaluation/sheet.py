@@ -9,7 +9,8 @@ from PIL import Image, ImageDraw, ImageFont
 from pipelines.imageops import normalize_mask
 
 CELL = 256  # each picture is fitted in a CELL x CELL square
-LABEL = 64  # height of the text band above each row
+LABEL = 86  # height of the text band above each row: the title and up to three lines of measures
+LINE = 20
 GAP = 8
 BACKGROUND, INK, GOOD, BAD = (250, 250, 248), (30, 30, 30), (20, 120, 40), (180, 30, 30)
 NO_OBJECT = Image.new("RGB", (CELL, CELL), BACKGROUND)
@@ -25,14 +26,14 @@ def contact_sheet(cases, outputs: list[Image.Image], rows: list[dict]) -> Image.
     font = ImageFont.load_default(size=15)
     for index, (case, output, row) in enumerate(zip(cases, outputs, rows, strict=True)):
         top = GAP + index * (CELL + LABEL + GAP)
-        _label(draw, font, (GAP, top), case.name, row)
+        _label(draw, font, (GAP, top), case.name, row, width - 2 * GAP)
         pictures = [case.main, _mask_overlay(case.main, case.mask), case.object or NO_OBJECT, output]
         for column, picture in enumerate(pictures):
             paste_fitted(sheet, picture, (GAP + column * (CELL + GAP), top + LABEL))
     return sheet
 
 
-def _label(draw: ImageDraw.ImageDraw, font, origin: tuple[int, int], name: str, row: dict) -> None:
+def _label(draw: ImageDraw.ImageDraw, font, origin: tuple[int, int], name: str, row: dict, width: int) -> None:
     x, y = origin
     verdict = "pass" if row["passed"] else "FAIL"
     draw.text(
@@ -44,7 +45,20 @@ def _label(draw: ImageDraw.ImageDraw, font, origin: tuple[int, int], name: str, 
     measures = [f"{key} {entry['value']}{'' if entry['passed'] else ' (!)'}" for key, entry in row["measures"].items()]
     if "object_similarity" in row:
         measures.append(f"object_similarity {row['object_similarity']}")
-    draw.text((x, y + 22), "   ".join(measures), fill=INK, font=font)
+    for number, line in enumerate(_wrapped(draw, font, measures, width)):
+        draw.text((x, y + 22 + number * LINE), line, fill=INK, font=font)
+
+
+def _wrapped(draw: ImageDraw.ImageDraw, font, items: list[str], width: int) -> list[str]:
+    """`items` joined into lines no wider than `width` pixels (an item is never split)."""
+    lines: list[str] = []
+    for item in items:
+        joined = f"{lines[-1]}   {item}" if lines else item
+        if lines and draw.textlength(joined, font=font) <= width:
+            lines[-1] = joined
+        else:
+            lines.append(item)
+    return lines
 
 
 def _mask_overlay(main: Image.Image, mask: Image.Image) -> Image.Image:

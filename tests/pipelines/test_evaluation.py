@@ -270,3 +270,15 @@ def test_inclusion_contrast_flags_a_pale_patch_over_a_badge_and_not_the_pattern_
     pale[badge] = (255 - (255 - pale[badge]) / 2.5).astype(np.uint8)  # lit by the badge's own brightness
     assert metrics.inclusion_contrast(through, mask, badge) < 5
     assert metrics.inclusion_contrast(pale, mask, badge) > 40
+
+
+def test_the_sheets_measure_lines_stay_within_the_sheet():
+    from PIL import ImageDraw, ImageFont
+
+    from pipelines.evaluation.sheet import _wrapped
+
+    draw, font = ImageDraw.Draw(Image.new("RGB", (8, 8))), ImageFont.load_default(size=15)
+    items = [f"measure_number_{index} 0.{index:03d}" for index in range(12)]
+    lines = _wrapped(draw, font, items, 1040)
+    assert len(lines) > 1 and all(draw.textlength(line, font=font) <= 1040 for line in lines)
+    assert "   ".join(lines) == "   ".join(items)  # every measure once, in order
