@@ -19,11 +19,13 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 
 PLAN = {  # each set: its native side (the full-size bench's scene), and the ablations that apply to it
@@ -37,6 +39,8 @@ TINY = ["--tiny", "--device", "cpu", "--steps", "6", "--repeats", "1"]  # the la
 DEFAULT_BUDGET_S = 470  # the check must end within 8 minutes on an H100, installing included
 MIN_START_S = 45
 LOG_TAIL = 3000
+RESULTS = Path(__file__).resolve().parent / "results"
+PACKAGES = ("diffusers", "transformers", "huggingface-hub", "peft", "accelerate", "torchao", "safetensors")
 
 
 def bench_command(arch: str, tiny: bool, out: Path, models: Path) -> list[str]:
@@ -122,20 +126,49 @@ def _text(data: bytes | str) -> str:
 def _machine() -> dict:
     import torch
 
-    machine = {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count()}
+    machine = {
+        "date": time.strftime("%Y-%m-%d"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "packages": {name: _version(name) for name in PACKAGES},
+    }
     if torch.cuda.is_available():
         machine["gpu"] = torch.cuda.get_device_name(0)
         machine["cuda"] = torch.version.cuda
     return machine
 
 
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def default_out(tiny: bool) -> Path:
+    """Where the JSON goes: bench/results/<date>-<gpu>.json for a GPU run (the file to commit), else
+    gpu-check.json."""
+    import torch
+
+    if tiny or not torch.cuda.is_available():
+        return Path("gpu-check.json")
+    gpu = re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()).strip("-")
+    return RESULTS / f"{time.strftime('%Y-%m-%d')}-{gpu}.json"
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny sets on the CPU (what CI runs)")
-    parser.add_argument("--out", type=Path, default=Path("gpu-check.json"), help="the JSON (default gpu-check.json)")
+    parser.add_argument(
+        "--out", type=Path, help="the JSON (default: bench/results/<date>-<gpu>.json on a GPU, else gpu-check.json)"
+    )
     parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, help="seconds for all the sets")
     args = parser.parse_args(argv)
-    report = run_check(args.tiny, args.budget_s, args.out)
+    out = args.out or default_out(args.tiny)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"gpu_check: writing {out}", file=sys.stderr, flush=True)
+    report = run_check(args.tiny, args.budget_s, out)
     print(json.dumps(report["summary"], indent=2))
     return report
 

@@ -38,7 +38,7 @@ if [[ -n "$wheels" ]]; then
   export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 else
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-  if ! "$python" -c "import diffusers, peft, pydantic_settings, pybase64, cv2, platformdirs, tomli_w" 2>/dev/null; then
+  if ! "$python" -c "import diffusers, peft, pydantic_settings, pybase64, cv2, platformdirs, tomli_w, numba" 2>/dev/null; then
     "$python" -m pip install -q "${SEGSWAP_TORCH:-torch==2.13.0}"
     "$python" -m pip install -q -e ".[diffusion,fp8]"
   fi

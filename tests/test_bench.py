@@ -199,6 +199,23 @@ def test_gpu_check_runs_tiny_on_the_cpu(tmp_path):
     for arch in ("sdxl", "flux2-klein"):  # FP8 is in the check, and a CPU says why it cannot run it
         assert report["summary"][arch]["fp8_skipped"].startswith("SEGSWAP_FP8 needs"), arch
     assert positive(report["summary"]["sdxl"]["few_step_psnr_db"])
+    from importlib.metadata import version
+
+    assert report["machine"]["packages"]["diffusers"] == version("diffusers") and report["machine"]["date"]
+
+
+def test_a_gpu_run_writes_its_json_under_bench_results_by_date_and_gpu(monkeypatch):
+    import time
+
+    import torch
+
+    from bench.gpu_check import RESULTS, default_out
+
+    assert default_out(tiny=True).name == "gpu-check.json"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "NVIDIA H200")
+    assert default_out(tiny=False) == RESULTS / f"{time.strftime('%Y-%m-%d')}-nvidia-h200.json"
+    assert RESULTS.parent.name == "bench"
 
 
 @pytest.mark.parametrize("arch", ["sdxl", "flux2-klein-base"])
