@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -81,16 +82,52 @@ async def _read_capped(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+class _TooLong:
+    """Stands for an integer with more digits than Python converts (sys.get_int_max_str_digits)."""
+
+
+TOO_LONG = _TooLong()
+
+
 def _parse_json(body: bytes) -> dict:
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_int=_whole_number)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"the body is not valid JSON ({exc})") from None
     except RecursionError:
         raise BadRequest("the JSON body is nested too deeply; the request fields are flat") from None
     if not isinstance(data, dict):
         raise BadRequest("the JSON body must be an object with the request fields")
+    _refuse_too_long_numbers(data)
     return data
+
+
+def _whole_number(text: str) -> int | _TooLong:
+    try:
+        return int(text)
+    except ValueError:  # past the digit limit; which field holds it is said once the body is read
+        return TOO_LONG
+
+
+def _refuse_too_long_numbers(data: dict) -> None:
+    for name, value in data.items():
+        if _holds_too_long(value):
+            limit = sys.get_int_max_str_digits()
+            raise BadRequest(f"field '{name}': a number of more than {limit} digits is too long to read")
+
+
+def _holds_too_long(value: object) -> bool:
+    """Whether TOO_LONG is in `value`, however deep (iterative: a nested value may be as deep as JSON allows)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if item is TOO_LONG:
+            return True
+        if isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+    return False
 
 
 async def _parse_multipart(request: Request, body: bytes, max_bytes: int, model: type[BaseModel]) -> ParsedBody:
