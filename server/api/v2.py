@@ -16,6 +16,7 @@ from starlette.background import BackgroundTask
 
 from pipelines import IMAGE_FIELDS, resolve_seed
 from pipelines.imageops import mask_box, normalize_mask
+from pipelines.job import check_object
 from pipelines.masks import Selector
 from server.access.keys import Caller
 from server.api import metering
@@ -242,6 +243,8 @@ async def _check_images(
     check_encodable(images["main_image"].size, body.image_format)
     if "mask_image" in images:  # an empty mask fails on every engine
         mask_box(normalize_mask(images["mask_image"], images["main_image"].size))
+    if "object_image" in images:  # an erase sends none
+        check_object(images["object_image"])
     if selector is not None:
         selected = await select_region(request, images["main_image"], selector, deadline)
         inputs["mask_image"] = await asyncio.to_thread(encode_image, selected.mask, "png", 95)

@@ -180,3 +180,11 @@ def test_the_models_command_says_so_when_a_server_answers_json_of_another_shape(
     assert main(["models", "--server", "http://127.0.0.1:9", action, *(["sd15"] if action == "unload" else [])]) == 2
     said = capsys.readouterr().err
     assert "segswap: error: http://127.0.0.1:9 answered" in said and "Traceback" not in said
+
+
+def test_swap_refuses_a_fully_transparent_object_naming_the_flag(inputs, tmp_path, capsys):
+    Image.new("RGBA", (20, 30), (200, 30, 40, 0)).save(inputs["object"])
+    assert main(swap_args(inputs, tmp_path / "o.png")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("segswap: error: --object: the object image is fully transparent") and err.count("\n") == 1
+    assert not (tmp_path / "o.png").exists()

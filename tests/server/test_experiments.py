@@ -106,6 +106,14 @@ def test_a_failed_csv_line_is_reported_and_the_rest_go_on(folder, capsys):
     assert json.loads((out / "a.json").read_text())["parameters"]["fashion_strength"] == 0.5
 
 
+def test_a_batch_line_with_a_fully_transparent_object_fails_naming_the_field(folder, capsys):
+    Image.new("RGBA", (40, 60), (20, 160, 60, 0)).save(folder / "clear.png")
+    jobs = folder / "jobs.csv"
+    jobs.write_text("name,main_image,mask_image,object_image\na,room.png,mask.png,clear.png\n")
+    assert main(["batch", str(jobs), "--out", str(folder / "out"), "--engine", "composite"]) == 1
+    assert "failed a: line 2: object_image: the object image is fully transparent" in capsys.readouterr().err
+
+
 def test_the_same_batch_on_a_running_server_writes_the_same_files(folder, capsys, tmp_path):
     jobs = write_jsonl(folder, 6)
     assert main(["batch", str(jobs), "--out", str(folder / "here"), "--engine", "composite"]) == 0

@@ -101,3 +101,28 @@ def test_server_keeps_serving_after_bad_requests(client, body):
         client.post("/v1/seg-swap", json={**body, "main_image": "garbage"})
     assert client.post("/v1/seg-swap", json=body).status_code == 200
     assert np.asarray(decoded(client.post("/v1/seg-swap", json=body))).shape[:2] == (64, 96)
+
+
+CLEAR = Image.new("RGBA", (20, 30), (200, 30, 40, 0))  # colour everywhere, alpha 0 everywhere: nothing shows
+TRANSPARENT = "field 'object_image': the object image is fully transparent"
+
+
+@pytest.mark.parametrize("mode", ["object", "pattern", "auto"])
+def test_a_fully_transparent_object_is_a_400_on_v1_and_v2_not_a_silent_erase(client, body, mode):
+    for route in ("/v1/seg-swap", "/v2/seg-swap"):  # v2 refuses it at submit, not as a failed job later
+        response = client.post(route, json={**body, "object_image": b64(CLEAR), "mode": mode})
+        assert response.status_code == 400, (route, response.text)
+        assert response.json()["error"].startswith(TRANSPARENT)
+    erased = client.post("/v1/seg-swap", json={**body, "object_image": b64(CLEAR), "mode": "erase"})
+    assert erased.status_code == 200  # an erase takes no object: the one sent is ignored
+
+
+def test_a_fully_transparent_object_is_a_400_on_openai_edits(client, scene, mask):
+    files = [
+        ("image[]", ("scene.png", png_bytes(scene), "image/png")),
+        ("image[]", ("object.png", png_bytes(CLEAR), "image/png")),
+        ("mask", ("mask.png", png_bytes(mask.convert("RGB")), "image/png")),
+    ]
+    response = client.post("/v1/images/edits", files=files, data={"prompt": "a table"})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith(TRANSPARENT)
