@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
@@ -105,6 +106,24 @@ def writable_folder(path: Path, label: str = "--out") -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise CliError(f"{label}: cannot write to {shown} ({exc.strerror or exc})") from None
+    return path
+
+
+def writable_file(path: Path, label: str = "-o") -> Path:
+    """`path`, checked before any work: a file (not a folder) in a folder that exists and takes a new file; said
+    now, in one line, not as a traceback once the image is made."""
+    shown, folder = printable(str(path)), path.parent
+    if path.is_dir():
+        raise CliError(f"{label}: {shown} is a folder; name the file to write in it")
+    if not folder.is_dir():
+        raise CliError(f"{label}: no such folder: {printable(str(folder))}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise CliError(f"{label}: cannot write to {shown} (permission denied)")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
         raise CliError(f"{label}: cannot write to {shown} ({exc.strerror or exc})") from None

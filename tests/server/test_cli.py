@@ -188,3 +188,11 @@ def test_swap_refuses_a_fully_transparent_object_naming_the_flag(inputs, tmp_pat
     err = capsys.readouterr().err
     assert err.startswith("segswap: error: --object: the object image is fully transparent") and err.count("\n") == 1
     assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("command", ["swap", "mask"])
+def test_an_output_that_is_a_folder_is_refused_in_one_line_before_any_work(inputs, tmp_path, capsys, command):
+    mask_args = ["mask", "--main", str(inputs["main"]), "--box", "10,10,50,40", "-o", str(tmp_path)]
+    assert main(swap_args(inputs, tmp_path) if command == "swap" else mask_args) == 2
+    err = capsys.readouterr().err
+    assert err == f"segswap: error: -o: {tmp_path} is a folder; name the file to write in it\n"
