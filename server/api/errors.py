@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from pipelines.errors import EngineUnavailable, InvalidInput, SegswapError
+from server.contract import describe_error
 from server.errors import (
     BadRequest,
     Conflict,
@@ -73,6 +74,19 @@ def service_error_from_engine(exc: SegswapError) -> ServiceError:
     return InternalError("the engine failed on this request")
 
 
+REQUEST_PARTS = {"query": "query parameter", "header": "header", "path": "path parameter", "cookie": "cookie"}
+
+
+def describe_request_error(err: dict) -> str:
+    """A query parameter's, header's or path parameter's problem, named as the client sent it."""
+    part, *name = err["loc"]
+    if not name:
+        return describe_error({**err, "loc": ()}, lambda _: f"the request {part}")
+    kind = REQUEST_PARTS.get(part, "field")
+    shown = "-".join(word.capitalize() for word in str(name[0]).split("-")) if part == "header" else name[0]
+    return describe_error({**err, "loc": (shown, *name[1:])}, lambda named: f"{kind} '{named}'")
+
+
 def _allowed_methods(request: Request) -> list[str]:
     """Every method some route serves on this path (Starlette's own Allow names only the first route's)."""
     methods: set[str] = set()
@@ -105,8 +119,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message = "invalid request: " + "; ".join(e.get("msg", "") for e in exc.errors())
-        return error_response(400, message, request=request)
+        return error_response(400, describe_request_error(exc.errors()[0]), request=request)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
