@@ -78,7 +78,9 @@ async def submit(
     served.check_lora(body.lora)  # a 400 now, not a failed job later
     model_set = served.name  # named in the job: it runs on that set even if the default changes
     if body.webhook_url:
-        await check_url(body.webhook_url, "webhook_url", AllowList(settings.fetch_allow))
+        await check_url(
+            body.webhook_url, "webhook_url", AllowList(settings.fetch_allow), "the webhook URL", "webhook URLs"
+        )
     fingerprint = _fingerprint(parsed)
     if idempotency_key:
         existing = await asyncio.to_thread(jobs.store.find_idempotent, caller.key_id, idempotency_key)

@@ -229,6 +229,11 @@ def test_private_webhook_address_is_refused_at_submit(tmp_path, body):
         for url in ("http://127.0.0.1:9/hook", "http://169.254.169.254/latest", "file:///etc/passwd"):
             refused = client.post("/v2/seg-swap", json={**body, "webhook_url": url})
             assert refused.status_code == 400 and "webhook_url" in refused.json()["error"]
+        private = client.post("/v2/seg-swap", json={**body, "webhook_url": "http://10.0.0.1/hook"}).json()["error"]
+        assert private == (
+            "field 'webhook_url': the webhook URL points to a non-public address (10.0.0.1: private); "
+            "webhook URLs must be public"
+        )
 
 
 @pytest.mark.parametrize("engine_name", ["diffusion/sd15"])
