@@ -16,6 +16,7 @@ from server.inputs.provenance import provenance_for
 from server.settings import Settings
 
 FORMAT_BY_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+SETTING_FLAGS = {"weights_dir": "--weights"}  # the settings whose flag is not their name
 
 
 class CliError(Exception):
@@ -69,15 +70,31 @@ def settings_from(args: argparse.Namespace, **extra: object) -> Settings:
         "step_cache": getattr(args, "step_cache", None),
         **extra,
     }
+    given = {key: value for key, value in overrides.items() if value is not None}
     try:
-        settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
+        settings = Settings(**given)
     except ValidationError as exc:
-        raise CliError(exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")) from None
+        raise CliError(_describe_setting_error(exc, given)) from None
     try:
         provenance_for(settings)  # a C2PA certificate that cannot sign: said now, before any work
     except ValueError as exc:
         raise CliError(str(exc)) from None
     return settings
+
+
+def _describe_setting_error(exc: ValidationError, given: dict[str, object]) -> str:
+    """The first problem, named by its flag when one gave the value, else by its environment variable."""
+    err = exc.errors(include_url=False)[0]
+    message = err["msg"].removeprefix("Value error, ")
+    if not err["loc"]:  # a rule across settings: its own sentence
+        return message
+    name = str(err["loc"][0])
+    where = SETTING_FLAGS.get(name, "--" + name.replace("_", "-")) if name in given else f"SEGSWAP_{name.upper()}"
+    given_value = err.get("input")
+    shown = (
+        f" (got {given_value!r})" if isinstance(given_value, int | float | str) and len(str(given_value)) <= 40 else ""
+    )
+    return f"{where}: {message[0].lower()}{message[1:]}{shown}"
 
 
 def flag(field: str) -> str:

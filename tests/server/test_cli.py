@@ -196,3 +196,16 @@ def test_an_output_that_is_a_folder_is_refused_in_one_line_before_any_work(input
     assert main(swap_args(inputs, tmp_path) if command == "swap" else mask_args) == 2
     err = capsys.readouterr().err
     assert err == f"segswap: error: -o: {tmp_path} is a folder; name the file to write in it\n"
+
+
+def test_a_bad_setting_is_named_by_its_flag_or_its_environment_variable(monkeypatch, capsys):
+    assert main(["serve", "--port", "99999"]) == 2
+    assert (
+        capsys.readouterr().err == "segswap: error: --port: input should be less than or equal to 65535 (got 99999)\n"
+    )
+    monkeypatch.setenv("SEGSWAP_PORT", "0")
+    assert main(["serve"]) == 2
+    assert (
+        capsys.readouterr().err
+        == "segswap: error: SEGSWAP_PORT: input should be greater than or equal to 1 (got '0')\n"
+    )
