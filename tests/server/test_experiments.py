@@ -336,6 +336,19 @@ def test_a_grid_past_max_cells_is_refused_with_its_count_before_anything_runs(fo
     assert len(list(out.glob("sweep-*.png"))) == 4
 
 
+@pytest.mark.parametrize(
+    "field,values,message",
+    [
+        ("--seed", "1,abc", "--seed: each value must be a whole number (got 'abc')"),
+        ("--fashion-strength", "0.5,high", "--fashion-strength: each value must be a number (got 'high')"),
+    ],
+)
+def test_a_sweep_value_of_the_wrong_kind_is_named_with_its_flag(folder, capsys, field, values, message):
+    out = folder / "sweep"
+    assert main(sweep_args(folder, out, field, values)) == 2
+    assert capsys.readouterr().err == f"segswap: error: {message}\n" and not out.exists()
+
+
 def test_a_grid_of_ten_billion_cells_is_refused_without_being_built(folder):
     values = [",".join(str(n) for n in range(count)) for count in (1000, 91, 91, 21)]
     strengths = ",".join(f"{n / 1000:g}" for n in range(1000))
