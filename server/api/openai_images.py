@@ -9,8 +9,8 @@ OpenAI's fields, as SegSwap reads them:
   SegSwap's `box`, `points` or `text` may select the region;
 - `prompt` (required); `n` 1-4: seeds seed, seed+1, ... (n images cost n credits); `size`: `auto` or the
   scene's own size; `response_format`: `b64_json`, or `url` (a `data:` URL: this server keeps no files for
-  this route); `output_format` png, jpeg or webp; `output_compression` 0-100 (the jpeg/webp quality, at
-  least 10);
+  this route); `output_format` png, jpeg or webp; `output_compression` 0-100 (the jpeg/webp encoder's
+  quality, as sent: 0 is allowed here, though `image_quality` starts at 10);
 - `model`: a model set this server serves (GET /v1/models), as `model_set`; OpenAI's own model names
   (gpt-image-1, dall-e-2, ...) run the server's default set;
 - `quality`, `background`, `input_fidelity`, `user` and the other generation hints are accepted and ignored: the
@@ -250,8 +250,7 @@ def _contract(edit: EditRequest) -> SwapRequest:
         raise BadRequest("send a mask (transparent = the region to edit), or select the region by box, points or text")
     _output_format(values)
     _model_set(values)
-    if "output_compression" in values:
-        values["image_quality"] = str(max(10, _int(values.pop("output_compression"), "output_compression", 0, 100)))
+    compression = values.pop("output_compression", None)
     values["main_image"] = UPLOADED
     if len(edit.images) == 2:
         values["object_image"] = UPLOADED
@@ -272,6 +271,8 @@ def _contract(edit: EditRequest) -> SwapRequest:
             ) from None
         field = str(where[0]) if where else None
         raise BadRequest(describe_validation_error(exc, lambda name: f"'{name}'"), field=field) from None
+    if compression is not None:  # OpenAI's 0-100, the encoder's quality as it is (the contract's own starts at 10)
+        return contract.model_copy(update={"image_quality": _int(compression, "output_compression", 0, 100)})
     return contract
 
 

@@ -152,6 +152,20 @@ def test_an_image_the_engine_refuses_is_named_as_openai_names_it(url, files, tmp
     assert "fully transparent" in raised.value.body["message"] and raised.value.body["param"] == "image"
 
 
+def test_output_compression_takes_openais_whole_range_as_the_encoders_quality(url, files):
+    def jpeg(compression: int) -> bytes:
+        mask = open(files / "mask.png", "rb")  # noqa: SIM115
+        edit = client(url).images.edit(
+            image=images(files), mask=mask, prompt="x", output_format="jpeg", output_compression=compression
+        )
+        return base64.b64decode(edit.data[0].b64_json)
+
+    assert len(jpeg(0)) < len(jpeg(10)) < len(jpeg(100))  # 0 is its own quality, not 10 in disguise
+    with pytest.raises(openai.BadRequestError) as raised:
+        jpeg(101)
+    assert raised.value.body["message"] == "'output_compression' must be from 0 to 100 (got 101)"
+
+
 def test_a_box_instead_of_a_mask_url_answers_and_jpeg(url, files):
     answer = client(url).images.edit(
         image=images(files),
