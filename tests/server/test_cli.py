@@ -209,3 +209,23 @@ def test_a_bad_setting_is_named_by_its_flag_or_its_environment_variable(monkeypa
         capsys.readouterr().err
         == "segswap: error: SEGSWAP_PORT: input should be greater than or equal to 1 (got '0')\n"
     )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["models", "list", "--server", "http://127.0.0.1:9", "--key", "k2"],
+        ["models", "--server", "http://127.0.0.1:9", "--key", "k2", "list"],
+        ["models", "--server", "http://127.0.0.1:1", "--key", "k1", "unload", "sd15", "--server", "http://127.0.0.1:9"],
+    ],
+)
+def test_the_models_commands_take_server_and_key_before_or_after_the_action(monkeypatch, capsys, args):
+    asked = []
+
+    def answer(method, url, headers, timeout):
+        asked.append((url, headers.get("x-api-key")))
+        return httpx.Response(200, json={"data": [], "seconds": 1.0, "freed_bytes": None})
+
+    monkeypatch.setattr(httpx, "request", answer)
+    assert main(args) == 0, capsys.readouterr().err
+    assert asked[0][0].startswith("http://127.0.0.1:9/v1/models") and asked[0][1] == args[args.index("--key") + 1]
