@@ -13,6 +13,7 @@ from pipelines.errors import InvalidInput
 MAX_SEED = 2**32 - 1
 ERASE = "erase"  # the mode that removes what the mask covers: no object
 MODES = ("auto", "object", "pattern", ERASE)
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,16 @@ class SwapJob:
             raise InvalidInput(f"must be one of {', '.join(MODES)}", "mode")
         if self.object_image is None and self.mode != ERASE:
             raise InvalidInput(f"is required unless mode is {ERASE}", "object_image")
+        if self.object_image is not None:
+            check_object(self.object_image)
+
+
+def check_object(image: Image.Image) -> None:
+    """An object must show something: one fully transparent would place nothing, a silent erase."""
+    if image.mode in ALPHA_MODES and image.getchannel("A").getextrema()[1] == 0:
+        raise InvalidInput(
+            "the object image is fully transparent (alpha 0 everywhere): nothing to place", "object_image"
+        )
 
 
 IMAGE_FIELDS = ("main_image", "mask_image", "object_image")

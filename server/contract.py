@@ -304,7 +304,11 @@ def json_field_label(name: str) -> str:
 
 def describe_validation_error(exc: ValidationError, label: Callable[[str], str] = json_field_label) -> str:
     """The first problem of a pydantic error, as one sentence that names the field and the rule."""
-    err = exc.errors(include_url=False)[0]
+    return describe_error(exc.errors(include_url=False)[0], label)
+
+
+def describe_error(err: dict, label: Callable[[str], str] = json_field_label) -> str:
+    """One of pydantic's error details as one sentence, the field named by `label`."""
     if not err["loc"] and err["type"] == "value_error":  # a rule across fields: its own sentence
         return str(err["ctx"]["error"])
     field = label(".".join(str(part) for part in err["loc"]) or "body")

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 
 class ServiceError(Exception):
-    """A request refused or failed on purpose; `message` is shown to the client as it is."""
+    """A request refused or failed on purpose; `message` is shown to the client as it is, `field` names the request
+    field at fault, when there is one (OpenAI's error shape carries it as `param`)."""
 
-    def __init__(self, message: str, headers: dict[str, str] | None = None):
+    def __init__(self, message: str, headers: dict[str, str] | None = None, field: str | None = None):
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+        self.field = field
 
 
 class BadRequest(ServiceError):

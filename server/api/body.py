@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from dataclasses import dataclass, field
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
@@ -63,9 +65,19 @@ async def read_form(request: Request, body: bytes, max_bytes: int, max_files: in
         form = await Request(request.scope, replay).form(max_files=max_files, max_part_size=max_bytes)
     except MultiPartException as exc:
         raise BadRequest(f"the multipart body cannot be read: {exc.message}") from None
+    _require_closing_boundary(request, body)
     return [
         (name, await value.read() if isinstance(value, UploadFile) else value) for name, value in form.multi_items()
     ]
+
+
+def _require_closing_boundary(request: Request, body: bytes) -> None:
+    """The parser reads a body cut short as the parts it got (none, or the first ones, the last one truncated):
+    a complete body ends with its closing boundary."""
+    _, options = parse_options_header(request.headers.get("content-type", ""))
+    boundary = options.get(b"boundary")
+    if boundary and b"--" + boundary + b"--" not in body:
+        raise BadRequest("the multipart body is incomplete: it ends before its closing boundary (was it cut short?)")
 
 
 async def _read_capped(request: Request, max_bytes: int) -> bytes:
@@ -81,16 +93,52 @@ async def _read_capped(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+class _TooLong:
+    """Stands for an integer with more digits than Python converts (sys.get_int_max_str_digits)."""
+
+
+TOO_LONG = _TooLong()
+
+
 def _parse_json(body: bytes) -> dict:
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_int=_whole_number)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"the body is not valid JSON ({exc})") from None
     except RecursionError:
         raise BadRequest("the JSON body is nested too deeply; the request fields are flat") from None
     if not isinstance(data, dict):
         raise BadRequest("the JSON body must be an object with the request fields")
+    _refuse_too_long_numbers(data)
     return data
+
+
+def _whole_number(text: str) -> int | _TooLong:
+    try:
+        return int(text)
+    except ValueError:  # past the digit limit; which field holds it is said once the body is read
+        return TOO_LONG
+
+
+def _refuse_too_long_numbers(data: dict) -> None:
+    for name, value in data.items():
+        if _holds_too_long(value):
+            limit = sys.get_int_max_str_digits()
+            raise BadRequest(f"field '{name}': a number of more than {limit} digits is too long to read")
+
+
+def _holds_too_long(value: object) -> bool:
+    """Whether TOO_LONG is in `value`, however deep (iterative: a nested value may be as deep as JSON allows)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if item is TOO_LONG:
+            return True
+        if isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+    return False
 
 
 async def _parse_multipart(request: Request, body: bytes, max_bytes: int, model: type[BaseModel]) -> ParsedBody:
@@ -100,13 +148,23 @@ async def _parse_multipart(request: Request, body: bytes, max_bytes: int, model:
         if name in data:
             raise BadRequest(f"field '{name}': sent twice (as a file and a value, or two values); send it once")
         if isinstance(value, bytes):
-            if name not in IMAGE_FIELDS:
-                raise BadRequest(f"field '{name}': only image fields can be uploaded files")
+            _require_image_field(name, model)
             uploads[name] = value
             data[name] = UPLOADED
         else:
             data[name] = value
     return ParsedBody(_validate(model, data, strict=False), uploads)
+
+
+def _require_image_field(name: str, model: type[BaseModel]) -> None:
+    """An uploaded file goes in one of the route's image fields; anything else is named, with those fields."""
+    images = [field for field in IMAGE_FIELDS if field in model.model_fields]
+    if name in images:
+        return
+    listed = ", ".join(images)
+    if name not in model.model_fields:
+        raise BadRequest(f"unknown field '{name}' (uploaded files go in the image fields: {listed})")
+    raise BadRequest(f"field '{name}': only the image fields ({listed}) can be uploaded files; send it as a value")
 
 
 def _validate(model: type[BaseModel], data: dict, *, strict: bool) -> BaseModel:

@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from pipelines.errors import EngineUnavailable, InvalidInput, SegswapError
+from server.contract import describe_error
 from server.errors import (
     BadRequest,
     ClientGone,
@@ -55,24 +56,45 @@ def http_status(exc: ServiceError) -> int:
 OPENAI_ROUTES = "/v1/images/"  # OpenAI-compatible routes answer errors in OpenAI's shape
 
 
+OPENAI_PARAMS = {"main_image": "image", "object_image": "image", "mask_image": "mask"}  # as OpenAI names them
+
+
 def error_response(
-    status: int, message: str, headers: dict[str, str] | None = None, request: Request | None = None
+    status: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+    request: Request | None = None,
+    field: str | None = None,
 ) -> JSONResponse:
     """`{"error": "..."}`; on the OpenAI-compatible routes `{"error": {"message", "type", "param", "code"}}`,
-    which OpenAI's SDKs read."""
+    which OpenAI's SDKs read (`param`: the field at fault, when the error names one)."""
     if request is not None and request.url.path.startswith(OPENAI_ROUTES):
         kind = "server_error" if status >= 500 else "invalid_request_error"
-        body = {"error": {"message": message, "type": kind, "param": None, "code": str(status)}}
+        param = OPENAI_PARAMS.get(field, field) if field else None
+        body = {"error": {"message": message, "type": kind, "param": param, "code": str(status)}}
         return JSONResponse(body, status_code=status, headers=headers)
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def service_error_from_engine(exc: SegswapError) -> ServiceError:
     if isinstance(exc, InvalidInput):
-        return BadRequest(exc.describe(f"field '{exc.field}'"))
+        return BadRequest(exc.describe(f"field '{exc.field}'"), field=exc.field)
     if isinstance(exc, EngineUnavailable):
         return Unavailable(str(exc))
     return InternalError("the engine failed on this request")
+
+
+REQUEST_PARTS = {"query": "query parameter", "header": "header", "path": "path parameter", "cookie": "cookie"}
+
+
+def describe_request_error(err: dict) -> str:
+    """A query parameter's, header's or path parameter's problem, named as the client sent it."""
+    part, *name = err["loc"]
+    if not name:
+        return describe_error({**err, "loc": ()}, lambda _: f"the request {part}")
+    kind = REQUEST_PARTS.get(part, "field")
+    shown = "-".join(word.capitalize() for word in str(name[0]).split("-")) if part == "header" else name[0]
+    return describe_error({**err, "loc": (shown, *name[1:])}, lambda named: f"{kind} '{named}'")
 
 
 def _allowed_methods(request: Request) -> list[str]:
@@ -87,11 +109,11 @@ def _allowed_methods(request: Request) -> list[str]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(http_status(exc), exc.message, exc.headers, request)
+        return error_response(http_status(exc), exc.message, exc.headers, request, exc.field)
 
     @app.exception_handler(InvalidInput)
     async def _invalid_input(request: Request, exc: InvalidInput) -> JSONResponse:
-        return error_response(400, exc.describe(f"field '{exc.field}'"), request=request)
+        return error_response(400, exc.describe(f"field '{exc.field}'"), request=request, field=exc.field)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -107,8 +129,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message = "invalid request: " + "; ".join(e.get("msg", "") for e in exc.errors())
-        return error_response(400, message, request=request)
+        err = exc.errors()[0]
+        named = str(err["loc"][1]) if len(err["loc"]) > 1 else None
+        return error_response(400, describe_request_error(err), request=request, field=named)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

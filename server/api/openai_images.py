@@ -9,8 +9,8 @@ OpenAI's fields, as SegSwap reads them:
   SegSwap's `box`, `points` or `text` may select the region;
 - `prompt` (required); `n` 1-4: seeds seed, seed+1, ... (n images cost n credits); `size`: `auto` or the
   scene's own size; `response_format`: `b64_json`, or `url` (a `data:` URL: this server keeps no files for
-  this route); `output_format` png, jpeg or webp; `output_compression` 0-100 (the jpeg/webp quality, at
-  least 10);
+  this route); `output_format` png, jpeg or webp; `output_compression` 0-100 (the jpeg/webp encoder's
+  quality, as sent: 0 is allowed here, though `image_quality` starts at 10);
 - `model`: a model set this server serves (GET /v1/models), as `model_set`; OpenAI's own model names
   (gpt-image-1, dall-e-2, ...) run the server's default set;
 - `quality`, `background`, `input_fidelity`, `user` and the other generation hints are accepted and ignored: the
@@ -220,9 +220,9 @@ def _edit_request(fields: list[tuple[str, str | bytes]]) -> EditRequest:
             mask = value if isinstance(value, bytes) else _not_a_file(name)
         elif isinstance(value, bytes):
             if name not in IGNORED:
-                raise BadRequest(f"'{name}': only image, mask (and markup) can be files")
+                raise BadRequest(f"'{name}': only image, mask (and markup) can be files", field=name)
         elif name in values:
-            raise BadRequest(f"'{name}' was sent twice; send it once")
+            raise BadRequest(f"'{name}' was sent twice; send it once", field=name)
         else:
             values[name] = value
     if len(images) not in (1, 2):
@@ -231,13 +231,13 @@ def _edit_request(fields: list[tuple[str, str | bytes]]) -> EditRequest:
             f"region by the prompt (diffusion engines) or erase it (composite engine) (got {len(images)} images)"
         )
     if values.get("stream", "false").lower() not in ("false", "0"):
-        raise BadRequest("'stream' is not supported here: the answer comes when the images are done")
+        raise BadRequest("'stream' is not supported here: the answer comes when the images are done", field="stream")
     edit = EditRequest(images, mask, values)
     edit.n = _int(values.pop("n", "1"), "n", 1, MAX_N)
     edit.size = values.pop("size", "auto") or "auto"
     edit.response_format = values.pop("response_format", "b64_json") or "b64_json"
     if edit.response_format not in ("b64_json", "url"):
-        raise BadRequest("'response_format' must be b64_json or url")
+        raise BadRequest("'response_format' must be b64_json or url", field="response_format")
     return edit
 
 
@@ -245,13 +245,12 @@ def _contract(edit: EditRequest) -> SwapRequest:
     """SegSwap's contract from the form: OpenAI's names translated, hints dropped, our own fields as they are."""
     values = {name: value for name, value in edit.values.items() if name not in IGNORED | {"stream"}}
     if "prompt" not in values:
-        raise BadRequest("'prompt' is required")
+        raise BadRequest("'prompt' is required", field="prompt")
     if edit.mask is None and not {"box", "points", "text"} & set(values):
         raise BadRequest("send a mask (transparent = the region to edit), or select the region by box, points or text")
     _output_format(values)
     _model_set(values)
-    if "output_compression" in values:
-        values["image_quality"] = str(max(10, _int(values.pop("output_compression"), "output_compression", 0, 100)))
+    compression = values.pop("output_compression", None)
     values["main_image"] = UPLOADED
     if len(edit.images) == 2:
         values["object_image"] = UPLOADED
@@ -262,13 +261,18 @@ def _contract(edit: EditRequest) -> SwapRequest:
     try:
         contract = SwapRequest.model_validate(values, strict=False)
     except ValidationError as exc:
-        if exc.errors()[0]["loc"] == ("object_image",):  # one image, and a mode that needs an object
+        where = exc.errors()[0]["loc"]
+        if where == ("object_image",):  # one image, and a mode that needs an object
             raise BadRequest(
                 f"'mode' {values['mode']} needs the object as a second image[]; the scene alone is an edit by the "
                 f"prompt (mode {ERASE}: diffusion engines inpaint the region from the prompt, the composite engine "
-                "erases it)"
+                "erases it)",
+                field="mode",
             ) from None
-        raise BadRequest(describe_validation_error(exc, lambda name: f"'{name}'")) from None
+        field = str(where[0]) if where else None
+        raise BadRequest(describe_validation_error(exc, lambda name: f"'{name}'"), field=field) from None
+    if compression is not None:  # OpenAI's 0-100, the encoder's quality as it is (the contract's own starts at 10)
+        return contract.model_copy(update={"image_quality": _int(compression, "output_compression", 0, 100)})
     return contract
 
 
@@ -278,10 +282,11 @@ def _output_format(values: dict[str, str]) -> None:
         return
     output_format = values.pop("output_format")
     if output_format not in OUTPUT_FORMATS:
-        raise BadRequest(f"'output_format' must be png, jpeg or webp (got {output_format!r})")
+        raise BadRequest(f"'output_format' must be png, jpeg or webp (got {output_format!r})", field="output_format")
     if values.setdefault("image_format", OUTPUT_FORMATS[output_format]) != OUTPUT_FORMATS[output_format]:
         raise BadRequest(
-            f"'output_format' {output_format} and 'image_format' {values['image_format']} disagree; send one of them"
+            f"'output_format' {output_format} and 'image_format' {values['image_format']} disagree; send one of them",
+            field="output_format",
         )
 
 
@@ -291,7 +296,9 @@ def _model_set(values: dict[str, str]) -> None:
     if not model or model.startswith(OPENAI_MODELS):
         return
     if values.setdefault("model_set", model) != model:
-        raise BadRequest(f"'model' {model} and 'model_set' {values['model_set']} disagree; send one of them")
+        raise BadRequest(
+            f"'model' {model} and 'model_set' {values['model_set']} disagree; send one of them", field="model"
+        )
 
 
 def openai_mask(mask: Image.Image) -> Image.Image:
@@ -305,7 +312,9 @@ def openai_mask(mask: Image.Image) -> Image.Image:
 def _check_size(size: str, actual: tuple[int, int]) -> None:
     if size == "auto" or size == f"{actual[0]}x{actual[1]}":
         return
-    raise BadRequest(f"'size' must be auto or the scene's own size, {actual[0]}x{actual[1]} (got {size!r})")
+    raise BadRequest(
+        f"'size' must be auto or the scene's own size, {actual[0]}x{actual[1]} (got {size!r})", field="size"
+    )
 
 
 def _answer(outputs: list[bytes], edit: EditRequest, contract: SwapRequest) -> dict:
@@ -322,11 +331,11 @@ def _int(value: str, name: str, low: int, high: int) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise BadRequest(f"'{name}' must be a whole number from {low} to {high} (got {value!r})") from None
+        raise BadRequest(f"'{name}' must be a whole number from {low} to {high} (got {value!r})", field=name) from None
     if not low <= number <= high:
-        raise BadRequest(f"'{name}' must be from {low} to {high} (got {number})")
+        raise BadRequest(f"'{name}' must be from {low} to {high} (got {number})", field=name)
     return number
 
 
 def _not_a_file(name: str):
-    raise BadRequest(f"'{name}' must be an uploaded image file")
+    raise BadRequest(f"'{name}' must be an uploaded image file", field=name)

@@ -16,6 +16,7 @@ from starlette.background import BackgroundTask
 
 from pipelines import IMAGE_FIELDS, resolve_seed
 from pipelines.imageops import mask_box, normalize_mask
+from pipelines.job import check_object
 from pipelines.masks import Selector
 from server.access.keys import Caller
 from server.api import metering
@@ -77,7 +78,9 @@ async def submit(
     served.check_lora(body.lora)  # a 400 now, not a failed job later
     model_set = served.name  # named in the job: it runs on that set even if the default changes
     if body.webhook_url:
-        await check_url(body.webhook_url, "webhook_url", AllowList(settings.fetch_allow))
+        await check_url(
+            body.webhook_url, "webhook_url", AllowList(settings.fetch_allow), "the webhook URL", "webhook URLs"
+        )
     fingerprint = _fingerprint(parsed)
     if idempotency_key:
         existing = await asyncio.to_thread(jobs.store.find_idempotent, caller.key_id, idempotency_key)
@@ -242,6 +245,8 @@ async def _check_images(
     check_encodable(images["main_image"].size, body.image_format)
     if "mask_image" in images:  # an empty mask fails on every engine
         mask_box(normalize_mask(images["mask_image"], images["main_image"].size))
+    if "object_image" in images:  # an erase sends none
+        check_object(images["object_image"])
     if selector is not None:
         selected = await select_region(request, images["main_image"], selector, deadline)
         inputs["mask_image"] = await asyncio.to_thread(encode_image, selected.mask, "png", 95)

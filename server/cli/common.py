@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from server.inputs.provenance import provenance_for
 from server.settings import Settings
 
 FORMAT_BY_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+SETTING_FLAGS = {"weights_dir": "--weights"}  # the settings whose flag is not their name
 
 
 class CliError(Exception):
@@ -68,15 +70,31 @@ def settings_from(args: argparse.Namespace, **extra: object) -> Settings:
         "step_cache": getattr(args, "step_cache", None),
         **extra,
     }
+    given = {key: value for key, value in overrides.items() if value is not None}
     try:
-        settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
+        settings = Settings(**given)
     except ValidationError as exc:
-        raise CliError(exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")) from None
+        raise CliError(_describe_setting_error(exc, given)) from None
     try:
         provenance_for(settings)  # a C2PA certificate that cannot sign: said now, before any work
     except ValueError as exc:
         raise CliError(str(exc)) from None
     return settings
+
+
+def _describe_setting_error(exc: ValidationError, given: dict[str, object]) -> str:
+    """The first problem, named by its flag when one gave the value, else by its environment variable."""
+    err = exc.errors(include_url=False)[0]
+    message = err["msg"].removeprefix("Value error, ")
+    if not err["loc"]:  # a rule across settings: its own sentence
+        return message
+    name = str(err["loc"][0])
+    where = SETTING_FLAGS.get(name, "--" + name.replace("_", "-")) if name in given else f"SEGSWAP_{name.upper()}"
+    given_value = err.get("input")
+    shown = (
+        f" (got {given_value!r})" if isinstance(given_value, int | float | str) and len(str(given_value)) <= 40 else ""
+    )
+    return f"{where}: {message[0].lower()}{message[1:]}{shown}"
 
 
 def flag(field: str) -> str:
@@ -105,6 +123,24 @@ def writable_folder(path: Path, label: str = "--out") -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise CliError(f"{label}: cannot write to {shown} ({exc.strerror or exc})") from None
+    return path
+
+
+def writable_file(path: Path, label: str = "-o") -> Path:
+    """`path`, checked before any work: a file (not a folder) in a folder that exists and takes a new file; said
+    now, in one line, not as a traceback once the image is made."""
+    shown, folder = printable(str(path)), path.parent
+    if path.is_dir():
+        raise CliError(f"{label}: {shown} is a folder; name the file to write in it")
+    if not folder.is_dir():
+        raise CliError(f"{label}: no such folder: {printable(str(folder))}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise CliError(f"{label}: cannot write to {shown} (permission denied)")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
         raise CliError(f"{label}: cannot write to {shown} ({exc.strerror or exc})") from None

@@ -12,6 +12,9 @@ from server.access.permissions import FAMILY_HELP
 from server.cli.common import CliError
 from server.settings import Settings
 
+MAX_BALANCE = 2**31 - 1  # the ledger's column is an INTEGER: 32 bits in PostgreSQL
+MAX_RATE = 2**63 - 1  # TOML's integers are 64 bits
+
 
 def add_keys_commands(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -20,7 +23,7 @@ def add_keys_commands(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="keys_command", required=True)
     add = commands.add_parser("add", help="create a key; prints it once")
     add.add_argument("id", help="a name for the key (shown in logs and metrics)")
-    add.add_argument("--rate", type=int, help="requests per minute allowed (default: unlimited)")
+    add.add_argument("--rate", type=rate, help="requests per minute allowed, 1 or more (default: unlimited)")
     add.add_argument("--credits", type=balance, help="starting credit balance (default: not metered)")
     add.add_argument(
         "--endpoint",
@@ -96,11 +99,21 @@ def run_credit(args: argparse.Namespace) -> int:
 
 
 def balance(text: str) -> int:
-    """A credit balance: a whole number, 0 or more."""
+    """A credit balance: a whole number from 0 to what the ledger stores."""
+    return _whole_number(text, 0, MAX_BALANCE)
+
+
+def rate(text: str) -> int:
+    """A rate limit: 1 request per minute or more (the limiter reads 0 as no limit, and a negative rate refuses all)."""
+    return _whole_number(text, 1, MAX_RATE, " of requests per minute", "; leave --rate out for no limit")
+
+
+def _whole_number(text: str, low: int, high: int, unit: str = "", hint: str = "") -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"a balance cannot be negative: {value}")
+        value = None
+    if value is None or not low <= value <= high:
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise argparse.ArgumentTypeError(f"must be a whole number{unit} from {low} to {high} (got {shown!r}){hint}")
     return value

@@ -19,6 +19,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from pipelines import InvalidInput, SegswapError
 from server.cli.batch import add_batch_command
@@ -58,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exit_:  # argparse's own usage errors are already one line on stderr
+    except SystemExit as exit_:  # argparse's own usage errors are already one line on stderr (Parser.error)
         return int(exit_.code or 0)
     _log_to_stderr()
     try:
@@ -105,8 +106,16 @@ def _error(message: str) -> int:
     return 2
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors as every other error of the command: one line, `segswap: error: ...`, exit status 2 (the
+    subcommands' parsers are of this class too: add_subparsers makes its parsers of its parser's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"segswap: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="segswap", description=__doc__.split("\n")[0])
+    parser = Parser(prog="segswap", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     add_serve_command(commands)
     add_swap_command(commands)

@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from pipelines.masks import load_segmenter, select_mask
-from server.cli.common import CliError, add_engine_flags, flag, format_named_by, settings_from
+from server.cli.common import CliError, add_engine_flags, flag, format_named_by, settings_from, writable_file
 from server.contract import MaskRequest, describe_validation_error
 from server.inputs.decode import decode_image
 from server.inputs.resolve import read_source
@@ -39,8 +39,7 @@ def run_mask(args: argparse.Namespace) -> int:
         request = MaskRequest.model_validate(values)
     except ValidationError as exc:
         raise CliError(describe_validation_error(exc, flag)) from None
-    if not args.output.parent.is_dir():
-        raise CliError(f"-o: no such folder: {args.output.parent}")
+    writable_file(args.output)
     if format_named_by(args.output) not in (None, "png"):
         raise CliError("-o: a mask is written as PNG; name the file .png")
     image = decode_image(

@@ -13,22 +13,33 @@ from server.inputs.files import printable
 from server.serving.memory_check import gigabytes
 
 LOAD_POLL_S = 1.0
+DEFAULT_SERVER = "http://127.0.0.1:8000"
 
 
 def add_models_command(commands) -> None:
     parser = commands.add_parser("models", help="list, load or unload the model sets of a running server")
-    parser.add_argument("--server", default="http://127.0.0.1:8000", help="the server (default %(default)s)")
-    parser.add_argument("--key", default=os.environ.get("SEGSWAP_API_KEY"), help="API key (default: SEGSWAP_API_KEY)")
+    _add_server_flags(parser, DEFAULT_SERVER, os.environ.get("SEGSWAP_API_KEY"))
+    after = argparse.ArgumentParser(add_help=False)  # the same flags after the action: `models list --server URL`
+    _add_server_flags(after, argparse.SUPPRESS, argparse.SUPPRESS)  # given there, they win; else those before stand
     actions = parser.add_subparsers(dest="models_command", required=True)
-    actions.add_parser("list", help="the sets, their state, arch and LoRAs").set_defaults(handler=run_list)
-    load = actions.add_parser("load", help="load a set (an admin key); waits until it is loaded")
+    actions.add_parser("list", parents=[after], help="the sets, their state, arch and LoRAs").set_defaults(
+        handler=run_list
+    )
+    load = actions.add_parser("load", parents=[after], help="load a set (an admin key); waits until it is loaded")
     load.add_argument("name")
     load.add_argument("--no-wait", action="store_true", help="return once the load has started")
     load.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for it (default 1800)")
     load.set_defaults(handler=run_load)
-    unload = actions.add_parser("unload", help="unload a set (an admin key), after its jobs; frees its memory")
+    unload = actions.add_parser(
+        "unload", parents=[after], help="unload a set (an admin key), after its jobs; frees its memory"
+    )
     unload.add_argument("name")
     unload.set_defaults(handler=run_unload)
+
+
+def _add_server_flags(parser: argparse.ArgumentParser, server: str | None, key: str | None) -> None:
+    parser.add_argument("--server", default=server, help=f"the server (default {DEFAULT_SERVER})")
+    parser.add_argument("--key", default=key, help="API key (default: SEGSWAP_API_KEY)")
 
 
 def run_list(args: argparse.Namespace) -> int:

@@ -14,7 +14,15 @@ from pydantic import ValidationError
 
 from pipelines import IMAGE_FIELDS, build_job
 from pipelines.job import ERASE
-from server.cli.common import FORMAT_BY_SUFFIX, CliError, add_engine_flags, flag, format_named_by, settings_from
+from server.cli.common import (
+    FORMAT_BY_SUFFIX,
+    CliError,
+    add_engine_flags,
+    flag,
+    format_named_by,
+    settings_from,
+    writable_file,
+)
 from server.cli.info import read_record
 from server.contract import REGION_FIELDS, SwapRequest, describe_validation_error
 from server.experiments.regions import RegionMasks
@@ -94,10 +102,9 @@ def _add_request_flags(parser: argparse.ArgumentParser, skip: set[str], helps: d
 
 def run_swap(args: argparse.Namespace) -> int:
     settings = settings_from(args)
+    writable_file(args.output)
     recorded = read_record(args.replay) if args.replay else None
     request = _validated_request(args, recorded["parameters"] if recorded else {})
-    if not args.output.parent.is_dir():
-        raise CliError(f"-o: no such folder: {args.output.parent}")
     sent = [name for name in IMAGE_FIELDS if getattr(request, name) is not None]  # an erase reads no object
     images = decode_inputs(
         {name: read_source(getattr(request, name), name, settings) for name in sent}, settings.max_image_pixels

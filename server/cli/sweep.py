@@ -18,6 +18,7 @@ from server.contract import Selection, SwapRequest, describe_validation_error
 TEXT_FIELDS = {"prompt", "negative_prompt"}  # may contain commas: repeat the flag to list several
 # The scene and its region are the same in every cell; the model set is the one --model-set loads (an engine flag).
 NOT_SWEPT = {*IMAGE_FIELDS, *SELECTOR_FIELDS, "base64", "model_set"}
+KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false"}
 MAX_CELLS = 256  # a few hundred: a grid past that is more likely a slip of the keyboard than a plan
 
 
@@ -137,7 +138,8 @@ def _typed(name: str, value: str, annotation) -> object:
     try:
         return kind(value) if kind else value
     except ValueError:
-        raise CliError(f"{flag(name)}: {value!r} is not a {annotation.__name__}") from None
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise CliError(f"{flag(name)}: each value must be {KIND_NAMES[annotation]} (got {shown!r})") from None
 
 
 def _region(args: argparse.Namespace) -> Selection:

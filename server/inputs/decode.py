@@ -31,7 +31,7 @@ def decode_base64_field(value: str, field: str) -> bytes:
     """Raw base64 or a data:image/...;base64, URI -> bytes."""
     payload = DATA_URI.sub("", value.strip(), count=1)
     if payload.startswith("data:"):
-        raise BadRequest(f"field '{field}': only base64 data URIs of images are accepted")
+        raise BadRequest(f"field '{field}': only base64 data URIs of images are accepted", field=field)
     try:
         return pybase64.b64decode(payload + "=" * (-len(payload) % 4), validate=True)
     except (binascii.Error, ValueError):  # UnicodeEncodeError is a ValueError
@@ -41,7 +41,7 @@ def decode_base64_field(value: str, field: str) -> bytes:
         data = re.sub(r"\s+", "", payload)
         return base64.b64decode(data + "=" * (-len(data) % 4), validate=True)
     except (binascii.Error, ValueError):
-        raise BadRequest(f"field '{field}': not a URL and not valid base64") from None
+        raise BadRequest(f"field '{field}': not a URL and not valid base64", field=field) from None
 
 
 def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
@@ -50,7 +50,7 @@ def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
     The pixel limit is checked on the header, before any pixel is decoded.
     """
     if not data:
-        raise BadRequest(f"field '{field}': the image is empty")
+        raise BadRequest(f"field '{field}': the image is empty", field=field)
     try:
         image = Image.open(io.BytesIO(data))
         _check_header(image, field, max_pixels)
@@ -62,15 +62,17 @@ def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
     except ServiceError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        raise BadRequest(f"field '{field}': the data is not a readable PNG, JPEG or WEBP image") from None
+        raise BadRequest(f"field '{field}': the data is not a readable PNG, JPEG or WEBP image", field=field) from None
 
 
 def _check_header(image: Image.Image, field: str, max_pixels: int) -> None:
     if image.format not in ALLOWED_FORMATS:
-        raise BadRequest(f"field '{field}': {image.format or 'this'} images are not accepted; use PNG, JPEG or WEBP")
+        raise BadRequest(
+            f"field '{field}': {image.format or 'this'} images are not accepted; use PNG, JPEG or WEBP", field=field
+        )
     width, height = image.size
     if width * height > max_pixels:
-        raise TooLarge(f"field '{field}': the image is {width}x{height}, more than {max_pixels} pixels")
+        raise TooLarge(f"field '{field}': the image is {width}x{height}, more than {max_pixels} pixels", field=field)
 
 
 def _normalise_mode(image: Image.Image) -> Image.Image:

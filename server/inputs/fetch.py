@@ -125,8 +125,9 @@ async def _fetch(
     raise BadRequest(f"field '{field}': the URL redirects more than {MAX_REDIRECTS} times")
 
 
-async def check_url(url: str, field: str, allow: AllowList, what: str = "the URL") -> Target:
-    """Parse and check one URL (the first or a redirect's); resolve its host; BadRequest if refused."""
+async def check_url(url: str, field: str, allow: AllowList, what: str = "the URL", kinds: str = "image URLs") -> Target:
+    """Parse and check one URL (the first or a redirect's); resolve its host; BadRequest if refused. `kinds` names
+    the URLs of its sort in the rule a refusal states ("image URLs must be public")."""
 
     def refuse(sentence: str) -> BadRequest:
         return BadRequest(f"field '{field}': {what} {sentence}")
@@ -139,7 +140,7 @@ async def check_url(url: str, field: str, allow: AllowList, what: str = "the URL
         got = f"{parsed.scheme}:" if parsed.scheme else "no scheme"
         raise refuse(f"uses {got}; only http and https URLs can be fetched")
     if parsed.userinfo:
-        raise refuse("contains a user name or password; image URLs cannot")
+        raise refuse(f"contains a user name or password; {kinds} cannot")
     host = parsed.raw_host.decode("ascii")
     if not host:
         raise refuse("has no host")
@@ -158,11 +159,11 @@ async def check_url(url: str, field: str, allow: AllowList, what: str = "the URL
             continue
         reason = non_public_reason(ip)
         if reason and literal is not None:  # the caller wrote the address: naming it tells them nothing new
-            raise refuse(f"points to a non-public address ({ip}: {reason}); image URLs must be public")
+            raise refuse(f"points to a non-public address ({ip}: {reason}); {kinds} must be public")
         if reason:  # what an internal name resolves to is not the caller's to learn
-            raise refuse("resolves to a non-public address; image URLs must be public")
+            raise refuse(f"resolves to a non-public address; {kinds} must be public")
     if port not in OPEN_PORTS and not (host_allowed or all(allow.allows_address(ip) for ip in addresses)):
-        raise refuse(f"uses port {port}; image URLs may use ports 80 and 443 only (or a host in the fetch allow-list)")
+        raise refuse(f"uses port {port}; {kinds} may use ports 80 and 443 only (or a host in the fetch allow-list)")
     return Target(url=parsed, host=host, addresses=addresses, literal=literal is not None)
 
 
@@ -187,12 +188,13 @@ async def _resolve(host: str, port: int, refuse: Callable[[str], BadRequest]) ->
 async def post_pinned(
     url: str, field: str, content: bytes, headers: dict[str, str], *, timeout_s: float, allow: list[str] | None = None
 ) -> int:
-    """POST `content` to `url` under the same checks and pinning as fetches (no redirects followed); the status."""
+    """POST a webhook's `content` to `url` under the same checks and pinning as fetches (no redirects followed); the
+    status."""
     async with httpx.AsyncClient(
         verify=_ssl_context(), trust_env=False, follow_redirects=False, limits=httpx.Limits(max_keepalive_connections=0)
     ) as client:
         async with asyncio.timeout(timeout_s):
-            target = await check_url(url, field, AllowList(allow or ()))
+            target = await check_url(url, field, AllowList(allow or ()), kinds="webhook URLs")
             timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_S))
             response = await _open(client, target, timeout, "POST", content, headers)
             await response.aclose()

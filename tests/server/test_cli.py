@@ -180,3 +180,52 @@ def test_the_models_command_says_so_when_a_server_answers_json_of_another_shape(
     assert main(["models", "--server", "http://127.0.0.1:9", action, *(["sd15"] if action == "unload" else [])]) == 2
     said = capsys.readouterr().err
     assert "segswap: error: http://127.0.0.1:9 answered" in said and "Traceback" not in said
+
+
+def test_swap_refuses_a_fully_transparent_object_naming_the_flag(inputs, tmp_path, capsys):
+    Image.new("RGBA", (20, 30), (200, 30, 40, 0)).save(inputs["object"])
+    assert main(swap_args(inputs, tmp_path / "o.png")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("segswap: error: --object: the object image is fully transparent") and err.count("\n") == 1
+    assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("command", ["swap", "mask"])
+def test_an_output_that_is_a_folder_is_refused_in_one_line_before_any_work(inputs, tmp_path, capsys, command):
+    mask_args = ["mask", "--main", str(inputs["main"]), "--box", "10,10,50,40", "-o", str(tmp_path)]
+    assert main(swap_args(inputs, tmp_path) if command == "swap" else mask_args) == 2
+    err = capsys.readouterr().err
+    assert err == f"segswap: error: -o: {tmp_path} is a folder; name the file to write in it\n"
+
+
+def test_a_bad_setting_is_named_by_its_flag_or_its_environment_variable(monkeypatch, capsys):
+    assert main(["serve", "--port", "99999"]) == 2
+    assert (
+        capsys.readouterr().err == "segswap: error: --port: input should be less than or equal to 65535 (got 99999)\n"
+    )
+    monkeypatch.setenv("SEGSWAP_PORT", "0")
+    assert main(["serve"]) == 2
+    assert (
+        capsys.readouterr().err
+        == "segswap: error: SEGSWAP_PORT: input should be greater than or equal to 1 (got '0')\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["models", "list", "--server", "http://127.0.0.1:9", "--key", "k2"],
+        ["models", "--server", "http://127.0.0.1:9", "--key", "k2", "list"],
+        ["models", "--server", "http://127.0.0.1:1", "--key", "k1", "unload", "sd15", "--server", "http://127.0.0.1:9"],
+    ],
+)
+def test_the_models_commands_take_server_and_key_before_or_after_the_action(monkeypatch, capsys, args):
+    asked = []
+
+    def answer(method, url, headers, timeout):
+        asked.append((url, headers.get("x-api-key")))
+        return httpx.Response(200, json={"data": [], "seconds": 1.0, "freed_bytes": None})
+
+    monkeypatch.setattr(httpx, "request", answer)
+    assert main(args) == 0, capsys.readouterr().err
+    assert asked[0][0].startswith("http://127.0.0.1:9/v1/models") and asked[0][1] == args[args.index("--key") + 1]

@@ -86,6 +86,15 @@ def test_malformed_json_is_400(client, raw):
     assert response.status_code == 400 and response.json()["error"]
 
 
+@pytest.mark.parametrize("route", ["/v1/seg-swap", "/v2/seg-swap", "/v1/seg-mask"])
+@pytest.mark.parametrize("field,value", [("steps", "9" * 5000), ("box", f"[1, 2, 3, -{'9' * 5000}]")])
+def test_a_number_past_pythons_digit_limit_is_a_400_naming_the_field(client, route, field, value):
+    raw = f'{{"{field}": {value}}}'
+    response = client.post(route, content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"] == f"field '{field}': a number of more than 4300 digits is too long to read"
+
+
 def test_oversize_body_is_413(client, body):
     response = client.post("/v1/seg-swap", json={**body, "prompt": "x" * 2_100_000})
     assert response.status_code == 413

@@ -106,6 +106,14 @@ def test_a_failed_csv_line_is_reported_and_the_rest_go_on(folder, capsys):
     assert json.loads((out / "a.json").read_text())["parameters"]["fashion_strength"] == 0.5
 
 
+def test_a_batch_line_with_a_fully_transparent_object_fails_naming_the_field(folder, capsys):
+    Image.new("RGBA", (40, 60), (20, 160, 60, 0)).save(folder / "clear.png")
+    jobs = folder / "jobs.csv"
+    jobs.write_text("name,main_image,mask_image,object_image\na,room.png,mask.png,clear.png\n")
+    assert main(["batch", str(jobs), "--out", str(folder / "out"), "--engine", "composite"]) == 1
+    assert "failed a: line 2: object_image: the object image is fully transparent" in capsys.readouterr().err
+
+
 def test_the_same_batch_on_a_running_server_writes_the_same_files(folder, capsys, tmp_path):
     jobs = write_jsonl(folder, 6)
     assert main(["batch", str(jobs), "--out", str(folder / "here"), "--engine", "composite"]) == 0
@@ -326,6 +334,19 @@ def test_a_grid_past_max_cells_is_refused_with_its_count_before_anything_runs(fo
     assert "the grid has 4 cells (2 x 2), more than --max-cells 3" in capsys.readouterr().err and not out.exists()
     assert main(sweep_args(folder, out, "--seed", "1,2", "--growmask", "0,1", "--max-cells", "4")) == 0
     assert len(list(out.glob("sweep-*.png"))) == 4
+
+
+@pytest.mark.parametrize(
+    "field,values,message",
+    [
+        ("--seed", "1,abc", "--seed: each value must be a whole number (got 'abc')"),
+        ("--fashion-strength", "0.5,high", "--fashion-strength: each value must be a number (got 'high')"),
+    ],
+)
+def test_a_sweep_value_of_the_wrong_kind_is_named_with_its_flag(folder, capsys, field, values, message):
+    out = folder / "sweep"
+    assert main(sweep_args(folder, out, field, values)) == 2
+    assert capsys.readouterr().err == f"segswap: error: {message}\n" and not out.exists()
 
 
 def test_a_grid_of_ten_billion_cells_is_refused_without_being_built(folder):

@@ -101,3 +101,56 @@ def test_server_keeps_serving_after_bad_requests(client, body):
         client.post("/v1/seg-swap", json={**body, "main_image": "garbage"})
     assert client.post("/v1/seg-swap", json=body).status_code == 200
     assert np.asarray(decoded(client.post("/v1/seg-swap", json=body))).shape[:2] == (64, 96)
+
+
+CLEAR = Image.new("RGBA", (20, 30), (200, 30, 40, 0))  # colour everywhere, alpha 0 everywhere: nothing shows
+TRANSPARENT = "field 'object_image': the object image is fully transparent"
+
+
+@pytest.mark.parametrize("mode", ["object", "pattern", "auto"])
+def test_a_fully_transparent_object_is_a_400_on_v1_and_v2_not_a_silent_erase(client, body, mode):
+    for route in ("/v1/seg-swap", "/v2/seg-swap"):  # v2 refuses it at submit, not as a failed job later
+        response = client.post(route, json={**body, "object_image": b64(CLEAR), "mode": mode})
+        assert response.status_code == 400, (route, response.text)
+        assert response.json()["error"].startswith(TRANSPARENT)
+    erased = client.post("/v1/seg-swap", json={**body, "object_image": b64(CLEAR), "mode": "erase"})
+    assert erased.status_code == 200  # an erase takes no object: the one sent is ignored
+
+
+def test_a_fully_transparent_object_is_a_400_on_openai_edits(client, scene, mask):
+    files = [
+        ("image[]", ("scene.png", png_bytes(scene), "image/png")),
+        ("image[]", ("object.png", png_bytes(CLEAR), "image/png")),
+        ("mask", ("mask.png", png_bytes(mask.convert("RGB")), "image/png")),
+    ]
+    response = client.post("/v1/images/edits", files=files, data={"prompt": "a table"})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith(TRANSPARENT)
+
+
+def test_a_multipart_body_cut_short_says_so_not_that_a_field_is_missing(client, scene, mask):
+    files = {"main_image": ("scene.png", png_bytes(scene)), "mask_image": ("mask.png", png_bytes(mask))}
+    whole = client.build_request("POST", "/v1/seg-swap", files=files)
+    raw = whole.read()
+    for cut in (len(raw) // 2, len(raw) - 10):  # inside the first part; inside the closing boundary
+        response = client.post(
+            "/v1/seg-swap", content=raw[:cut], headers={"content-type": whole.headers["content-type"]}
+        )
+        assert response.status_code == 400
+        assert response.json()["error"].startswith("the multipart body is incomplete")
+
+
+@pytest.mark.parametrize(
+    "route,name,message",
+    [
+        ("/v1/seg-swap", "image", "unknown field 'image' (uploaded files go in the image fields: main_image, "),
+        ("/v1/seg-mask", "object_image", "unknown field 'object_image' (uploaded files go in the image fields: "),
+        ("/v1/seg-swap", "prompt", "field 'prompt': only the image fields (main_image, mask_image, object_image) "),
+    ],
+)
+def test_an_uploaded_file_in_a_field_that_takes_none_is_named_with_the_image_fields(
+    client, scene, route, name, message
+):
+    files = {"main_image": ("scene.png", png_bytes(scene)), name: ("x.png", png_bytes(scene))}
+    response = client.post(route, files=files)
+    assert response.status_code == 400 and response.json()["error"].startswith(message)

@@ -127,6 +127,28 @@ def test_rate_limit_answers_429_with_retry_after(keyed, body):
         assert client.post("/v1/seg-swap", json=body, headers={"x-api-key": secrets["plain"]}).status_code == 200
 
 
+@pytest.mark.parametrize(
+    "command,option",
+    [
+        (["add", "k", "--rate", "-1"], "--rate"),
+        (["add", "k", "--rate", "0"], "--rate"),
+        (["add", "k", "--credits", "-1"], "--credits"),
+        (["add", "k", "--credits", str(2**31)], "--credits"),  # past the ledger's INTEGER column in PostgreSQL
+        (["credit", "plain", "9" * 30], "balance"),
+    ],
+)
+def test_keys_refuse_a_nonsensical_limit_in_one_line_naming_the_option(tmp_path, monkeypatch, capsys, command, option):
+    keys_file = tmp_path / "keys.toml"
+    monkeypatch.setenv("SEGSWAP_CREDITS_DB", str(tmp_path / "credits.sqlite3"))
+    assert main(["keys", "--keys-file", str(keys_file), "add", "plain"]) == 0
+    written = keys_file.read_text()
+    capsys.readouterr()
+    assert main(["keys", "--keys-file", str(keys_file), *command]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"segswap: error: argument {option}: must be a whole number") and error.count("\n") == 1
+    assert keys_file.read_text() == written  # no key added with a limit it cannot keep
+
+
 def test_token_bucket_refills_over_time():
     now = [0.0]
     limiter = RateLimiter(clock=lambda: now[0])

@@ -121,26 +121,49 @@ def test_the_scene_alone_is_an_erase_on_the_composite_engine(url, files):
 
 
 @pytest.mark.parametrize(
-    ("extra", "message"),
+    ("extra", "message", "param"),
     [
-        ({"n": 5}, "'n' must be from 1 to 4"),
-        ({"size": "1024x1024"}, "'size' must be auto or the scene's own size, 96x64"),
-        ({"extra_body": {"growmask": 99}}, "'growmask'"),
-        ({"extra_body": {"stepz": 3}}, "unknown 'stepz'"),
-        ({"output_format": "gif"}, "'output_format' must be png, jpeg or webp"),
+        ({"n": 5}, "'n' must be from 1 to 4", "n"),
+        ({"size": "1024x1024"}, "'size' must be auto or the scene's own size, 96x64", "size"),
+        ({"extra_body": {"growmask": 99}}, "'growmask'", "growmask"),
+        ({"extra_body": {"stepz": 3}}, "unknown 'stepz'", "stepz"),
+        ({"output_format": "gif"}, "'output_format' must be png, jpeg or webp", "output_format"),
         (
             {"output_format": "png", "extra_body": {"image_format": "webp"}},
             "'output_format' png and 'image_format' webp",
+            "output_format",
         ),
-        ({"mask": None}, "send a mask (transparent = the region to edit), or select the region"),
+        ({"mask": None}, "send a mask (transparent = the region to edit), or select the region", None),
     ],
 )
-def test_bad_values_are_400s_naming_the_field(url, files, extra, message):
+def test_bad_values_are_400s_naming_the_field_in_message_and_param(url, files, extra, message, param):
     mask = {"mask": open(files / "mask.png", "rb")} if "mask" not in extra else {}  # noqa: SIM115
     extra = {name: value for name, value in extra.items() if name != "mask"}
     with pytest.raises(openai.BadRequestError) as raised:
         client(url).images.edit(image=images(files), prompt="x", **mask, **extra)
-    assert message in raised.value.body["message"]
+    assert message in raised.value.body["message"] and raised.value.body["param"] == param
+
+
+def test_an_image_the_engine_refuses_is_named_as_openai_names_it(url, files, tmp_path):
+    Image.new("RGBA", (30, 30), (220, 30, 30, 0)).save(tmp_path / "clear.png")
+    with pytest.raises(openai.BadRequestError) as raised:
+        scene, clear = open(files / "scene.png", "rb"), open(tmp_path / "clear.png", "rb")  # noqa: SIM115
+        client(url).images.edit(image=[scene, clear], mask=open(files / "mask.png", "rb"), prompt="x")  # noqa: SIM115
+    assert "fully transparent" in raised.value.body["message"] and raised.value.body["param"] == "image"
+
+
+def test_output_compression_takes_openais_whole_range_as_the_encoders_quality(url, files):
+    def jpeg(compression: int) -> bytes:
+        mask = open(files / "mask.png", "rb")  # noqa: SIM115
+        edit = client(url).images.edit(
+            image=images(files), mask=mask, prompt="x", output_format="jpeg", output_compression=compression
+        )
+        return base64.b64decode(edit.data[0].b64_json)
+
+    assert len(jpeg(0)) < len(jpeg(10)) < len(jpeg(100))  # 0 is its own quality, not 10 in disguise
+    with pytest.raises(openai.BadRequestError) as raised:
+        jpeg(101)
+    assert raised.value.body["message"] == "'output_compression' must be from 0 to 100 (got 101)"
 
 
 def test_a_box_instead_of_a_mask_url_answers_and_jpeg(url, files):

@@ -75,6 +75,18 @@ def test_bad_body_is_refused_at_submit(tmp_path, body):
         assert client.post("/v2/seg-swap", json={**body, "main_image": "nope"}).status_code == 400
 
 
+def test_a_bad_query_parameter_or_header_is_a_400_naming_it(tmp_path, body):
+    with make_client(tmp_path) as client:
+        wait_ready(client)
+        request_id = client.post("/v2/seg-swap", json=body).json()["request_id"]
+        previews = client.get(f"/v2/requests/{request_id}/events?previews=banana")
+        assert previews.status_code == 400
+        assert previews.json()["error"].startswith("query parameter 'previews': input should be a valid boolean")
+        long_key = client.post("/v2/seg-swap", json=body, headers={"Idempotency-Key": "k" * 5000})
+        assert long_key.status_code == 400
+        assert long_key.json()["error"] == "header 'Idempotency-Key': string should have at most 255 characters"
+
+
 class RefusingEngine:
     """Refuses jobs asking for "refuse" the way an engine refuses an input it cannot use (the warm-up passes)."""
 
@@ -217,6 +229,11 @@ def test_private_webhook_address_is_refused_at_submit(tmp_path, body):
         for url in ("http://127.0.0.1:9/hook", "http://169.254.169.254/latest", "file:///etc/passwd"):
             refused = client.post("/v2/seg-swap", json={**body, "webhook_url": url})
             assert refused.status_code == 400 and "webhook_url" in refused.json()["error"]
+        private = client.post("/v2/seg-swap", json={**body, "webhook_url": "http://10.0.0.1/hook"}).json()["error"]
+        assert private == (
+            "field 'webhook_url': the webhook URL points to a non-public address (10.0.0.1: private); "
+            "webhook URLs must be public"
+        )
 
 
 @pytest.mark.parametrize("engine_name", ["diffusion/sd15"])
