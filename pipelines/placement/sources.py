@@ -26,6 +26,7 @@ TYPICAL = 80  # percentile of the ring's colours its statistics are taken from
 MIN_SHARE = 0.08  # of the ring a region must hold to be ground the hole lies on
 MIN_GROUND = 0.5  # reachable ground at least this share of the hole's area, else the edges are relaxed
 RELAXATIONS = 3
+SEAM = round(3 * EDGE_SIGMA)  # an edge band up to twice this wide between two grounds is ground: the line they meet on
 
 
 def allowed_sources(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
@@ -58,9 +59,22 @@ def _allowed(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
     for _ in range(RELAXATIONS):
         ground = _surrounding((gradient <= threshold) & (unlike <= UNLIKE) & ~hole, ring)
         if ground.sum() >= MIN_GROUND * hole.sum():
-            return cv2.dilate(ground.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+            return _with_seams(ground, hole)
         threshold, unlike = threshold * 2, unlike / 2
     return np.ones_like(hole)
+
+
+def _with_seams(ground: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """`ground` with the edges that bound it: the band of strong gradient where two grounds meet (a wall and the
+    floor, sea and sky) is as wide as the blur that found it, and without it no source patch holds the line they
+    meet on, so the fill cannot carry that line across the hole; it stops where the hole's own patches happen to
+    meet. Closing fills bands narrower than 2 x SEAM lying between ground on both sides, not the outline of a
+    distinct object (non-ground beyond it) nor the hole."""
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * SEAM + 1, 2 * SEAM + 1))
+    padded = cv2.copyMakeBorder(ground.astype(np.uint8), SEAM, SEAM, SEAM, SEAM, cv2.BORDER_REPLICATE)
+    closed = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, disc)[SEAM:-SEAM, SEAM:-SEAM].astype(bool)
+    with_edges = ground | (closed & ~hole)
+    return cv2.dilate(with_edges.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
 
 
 def _colour_distance(blurred: np.ndarray, ring: np.ndarray) -> np.ndarray:
