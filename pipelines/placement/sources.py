@@ -23,6 +23,9 @@ MIN_STRONG = 3.0  # ...and at least this many levels per pixel
 UNLIKE = 6.0  # Mahalanobis distance from the ring's colours beyond which a pixel is not the hole's ground
 COLOUR_FLOOR = 6.0  # levels added to the ring's colour spread
 TYPICAL = 80  # percentile of the ring's colours its statistics are taken from
+COMPONENTS = 3  # clusters the ring's typical colours are modelled as (two grounds, and a shade between)
+CLUSTER_SAMPLE = 4000  # ring colours the clusters are found on
+CLUSTER_ROUNDS = 10
 MIN_SHARE = 0.08  # of the ring a region must hold to be ground the hole lies on
 MIN_GROUND = 0.5  # reachable ground at least this share of the hole's area, else the edges are relaxed
 RELAXATIONS = 3
@@ -78,15 +81,40 @@ def _with_seams(ground: np.ndarray, hole: np.ndarray) -> np.ndarray:
 
 
 def _colour_distance(blurred: np.ndarray, ring: np.ndarray) -> np.ndarray:
-    """Each pixel's Mahalanobis distance from the ring's colours (blurred): how unlike the ground around the
-    hole it is. The ring's statistics leave out its least typical fifth (a distinct object reaching into it),
-    and the spread is floored so a plain ring does not make every shade "unlike"."""
+    """Each pixel's distance from the ring's colours (blurred): how unlike the ground around the hole it is. The
+    ring's typical colours (its least typical fifth left out: a distinct object reaching into it) are modelled as
+    COMPONENTS clusters, and a pixel's distance is its Mahalanobis distance from the nearest one. The ring often
+    holds two grounds (a wall and a floor, sea and sky): one Gaussian over both stretches along the line between
+    them and takes in every colour near it (a rug darker than the floor, on a grey image every grey); each
+    ground's own cluster does not. Each spread is floored so a plain ring does not make every shade "unlike"."""
     if len(ring) < 8:
         return np.zeros(blurred.shape[:2], np.float32)
     mean, inverse = _colour_statistics(ring)
     typical = _mahalanobis(ring, mean, inverse) <= np.percentile(_mahalanobis(ring, mean, inverse), TYPICAL)
-    mean, inverse = _colour_statistics(ring[typical])
-    return _mahalanobis(blurred.reshape(-1, 3), mean, inverse).reshape(blurred.shape[:2]).astype(np.float32)
+    colours = blurred.reshape(-1, 3)
+    nearest = np.full(len(colours), np.inf)
+    for cluster in _clusters(ring[typical]):
+        mean, inverse = _colour_statistics(cluster)
+        nearest = np.minimum(nearest, _mahalanobis(colours, mean, inverse))
+    return nearest.reshape(blurred.shape[:2]).astype(np.float32)
+
+
+def _clusters(colours: np.ndarray) -> list[np.ndarray]:
+    """`colours` split into up to COMPONENTS clusters (k-means on a sample, started at quantiles along their
+    principal axis: deterministic); clusters of fewer than 8 colours are left out."""
+    sample = colours[:: max(1, len(colours) // CLUSTER_SAMPLE)].astype(np.float64)
+    centred = sample - sample.mean(axis=0)
+    axis = np.linalg.eigh(np.cov(centred, rowvar=False))[1][:, -1]
+    along = centred @ axis
+    starts = np.quantile(along, (np.arange(COMPONENTS) + 0.5) / COMPONENTS)
+    centres = sample[np.abs(along[None, :] - starts[:, None]).argmin(axis=1)]
+    for _ in range(CLUSTER_ROUNDS):
+        labels = ((sample[:, None, :] - centres[None]) ** 2).sum(axis=2).argmin(axis=1)
+        centres = np.array(
+            [sample[labels == k].mean(axis=0) if (labels == k).any() else centres[k] for k in range(len(centres))]
+        )
+    labels = ((sample[:, None, :] - centres[None]) ** 2).sum(axis=2).argmin(axis=1)
+    return [sample[labels == k] for k in range(len(centres)) if (labels == k).sum() >= 8]
 
 
 def _colour_statistics(colours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -222,3 +222,19 @@ def test_a_line_across_the_hole_stays_straight():
         middle = (grey[:100][~hole[:100]].mean() + grey[100:][~hole[100:]].mean()) / 2
         rows = [60 + int(np.argmax(grey[60:180, col] < middle)) for col in np.flatnonzero(hole.any(axis=0))]
         assert np.abs(np.array(rows) - 100).max() <= 4
+
+
+def test_a_colour_of_neither_ground_is_no_source_when_the_ring_holds_two():
+    """The ring holds two textured grounds (a light wall, a darker floor); on the floor, away from the hole, lies a
+    rug darker still, its outline faded (no strong edge). One Gaussian over the ring's colours stretches from the
+    wall to the floor and takes the rug in; the floor's own colours do not."""
+    texture = cv2.GaussianBlur(photo("grass.jpg")[:240, :320], (0, 0), 1) * 0.3
+    rug = np.zeros((240, 320), np.float32)
+    cv2.ellipse(rug, (160, 205), (70, 20), 0, 0, 360, 1.0, -1)
+    rug = cv2.GaussianBlur(rug, (0, 0), 20)[..., None] / cv2.GaussianBlur(rug, (0, 0), 20).max()
+    scene = np.clip(texture + 110 + np.where(np.arange(240)[:, None, None] < 100, 90, -90 * rug), 0, 255)
+    hole = np.zeros((240, 320), bool)
+    hole[60:150, 100:220] = True
+    allowed = allowed_sources(scene.astype(np.float32), hole)
+    assert not allowed[rug[..., 0] > 0.8].any()
+    assert allowed[:100][~hole[:100]].mean() > 0.95 and allowed[100:170][~hole[100:170]].mean() > 0.95
