@@ -32,27 +32,30 @@ RELAXATIONS = 3
 SEAM = round(3 * EDGE_SIGMA)  # an edge band up to twice this wide between two grounds is ground: the line they meet on
 
 
-def allowed_sources(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
+def allowed_sources(image: np.ndarray, hole: np.ndarray, unseen: np.ndarray | None = None) -> np.ndarray:
     """Pixels of `image` (float RGB) the fill of `hole` may copy from: the regions holding at least MIN_SHARE of
     the ring around it, with the edges bounding them (a patch may straddle a table's edge that runs into the
-    hole). Found at most WORK_SIDE px a side: ground and outlines are large-scale things."""
+    hole). `unseen` pixels (old content a placed object will hide) are, like the hole's, no evidence of the ground:
+    neither are read. Found at most WORK_SIDE px a side: ground and outlines are large-scale things."""
+    unknown = hole if unseen is None else hole | unseen
     height, width = hole.shape
     if max(height, width) <= WORK_SIDE:
-        return _allowed(image, hole)
+        return _allowed(image, hole, unknown)
     size = (
         max(1, round(width * WORK_SIDE / max(height, width))),
         max(1, round(height * WORK_SIDE / max(height, width))),
     )
     smaller = cv2.resize(image.astype(np.float32), size, interpolation=cv2.INTER_AREA)
     smaller_hole = cv2.resize(hole.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0
-    allowed = _allowed(smaller, smaller_hole)
+    smaller_unknown = cv2.resize(unknown.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0
+    allowed = _allowed(smaller, smaller_hole, smaller_unknown)
     return cv2.resize(allowed.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
 
 
-def _allowed(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
-    blurred = cv2.GaussianBlur(image.astype(np.float32), (0, 0), EDGE_SIGMA)
+def _allowed(image: np.ndarray, hole: np.ndarray, unknown: np.ndarray) -> np.ndarray:
+    blurred = _blurred_around(image, unknown)
     gradient = _gradient(blurred)
-    ring = grow_mask(hole, RING) & ~hole
+    ring = grow_mask(hole, RING) & ~unknown
     if not ring.any():
         return np.ones_like(hole)
     unlike = _colour_distance(blurred, blurred[ring])
@@ -60,11 +63,22 @@ def _allowed(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
     texture = float(np.percentile(gradient[ground_ring if ground_ring.any() else ring], TEXTURE_PERCENTILE))
     threshold = max(MIN_STRONG, STRONG_OVER_TEXTURE * texture)
     for _ in range(RELAXATIONS):
-        ground = _surrounding((gradient <= threshold) & (unlike <= UNLIKE) & ~hole, ring)
+        ground = _surrounding((gradient <= threshold) & (unlike <= UNLIKE) & ~unknown, ring)
         if ground.sum() >= MIN_GROUND * hole.sum():
-            return _with_seams(ground, hole)
+            return _with_seams(ground, unknown)
         threshold, unlike = threshold * 2, unlike / 2
     return np.ones_like(hole)
+
+
+def _blurred_around(image: np.ndarray, unknown: np.ndarray) -> np.ndarray:
+    """`image` blurred by EDGE_SIGMA over its known pixels only (normalised convolution): the hole still holds
+    what is being removed, and a plain blur spreads it over the ring, where it passes for the ground's colours
+    and its outline for the ground's texture. Inside `unknown`, the known colours around, smoothly."""
+    known = (~unknown).astype(np.float32)
+    spread = cv2.GaussianBlur(image.astype(np.float32) * known[..., None], (0, 0), EDGE_SIGMA)
+    weight = cv2.GaussianBlur(known, (0, 0), EDGE_SIGMA)
+    plain = cv2.GaussianBlur(image.astype(np.float32), (0, 0), EDGE_SIGMA)
+    return np.where(weight[..., None] > 1e-3, spread / np.maximum(weight, 1e-3)[..., None], plain)
 
 
 def _with_seams(ground: np.ndarray, hole: np.ndarray) -> np.ndarray:

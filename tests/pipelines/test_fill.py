@@ -238,3 +238,21 @@ def test_a_colour_of_neither_ground_is_no_source_when_the_ring_holds_two():
     allowed = allowed_sources(scene.astype(np.float32), hole)
     assert not allowed[rug[..., 0] > 0.8].any()
     assert allowed[:100][~hole[:100]].mean() > 0.95 and allowed[100:170][~hole[100:170]].mean() > 0.95
+
+
+def test_what_the_hole_holds_is_no_evidence_of_the_ground():
+    """A dark object in the hole, reaching its edge, and beside the hole (past the ring) a slightly darker patch of
+    the same textured ground with a clear outline: the step of a kerb, a rug. Blurred with the hole, the object's
+    outline spreads over the ring and passes for the ground's texture, and the patch's outline is no longer an
+    edge; the hole's content must not be read."""
+    ground = cv2.GaussianBlur(photo("grass.jpg")[:256, :256], (0, 0), 3) * 0.3 + 120
+    hole = np.zeros((256, 256), np.uint8)
+    cv2.circle(hole, (90, 128), 40, 1, -1)
+    patch = np.zeros((256, 256), np.uint8)
+    cv2.circle(patch, (200, 128), 30, 1, -1)  # 40 px past the hole's edge: beyond the ring
+    scene = ground - 40 * patch[..., None]
+    scene[hole > 0] = 10  # the object being removed
+    allowed = allowed_sources(scene.astype(np.float32), hole.astype(bool))
+    assert not allowed[cv2.erode(patch, np.ones((9, 9), np.uint8)) > 0].any()
+    far = (cv2.dilate(patch, np.ones((21, 21), np.uint8)) == 0) & (hole == 0)
+    assert allowed[far].mean() > 0.95
