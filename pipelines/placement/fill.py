@@ -60,7 +60,7 @@ def remove_content(
 def fill_hole(image: np.ndarray, hole: np.ndarray, seed: int, exclude: np.ndarray | None = None) -> np.ndarray:
     """`image` (float32 RGB) with `hole` filled, coarse to fine; no patch from `exclude` (nor its light)."""
     barred = np.zeros_like(hole) if exclude is None else exclude
-    allowed = allowed_sources(image, hole) & ~barred
+    allowed = allowed_sources(image, hole, barred) & ~barred
     levels = []
     for picture, gap in _pyramid(image, hole):  # down to the coarsest level that still has patches to copy
         source = _sources(gap, _resized(allowed, gap.shape))
