@@ -114,21 +114,18 @@ def _colour_distance(blurred: np.ndarray, ring: np.ndarray) -> np.ndarray:
 
 
 def _clusters(colours: np.ndarray) -> list[np.ndarray]:
-    """`colours` split into up to COMPONENTS clusters (k-means on a sample, started at quantiles along their
-    principal axis: deterministic); clusters of fewer than 8 colours are left out."""
-    sample = colours[:: max(1, len(colours) // CLUSTER_SAMPLE)].astype(np.float64)
+    """`colours` split into up to COMPONENTS clusters (OpenCV's k-means on a sample, started from quantiles along
+    their principal axis: deterministic); clusters of fewer than 8 colours are left out."""
+    sample = np.ascontiguousarray(colours[:: max(1, len(colours) // CLUSTER_SAMPLE)], dtype=np.float32)
     centred = sample - sample.mean(axis=0)
     axis = np.linalg.eigh(np.cov(centred, rowvar=False))[1][:, -1]
     along = centred @ axis
     starts = np.quantile(along, (np.arange(COMPONENTS) + 0.5) / COMPONENTS)
-    centres = sample[np.abs(along[None, :] - starts[:, None]).argmin(axis=1)]
-    for _ in range(CLUSTER_ROUNDS):
-        labels = ((sample[:, None, :] - centres[None]) ** 2).sum(axis=2).argmin(axis=1)
-        centres = np.array(
-            [sample[labels == k].mean(axis=0) if (labels == k).any() else centres[k] for k in range(len(centres))]
-        )
-    labels = ((sample[:, None, :] - centres[None]) ** 2).sum(axis=2).argmin(axis=1)
-    return [sample[labels == k] for k in range(len(centres)) if (labels == k).sum() >= 8]
+    initial = np.abs(along[:, None] - starts[None, :]).argmin(axis=1).astype(np.int32).reshape(-1, 1)
+    criteria = (cv2.TERM_CRITERIA_MAX_ITER, CLUSTER_ROUNDS, 0.0)
+    _, labels, _ = cv2.kmeans(sample, COMPONENTS, initial, criteria, 1, cv2.KMEANS_USE_INITIAL_LABELS)
+    labels = labels.ravel()
+    return [sample[labels == k].astype(np.float64) for k in range(COMPONENTS) if (labels == k).sum() >= 8]
 
 
 def _colour_statistics(colours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -102,7 +102,7 @@ TOO_LONG = _TooLong()
 
 def _parse_json(body: bytes) -> dict:
     try:
-        data = json.loads(body, parse_int=_whole_number)
+        data = json.loads(body, parse_int=_whole_number, object_pairs_hook=_once_each)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"the body is not valid JSON ({exc})") from None
     except RecursionError:
@@ -110,6 +110,17 @@ def _parse_json(body: bytes) -> dict:
     if not isinstance(data, dict):
         raise BadRequest("the JSON body must be an object with the request fields")
     _refuse_too_long_numbers(data)
+    return data
+
+
+def _once_each(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object whose names are each given once: a repeated one is refused, as a multipart field sent twice
+    is (the standard library would keep the last silently)."""
+    data: dict = {}
+    for name, value in pairs:
+        if name in data:
+            raise BadRequest(f"field '{name}': sent twice in the JSON body; send it once")
+        data[name] = value
     return data
 
 

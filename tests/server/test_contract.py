@@ -95,6 +95,14 @@ def test_a_number_past_pythons_digit_limit_is_a_400_naming_the_field(client, rou
     assert response.json()["error"] == f"field '{field}': a number of more than 4300 digits is too long to read"
 
 
+@pytest.mark.parametrize("route", ["/v1/seg-swap", "/v2/seg-swap", "/v1/seg-mask"])
+def test_a_field_given_twice_in_json_is_a_400_naming_it_not_the_last_one_silently(client, route):
+    raw = '{"seed": 1, "steps": 20, "seed": 2}'
+    response = client.post(route, content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"] == "field 'seed': sent twice in the JSON body; send it once"
+
+
 def test_oversize_body_is_413(client, body):
     response = client.post("/v1/seg-swap", json={**body, "prompt": "x" * 2_100_000})
     assert response.status_code == 413
