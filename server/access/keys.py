@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import threading
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,6 +24,8 @@ import tomli_w
 
 from server.access import permissions
 from server.errors import Unauthorized
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,26 +71,55 @@ class KeyFile:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def records(self) -> dict[str, KeyRecord]:
+        """The keys as the file holds them now. A file edited into something unreadable keeps the keys last read
+        (logged once): a typo must not turn every request into an error, nor open the server."""
         with self._lock:
             stamp = self.path.stat().st_mtime_ns if self.path.exists() else None
             if stamp != self._stamp:
-                self._records = read_key_file(self.path)
+                try:
+                    self._records = read_key_file(self.path)
+                except KeyFileError as exc:
+                    if self._stamp is None:
+                        raise
+                    log.error("%s; the keys read before stay in use until it is fixed", exc)
                 self._stamp = stamp
             return self._records
+
+
+class KeyFileError(ValueError):
+    """The key file cannot be read, or one of its entries is not a key: one sentence naming the file and entry."""
 
 
 def read_key_file(path: Path) -> dict[str, KeyRecord]:
     if not path.exists():
         return {}
-    with path.open("rb") as handle:
-        data = tomllib.load(handle)
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise KeyFileError(f"the key file {path} cannot be read: {exc}") from None
     records = {}
-    for entry in data.get("keys", []):
-        entry = dict(entry)
-        entry["endpoints"] = tuple(entry.get("endpoints", ()))
-        record = KeyRecord(**entry)
+    for number, entry in enumerate(data.get("keys", []), 1):
+        record = _record(entry, f"the key file {path}, key {number}")
         records[record.id] = record
     return records
+
+
+def _record(entry: object, where: str) -> KeyRecord:
+    if not isinstance(entry, dict):
+        raise KeyFileError(f"{where}: a [[keys]] table is expected")
+    unknown = set(entry) - {f.name for f in fields(KeyRecord)}
+    if unknown or not isinstance(entry.get("id"), str) or not isinstance(entry.get("sha256"), str):
+        raise KeyFileError(f"{where}: needs a text id and sha256, and no other fields than KeyRecord's ({unknown})")
+    rate = entry.get("rate_per_minute")
+    if rate is not None and (not isinstance(rate, int) or isinstance(rate, bool) or rate < 1):
+        raise KeyFileError(f"{where} ({entry['id']}): rate_per_minute must be a whole number of at least 1")
+    endpoints = entry.get("endpoints", ())
+    if not isinstance(endpoints, list | tuple) or not all(isinstance(each, str) for each in endpoints):
+        raise KeyFileError(f"{where} ({entry['id']}): endpoints must be a list of endpoint families")
+    if not isinstance(entry.get("revoked", False), bool):
+        raise KeyFileError(f"{where} ({entry['id']}): revoked must be true or false")
+    return KeyRecord(**{**entry, "endpoints": tuple(endpoints)})
 
 
 def write_key_file(path: Path, records: dict[str, KeyRecord]) -> None:

@@ -92,6 +92,8 @@ def create_app(
     app.state.settings, app.state.work, app.state.lifecycle, app.state.metrics = settings, work, lifecycle, metrics
     app.state.sets, app.state.loader, app.state.heap = sets, loader, heap
     app.state.key_file = KeyFile(settings.keys_file) if settings.keys_file else None
+    if app.state.key_file is not None:
+        app.state.key_file.records()  # a key file that cannot be read stops the start (KeyFileError), in one line
     app.state.credits = open_ledger(settings) if settings.keys_file else None
     app.state.limiter = RateLimiter()
     app.state.selection = SelectionService(settings)

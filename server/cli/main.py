@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from pipelines import InvalidInput, SegswapError
+from server.access.keys import KeyFileError
 from server.cli.batch import add_batch_command
 from server.cli.bench import add_bench_command
 from server.cli.common import CliError, flag
@@ -66,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except InvalidInput as exc:
         return _error(exc.describe(flag(exc.field) if exc.field else None))
-    except (CliError, ServiceError, SegswapError) as exc:
+    except (CliError, ServiceError, SegswapError, KeyFileError) as exc:
         return _error(str(exc))
     except ModuleNotFoundError as exc:
         return _error(_missing_module(exc.name or "a module"))

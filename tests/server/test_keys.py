@@ -253,3 +253,47 @@ def test_openai_edits_cost_one_credit_per_image(keyed):
         assert two.status_code == 200 and len(two.json()["data"]) == 2 and two.headers["x-remaining-credits"] == "0"
         broke = client.post("/v1/images/edits", files=files, data={"prompt": "x"}, headers=headers)
         assert broke.status_code == 406 and "insufficient credits" in broke.json()["error"]["message"]
+
+
+def test_a_key_file_edited_into_nonsense_keeps_the_keys_read_before_and_a_fixed_one_is_read_again(keyed, body, caplog):
+    import os
+
+    settings, secrets = keyed
+    good = settings.keys_file.read_text()
+    with client_for(settings) as client:
+        wait_ready(client)
+        plain = {"x-api-key": secrets["plain"]}
+        assert client.post("/v1/seg-swap", json=body, headers=plain).status_code == 200
+        for broken in ("[[keys]\nid = ", good.replace("rate_per_minute = 2", "rate_per_minute = -1")):
+            settings.keys_file.write_text(broken)
+            os.utime(settings.keys_file, ns=(0, settings.keys_file.stat().st_mtime_ns + 1_000_000))
+            answer = client.post("/v1/seg-swap", json=body, headers=plain)
+            assert answer.status_code == 200, answer.text  # not a 500 for every request, not an open door
+            slow = client.post("/v1/seg-swap", json=body, headers={"x-api-key": secrets["slow"]})
+            assert slow.status_code == 200, slow.text  # the rate read before: 2 a minute
+        assert "the keys read before stay in use" in caplog.text and "rate_per_minute" in caplog.text
+        assert good.count("revoked = false") == 4
+        settings.keys_file.write_text(good.replace("revoked = false", "revoked = true", 1))  # plain, the first
+        os.utime(settings.keys_file, ns=(0, settings.keys_file.stat().st_mtime_ns + 2_000_000))
+        assert client.post("/v1/seg-swap", json=body, headers=plain).status_code == 401  # the fixed file is read
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ('[[keys]]\nid = "a"\nsha256 = "00"\nrate_per_minute = 0\n', "rate_per_minute must be a whole number"),
+        ('[[keys]]\nid = "a"\nsha256 = "00"\nendpoints = "/v1/seg-swap"\n', "endpoints must be a list"),
+        ('[[keys]]\nid = "a"\nsha = "00"\n', "needs a text id and sha256"),
+        ("[[keys]\n", "cannot be read"),
+    ],
+)
+def test_a_key_file_that_is_not_keys_stops_serve_in_one_line_naming_the_file(tmp_path, monkeypatch, capsys, text, says):
+    from server.api.live_server import free_port
+
+    keys_file = tmp_path / "keys.toml"
+    keys_file.write_text(text)
+    monkeypatch.setenv("SEGSWAP_KEYS_FILE", str(keys_file))
+    monkeypatch.setenv("SEGSWAP_DATA_DIR", str(tmp_path / "data"))
+    assert main(["serve", "--engine", "composite", "--port", str(free_port())]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("segswap: error: ") and str(keys_file) in error and says in error, error
