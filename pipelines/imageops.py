@@ -17,6 +17,7 @@ from pipelines.errors import InvalidInput
 Box = tuple[int, int, int, int]
 
 MASK_THRESHOLD = 128
+VISIBLE_ALPHA = 8  # an alpha at or below this shows nothing: a cut-out is trimmed to what is above it
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # Rec. 601 luma weights of R, G, B
 ASPECT_TOLERANCE = 0.01
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 from PIL import Image
 
 from pipelines.errors import InvalidInput
+from pipelines.imageops import VISIBLE_ALPHA
 
 MAX_SEED = 2**32 - 1
 ERASE = "erase"  # the mode that removes what the mask covers: no object
@@ -55,9 +56,10 @@ class SwapJob:
 
 def check_object(image: Image.Image) -> None:
     """An object must show something: one fully transparent would place nothing, a silent erase."""
-    if image.mode in ALPHA_MODES and image.getchannel("A").getextrema()[1] == 0:
+    if image.mode in ALPHA_MODES and image.getchannel("A").getextrema()[1] <= VISIBLE_ALPHA:
         raise InvalidInput(
-            "the object image is fully transparent (alpha 0 everywhere): nothing to place", "object_image"
+            f"the object image is fully transparent (no alpha above {VISIBLE_ALPHA} anywhere): nothing to place",
+            "object_image",
         )
 
 

@@ -10,6 +10,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from pipelines.imageops import VISIBLE_ALPHA
+
 BORDER_SHARE = 0.03  # the strip along the border that shows the backdrop, as a share of the short side
 PLAIN_SHARE = 0.9  # a backdrop is plain when this share of the border strip sits close to a smooth colour field
 GRABCUT_SIDE = 224  # GrabCut runs at this long side (its cost grows with the pixels); the matte is scaled up
@@ -189,5 +191,5 @@ def _without_specks(region: np.ndarray) -> np.ndarray:
 
 
 def _trim(rgba: Image.Image) -> Image.Image:
-    box = rgba.getchannel("A").point(lambda value: 255 if value > 8 else 0).getbbox()
+    box = rgba.getchannel("A").point(lambda value: 255 if value > VISIBLE_ALPHA else 0).getbbox()
     return rgba.crop(box) if box else rgba

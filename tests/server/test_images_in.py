@@ -107,10 +107,14 @@ CLEAR = Image.new("RGBA", (20, 30), (200, 30, 40, 0))  # colour everywhere, alph
 TRANSPARENT = "field 'object_image': the object image is fully transparent"
 
 
+FAINT = Image.new("RGBA", (20, 30), (200, 30, 40, 8))  # alpha 8: the cut-out keeps nothing of it either
+
+
 @pytest.mark.parametrize("mode", ["object", "pattern", "auto"])
-def test_a_fully_transparent_object_is_a_400_on_v1_and_v2_not_a_silent_erase(client, body, mode):
+@pytest.mark.parametrize("clear", [CLEAR, FAINT], ids=["alpha-0", "alpha-8"])
+def test_a_fully_transparent_object_is_a_400_on_v1_and_v2_not_a_silent_erase(client, body, mode, clear):
     for route in ("/v1/seg-swap", "/v2/seg-swap"):  # v2 refuses it at submit, not as a failed job later
-        response = client.post(route, json={**body, "object_image": b64(CLEAR), "mode": mode})
+        response = client.post(route, json={**body, "object_image": b64(clear), "mode": mode})
         assert response.status_code == 400, (route, response.text)
         assert response.json()["error"].startswith(TRANSPARENT)
     erased = client.post("/v1/seg-swap", json={**body, "object_image": b64(CLEAR), "mode": "erase"})
