@@ -57,6 +57,11 @@ OPENAI_ROUTES = "/v1/images/"  # OpenAI-compatible routes answer errors in OpenA
 
 
 OPENAI_PARAMS = {"main_image": "image", "object_image": "image", "mask_image": "mask"}  # as OpenAI names them
+OPENAI_NAMES = {  # how a message names them there: the route's own form fields
+    "main_image": "the first image[] (the scene)",
+    "object_image": "the second image[] (the object)",
+    "mask_image": "mask",
+}
 
 
 def error_response(
@@ -71,6 +76,8 @@ def error_response(
     if request is not None and request.url.path.startswith(OPENAI_ROUTES):
         kind = "server_error" if status >= 500 else "invalid_request_error"
         param = OPENAI_PARAMS.get(field, field) if field else None
+        if field in OPENAI_NAMES:
+            message = message.replace(f"field '{field}'", OPENAI_NAMES[field])
         body = {"error": {"message": message, "type": kind, "param": param, "code": str(status)}}
         return JSONResponse(body, status_code=status, headers=headers)
     return JSONResponse({"error": message}, status_code=status, headers=headers)

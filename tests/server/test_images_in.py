@@ -129,7 +129,7 @@ def test_a_fully_transparent_object_is_a_400_on_openai_edits(client, scene, mask
     ]
     response = client.post("/v1/images/edits", files=files, data={"prompt": "a table"})
     assert response.status_code == 400
-    assert response.json()["error"]["message"].startswith(TRANSPARENT)
+    assert response.json()["error"]["message"].startswith("the second image[] (the object): the object image is")
 
 
 def test_a_multipart_body_cut_short_says_so_not_that_a_field_is_missing(client, scene, mask):

@@ -149,7 +149,9 @@ def test_an_image_the_engine_refuses_is_named_as_openai_names_it(url, files, tmp
     with pytest.raises(openai.BadRequestError) as raised:
         scene, clear = open(files / "scene.png", "rb"), open(tmp_path / "clear.png", "rb")  # noqa: SIM115
         client(url).images.edit(image=[scene, clear], mask=open(files / "mask.png", "rb"), prompt="x")  # noqa: SIM115
-    assert "fully transparent" in raised.value.body["message"] and raised.value.body["param"] == "image"
+    message = raised.value.body["message"]
+    assert message.startswith("the second image[] (the object): the object image is fully transparent"), message
+    assert raised.value.body["param"] == "image" and "object_image" not in message
 
 
 def test_output_compression_takes_openais_whole_range_as_the_encoders_quality(url, files):
