@@ -55,14 +55,13 @@ def test_lower_fashion_strength_pulls_colours_towards_the_scene():
     assert np.abs(pulled - scene_mean).sum() < np.abs(kept - scene_mean).sum()
 
 
-def test_a_fully_transparent_object_leaves_the_emptied_region_without_its_colour():
-    obj = Image.new("RGBA", (10, 10), (255, 0, 0, 0))
-    j = job(object_image=obj, growmask=0)
-    out = np.asarray(CompositeEngine().swap(j), dtype=float)
-    inside = out[15:40, 20:50]
-    assert not np.array_equal(inside, np.asarray(j.main_image, dtype=float)[15:40, 20:50])  # old content removed
-    before = np.asarray(j.main_image, dtype=float)[15:40, 20:50]
-    assert abs(np.corrcoef(inside.ravel(), before.ravel())[0, 1]) < 0.2  # nothing of the old content is left
+@pytest.mark.parametrize("alpha", [0, 8])
+def test_a_job_with_an_object_that_shows_nothing_is_refused_naming_the_object(alpha):
+    """The library refuses it as the server does: it would place nothing (a silent erase); mode=erase is for that."""
+    with pytest.raises(InvalidInput, match="fully transparent") as info:
+        job(object_image=Image.new("RGBA", (10, 10), (255, 0, 0, alpha)))
+    assert info.value.field == "object_image"
+    assert job(object_image=Image.new("RGBA", (10, 10), (255, 0, 0, 9))).object_image is not None
 
 
 def test_empty_mask_is_a_clear_input_error():
