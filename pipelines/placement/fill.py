@@ -7,6 +7,10 @@ hole is re-estimated from them, a few rounds: the vote of the matches for light 
 match for detail. Each level's matches seed the next finer one. A membrane correction along the hole's edge
 takes out the light the patches bring along.
 
+A line between two grounds that crosses the hole (a wall meeting the floor) is found first and carried straight
+across it (layout.py): the coarsest level starts from the ground each target sees without crossing it, and the
+patches on it copy along it, untouched by the search, down to the first level whose sources hold it.
+
 Patches come only from the ground the hole lies on (sources.py), not from a distinct object near it. Under a
 placed object, what it will hide is no source, no reference for the light, and not compared in the patch
 distances. Only the search runs at reduced scale on a large hole; the finest levels copy full-resolution pixels
@@ -20,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from pipelines.imageops import Box
-from pipelines.placement import patchmatch
+from pipelines.placement import layout, patchmatch
 from pipelines.placement.sources import allowed_sources
 
 RADIUS = 3  # patches of 7 x 7
@@ -32,6 +36,8 @@ EM_PASSES = 3  # search + vote rounds per searched level (2 is 20 % faster; the 
 SEARCH_ITERATIONS = 2  # PatchMatch passes per round
 DETAIL_SIGMA = 1.5  # below this scale the centre copy gives the detail, above it the vote
 SEAM_SIGMA = 1.5  # the light on either side of the hole's edge is compared over this scale (wider reaches past edges)
+LINE_DETAIL = 2  # the lines crossing the hole are found this many levels finer than the coarsest
+MIN_ALONG = 0.9  # lines are pinned down to the first level where this share of their patches find a source on them
 VOTE_SAMPLE = 7  # the vote's spread of costs is read from every this-many-th target
 
 
@@ -70,21 +76,33 @@ def fill_hole(image: np.ndarray, hole: np.ndarray, seed: int, exclude: np.ndarra
         levels.append((picture, gap, source, unseen))
     if not levels:  # nothing around the hole to copy from: a smooth guess from what is there
         return pull_push(image, hole | barred)
+    found, finer = _continued_lines(levels)
+    pinned = bool(found)  # the levels from the coarsest down to the first whose sources hold the lines
     previous = None
     for level in reversed(range(len(levels))):
         picture, gap, source, unseen = levels[level]
         targets, is_target = _targets(gap)
-        if previous is None:  # random matches near each target: the texture beside it, not a smooth guess
+        lines = [((a + 0.5) / 2.0 ** (level - finer) - 0.5, (b + 0.5) / 2.0 ** (level - finer) - 0.5) for a, b in found]
+        if previous is None and lines:  # near the ground each target sees, not across a line crossing the hole
+            nnf = layout.visible_nnf(source, targets, lines, 2 * RADIUS + 1, seed)
+        elif previous is None:  # random matches near each target: the texture beside it, not a smooth guess
             nnf = patchmatch.nearby_nnf(source, targets, _anchors(source), 2 * RADIUS + 1, seed)
         else:
             nnf = patchmatch.upsample_nnf(previous[0], previous[1], source, targets, seed + level)
+        searched_targets = targets
+        if pinned:  # the patches on a line copy along it, and the search leaves them
+            kept, share = layout.along_lines(source, targets, lines, 2 * RADIUS + 1, nnf)
+            searched_targets = np.ascontiguousarray(targets[~kept[targets[:, 0], targets[:, 1]]])
+            pinned = share < MIN_ALONG and level > finer
         # The hole still holds what is removed: this first estimate weighs the matches alike.
         estimate = _reestimate(picture, gap, nnf, np.zeros(gap.shape, np.float32), is_target)
         searched = int(gap.sum()) <= SEARCH_PIXELS
         for round_ in range(EM_PASSES if searched else 1):
             cost = np.zeros(gap.shape, np.float32)
             iterations = SEARCH_ITERATIONS if searched else 1
-            patchmatch.search(estimate, unseen, source, nnf, cost, targets, RADIUS, iterations, searched, seed + round_)
+            patchmatch.search(
+                estimate, unseen, source, nnf, cost, searched_targets, RADIUS, iterations, searched, seed + round_
+            )
             estimate = _reestimate(estimate, gap, nnf, cost, is_target)
         previous = (nnf, is_target)
     box = _around(hole, int(3 * SEAM_SIGMA) + 1)
@@ -125,6 +143,15 @@ def _reestimate(picture, gap, nnf, cost, is_target) -> np.ndarray:
     out = picture.copy()
     out[box] = np.where(gap[box][..., None], smooth + detail, picture[box])
     return out
+
+
+def _continued_lines(levels) -> tuple[list, int]:
+    """The lines crossing the hole (layout.py) and the level they were found on, LINE_DETAIL levels finer than
+    the coarsest: a line's place to a fraction of a coarsest pixel, and a ring still pixels wide past a hole
+    near the image's border."""
+    finer = max(0, len(levels) - 1 - LINE_DETAIL)
+    picture, gap, _, unseen = levels[finer]
+    return layout.continued_lines(picture, gap, unseen), finer
 
 
 def _weights(cost: np.ndarray, is_target: np.ndarray) -> np.ndarray:
