@@ -41,7 +41,7 @@ def test_the_heap_is_trimmed_once_after_the_last_request_or_job_and_not_before(t
             upload.sendall(f"{head}content-length: {len(payload)}\r\n\r\n".encode() + payload[:100])
             time.sleep(0.3)
             assert httpx.get(f"{url}/health/live").status_code == 200  # a request ended meanwhile
-            time.sleep(1.0)
+            time.sleep(0.5)
             assert trims == []  # the upload is still in flight
             upload.sendall(payload[100:])
             assert upload.recv(12).startswith(b"HTTP/1.1 200")
@@ -54,7 +54,7 @@ def test_the_heap_is_trimmed_once_after_the_last_request_or_job_and_not_before(t
         job = httpx.post(f"{url}/v2/seg-swap", json=body, headers=headers, timeout=30)
         assert job.status_code == 200, job.text
         assert engine.started.wait(10)
-        time.sleep(1.0)
+        time.sleep(0.5)
         assert len(trims) == 1  # the submit ended, but its job runs
         engine.gate.set()
         assert wait_until(lambda: len(trims) == 2)
