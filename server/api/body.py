@@ -12,10 +12,11 @@ from pydantic import BaseModel, ValidationError
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
 
 from pipelines import IMAGE_FIELDS
 from server.contract import SwapRequest, describe_validation_error
-from server.errors import BadRequest, NotAcceptable, RequestTimeout, TooLarge
+from server.errors import BadRequest, ClientGone, NotAcceptable, RequestTimeout, TooLarge
 
 UPLOADED = "(uploaded file)"
 
@@ -53,6 +54,8 @@ async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes
         raise RequestTimeout(
             f"the request body did not arrive within {timeout_s:g} s", {"Connection": "close"}
         ) from None
+    except ClientDisconnect:  # it left before its body was in: nothing to answer, a 499 in the log
+        raise ClientGone("the client closed the connection before its body arrived") from None
 
 
 async def read_form(request: Request, body: bytes, max_bytes: int, max_files: int) -> list[tuple[str, str | bytes]]:

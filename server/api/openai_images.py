@@ -163,7 +163,7 @@ async def images_edits(
     metrics: MetricsDep,
 ) -> JSONResponse:
     deadline = time.monotonic() + settings.request_timeout_s
-    refuse_if_unavailable(lifecycle, sets.default.work, check_queue=len(sets.names) == 1)
+    refuse_if_unavailable(lifecycle, sets)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "multipart/form-data":
         raise NotAcceptable("send the edit as multipart/form-data, as OpenAI's images API takes it")

@@ -46,7 +46,7 @@ async def seg_swap(
     metrics: MetricsDep,
 ) -> Response:
     deadline = time.monotonic() + settings.request_timeout_s
-    refuse_if_unavailable(lifecycle, sets.default.work, check_queue=len(sets.names) == 1)
+    refuse_if_unavailable(lifecycle, sets)
     timings = request.state.log
     start = time.perf_counter()
     parsed = await read_swap_body(request, settings.max_body_bytes, settings.body_timeout_s)

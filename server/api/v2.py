@@ -67,7 +67,7 @@ async def submit(
     sets: SetsDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JSONResponse:
-    refuse_if_unavailable(lifecycle, sets.default.work, check_queue=False)
+    refuse_if_unavailable(lifecycle)
     if await asyncio.to_thread(jobs.store.count_pending) >= settings.max_pending_jobs:
         raise TooManyRequests(
             f"too many jobs pending ({settings.max_pending_jobs}); retry later", {"Retry-After": "30"}

@@ -8,18 +8,19 @@ import time
 from server.errors import TooManyRequests, Unavailable
 from server.serving.lifecycle import Lifecycle
 from server.serving.served_sets import ServedSet, ServedSets
-from server.serving.work_queue import QueueFull, WorkQueue
+from server.serving.work_queue import QueueFull
 
 
-def refuse_if_unavailable(lifecycle: Lifecycle, work: WorkQueue, check_queue: bool = True) -> None:
-    """Unavailable while loading or draining, TooManyRequests when the queue is full: before any input is fetched."""
+def refuse_if_unavailable(lifecycle: Lifecycle, sets: ServedSets | None = None) -> None:
+    """Unavailable while loading or draining; with `sets`, a single-set server's full queue is a 429 before any
+    input is fetched (a set not loaded now has no queue to be full: picking it says why, or loads it on demand)."""
     reason = lifecycle.not_ready_reason()
     if reason:
         raise Unavailable(reason, {"Retry-After": "5"})
-    if not check_queue:
+    if sets is None or len(sets.names) != 1 or not sets.default.loaded:
         return
     try:
-        work.check_capacity()
+        sets.default.work.check_capacity()
     except QueueFull as full:
         raise queue_full_error(full) from None
 

@@ -288,3 +288,15 @@ def test_the_models_command_lists_loads_and_unloads(client, keys, capsys):
         assert "sd15: unloaded in" in capsys.readouterr().out
         assert main(["models", "--server", url, "--key", admin_key, "load", "sd15"]) == 0
         assert capsys.readouterr().out.strip() == "sd15: loaded"
+
+
+def test_a_lazy_single_set_server_loads_its_unloaded_set_on_the_next_request(tiny_weights, keys, body, tmp_path):
+    """Readiness says a lazily loading server is ready with its only set unloaded: so the next request loads it
+    (it used to meet the unloaded set's closed queue first: a 503 for ever)."""
+    with served_app(tiny_weights, keys, model_set="composite", lazy_load=True, jobs_dir=tmp_path / "jobs") as client:
+        wait_ready(client)
+        assert client.post("/v1/models/composite/unload").status_code == 200
+        assert client.get("/health/ready").status_code == 200
+        swapped = client.post("/v1/seg-swap", json=body)
+        assert swapped.status_code == 200, swapped.text
+        assert card(client, "composite")["state"] == "loaded"

@@ -246,3 +246,25 @@ def test_a_stopped_queue_refuses_work_instead_of_holding_it():
         asyncio.run(submit())
     with pytest.raises(Unavailable):
         work.check_capacity()
+
+
+def test_a_client_that_leaves_mid_upload_is_a_499_in_the_metrics_not_a_500(body):
+    import socket
+    from urllib.parse import urlsplit
+
+    with live_server(create_app(settings(), GatedEngine())) as url:
+        address = urlsplit(url)
+        with socket.create_connection((address.hostname, address.port)) as upload:
+            head = f"POST /v1/seg-swap HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY['x-api-key']}\r\n"
+            upload.sendall(f"{head}content-type: application/json\r\ncontent-length: 100000\r\n\r\n{{".encode())
+            time.sleep(0.3)
+        end, counted = time.monotonic() + 10, {}
+        while sum(counted.values()) == 0 and time.monotonic() < end:  # the server's answer to nobody, counted
+            text = httpx.get(f"{url}/metrics").text
+            counted = {
+                code: metric(text, "segswap_responses_total", route="/v1/seg-swap", status=code)
+                for code in ("499", "500")
+            }
+            time.sleep(0.05)
+        assert httpx.get(f"{url}/health/live").status_code == 200
+    assert counted == {"499": 1, "500": 0}
