@@ -49,7 +49,8 @@ class AccessMiddleware:
                     headers["x-remaining-credits"] = str(state["remaining_credits"])
             await send(message)
 
-        counted = not scope["path"].endswith("/events")  # an open event stream holds no images: trims go on
+        # Probes, scrapes and open event streams hold no images: they neither wait for a trim nor ask for one.
+        counted = not (scope["path"].endswith("/events") or scope["path"].startswith(("/health", "/metrics")))
         if counted:
             self.heap.begin()
         try:

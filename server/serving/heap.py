@@ -46,9 +46,9 @@ class IdleTrimmer:
         self.active -= 1
         self.pending = True
 
-    async def run(self, every_s: float = TRIM_CHECK_S) -> None:
+    async def run(self, every_s: float | None = None) -> None:
         while True:
-            await asyncio.sleep(every_s)
+            await asyncio.sleep(every_s or TRIM_CHECK_S)
             await self.trim_if_idle()
 
     async def trim_if_idle(self) -> bool:
