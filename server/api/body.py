@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -17,6 +15,7 @@ from starlette.requests import ClientDisconnect
 from pipelines import IMAGE_FIELDS
 from server.contract import SwapRequest, describe_validation_error
 from server.errors import BadRequest, ClientGone, NotAcceptable, RequestTimeout, TooLarge
+from server.inputs.json_object import parse_json_object
 
 UPLOADED = "(uploaded file)"
 
@@ -41,7 +40,7 @@ async def read_swap_body(
         raise NotAcceptable("send the body as application/json or multipart/form-data")
     body = await read_body(request, max_bytes, timeout_s)
     if content_type == "application/json":
-        return ParsedBody(_validate(model, _parse_json(body), strict=True))
+        return ParsedBody(_validate(model, parse_json_object(body), strict=True))
     return await _parse_multipart(request, body, max_bytes, model)
 
 
@@ -94,65 +93,6 @@ async def _read_capped(request: Request, max_bytes: int) -> bytes:
             raise TooLarge(f"the request body is larger than {max_bytes} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-class _TooLong:
-    """Stands for an integer with more digits than Python converts (sys.get_int_max_str_digits)."""
-
-
-TOO_LONG = _TooLong()
-
-
-def _parse_json(body: bytes) -> dict:
-    try:
-        data = json.loads(body, parse_int=_whole_number, object_pairs_hook=_once_each)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON ({exc})") from None
-    except RecursionError:
-        raise BadRequest("the JSON body is nested too deeply; the request fields are flat") from None
-    if not isinstance(data, dict):
-        raise BadRequest("the JSON body must be an object with the request fields")
-    _refuse_too_long_numbers(data)
-    return data
-
-
-def _once_each(pairs: list[tuple[str, object]]) -> dict:
-    """A JSON object whose names are each given once: a repeated one is refused, as a multipart field sent twice
-    is (the standard library would keep the last silently)."""
-    data: dict = {}
-    for name, value in pairs:
-        if name in data:
-            raise BadRequest(f"field '{name}': sent twice in the JSON body; send it once")
-        data[name] = value
-    return data
-
-
-def _whole_number(text: str) -> int | _TooLong:
-    try:
-        return int(text)
-    except ValueError:  # past the digit limit; which field holds it is said once the body is read
-        return TOO_LONG
-
-
-def _refuse_too_long_numbers(data: dict) -> None:
-    for name, value in data.items():
-        if _holds_too_long(value):
-            limit = sys.get_int_max_str_digits()
-            raise BadRequest(f"field '{name}': a number of more than {limit} digits is too long to read")
-
-
-def _holds_too_long(value: object) -> bool:
-    """Whether TOO_LONG is in `value`, however deep (iterative: a nested value may be as deep as JSON allows)."""
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if item is TOO_LONG:
-            return True
-        if isinstance(item, list):
-            pending.extend(item)
-        elif isinstance(item, dict):
-            pending.extend(item.values())
-    return False
 
 
 async def _parse_multipart(request: Request, body: bytes, max_bytes: int, model: type[BaseModel]) -> ParsedBody:

@@ -8,7 +8,6 @@ while the others go on.
 from __future__ import annotations
 
 import csv
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,10 @@ from pydantic import ValidationError
 
 from pipelines import IMAGE_FIELDS
 from server.contract import SwapRequest, describe_validation_error
+from server.errors import BadRequest
 from server.experiments.outputs import MAX_NAME, refused_name
 from server.inputs.decode import is_url
+from server.inputs.json_object import parse_json_object
 
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -52,11 +53,9 @@ def _jsonl_rows(path: Path) -> list[tuple[int, dict | str]]:
         if not text.strip():
             continue
         try:
-            row = json.loads(text)
-        except json.JSONDecodeError as exc:
-            rows.append((number, f"not valid JSON ({exc.msg})"))
-            continue
-        rows.append((number, row if isinstance(row, dict) else "a line must be a JSON object"))
+            rows.append((number, parse_json_object(text, "the line")))
+        except BadRequest as exc:
+            rows.append((number, exc.message))
     return rows
 
 

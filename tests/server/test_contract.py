@@ -100,7 +100,7 @@ def test_a_field_given_twice_in_json_is_a_400_naming_it_not_the_last_one_silentl
     raw = '{"seed": 1, "steps": 20, "seed": 2}'
     response = client.post(route, content=raw, headers={"content-type": "application/json"})
     assert response.status_code == 400
-    assert response.json()["error"] == "field 'seed': sent twice in the JSON body; send it once"
+    assert response.json()["error"] == "'seed' is given twice in one JSON object; send it once"
 
 
 def test_oversize_body_is_413(client, body):

@@ -106,6 +106,25 @@ def test_a_failed_csv_line_is_reported_and_the_rest_go_on(folder, capsys):
     assert json.loads((out / "a.json").read_text())["parameters"]["fashion_strength"] == 0.5
 
 
+def test_jsonl_lines_that_the_http_route_refuses_fail_alone_and_the_rest_go_on(folder, capsys):
+    """A number too long to read and a name given twice: the line fails with the route's sentence, no traceback."""
+    good = '{"name": "ok", "main_image": "room.png", "mask_image": "mask.png", "object_image": "object.png"}'
+    lines = [
+        good,
+        '{"main_image": "room.png", "mask_image": "mask.png", "object_image": "object.png", "seed": '
+        + "9" * 5000
+        + "}",
+        '{"main_image": "room.png", "mask_image": "mask.png", "object_image": "object.png", "seed": 1, "seed": 2}',
+    ]
+    (folder / "jobs.jsonl").write_text("\n".join(lines) + "\n")
+    out = folder / "out"
+    assert main(["batch", str(folder / "jobs.jsonl"), "--out", str(out), "--engine", "composite"]) == 1
+    err = capsys.readouterr().err
+    assert "line 2: field 'seed': a number of more than 4300 digits is too long to read" in err, err
+    assert "line 3: 'seed' is given twice in one JSON object; send it once" in err, err
+    assert set(outputs(out)) == {"ok"} and "Traceback" not in err
+
+
 def test_a_batch_line_with_a_fully_transparent_object_fails_naming_the_field(folder, capsys):
     Image.new("RGBA", (40, 60), (20, 160, 60, 0)).save(folder / "clear.png")
     jobs = folder / "jobs.csv"
