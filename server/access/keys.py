@@ -101,8 +101,26 @@ def read_key_file(path: Path) -> dict[str, KeyRecord]:
     records = {}
     for number, entry in enumerate(data.get("keys", []), 1):
         record = _record(entry, f"the key file {path}, key {number}")
+        if record.id in records:  # the later would silently replace the earlier, and `keys add` drop it
+            raise KeyFileError(f"the key file {path}, key {number}: the id {record.id!r} is taken by an earlier key")
         records[record.id] = record
+        _warn_unknown_endpoints(record, path)
     return records
+
+
+def _warn_unknown_endpoints(record: KeyRecord, path: Path) -> None:
+    """An endpoint of no family allows nothing (a route since removed must not stop the server), but a typo
+    should be seen: said in the log."""
+    families = permissions.FAMILIES
+    unknown = [each for each in record.endpoints if each not in families and not permissions.family_of(each)]
+    if unknown:
+        log.warning(
+            "the key file %s, key %r: endpoints %s belong to no family (%s) and allow nothing",
+            path,
+            record.id,
+            ", ".join(map(repr, unknown)),
+            ", ".join(permissions.FAMILIES),
+        )
 
 
 def _record(entry: object, where: str) -> KeyRecord:
@@ -110,7 +128,8 @@ def _record(entry: object, where: str) -> KeyRecord:
         raise KeyFileError(f"{where}: a [[keys]] table is expected")
     unknown = set(entry) - {f.name for f in fields(KeyRecord)}
     if unknown or not isinstance(entry.get("id"), str) or not isinstance(entry.get("sha256"), str):
-        raise KeyFileError(f"{where}: needs a text id and sha256, and no other fields than KeyRecord's ({unknown})")
+        allowed = ", ".join(f.name for f in fields(KeyRecord))
+        raise KeyFileError(f"{where}: needs a text id and sha256, and no fields but {allowed} (unknown: {unknown})")
     rate = entry.get("rate_per_minute")
     if rate is not None and (not isinstance(rate, int) or isinstance(rate, bool) or rate < 1):
         raise KeyFileError(f"{where} ({entry['id']}): rate_per_minute must be a whole number of at least 1")

@@ -285,6 +285,7 @@ def test_a_key_file_edited_into_nonsense_keeps_the_keys_read_before_and_a_fixed_
         ('[[keys]]\nid = "a"\nsha256 = "00"\nendpoints = "/v1/seg-swap"\n', "endpoints must be a list"),
         ('[[keys]]\nid = "a"\nsha = "00"\n', "needs a text id and sha256"),
         ("[[keys]\n", "cannot be read"),
+        ('[[keys]]\nid = "a"\nsha256 = "00"\n[[keys]]\nid = "a"\nsha256 = "11"\n', "'a' is taken by an earlier key"),
     ],
 )
 def test_a_key_file_that_is_not_keys_stops_serve_in_one_line_naming_the_file(tmp_path, monkeypatch, capsys, text, says):
@@ -297,3 +298,10 @@ def test_a_key_file_that_is_not_keys_stops_serve_in_one_line_naming_the_file(tmp
     assert main(["serve", "--engine", "composite", "--port", str(free_port())]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("segswap: error: ") and str(keys_file) in error and says in error, error
+
+
+def test_an_endpoint_of_no_family_in_the_key_file_is_said_in_the_log(tmp_path, caplog):
+    keys_file = tmp_path / "keys.toml"
+    keys_file.write_text('[[keys]]\nid = "a"\nsha256 = "00"\nendpoints = ["swapp"]\n')
+    assert read_key_file(keys_file)["a"].endpoints == ("swapp",)  # allows nothing, but the file still serves
+    assert "endpoints 'swapp' belong to no family (swap, jobs, admin) and allow nothing" in caplog.text
