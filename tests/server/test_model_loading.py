@@ -240,16 +240,18 @@ def test_a_v2_job_whose_set_could_not_make_room_runs_once_the_other_set_is_idle(
         model = client.post("/v2/seg-swap", json={**body, "model_set": "composite"}).json()["request_id"]
         assert wait_status(client, model, ("COMPLETED",)) == "COMPLETED"
         assert swap(client, body, "sdxl").status_code == 200
-        engine, release = client.app.state.sets.get("sdxl").engine, threading.Event()
+        engine, release, entered = client.app.state.sets.get("sdxl").engine, threading.Event(), threading.Event()
         generate = engine.generate
 
         def busy(*args, **kwargs):  # sdxl's next request holds it until released
+            entered.set()
             release.wait(30)
             return generate(*args, **kwargs)
 
         engine.generate = busy
         thread = threading.Thread(target=lambda: swap(client, body, "sdxl"))
         thread.start()
+        assert entered.wait(30)  # sdxl is busy now: the sd15 job cannot make room by unloading it
         params = jobs.store.get(model).params | {"model_set": "sd15"}
         job = jobs.store.create(jobs.store.get(model).key_id, params, jobs.store.load_inputs(model), 3600).id
         jobs.wake()
