@@ -171,6 +171,18 @@ def _box_alpha(mask: np.ndarray, box: Box, feather: float) -> np.ndarray:
     return alpha[top - y0 : bottom - y0, left - x0 : right - x0]
 
 
+def blur_known(
+    values: np.ndarray, known: np.ndarray, sigma: float, floor: float = 1e-6
+) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised convolution: `values` (H, W, C) blurred by `sigma` over the `known` pixels (H, W) alone, so the
+    others lend nothing; and the blurred weight, the share of known pixels around (where it is below `floor`
+    there is nothing to average and the first is meaningless)."""
+    weight = known.astype(np.float32)
+    spread = cv2.GaussianBlur(values * weight[..., None], (0, 0), sigma)
+    around = cv2.GaussianBlur(weight, (0, 0), sigma)
+    return spread / np.maximum(around, floor)[..., None], around
+
+
 def image_digest(image: Image.Image) -> str:
     """The content hash of an image: mode, size and pixels."""
     digest = hashlib.blake2b(f"{image.mode}:{image.size}".encode(), digest_size=16)

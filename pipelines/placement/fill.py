@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from pipelines.imageops import Box
+from pipelines.imageops import Box, blur_known
 from pipelines.placement import layout, patchmatch
 from pipelines.placement.sources import allowed_sources
 
@@ -118,9 +118,7 @@ def seamless(image: np.ndarray, hole: np.ndarray, filled: np.ndarray, barred: np
     object will hide) are no reference for the light."""
 
     def local_mean(values: np.ndarray, where: np.ndarray) -> np.ndarray:
-        weight = where.astype(np.float32)
-        blurred = cv2.GaussianBlur(values * weight[..., None], (0, 0), SEAM_SIGMA)
-        return blurred / np.maximum(cv2.GaussianBlur(weight, (0, 0), SEAM_SIGMA)[..., None], 1e-6)
+        return blur_known(values, where, SEAM_SIGMA)[0]
 
     known = ~hole & ~barred
     band = hole & ~cv2.erode(hole.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)

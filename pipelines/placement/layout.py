@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from pipelines.imageops import blur_known
+
 RING = (1.5, 4.5)  # the ring read for edges: known pixels this far from the hole
 MIN_EDGE = 6.0  # levels per pixel a line must at least reach...
 OVER_RING = 3.0  # ...and this many times the ring's median gradient (texture, at the coarsest level)
@@ -46,9 +48,7 @@ def continued_lines(picture: np.ndarray, gap: np.ndarray, unseen: np.ndarray) ->
     """Pairs of points (y, x), just outside `gap`, joined by a line of the surroundings that crosses it."""
     known = ~gap & ~unseen
     valid = cv2.erode(known.astype(np.uint8), np.ones((3, 3), np.uint8), borderValue=0).astype(bool)
-    weight = known.astype(np.float32)
-    blurred = cv2.GaussianBlur(picture * weight[..., None], (0, 0), BLUR)
-    blurred = blurred / np.maximum(cv2.GaussianBlur(weight, (0, 0), BLUR), 1e-6)[..., None]
+    blurred = blur_known(picture, known, BLUR)[0]
     gx = cv2.Sobel(blurred, cv2.CV_32F, 1, 0, ksize=3) / 8.0
     gy = cv2.Sobel(blurred, cv2.CV_32F, 0, 1, ksize=3) / 8.0
     jxx, jyy, jxy = ((a * b).sum(axis=2) for a, b in ((gx, gx), (gy, gy), (gx, gy)))

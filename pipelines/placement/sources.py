@@ -12,7 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pipelines.imageops import grow_mask
+from pipelines.imageops import blur_known, grow_mask
 
 WORK_SIDE = 512
 EDGE_SIGMA = 3.0  # colour gradients of the image blurred this much: texture (grain, joints, fur) averages out
@@ -74,11 +74,9 @@ def _blurred_around(image: np.ndarray, unknown: np.ndarray) -> np.ndarray:
     """`image` blurred by EDGE_SIGMA over its known pixels only (normalised convolution): the hole still holds
     what is being removed, and a plain blur spreads it over the ring, where it passes for the ground's colours
     and its outline for the ground's texture. Inside `unknown`, the known colours around, smoothly."""
-    known = (~unknown).astype(np.float32)
-    spread = cv2.GaussianBlur(image.astype(np.float32) * known[..., None], (0, 0), EDGE_SIGMA)
-    weight = cv2.GaussianBlur(known, (0, 0), EDGE_SIGMA)
+    blurred, weight = blur_known(image.astype(np.float32), ~unknown, EDGE_SIGMA, floor=1e-3)
     plain = cv2.GaussianBlur(image.astype(np.float32), (0, 0), EDGE_SIGMA)
-    return np.where(weight[..., None] > 1e-3, spread / np.maximum(weight, 1e-3)[..., None], plain)
+    return np.where(weight[..., None] > 1e-3, blurred, plain)
 
 
 def _with_seams(ground: np.ndarray, hole: np.ndarray) -> np.ndarray:
