@@ -56,7 +56,8 @@ def test_the_heap_is_trimmed_once_after_the_last_request_or_job_and_not_before(t
         job = httpx.post(f"{url}/v2/seg-swap", json=body, headers=headers, timeout=30)
         assert job.status_code == 200, job.text
         assert engine.started.wait(10)
+        before = len(trims)  # the submit's end may be trimmed before its job is queued: that is no burst in flight
         time.sleep(0.5)
-        assert len(trims) == 1  # the submit ended, but its job runs
+        assert len(trims) == before  # none while its job runs
         engine.gate.set()
-        assert wait_until(lambda: len(trims) == 2)
+        assert wait_until(lambda: len(trims) == before + 1)  # the job's end is trimmed
